@@ -1,0 +1,108 @@
+"""The one settings object: typed, frozen, from a TOML file plus ``DELAYWATCH_*`` variables.
+
+No other module reads configuration. Every field has an embedded default, so the demo and
+``replay`` need no file at all; ``delaywatch ... --config FILE`` adds a TOML file and
+environment variables (``DELAYWATCH_SHARDS=16``, ``DELAYWATCH_STALL__MARGIN=2``) override both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "StallSettings", "SmtpSettings", "load_settings"]
+
+
+class StallSettings(BaseModel):
+    """Thresholds of the stall detector (see detectors.stall.StallDetector)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    q: float = Field(0.99, gt=0, lt=1, description="quantile of the learned silence")
+    margin: float = Field(1.5, gt=0, description="threshold = margin x quantile")
+    min_threshold_hours: float = Field(6.0, ge=0)
+    min_samples: int = Field(300, ge=1, description="gaps a stage needs before it is used")
+    allowed_lateness_seconds: int = Field(
+        6 * 3600, ge=0, description="how far the watermark trails the newest event time")
+    bucket_seconds: int = Field(900, ge=60, description="time-wheel bucket width")
+    ttl_days: float = Field(30.0, gt=0, description="forget packages silent this long")
+    eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
+
+
+class SmtpSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = 8025
+    username: str | None = None
+    password: SecretStr | None = None
+    start_tls: bool = False
+    timeout_seconds: float = 30.0
+    sender: str = "delaywatch <alerts@delaywatch.example.com>"
+    unsubscribe_url: str = "https://delaywatch.example.com/unsubscribe"
+    unsubscribe_secret: SecretStr = SecretStr("change-me-in-production")
+    max_attempts: int = Field(8, ge=1)
+    backoff_base_seconds: float = Field(30.0, gt=0)
+    backoff_max_seconds: float = Field(3600.0, gt=0)
+    quiet_hours: bool = True
+
+
+class Settings(BaseSettings):
+    """All of delaywatch's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DELAYWATCH_", env_nested_delimiter="__", frozen=True, extra="forbid")
+
+    mode: Literal["replay", "live"] = "replay"
+    shards: int = Field(4, ge=1, le=4096, description="state shards (keys of stateful_batch)")
+    batch_size: int = Field(2000, ge=1, le=100_000, description="lines per source batch")
+    speed: float = Field(0.0, ge=0, description="replay pacing: 0 = as fast as possible")
+    feed_silence_hold_seconds: int = Field(
+        600, ge=0, description="live: the clock moves with wall time at most this long "
+        "after the last event, then holds (a silent feed is not a silent network)")
+    epoch_interval_seconds: float = Field(10.0, gt=0)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 = no metrics server")
+    facilities: Path | None = None
+    customers: Path | None = None
+    stall: StallSettings = StallSettings()
+    smtp: SmtpSettings = SmtpSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_FILE[0]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (TOML, optional), the environment, and ``overrides``.
+
+    Raises ``ValueError`` naming the key and the allowed values when something is off.
+    """
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"config file {path} does not exist")
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    _TOML_FILE[0] = path
+    try:
+        return Settings(**values)
+    finally:
+        _TOML_FILE[0] = None
+
+
+_TOML_FILE: list[Path | None] = [None]

@@ -1,0 +1,172 @@
+"""Running the flow: replay a file, the demo end to end, draining the outbox.
+
+Engine entry points live here so the CLI stays a thin layer of argument parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import Source
+from bytewax.recovery import RecoveryConfig
+from bytewax.testing import run_main
+
+from flows.config import Settings
+from flows.dataflow import FlowContext, build_flow
+from flows.metrics import make_flow_metrics
+from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
+
+__all__ = ["ReplaySummary", "replay", "send_outbox", "read_reference"]
+
+log = logging.getLogger("delaywatch")
+_METRICS: dict[str, Any] = {}
+
+
+def _metrics() -> Any:
+    # one set per process (the default registry refuses duplicate names)
+    if "flow" not in _METRICS:
+        _METRICS["flow"] = make_flow_metrics()
+    return _METRICS["flow"]
+
+
+@dataclass
+class ReplaySummary:
+    run_dir: Path
+    events: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    no_header: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    alerts: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["run_dir"] = str(self.run_dir)
+        d["events_per_second"] = round(self.events / self.seconds) if self.seconds else None
+        return d
+
+
+def read_reference(facilities: Path | None) -> tuple[dict[str, str], dict[str, str] | None]:
+    """Facility names and time zones from a facilities.csv (optional)."""
+    if facilities is None or not Path(facilities).is_file():
+        return {}, None
+    names: dict[str, str] = {}
+    tz: dict[str, str] = {}
+    with open(facilities, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            names[row["facility_id"]] = row.get("name") or row["facility_id"]
+            if row.get("tz"):
+                tz[row["facility_id"]] = row["tz"]
+    return names, tz or None
+
+
+def replay(
+    source: Source,
+    run_dir: Path,
+    settings: Settings,
+    *,
+    recovery_dir: Path | None = None,
+    with_metrics: bool = True,
+) -> ReplaySummary:
+    """Run the real dataflow over ``source`` to its end; outputs go to ``run_dir``."""
+    import time
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    names, tz_of = read_reference(settings.facilities)
+    ctx = FlowContext(settings=settings, run_dir=run_dir, names=names, tz_of=tz_of,
+                      metrics=_metrics() if with_metrics else None)
+    flow = build_flow(ctx, source)
+    recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
+    t0 = time.perf_counter()
+    run_main(flow, epoch_interval=_td(settings.epoch_interval_seconds), recovery_config=recovery)
+    summary = ReplaySummary(run_dir=run_dir, seconds=time.perf_counter() - t0)
+    for tracker in ctx.trackers.values():
+        s = tracker.stats
+        summary.accepted += s.accepted
+        summary.duplicates += s.duplicate
+        summary.out_of_order += s.out_of_order
+        summary.no_header += s.no_header
+        summary.in_flight += tracker.in_flight
+    summary.dead_letters = dict(Counter(
+        json.loads(line)["reason"] for line in _lines(run_dir / "dead_letters.jsonl")))
+    summary.alerts = dict(Counter(
+        json.loads(line)["kind"] for line in _lines(run_dir / "alerts.jsonl")))
+    summary.events = (summary.accepted + summary.duplicates + summary.out_of_order
+                      + summary.no_header + sum(summary.dead_letters.values()))
+    summary.outbox = outbox_counts(run_dir / "outbox.sqlite")
+    return summary
+
+
+def _td(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [line for line in fh if line.strip()]
+
+
+def outbox_counts(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    con = sqlite3.connect(path)
+    try:
+        return dict(con.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        con.close()
+
+
+def send_outbox(
+    outbox_path: Path,
+    customers_path: Path,
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    quiet_hours: bool | None = None,
+    now_fn: Callable[[], datetime] | None = None,
+) -> dict[str, Any]:
+    """Drain every due outbox row to the SMTP relay once; returns the drain report."""
+    smtp = settings.smtp
+    composer = MessageComposer(
+        from_address=smtp.sender, unsubscribe_url=smtp.unsubscribe_url,
+        unsubscribe_secret=smtp.unsubscribe_secret.get_secret_value(),
+    )
+    customers = load_customers(customers_path)
+    sender = SmtpSender(
+        host or smtp.host, port or smtp.port, timeout=smtp.timeout_seconds,
+        start_tls=smtp.start_tls, username=smtp.username,
+        password=smtp.password.get_secret_value() if smtp.password else None,
+    )
+    from notifiers import DEFAULT_QUIET_HOURS
+
+    use_quiet = smtp.quiet_hours if quiet_hours is None else quiet_hours
+    with Outbox(outbox_path) as outbox:
+        report = asyncio.run(drain(
+            outbox, customers, sender, composer=composer,
+            now_fn=now_fn or (lambda: datetime.now(UTC)),
+            max_attempts=smtp.max_attempts, backoff_base=smtp.backoff_base_seconds,
+            backoff_max=smtp.backoff_max_seconds,
+            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
+        ))
+    return {k: v for k, v in report.__dict__.items() if not k.startswith("_")}
