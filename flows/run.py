@@ -6,6 +6,7 @@ Engine entry points live here so the CLI stays a thin layer of argument parsing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import csv
 import json
 import logging
@@ -169,4 +170,4 @@ def send_outbox(
             backoff_max=smtp.backoff_max_seconds,
             quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
         ))
-    return {k: v for k, v in report.__dict__.items() if not k.startswith("_")}
+    return dataclasses.asdict(report)
