@@ -80,6 +80,8 @@ def replay(
         help="pace the replay: event seconds per wall second (0 = as fast as possible)")] = None,
     recovery: Annotated[Path | None, typer.Option(
         help="Bytewax recovery directory (created and initialised if missing)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="serve Prometheus metrics on 127.0.0.1:PORT while running (0 = off)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the real dataflow over a file; writes RUNDIR/alerts.jsonl, dead letters, outbox."""
@@ -90,7 +92,13 @@ def replay(
         _fail(f"{events} does not exist")
     if facilities is None and (events.parent / "facilities.csv").is_file():
         facilities = events.parent / "facilities.csv"
-    settings = _settings(config, facilities=facilities, shards=shards, speed=speed)
+    settings = _settings(config, facilities=facilities, shards=shards, speed=speed,
+                         metrics_port=metrics_port)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
     if recovery is not None:
         _init_recovery(recovery)
     source = JsonLinesSource(events, batch_size=settings.batch_size, speed=settings.speed)
