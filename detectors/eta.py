@@ -1,0 +1,201 @@
+"""Delivery estimates: when will a package arrive, and how likely is it to be late?"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from river import base, stats
+
+from detectors.events import TERMINAL_CODES
+
+__all__ = ["DeliveryEstimator"]
+
+
+class _Remaining:
+    """Count and a few quantiles of the time from one stage to delivery."""
+
+    __slots__ = ("n", "quantiles")
+
+    def __init__(self, probs: tuple[float, ...]) -> None:
+        self.n = 0
+        self.quantiles = tuple(stats.Quantile(p) for p in probs)
+
+    def __getstate__(self) -> tuple[int, tuple[stats.Quantile, ...]]:
+        return self.n, self.quantiles
+
+    def __setstate__(self, state: tuple[int, tuple[stats.Quantile, ...]]) -> None:
+        self.n, self.quantiles = state
+
+    def update(self, remaining: float) -> None:
+        self.n += 1
+        for quantile in self.quantiles:
+            quantile.update(remaining)
+
+
+class _Distribution:
+    """A distribution of remaining time from its quantiles.
+
+    The CDF is piecewise linear through (0, 0) and the (value, probability) knots, with an
+    exponential tail above the last knot whose scale matches the last two knots. Conditioning on
+    "not delivered after ``s`` seconds" uses the survival function ``S(r) = 1 - F(r)``.
+    """
+
+    def __init__(self, probs: tuple[float, ...], values: list[float]) -> None:
+        knots_v = [0.0]
+        for value in values:  # P² estimates may cross at small n: keep them non-decreasing
+            knots_v.append(max(value, knots_v[-1]))
+        self.v = knots_v
+        self.p = [0.0, *probs]
+        spread = self.v[-1] - self.v[-2]
+        ratio = (1 - self.p[-2]) / (1 - self.p[-1])
+        self.scale = max(spread / math.log(ratio), 60.0)
+
+    def survival(self, r: float) -> float:
+        v, p = self.v, self.p
+        if r <= 0:
+            return 1.0
+        if r >= v[-1]:
+            return (1 - p[-1]) * math.exp(-(r - v[-1]) / self.scale)
+        for i in range(1, len(v)):
+            if r < v[i]:
+                frac = (r - v[i - 1]) / (v[i] - v[i - 1])
+                return 1 - (p[i - 1] + frac * (p[i] - p[i - 1]))
+        return 1 - p[-1]  # pragma: no cover - r < v[-1] always finds a knot
+
+    def quantile(self, prob: float) -> float:
+        v, p = self.v, self.p
+        if prob >= p[-1]:
+            return v[-1] + self.scale * math.log((1 - p[-1]) / max(1 - prob, 1e-12))
+        for i in range(1, len(p)):
+            if prob <= p[i]:
+                width = p[i] - p[i - 1]
+                return v[i - 1] + (prob - p[i - 1]) / width * (v[i] - v[i - 1])
+        return v[-1]  # pragma: no cover
+
+
+class DeliveryEstimator(base.Base):
+    """Learns the time from a scan to delivery; estimates arrival and the chance of being late.
+
+    For each stage it tracks, with P² estimators (``river.stats.Quantile``), a few quantiles
+    of the remaining time from that scan to the delivery scan, at two levels: (facility, code,
+    service) once it holds ``min_samples`` deliveries, else (code, service). A package that has
+    been silent ``silence`` seconds since its last scan is known not to have been delivered in
+    that time, so the estimate conditions on it: with ``S`` the survival function of the
+    remaining time ``R`` (piecewise linear between the tracked quantiles, exponential tail),
+
+    * ``eta = last_ts + median(R | R > silence)``, never earlier than now;
+    * ``p_late = P(R > promised_by - last_ts | R > silence) = S(D) / S(silence)``, and 1.0 once
+      the promise has passed.
+
+    Both grow with the silence. Limits, deliberately: no weekday effect, and quantiles are
+    cumulative (they do not forget).
+
+    Cost (CPU time, 2-core CI-class VM under load): ``learn_one`` ~21 us for a delivery with 8
+    earlier scans (2 levels x 3 quantiles per scan), so a caller may teach it from a sample of
+    packages; ``estimate`` ~8 us, meant for packages being alerted on, not for every event.
+
+    Parameters
+    ----------
+    probs
+        Quantiles tracked, increasing, in (0, 1).
+    min_samples
+        Deliveries a stage key needs before it is used.
+
+    Examples
+    --------
+
+    >>> import random
+    >>> from detectors import DeliveryEstimator
+
+    >>> rng = random.Random(1)
+    >>> estimator = DeliveryEstimator(min_samples=20)
+    >>> for _ in range(200):  # out for delivery at t, delivered 1 to 7 hours later
+    ...     t = 1732700000 + rng.randrange(86400)
+    ...     estimator.learn_one({"service": "ground", "delivered_ts": t + rng.uniform(1, 7) * 3600,
+    ...                          "scans": [("PO-1", "OF", t)]})
+
+    >>> x = {"facility": "PO-1", "code": "OF", "service": "ground", "last_ts": 1732780800,
+    ...      "promised_by_ts": 1732780800 + 6 * 3600}
+    >>> for silence in (0, 3, 5, 8):
+    ...     eta, p_late = estimator.estimate(x | {"silence": silence * 3600})
+    ...     print(f"silent {silence} h: eta +{(eta - x['last_ts']) / 3600:.1f} h, "
+    ...           f"p_late {p_late:.2f}")
+    silent 0 h: eta +4.1 h, p_late 0.16
+    silent 3 h: eta +5.0 h, p_late 0.25
+    silent 5 h: eta +6.0 h, p_late 0.49
+    silent 8 h: eta +9.0 h, p_late 1.00
+
+    The true remaining time here is uniform on 1-7 h: given 3 silent hours it is uniform on
+    3-7 h (median 5 h, P(> 6 h) = 0.25), given 5 it is uniform on 5-7 h (6 h, 0.5). Past the
+    last tracked quantile the tail is exponential, so the estimate keeps moving with the clock.
+
+    """
+
+    def __init__(self, probs: tuple[float, ...] = (0.1, 0.5, 0.9), min_samples: int = 30) -> None:
+        if not all(0 < p < 1 for p in probs) or list(probs) != sorted(set(probs)):
+            raise ValueError(f"probs must be increasing and in (0, 1), got {probs!r}")
+        if 0.5 not in probs or len(probs) < 2:
+            raise ValueError(f"probs must include 0.5 and another quantile, got {probs!r}")
+        self.probs = probs
+        self.min_samples = min_samples
+        self._stages: dict[Any, _Remaining] = {}
+        self._network: dict[Any, _Remaining] = {}
+
+    def learn_one(self, x: Mapping[str, Any]) -> None:
+        """Learn from one delivery.
+
+        ``x`` has ``service``, ``delivered_ts`` and ``scans``: the package's earlier scans as
+        (facility, code, ts), any subset the caller kept (stages never passed are not learned).
+        """
+        service, delivered_ts = x.get("service"), x["delivered_ts"]
+        scans: Iterable[tuple[str | None, str, int]] = x["scans"]
+        for facility, code, ts in scans:
+            remaining = delivered_ts - ts
+            if code in TERMINAL_CODES or remaining < 0:
+                continue
+            for table, key in (
+                (self._stages, (facility, code, service)),
+                (self._network, (code, service)),
+            ):
+                stage = table.get(key)
+                if stage is None:
+                    stage = table[key] = _Remaining(self.probs)
+                stage.update(remaining)
+
+    def _distribution(self, x: Mapping[str, Any]) -> _Distribution | None:
+        code, service = x["code"], x.get("service")
+        for stage in (
+            self._stages.get((x["facility"], code, service)),
+            self._network.get((code, service)),
+        ):
+            if stage is not None and stage.n >= self.min_samples:
+                values = [quantile.get() for quantile in stage.quantiles]
+                return _Distribution(self.probs, values)  # type: ignore[arg-type]
+        return None
+
+    def estimate(self, x: Mapping[str, Any]) -> tuple[int | None, float | None]:
+        """(eta_ts, p_late) for a package last scanned at ``x`` and silent ``silence`` seconds.
+
+        ``x`` has facility, code, service, last_ts, silence and optionally promised_by_ts.
+        ``(None, None)`` while the stage has too little data or the code is terminal;
+        ``p_late`` is None without a promise.
+        """
+        if x["code"] in TERMINAL_CODES:
+            return None, None
+        dist = self._distribution(x)
+        if dist is None:
+            return None, None
+        last_ts, silence = x["last_ts"], max(float(x["silence"]), 0.0)
+        alive = dist.survival(silence)
+        # median of R given R > silence: the quantile at F(silence) + S(silence) / 2
+        remaining = max(dist.quantile(1 - alive / 2), silence)
+        eta = int(math.ceil(last_ts + remaining))
+        promised_by = x.get("promised_by_ts")
+        if promised_by is None:
+            return eta, None
+        deadline = promised_by - last_ts
+        if deadline <= silence or alive <= 0.0:
+            return eta, 1.0
+        return eta, min(1.0, dist.survival(deadline) / alive)

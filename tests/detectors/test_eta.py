@@ -1,0 +1,161 @@
+"""DeliveryEstimator: conditioning on silence, promises, levels, River-style checks."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detectors import DeliveryEstimator
+
+H = 3600
+T0 = 1732492800  # 2024-11-25T00:00:00Z
+
+
+def deliveries(seed, n=300, facility="PO-1", low=1.0, high=7.0, service="ground"):
+    """Packages out for delivery at t, delivered uniformly ``low``-``high`` hours later; their
+    earlier arrival at the post office 3 hours before."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        t = T0 + rng.randrange(20 * 86400)
+        yield {
+            "service": service,
+            "delivered_ts": t + rng.uniform(low, high) * H,
+            "scans": [(facility, "07", t - 3 * H), (facility, "OF", t), (facility, "01", t + H)],
+        }
+
+
+def trained(**kwargs):
+    estimator = DeliveryEstimator(**kwargs)
+    for x in deliveries(0, n=2000):
+        estimator.learn_one(x)
+    return estimator
+
+
+def at(silence, promised_hours=6.0, **extra):
+    x = {"facility": "PO-1", "code": "OF", "service": "ground", "last_ts": T0, "silence": silence}
+    if promised_hours is not None:
+        x["promised_by_ts"] = T0 + promised_hours * H
+    return x | extra
+
+
+def test_p_late_increases_with_silence():
+    estimator = trained()
+    p = [estimator.estimate(at(s * H / 2))[1] for s in range(0, 16)]
+    assert all(a <= b for a, b in zip(p, p[1:], strict=False))
+    assert p[0] < 0.3 < 0.9 < p[-1]
+    assert p[-1] == 1.0  # the promise has passed and the package is not delivered
+
+
+def test_p_late_increases_with_an_earlier_promise():
+    estimator = trained()
+    p = [estimator.estimate(at(2 * H, promised_hours=h / 2))[1] for h in range(20, 1, -1)]
+    assert all(a <= b for a, b in zip(p, p[1:], strict=False))
+    assert p[0] < 0.05 < 0.9 < p[-1]
+
+
+def test_estimates_match_the_true_distribution():
+    # Remaining time from OF is uniform on 1-7 h. Given s silent hours (1 <= s < 7) it is
+    # uniform on s-7 h: median (s + 7) / 2, P(R > d) = (7 - d) / (7 - s).
+    estimator = trained()
+    for silence, promise in [(0, 6), (2, 5), (4, 6.5), (5.5, 6)]:
+        eta, p_late = estimator.estimate(at(silence * H, promise))
+        low = max(silence, 1)
+        assert (eta - T0) / H == pytest.approx((low + 7) / 2, abs=0.3)
+        assert p_late == pytest.approx((7 - promise) / (7 - low), abs=0.05)
+
+
+@given(st.floats(0, 30 * 86400), st.floats(-86400, 30 * 86400))
+def test_eta_is_never_earlier_than_now_and_p_late_is_a_probability(silence, promise):
+    estimator = ESTIMATOR
+    eta, p_late = estimator.estimate(at(silence, promise / H))
+    assert eta >= T0 + silence
+    assert 0.0 <= p_late <= 1.0
+
+
+ESTIMATOR = trained()
+
+
+def test_without_a_promise_p_late_is_none():
+    eta, p_late = trained().estimate(at(H, promised_hours=None))
+    assert eta is not None and p_late is None
+
+
+def test_silent_in_warm_up_and_for_terminal_codes():
+    estimator = DeliveryEstimator()
+    assert estimator.estimate(at(H)) == (None, None)
+    estimator = trained()
+    assert estimator.estimate(at(H, code="01")) == (None, None)
+    assert estimator.estimate(at(H, code="A1")) == (None, None)  # never learned
+
+
+def test_uses_the_facility_once_it_has_enough_data_else_the_network():
+    estimator = DeliveryEstimator(min_samples=30)
+    for x in deliveries(1, n=300, facility="PO-1", low=1, high=3):
+        estimator.learn_one(x)
+    for x in deliveries(2, n=300, facility="PO-2", low=10, high=12):
+        estimator.learn_one(x)
+    for x in deliveries(3, n=10, facility="PO-3", low=20, high=22):
+        estimator.learn_one(x)
+
+    def eta_hours(facility):
+        return (estimator.estimate(at(0, facility=facility))[0] - T0) / H
+
+    assert eta_hours("PO-1") == pytest.approx(2, abs=0.3)
+    assert eta_hours("PO-2") == pytest.approx(11, abs=0.3)
+    network = eta_hours("PO-new")
+    assert 3 < network < 10  # the mixture of all post offices
+    assert eta_hours("PO-3") == network  # 10 deliveries are too few
+
+
+def test_earlier_scans_are_learned_too():
+    estimator = trained()
+    eta, _ = estimator.estimate(at(0, code="07"))
+    assert (eta - T0) / H == pytest.approx(3 + 4, abs=0.3)
+
+
+def test_learn_one_does_not_mutate_its_input():
+    estimator = DeliveryEstimator()
+    for x in deliveries(4, n=50):
+        before = copy.deepcopy(x)
+        estimator.learn_one(x)
+        assert x == before
+    x = at(H)
+    before = dict(x)
+    estimator.estimate(x)
+    assert x == before
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copy_continues_identically(how):
+    stream = list(deliveries(5, n=400))
+    a = DeliveryEstimator()
+    for x in stream[:200]:
+        a.learn_one(x)
+    b = pickle.loads(pickle.dumps(a)) if how == "pickle" else copy.deepcopy(a)
+    for x in stream[200:]:
+        a.learn_one(x)
+        b.learn_one(x)
+    probes = [at(s * H) for s in range(10)]
+    assert [a.estimate(x) for x in probes] == [b.estimate(x) for x in probes]
+
+
+def test_same_seed_same_estimates():
+    def run(seed):
+        estimator = DeliveryEstimator()
+        for x in deliveries(seed):
+            estimator.learn_one(x)
+        return [estimator.estimate(at(s * H)) for s in range(10)]
+
+    assert run(6) == run(6)
+    assert run(6) != run(7)
+
+
+@pytest.mark.parametrize("probs", [(0.5,), (0.1, 0.9), (0.5, 0.1), (0.0, 0.5), (0.5, 0.5, 0.9)])
+def test_bad_probs_are_refused(probs):
+    with pytest.raises(ValueError):
+        DeliveryEstimator(probs=probs)
