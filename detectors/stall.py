@@ -13,7 +13,7 @@ from river import base, stats
 
 from detectors.events import TERMINAL_CODES
 
-__all__ = ["DEFAULT_PRIOR_HOURS", "LEVELS", "StallDetector"]
+__all__ = ["DEFAULT_PRIOR_HOURS", "EXCEPTION_CODES", "LEVELS", "StallDetector"]
 
 #: The stage keys, finest first. ``weekday`` is the bucket of the last scan's weekday.
 LEVELS: Final = (
@@ -33,12 +33,19 @@ DEFAULT_PRIOR_HOURS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType
         "A1": (12.0, 72.0),
         "T1": (12.0, 72.0),
         "TL": (12.0, 72.0),
-        "08": (24.0, 96.0),
+        "08": (36.0, 8.0),  # missent: an exception code, see EXCEPTION_CODES
+        "15": (36.0, 8.0),  # mis-shipped: likewise
         "07": (12.0, 72.0),  # post office: hours on weekdays, up to ~56 h over a weekend
         "OF": (6.0, 36.0),
         "02": (24.0, 96.0),
     }
 )
+
+
+#: The carrier's own "off track" codes (missent, mis-shipped, rescheduled, status not
+#: updated). They are explicit signals, not stages with a usual silence: they are never learned
+#: (learning would make a missort look normal) and always use their prior, which is short.
+EXCEPTION_CODES: Final = frozenset({"08", "15", "71", "DX"})
 
 
 class _Gaps:
@@ -252,7 +259,7 @@ class StallDetector(base.AnomalyDetector):
         """Learn one observed gap: ``x`` has facility, code, service, last_ts, gap (seconds)."""
         code = x["code"]
         gap = x["gap"]
-        if code in TERMINAL_CODES or gap < 0:
+        if code in TERMINAL_CODES or code in EXCEPTION_CODES or gap < 0:
             return
         facility, service = x["facility"], x.get("service")
         if self.tz_of is None:  # inlined _bucket

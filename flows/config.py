@@ -22,13 +22,18 @@ __all__ = ["Settings", "StallSettings", "SmtpSettings", "load_settings"]
 
 
 class StallSettings(BaseModel):
-    """Thresholds of the stall detector (see detectors.stall.StallDetector)."""
+    """Thresholds of the stall detector (see detectors.stall.StallDetector).
+
+    Defaults chosen on the simulator (demo seeds 1-3 and quiet; README "Detection quality"):
+    a very high quantile, because a package has ~10 gaps and a false alert rate of 2 per
+    1,000 packages needs a per-gap rate near 2 per 10,000; enough samples for P² to estimate it.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    q: float = Field(0.99, gt=0, lt=1, description="quantile of the learned silence")
-    margin: float = Field(1.5, gt=0, description="threshold = margin x quantile")
+    q: float = Field(0.999, gt=0, lt=1, description="quantile of the learned silence")
+    margin: float = Field(1.25, gt=0, description="threshold = margin x quantile")
     min_threshold_hours: float = Field(6.0, ge=0)
-    min_samples: int = Field(300, ge=1, description="gaps a stage needs before it is used")
+    min_samples: int = Field(2000, ge=1, description="gaps a stage needs before it is used")
     allowed_lateness_seconds: int = Field(
         6 * 3600, ge=0, description="how far the watermark trails the newest event time")
     bucket_seconds: int = Field(900, ge=60, description="time-wheel bucket width")
@@ -60,7 +65,9 @@ class Settings(BaseSettings):
         env_prefix="DELAYWATCH_", env_nested_delimiter="__", frozen=True, extra="forbid")
 
     mode: Literal["replay", "live"] = "replay"
-    shards: int = Field(4, ge=1, le=4096, description="state shards (keys of stateful_batch)")
+    shards: int = Field(
+        1, ge=1, le=4096, description="state shards (keys of stateful_batch); more than one "
+        "only pays with several workers, and each shard's detector learns from its share")
     batch_size: int = Field(2000, ge=1, le=100_000, description="lines per source batch")
     speed: float = Field(0.0, ge=0, description="replay pacing: 0 = as fast as possible")
     feed_silence_hold_seconds: int = Field(

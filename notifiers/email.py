@@ -1,0 +1,539 @@
+"""Sending e-mail over SMTP (aiosmtplib) and draining the outbox into it.
+
+:class:`SmtpSender` wraps one reusable aiosmtplib connection: ``async with sender:`` keeps it
+open for a batch, :meth:`SmtpSender.send` (re)connects when needed and turns every SMTP outcome
+into a :class:`DeliveryReport` or one of the errors in :mod:`notifiers.errors`.
+
+:func:`drain` moves due outbox rows to the SMTP server. Delivery guarantee: at-least-once per
+alert key, recorded only after the server accepted the message; the only way to get a
+duplicate is to stop between the server's acceptance and ``mark_sent`` (the row's lease then
+runs out and it is sent again, with the same Message-ID). Nothing is dropped: every claimed
+row ends ``sent``, ``failed_permanent`` (with its code), ``suppressed``, or goes back to
+``pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote
+
+import aiosmtplib
+
+from notifiers.customers import Customer
+from notifiers.errors import (
+    CONNECTION_LOST_CODE,
+    ConnectFailedError,
+    ConnectTimeoutError,
+    DeliveryTimeoutError,
+    InvalidRecipientError,
+    MessageBuildError,
+    PermanentDeliveryError,
+    RelayError,
+    TransientDeliveryError,
+    redact,
+)
+from notifiers.message import MessageComposer
+from notifiers.metrics import NotifierMetrics
+from notifiers.outbox import Outbox, OutboxRow
+from notifiers.policy import QuietHours, backoff_delay
+
+__all__ = [
+    "DEFAULT_QUIET_HOURS",
+    "DeliveryReport",
+    "DrainReport",
+    "Refusal",
+    "SmtpSender",
+    "drain",
+    "drain_forever",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUIET_HOURS = QuietHours()
+NO_CUSTOMER_CODE = 550  # recipient_ref not in the customer table ("no such user")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: int
+    message: str  # redacted server text
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What the server said about one message.
+
+    ``accepted`` and ``refused`` are keyed by address; they are hidden from ``repr`` so a
+    report can be logged without personal data.
+    """
+
+    alert_key: str | None
+    message_id: str | None
+    accepted: tuple[str, ...] = field(repr=False)
+    refused: Mapping[str, Refusal] = field(repr=False)
+    response: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.accepted) and not self.refused
+
+    def __repr__(self) -> str:
+        codes = sorted(r.code for r in self.refused.values())
+        return (
+            f"DeliveryReport(alert_key={self.alert_key!r}, message_id={self.message_id!r}, "
+            f"accepted={len(self.accepted)}, refused_codes={codes})"
+        )
+
+
+def _alert_key_of(message: EmailMessage) -> str | None:
+    value = message.get("X-Delaywatch-Alert-Key")
+    return unquote(str(value)) if value is not None else None
+
+
+class SmtpSender:
+    """An SMTP client for one relay, reusing its connection across messages.
+
+    >>> sender = SmtpSender("127.0.0.1", 2525, timeout=10.0)
+    >>> sender
+    SmtpSender(hostname='127.0.0.1', port=2525)
+
+    Use ``async with sender:`` around a batch; the connection is opened on the first
+    :meth:`send`, reopened after a disconnect and closed (QUIT) when the outermost ``async
+    with`` ends.
+    """
+
+    def __init__(
+        self,
+        hostname: str = "localhost",
+        port: int = 25,
+        *,
+        timeout: float = 30.0,
+        local_hostname: str | None = None,
+        use_tls: bool = False,
+        start_tls: bool | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        validate_certs: bool = True,
+    ) -> None:
+        self.hostname = hostname
+        self.port = port
+        self.timeout = timeout
+        self._options: dict[str, Any] = {
+            "local_hostname": local_hostname,
+            "use_tls": use_tls,
+            "start_tls": start_tls,
+            "username": username,
+            "password": password,
+            "validate_certs": validate_certs,
+        }
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._depth = 0
+
+    def __repr__(self) -> str:
+        return f"SmtpSender(hostname={self.hostname!r}, port={self.port!r})"
+
+    @property
+    def is_connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def __aenter__(self) -> SmtpSender:
+        self._depth += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+        if self._depth <= 0:
+            self._depth = 0
+            await self.aclose()
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        """Open the connection if it is not open. Raises :class:`RelayError` subclasses."""
+        if self.is_connected:
+            return
+        self._drop()
+        timeout = self.timeout if timeout is None else timeout
+        smtp = aiosmtplib.SMTP(
+            hostname=self.hostname, port=self.port, timeout=timeout, **self._options
+        )
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPConnectTimeoutError:
+            raise ConnectTimeoutError(step="connect", server_message="timed out") from None
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            raise ConnectFailedError(exc.code, step="connect", server_message=exc.message) from None
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError):
+            raise ConnectFailedError(
+                CONNECTION_LOST_CODE, step="connect", server_message="cannot connect"
+            ) from None
+        except aiosmtplib.SMTPTimeoutError:
+            raise ConnectTimeoutError(step="connect", server_message="timed out") from None
+        except aiosmtplib.SMTPResponseException as exc:  # STARTTLS / AUTH refused
+            raise RelayError(exc.code, step="connect", server_message=exc.message) from None
+        except aiosmtplib.SMTPException:
+            raise RelayError(
+                CONNECTION_LOST_CODE, step="connect", server_message="session setup failed"
+            ) from None
+        self._smtp = smtp
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+        self._smtp = None
+
+    async def aclose(self) -> None:
+        """QUIT and close (errors while quitting are ignored)."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await smtp.quit(timeout=min(self.timeout, 5.0))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass
+        finally:
+            smtp.close()
+
+    async def send(self, message: EmailMessage, /, *, timeout: float = 30.0) -> DeliveryReport:
+        """Send ``message`` to the addresses in its To header.
+
+        Returns a :class:`DeliveryReport` (with per-recipient refusals if only some were
+        refused). Raises :class:`TransientDeliveryError` (4xx; a lost connection counts as 451;
+        :class:`DeliveryTimeoutError` on a timeout), :class:`PermanentDeliveryError` (5xx to
+        the recipients or the data) or :class:`RelayError` (the relay refused the session or
+        the sender; no message was judged).
+        """
+        key = _alert_key_of(message)
+        from_header = message.get("From")
+        to_header = message.get("To")
+        if from_header is None or to_header is None:
+            raise ValueError(f"send {key}: message needs From and To headers")
+        sender = from_header.addresses[0].addr_spec
+        recipients = [a.addr_spec for a in to_header.addresses]
+        await self.connect(timeout=timeout)
+        assert self._smtp is not None
+        try:
+            errors, response = await self._smtp.send_message(
+                message, sender=sender, recipients=recipients, timeout=timeout
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusals = exc.recipients
+            transient = [r for r in refusals if 400 <= r.code < 500]
+            first = (transient or refusals)[0]
+            cls = TransientDeliveryError if transient else PermanentDeliveryError
+            if first.code < 400:  # nonsense reply: retry rather than lose
+                cls = TransientDeliveryError
+            self._drop_if_disconnected()
+            raise cls(
+                first.code,
+                step="rcpt",
+                alert_key=key,
+                server_message=redact(first.message, *recipients),
+            ) from None
+        except aiosmtplib.SMTPSenderRefused as exc:
+            self._drop_if_disconnected()
+            raise RelayError(
+                exc.code, step="mail", alert_key=key, server_message=redact(exc.message, sender)
+            ) from None
+        except (aiosmtplib.SMTPHeloError, aiosmtplib.SMTPAuthenticationError) as exc:
+            self._drop()
+            raise RelayError(exc.code, step="ehlo", alert_key=key) from None
+        except aiosmtplib.SMTPResponseException as exc:  # SMTPDataError and the like
+            self._drop_if_disconnected()
+            cls = PermanentDeliveryError if exc.code >= 500 else TransientDeliveryError
+            raise cls(
+                exc.code,
+                step="data",
+                alert_key=key,
+                server_message=redact(exc.message, *recipients),
+            ) from None
+        except aiosmtplib.SMTPTimeoutError:
+            self._drop()
+            raise DeliveryTimeoutError(step="send", alert_key=key) from None
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError, OSError):
+            self._drop()
+            raise TransientDeliveryError(
+                CONNECTION_LOST_CODE, step="send", alert_key=key, server_message="connection lost"
+            ) from None
+        except aiosmtplib.SMTPNotSupported:  # e.g. a non-ASCII address and no SMTPUTF8
+            raise PermanentDeliveryError(
+                553, step="mail", alert_key=key, server_message="SMTPUTF8 not supported"
+            ) from None
+        except ValueError:  # aiosmtplib refused to put the address on the wire
+            raise PermanentDeliveryError(
+                553, step="rcpt", alert_key=key, server_message="address not sendable"
+            ) from None
+        refused = {
+            addr: Refusal(resp.code, redact(resp.message, *recipients))
+            for addr, resp in errors.items()
+        }
+        return DeliveryReport(
+            alert_key=key,
+            message_id=str(message.get("Message-ID") or "") or None,
+            accepted=tuple(r for r in recipients if r not in errors),
+            refused=refused,
+            response=redact(response, *recipients),
+        )
+
+    def _drop_if_disconnected(self) -> None:
+        if self._smtp is not None and not self._smtp.is_connected:
+            self._drop()
+
+
+# -- the drain loop --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DrainReport:
+    """Counts of what one :func:`drain` did (no personal data; safe to log)."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed_transient: int = 0  # retries exhausted
+    failed_permanent: int = 0  # 5xx, unknown customer, unusable address
+    suppressed: int = 0  # skipped: recipient suppressed during this drain
+    deferred: int = 0  # quiet hours
+    released: int = 0  # put back untouched (relay unreachable, or drain interrupted)
+    relay_error_code: int | None = None
+
+    def add(self, other: DrainReport) -> None:
+        for f in fields(self):
+            if f.name == "relay_error_code":
+                self.relay_error_code = other.relay_error_code or self.relay_error_code
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class _RelayDown(Exception):
+    def __init__(self, error: RelayError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+async def drain(
+    outbox: Outbox,
+    customers: Mapping[str, Customer],
+    sender: SmtpSender,
+    *,
+    composer: MessageComposer,
+    now_fn: Callable[[], datetime],
+    batch: int = 100,
+    max_attempts: int = 8,
+    backoff_base: float = 30.0,
+    backoff_max: float = 3600.0,
+    quiet_hours: QuietHours | None = DEFAULT_QUIET_HOURS,
+    relay_retry: float | None = None,
+    timeout: float = 30.0,
+    lease: float = 300.0,
+    metrics: NotifierMetrics | None = None,
+) -> DrainReport:
+    """Send every outbox row that is due now; return what happened.
+
+    For each claimed row: an unknown ``recipient_ref`` or unusable address fails the row
+    (550 / 553); in quiet hours (recipient's zone) the row is deferred to their end without
+    counting an attempt; otherwise the message is built and sent. Accepted: ``mark_sent``
+    (after acceptance). 4xx, lost connection, timeout: retry after
+    :func:`~notifiers.policy.backoff_delay`, and after ``max_attempts`` attempts
+    ``failed_permanent`` with the last code. 5xx: ``failed_permanent`` and the recipient is
+    suppressed. If the relay itself cannot be reached or refuses the session, the rest of the
+    batch goes back to ``pending`` for ``relay_retry`` seconds (default ``backoff_base``)
+    without counting attempts, so an outage never uses up a message's attempts.
+
+    Rows that become due while the drain runs wait for the next call.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    cutoff = now_fn()
+    report = DrainReport()
+    suppressed_now: set[str] = set()
+    async with sender:
+        relay_down = False
+        while not relay_down:
+            # Due as of the start; leased from now (a long drain must not hand out stale leases).
+            elapsed = max(0.0, (now_fn() - cutoff).total_seconds())
+            rows = outbox.claim_due(cutoff, batch, lease=lease + elapsed)
+            if not rows:
+                break
+            report.claimed += len(rows)
+            unfinished = {row.alert_key: row for row in rows}
+            retry_at = now_fn()
+            try:
+                for row in rows:
+                    await _deliver(
+                        row,
+                        outbox=outbox,
+                        customers=customers,
+                        sender=sender,
+                        composer=composer,
+                        now_fn=now_fn,
+                        max_attempts=max_attempts,
+                        backoff_base=backoff_base,
+                        backoff_max=backoff_max,
+                        quiet_hours=quiet_hours,
+                        timeout=timeout,
+                        metrics=metrics,
+                        report=report,
+                        suppressed_now=suppressed_now,
+                    )
+                    del unfinished[row.alert_key]
+            except _RelayDown as down:
+                relay_down = True
+                report.relay_error_code = down.error.code
+                retry_at = now_fn() + timedelta(
+                    seconds=backoff_base if relay_retry is None else relay_retry
+                )
+                log.warning(
+                    "drain: relay unavailable (%s); %d message(s) back to pending",
+                    down.error,
+                    len(unfinished),
+                )
+            finally:
+                if unfinished:  # relay down, or an exception / cancellation mid-batch
+                    report.released += outbox.release(
+                        unfinished, retry_at, code=report.relay_error_code
+                    )
+    if metrics is not None:
+        metrics.observe_outbox(outbox, now_fn())
+    return report
+
+
+async def _deliver(
+    row: OutboxRow,
+    *,
+    outbox: Outbox,
+    customers: Mapping[str, Customer],
+    sender: SmtpSender,
+    composer: MessageComposer,
+    now_fn: Callable[[], datetime],
+    max_attempts: int,
+    backoff_base: float,
+    backoff_max: float,
+    quiet_hours: QuietHours | None,
+    timeout: float,
+    metrics: NotifierMetrics | None,
+    report: DrainReport,
+    suppressed_now: set[str],
+) -> None:
+    key = row.alert_key
+    if row.recipient_ref in suppressed_now or outbox.is_suppressed(row.recipient_ref):
+        # Bounced earlier in this batch, or unsubscribed since the claim: the suppression
+        # already set this row to ``suppressed``.
+        report.suppressed += 1
+        return
+    customer = customers.get(row.recipient_ref)
+    if customer is None:
+        log.error("drain: alert %s: recipient_ref %s not in customer table", key, row.recipient_ref)
+        outbox.mark_failed(key, NO_CUSTOMER_CODE)
+        _count_failure(metrics, "permanent")
+        report.failed_permanent += 1
+        return
+    now = now_fn()
+    if quiet_hours is not None:
+        allowed = quiet_hours.next_allowed(now, customer.tz)
+        if allowed > now:
+            outbox.defer(key, allowed)
+            report.deferred += 1
+            log.debug("drain: alert %s deferred to end of quiet hours", key)
+            return
+    try:
+        message = composer.build(row.alert, customer, when=now)
+    except InvalidRecipientError as exc:
+        log.error("drain: alert %s: unusable recipient address (%s)", key, exc.code)
+        outbox.mark_failed(key, exc.code)
+        _count_failure(metrics, "permanent")
+        report.failed_permanent += 1
+        return
+    except MessageBuildError as exc:
+        log.error("drain: alert %s: cannot build message: %s", key, exc)
+        outbox.mark_failed(key, 554)
+        _count_failure(metrics, "permanent")
+        report.failed_permanent += 1
+        return
+
+    try:
+        await sender.send(message, timeout=timeout)
+    except RelayError as exc:
+        raise _RelayDown(exc) from None
+    except PermanentDeliveryError as exc:
+        _count_attempt(metrics)
+        outbox.mark_failed(key, exc.code, suppress_recipient=True)
+        suppressed_now.add(row.recipient_ref)
+        _count_failure(metrics, "permanent")
+        report.failed_permanent += 1
+        log.warning("drain: %s; recipient %s suppressed", exc, row.recipient_ref)
+        return
+    except TransientDeliveryError as exc:
+        _count_attempt(metrics)
+        attempts = row.attempts + 1
+        if attempts >= max_attempts:
+            outbox.mark_failed(key, exc.code)
+            _count_failure(metrics, "transient")
+            report.failed_transient += 1
+            log.error("drain: %s; giving up after %d attempts", exc, attempts)
+        else:
+            delay = backoff_delay(key, attempts, base=backoff_base, cap=backoff_max)
+            outbox.mark_retry(key, exc.code, now_fn() + timedelta(seconds=delay))
+            report.retried += 1
+            log.info("drain: %s; attempt %d, retry in %.0f s", exc, attempts, delay)
+        return
+    # Accepted by the server. Record it now: a stop between here and the commit is the one
+    # window in which the message can be sent twice.
+    _count_attempt(metrics)
+    outbox.mark_sent(key, now_fn())
+    if metrics is not None:
+        metrics.sent.inc()
+    report.sent += 1
+    log.debug("drain: alert %s sent", key)
+
+
+def _count_attempt(metrics: NotifierMetrics | None) -> None:
+    if metrics is not None:
+        metrics.attempts.inc()
+
+
+def _count_failure(metrics: NotifierMetrics | None, reason: str) -> None:
+    if metrics is not None:
+        metrics.failed.labels(reason=reason).inc()
+
+
+async def drain_forever(
+    outbox: Outbox,
+    customers: Mapping[str, Customer],
+    sender: SmtpSender,
+    *,
+    composer: MessageComposer,
+    stop: asyncio.Event,
+    now_fn: Callable[[], datetime] = _utcnow,
+    poll_interval: float = 1.0,
+    **options: Any,
+) -> DrainReport:
+    """Call :func:`drain` every ``poll_interval`` seconds until ``stop`` is set.
+
+    ``options`` are passed to :func:`drain`. Returns the summed reports.
+    """
+    total = DrainReport()
+    while not stop.is_set():
+        report = await drain(outbox, customers, sender, composer=composer, now_fn=now_fn, **options)
+        total.add(report)
+        if report.claimed:
+            log.info("drain: %r", report)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=poll_interval)
+    return total

@@ -1,0 +1,321 @@
+"""Turning an alert and a customer into a plain-language e-mail (text + HTML).
+
+Everything that comes from the alert or the customer table is treated as untrusted: it passes
+:func:`notifiers.headers.clean_text` before it reaches a template or a header, the HTML templates
+autoescape, and the recipient comes from the customer table only, never from the alert.
+
+Headers set (and no others, apart from the MIME ones): From, To, Subject, Date, Message-ID,
+Auto-Submitted, X-Delaywatch-Alert-Key, List-Unsubscribe, List-Unsubscribe-Post. The
+Message-ID is derived from the alert key, so a message sent twice is recognisably the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from email import policy as email_policy
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from notifiers.customers import LOCALES, Customer, validate_address
+from notifiers.errors import InvalidRecipientError, MessageBuildError
+from notifiers.headers import clean_text
+from notifiers.unsubscribe import unsubscribe_url
+
+__all__ = ["HEADER_NAMES", "MessageComposer", "RenderedMessage"]
+
+KINDS = ("stall", "incident_delay", "back_on_track")
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+#: Every header a built message carries (lower case).
+HEADER_NAMES = frozenset(
+    {
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "auto-submitted",
+        "x-delaywatch-alert-key",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "mime-version",
+        "content-type",
+    }
+)
+
+_MAX_SUBJECT = 150
+_MAX_NAME = 80
+_MAX_FACILITY = 80
+_MAX_EVIDENCE = 400
+_MAX_PACKAGE_ID = 40
+_MAX_LISTED_PACKAGES = 20
+_MAX_KEY = 200
+
+
+class _VerbatimHeader(UnstructuredHeader):
+    """A header written on one line exactly as given (checked ASCII, no whitespace).
+
+    The standard folder turns a long unbreakable value (a URL) into RFC 2047 encoded words,
+    which mail clients do not read as a URL; List-Unsubscribe must stay a plain ``<https://…>``.
+    """
+
+    max_count = 1
+
+    def fold(self, *, policy: email_policy.Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
+_REGISTRY = HeaderRegistry()
+for _name in ("list-unsubscribe", "list-unsubscribe-post", "x-delaywatch-alert-key"):
+    _REGISTRY.map_to_type(_name, _VerbatimHeader)
+_POLICY = email_policy.default.clone(header_factory=_REGISTRY)
+
+
+def _verbatim(value: str) -> str:
+    if not value.isascii() or not value.isprintable() or len(value) > 900:
+        raise MessageBuildError("header value is not short printable ASCII")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    subject: str
+    text: str
+    html: str
+
+
+# -- plain-language formatting ---------------------------------------------------------------
+
+_MONTHS = {
+    "en": "January February March April May June July August September October November December",
+    "es": "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre "
+    "diciembre",
+}
+_WEEKDAYS = {
+    "en": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
+    "es": "lunes martes miércoles jueves viernes sábado domingo",
+}
+_UNITS = {
+    "en": (("day", "days"), ("hour", "hours"), ("minute", "minutes")),
+    "es": (("día", "días"), ("hora", "horas"), ("minuto", "minutos")),
+}
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and 10 <= len(value) <= 40:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return parsed if parsed.tzinfo is not None and parsed.utcoffset() is not None else None
+
+
+def format_local_time(value: object, zone: tzinfo, locale: str) -> str | None:
+    """'Tuesday, March 4, 3:15 PM CST' / 'martes 4 de marzo, 15:15 CST'; None if unknown."""
+    when = _parse_time(value)
+    if when is None:
+        return None
+    try:
+        local = when.astimezone(zone)
+    except (OverflowError, ValueError):
+        return None
+    month = _MONTHS[locale].split()[local.month - 1]
+    weekday = _WEEKDAYS[locale].split()[local.weekday()]
+    abbrev = clean_text(local.tzname() or "", max_len=10)
+    if locale == "es":
+        return f"{weekday} {local.day} de {month}, {local:%H:%M} {abbrev}".rstrip()
+    hour = local.hour % 12 or 12
+    ampm = "AM" if local.hour < 12 else "PM"
+    return f"{weekday}, {month} {local.day}, {hour}:{local:%M} {ampm} {abbrev}".rstrip()
+
+
+def format_duration(seconds: object, locale: str) -> str | None:
+    """'2 days 3 hours' / '2 días 3 horas'; the two largest units; None if unknown."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    if not 0 <= seconds < 10 * 365 * 86400:
+        return None
+    minutes = int(seconds // 60)
+    values = (minutes // 1440, minutes % 1440 // 60, minutes % 60)
+    parts = [f"{n} {names[n != 1]}" for n, names in zip(values, _UNITS[locale], strict=True) if n]
+    if not parts:
+        return "1 minuto" if locale == "es" else "1 minute"
+    return " ".join(parts[:2])
+
+
+# -- the composer ----------------------------------------------------------------------------
+
+
+class MessageComposer:
+    """Builds :class:`~email.message.EmailMessage` objects for alerts.
+
+    Parameters
+    ----------
+    from_address
+        The From header, e.g. ``"Parcel updates <updates@example.com>"``.
+    unsubscribe_url
+        Absolute https URL of the one-click unsubscribe endpoint; ``?token=…`` is appended.
+    unsubscribe_secret
+        HMAC key for the unsubscribe tokens (see :mod:`notifiers.unsubscribe`).
+    message_id_domain
+        Right-hand side of the Message-ID (default: the From address's domain).
+    template_dir
+        Directory with the Jinja2 templates (default: the packaged ``templates/``).
+    """
+
+    def __init__(
+        self,
+        *,
+        from_address: str,
+        unsubscribe_url: str,
+        unsubscribe_secret: bytes | str,
+        message_id_domain: str | None = None,
+        template_dir: str | Path | None = None,
+    ) -> None:
+        try:
+            if clean_text(from_address, max_len=300) != from_address.strip():
+                raise InvalidRecipientError("control characters")
+            (parsed,) = _REGISTRY("from", from_address).addresses
+            sender = validate_address(parsed.addr_spec)
+        except (InvalidRecipientError, ValueError, IndexError, TypeError):
+            raise ValueError("from_address must be 'Name <addr@domain>' or 'addr@domain'") from None
+        self.from_address = Address(
+            display_name=clean_text(parsed.display_name, max_len=_MAX_NAME),
+            username=sender.username,
+            domain=sender.domain,
+        )
+        self._unsubscribe_base = unsubscribe_url
+        self._secret = unsubscribe_secret
+        # Fail at start-up, not at the first message, if the URL or secret is unusable.
+        _verbatim(f"<{self._unsubscribe_url('probe')}>")
+        domain = message_id_domain or sender.domain
+        if not domain or not all(ch.isalnum() or ch in ".-" for ch in domain):
+            raise ValueError("message_id_domain must be a plain domain name")
+        self.message_id_domain = domain
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(template_dir or TEMPLATE_DIR)),
+            autoescape=jinja2.select_autoescape(
+                enabled_extensions=("html",), default_for_string=False, default=False
+            ),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"MessageComposer(message_id_domain={self.message_id_domain!r})"
+
+    def _unsubscribe_url(self, recipient_ref: str) -> str:
+        return unsubscribe_url(self._unsubscribe_base, recipient_ref, self._secret)
+
+    def message_id(self, alert_key: str) -> str:
+        """Deterministic Message-ID for an alert key."""
+        digest = hashlib.sha256(alert_key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"<dw.{digest}@{self.message_id_domain}>"
+
+    def context(self, alert: Mapping[str, Any], customer: Customer) -> dict[str, Any]:
+        """The (cleaned) values the templates see."""
+        locale = customer.locale if customer.locale in LOCALES else "en"
+        try:
+            zone: tzinfo = ZoneInfo(customer.tz)
+        except Exception:  # an unusable zone falls back to UTC rather than losing the message
+            zone = ZoneInfo("UTC")
+        raw_packages = alert.get("packages")
+        packages = (
+            [clean_text(p, max_len=_MAX_PACKAGE_ID) for p in raw_packages]
+            if isinstance(raw_packages, list | tuple)
+            else []
+        )
+        package_id = clean_text(alert.get("package_id"), max_len=_MAX_PACKAGE_ID)
+        if not packages and package_id:
+            packages = [package_id]
+        return {
+            "kind": alert.get("kind"),
+            "name": clean_text(customer.name, max_len=_MAX_NAME),
+            "package_id": package_id or (packages[0] if packages else ""),
+            "packages": packages[:_MAX_LISTED_PACKAGES],
+            "more_packages": max(0, len(packages) - _MAX_LISTED_PACKAGES),
+            "package_count": len(packages),
+            "facility": clean_text(
+                alert.get("facility_name") or alert.get("facility_id"), max_len=_MAX_FACILITY
+            ),
+            "evidence": clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE),
+            "last_scan": format_local_time(alert.get("last_scan_time"), zone, locale),
+            "promised": format_local_time(alert.get("promised_by"), zone, locale),
+            "estimate": format_local_time(alert.get("new_estimate"), zone, locale),
+            "silence": format_duration(alert.get("silence_seconds"), locale),
+            "unsubscribe_url": self._unsubscribe_url(customer.recipient_ref),
+            "locale": locale,
+        }
+
+    def render(self, alert: Mapping[str, Any], customer: Customer) -> RenderedMessage:
+        """Subject, text and HTML for an alert, in the customer's language and time zone."""
+        kind = alert.get("kind")
+        if kind not in KINDS:
+            raise MessageBuildError(
+                "alert kind is not one of " + ", ".join(KINDS),
+                alert_key=str(alert.get("alert_key")),
+            )
+        ctx = self.context(alert, customer)
+        stem = f"{kind}.{ctx['locale']}"
+        subject = self._env.get_template(f"{stem}.subject.txt").render(ctx)
+        ctx["subject"] = clean_text(subject, max_len=_MAX_SUBJECT)
+        return RenderedMessage(
+            subject=ctx["subject"],
+            text=self._env.get_template(f"{stem}.txt").render(ctx),
+            html=self._env.get_template(f"{stem}.html").render(ctx),
+        )
+
+    def build(
+        self, alert: Mapping[str, Any], customer: Customer, /, *, when: datetime
+    ) -> EmailMessage:
+        """The e-mail for ``alert`` to ``customer``, dated ``when`` (aware).
+
+        Raises :class:`InvalidRecipientError` if the customer's address is unusable and
+        :class:`MessageBuildError` if the alert cannot be rendered.
+        """
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("when must be a timezone-aware datetime")
+        key = alert.get("alert_key")
+        if not isinstance(key, str) or not key:
+            raise MessageBuildError("alert has no alert_key")
+        try:
+            recipient = validate_address(customer.email)
+        except InvalidRecipientError as exc:
+            exc.alert_key = key
+            raise
+        rendered = self.render(alert, customer)
+        msg = EmailMessage(policy=_POLICY)
+        msg["From"] = self.from_address
+        msg["To"] = Address(
+            display_name=clean_text(customer.name, max_len=_MAX_NAME),
+            username=recipient.username,
+            domain=recipient.domain,
+        )
+        msg["Subject"] = rendered.subject
+        msg["Date"] = format_datetime(when)
+        msg["Message-ID"] = self.message_id(key)
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Delaywatch-Alert-Key"] = _verbatim(
+            quote(key[:_MAX_KEY], safe=":-_.~", errors="backslashreplace")
+        )
+        msg["List-Unsubscribe"] = _verbatim(f"<{self._unsubscribe_url(customer.recipient_ref)}>")
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        msg.set_content(rendered.text)
+        msg.add_alternative(rendered.html, subtype="html")
+        return msg

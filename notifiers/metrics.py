@@ -1,0 +1,93 @@
+"""Prometheus metrics of the notifiers, built by a factory so tests can use a fresh registry.
+
+Labels are few and fixed (``reason`` is ``transient`` or ``permanent``); never an address,
+a name or a package id.
+
+* ``delaywatch_emails_sent_total`` - messages the SMTP server accepted.
+* ``delaywatch_emails_failed_total{reason}`` - messages that ended failed: ``permanent`` (a 5xx
+  reply) or ``transient`` (still 4xx / disconnects after the last allowed attempt).
+* ``delaywatch_email_attempts_total`` - SMTP transactions tried for a message (each ends as sent,
+  retry or failure; a relay that cannot be reached is not an attempt for any message).
+* ``delaywatch_outbox_depth`` - rows pending or being sent.
+* ``delaywatch_outbox_oldest_pending_age_seconds`` - age of the oldest such row.
+* ``delaywatch_outbox_duplicates_total`` - enqueues ignored because the alert key was present.
+
+>>> from prometheus_client import CollectorRegistry
+>>> registry = CollectorRegistry()
+>>> m = make_notifier_metrics(registry)
+>>> m.sent.inc()
+>>> registry.get_sample_value("delaywatch_emails_sent_total")
+1.0
+>>> registry.get_sample_value("delaywatch_emails_failed_total", {"reason": "permanent"})
+0.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+if TYPE_CHECKING:
+    from notifiers.outbox import Outbox
+
+__all__ = ["FAILURE_REASONS", "NotifierMetrics", "make_notifier_metrics"]
+
+FAILURE_REASONS = ("transient", "permanent")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierMetrics:
+    sent: Counter
+    failed: Counter
+    attempts: Counter
+    depth: Gauge
+    oldest_pending_age: Gauge
+    duplicates: Counter
+
+    def observe_outbox(self, outbox: Outbox, now: datetime) -> None:
+        """Set the two outbox gauges from the outbox itself (the source of truth)."""
+        self.depth.set(outbox.depth())
+        self.oldest_pending_age.set(outbox.oldest_pending_age(now))
+
+
+def make_notifier_metrics(registry: CollectorRegistry | None = REGISTRY) -> NotifierMetrics:
+    """Create and register the notifier metrics in ``registry`` (default: the global one)."""
+    failed = Counter(
+        "delaywatch_emails_failed",
+        "E-mails that ended failed, by reason (permanent: 5xx; transient: retries exhausted).",
+        ["reason"],
+        registry=registry,
+    )
+    for reason in FAILURE_REASONS:  # export both series from the start, at zero
+        failed.labels(reason=reason)
+    return NotifierMetrics(
+        sent=Counter(
+            "delaywatch_emails_sent",
+            "E-mails accepted by the SMTP server.",
+            registry=registry,
+        ),
+        failed=failed,
+        attempts=Counter(
+            "delaywatch_email_attempts",
+            "SMTP delivery attempts for a message.",
+            registry=registry,
+        ),
+        depth=Gauge(
+            "delaywatch_outbox_depth",
+            "Outbox rows pending or being sent.",
+            registry=registry,
+        ),
+        oldest_pending_age=Gauge(
+            "delaywatch_outbox_oldest_pending_age_seconds",
+            "Seconds since the oldest unsent outbox row was enqueued.",
+            registry=registry,
+        ),
+        duplicates=Counter(
+            "delaywatch_outbox_duplicates",
+            "Enqueues ignored because the alert key was already in the outbox.",
+            registry=registry,
+        ),
+    )

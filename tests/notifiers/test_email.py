@@ -1,0 +1,414 @@
+"""Delivery through a real SMTP server (notifiers.smtpd) running in its own process.
+
+Every message is counted at the server by its X-Delaywatch-Alert-Key header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from notifiers.customers import Customer, load_customers
+from notifiers.email import SmtpSender, drain, drain_forever
+from notifiers.errors import (
+    ConnectFailedError,
+    ConnectTimeoutError,
+    DeliveryTimeoutError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from notifiers.message import MessageComposer
+from notifiers.metrics import NotifierMetrics
+from notifiers.outbox import Outbox
+from notifiers.smtpd import FailureRule, SmtpServerProcess, count_by_alert_key
+from tests.notifiers.helpers import (
+    FROM,
+    SECRET,
+    T0,
+    UNSUBSCRIBE_URL,
+    Clock,
+    customer,
+    drain_until_settled,
+    free_port,
+    make_alert,
+    sender_for,
+    write_customers_csv,
+)
+
+
+def setup_alerts(box: Outbox, n: int, *, start: int = 0) -> dict[str, Customer]:
+    """One alert per customer (so a per-address failure script hits each message)."""
+    custs = {}
+    items = []
+    for i in range(start, start + n):
+        c = customer(i)
+        custs[c.recipient_ref] = c
+        items.append((make_alert(f"PKG-{i}"), c.recipient_ref))
+    box.enqueue_many(items, now=T0)
+    return custs
+
+
+async def test_messages_arrive_once_each(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock,
+    metrics: NotifierMetrics,
+) -> None:  # fmt: skip
+    server = smtp_server()
+    customers = setup_alerts(outbox, 30)
+    outbox.enqueue_many([(make_alert("PKG-0"), "r-0000")], now=T0)  # a replay: ignored
+    report = await drain(
+        outbox, customers, sender_for(server), composer=composer, now_fn=clock, batch=7,
+        quiet_hours=None, metrics=metrics,
+    )  # fmt: skip
+    assert (report.claimed, report.sent) == (30, 30)
+    counts = count_by_alert_key(maildir)
+    assert counts == {f"PKG-{i}:stall:1": 1 for i in range(30)}
+    assert outbox.stats()["sent"] == 30 and outbox.depth() == 0
+    # A second drain, and a replayed enqueue, send nothing more.
+    outbox.enqueue(make_alert("PKG-3"), "r-0003", now=T0)
+    clock.advance(7200)
+    again = await drain(
+        outbox, customers, sender_for(server), composer=composer, now_fn=clock, quiet_hours=None
+    )
+    assert again.claimed == 0
+    assert count_by_alert_key(maildir) == counts
+
+
+async def test_connection_is_reused_within_a_batch(smtp_server, composer: MessageComposer) -> None:
+    server = smtp_server()
+    sender = sender_for(server)
+    async with sender:
+        await sender.send(composer.build(make_alert("A"), customer(1), when=T0), timeout=5)
+        first = sender._smtp
+        await sender.send(composer.build(make_alert("B"), customer(2), when=T0), timeout=5)
+        assert sender._smtp is first and sender.is_connected
+    assert not sender.is_connected
+
+
+async def test_send_reports_per_recipient_refusals(smtp_server) -> None:
+    server = smtp_server("gone@mail.example=550", "later@mail.example=451")
+    msg = EmailMessage()
+    msg["From"] = "updates@carrier.example"
+    msg["To"] = "ok@mail.example, gone@mail.example, later@mail.example"
+    msg["Subject"] = "multi"
+    msg["X-Delaywatch-Alert-Key"] = "PKG-9:stall:1"
+    msg.set_content("hello")
+    async with sender_for(server) as sender:
+        report = await sender.send(msg, timeout=5)
+    assert report.accepted == ("ok@mail.example",)
+    assert {a: r.code for a, r in report.refused.items()} == {
+        "gone@mail.example": 550,
+        "later@mail.example": 451,
+    }
+    assert not report.ok
+    assert "mail.example" not in repr(report) and "[451, 550]" in repr(report)
+    assert all("mail.example" not in r.message for r in report.refused.values())
+
+
+async def test_unsubscribe_during_a_batch_takes_effect_at_once(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
+) -> None:
+    server = smtp_server()
+    customers = setup_alerts(outbox, 3)
+
+    class UnsubscribingSender(SmtpSender):
+        async def send(self, message, /, *, timeout=30.0):
+            report = await super().send(message, timeout=timeout)
+            outbox.unsubscribe("r-0001")  # the customer clicks while we are sending
+            return report
+
+    sender = UnsubscribingSender("127.0.0.1", server.port, local_hostname="t")
+    report = await drain(
+        outbox, customers, sender, composer=composer, now_fn=clock, quiet_hours=None
+    )
+    assert (report.sent, report.suppressed) == (2, 1)
+    assert set(count_by_alert_key(maildir)) == {"PKG-0:stall:1", "PKG-2:stall:1"}
+    assert outbox.get("PKG-1:stall:1").status == "suppressed"
+
+
+async def test_retry_records_the_code_and_backs_off(
+    outbox: Outbox, composer: MessageComposer, smtp_server, clock: Clock
+) -> None:
+    server = smtp_server("*=452x1")
+    customers = setup_alerts(outbox, 1)
+    report = await drain(
+        outbox, customers, sender_for(server), composer=composer, now_fn=clock, quiet_hours=None
+    )
+    assert report.retried == 1
+    row = outbox.rows()[0]
+    assert (row.status, row.attempts, row.last_error_code) == ("pending", 1, 452)
+    assert timedelta(seconds=15) <= row.next_attempt_at - clock() < timedelta(seconds=30)
+    clock.advance(14)  # not yet due: nothing is claimed
+    assert (await drain(outbox, customers, sender_for(server), composer=composer,
+                        now_fn=clock, quiet_hours=None)).claimed == 0  # fmt: skip
+
+
+async def test_retries_are_bounded_then_failed_with_the_last_code(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock, registry,
+    metrics: NotifierMetrics,
+) -> None:  # fmt: skip
+    server = smtp_server("*=451")  # never recovers
+    customers = setup_alerts(outbox, 2)
+    await drain_until_settled(
+        outbox, customers, sender_for(server), composer=composer, clock=clock,
+        max_attempts=3, metrics=metrics,
+    )  # fmt: skip
+    for row in outbox.rows():
+        assert (row.status, row.attempts, row.last_error_code) == ("failed_permanent", 3, 451)
+    assert not any(outbox.is_suppressed(ref) for ref in customers)  # not the address's fault
+    assert registry.get_sample_value("delaywatch_emails_failed_total", {"reason": "transient"}) == 2
+    assert count_by_alert_key(maildir) == {}
+
+
+async def test_server_down_then_up_loses_nothing(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock, registry,
+    metrics: NotifierMetrics,
+) -> None:  # fmt: skip
+    port = free_port()
+    customers = setup_alerts(outbox, 40)
+    sender = sender_for(port)
+    # Down for 20 minutes, drained every 2 minutes: nothing is sent, no attempt is used up.
+    for _ in range(10):
+        report = await drain(
+            outbox, customers, sender, composer=composer, now_fn=clock, quiet_hours=None,
+            metrics=metrics,
+        )  # fmt: skip
+        assert report.sent == 0
+        clock.advance(120)
+    assert report.relay_error_code == 451 and report.released > 0
+    assert outbox.depth() == 40
+    assert all(r.attempts == 0 and r.status == "pending" for r in outbox.rows())
+    assert registry.get_sample_value("delaywatch_outbox_depth") == 40
+    assert registry.get_sample_value("delaywatch_outbox_oldest_pending_age_seconds") == 9 * 120
+    assert registry.get_sample_value("delaywatch_email_attempts_total") == 0
+
+    smtp_server(port=port)  # the server comes back on the same port
+    clock.advance(60)
+    report = await drain(
+        outbox, customers, sender, composer=composer, now_fn=clock, quiet_hours=None,
+        metrics=metrics,
+    )  # fmt: skip
+    assert report.sent == 40
+    assert count_by_alert_key(maildir) == {f"PKG-{i}:stall:1": 1 for i in range(40)}
+    assert registry.get_sample_value("delaywatch_outbox_depth") == 0
+    assert registry.get_sample_value("delaywatch_outbox_oldest_pending_age_seconds") == 0
+
+
+async def test_server_killed_mid_run_loses_nothing(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, clock: Clock
+) -> None:
+    port = free_port()
+    customers = setup_alerts(outbox, 10)
+    first = SmtpServerProcess(maildir, port=port, rules=["*=451x1"]).start()
+    report = await drain(outbox, customers, sender_for(port), composer=composer, now_fn=clock,
+                         quiet_hours=None)  # fmt: skip
+    assert report.retried == 10
+    first.kill()  # SIGKILL
+    clock.advance(3600)
+    report = await drain(outbox, customers, sender_for(port), composer=composer, now_fn=clock,
+                         quiet_hours=None)  # fmt: skip
+    assert (report.sent, report.released, outbox.depth()) == (0, 10, 10)
+    assert all(r.attempts == 1 for r in outbox.rows())  # the outage cost no attempt
+    with SmtpServerProcess(maildir, port=port):
+        clock.advance(3600)
+        report = await drain(outbox, customers, sender_for(port), composer=composer,
+                             now_fn=clock, quiet_hours=None)  # fmt: skip
+    assert report.sent == 10
+    assert count_by_alert_key(maildir) == {f"PKG-{i}:stall:1": 1 for i in range(10)}
+
+
+@contextlib.asynccontextmanager
+async def silent_server(*, greet: bool) -> AsyncIterator[int]:
+    """A TCP server that never answers (greet=False) or stops answering after EHLO."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if greet:
+            writer.write(b"220 hello\r\n")
+            await reader.readline()  # EHLO
+            writer.write(b"250 ok\r\n")
+        await reader.read()  # then silence until the client goes away
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_timeouts_are_transient_and_are_timeout_errors(composer: MessageComposer) -> None:
+    msg = composer.build(make_alert("PKG-1"), customer(1), when=T0)
+    async with silent_server(greet=False) as port:
+        with pytest.raises(ConnectTimeoutError) as info:
+            await SmtpSender("127.0.0.1", port, local_hostname="t").send(msg, timeout=0.3)
+    assert isinstance(info.value, TimeoutError) and isinstance(info.value, ConnectFailedError)
+    async with silent_server(greet=True) as port:
+        with pytest.raises(DeliveryTimeoutError) as info2:
+            await SmtpSender("127.0.0.1", port, local_hostname="t").send(msg, timeout=0.3)
+    err = info2.value
+    assert isinstance(err, TimeoutError) and isinstance(err, TransientDeliveryError)
+    assert err.code == 451 and err.alert_key == "PKG-1:stall:1"
+
+
+async def test_mid_transaction_timeout_is_an_attempt_that_is_retried(
+    outbox: Outbox, composer: MessageComposer, clock: Clock
+) -> None:
+    customers = setup_alerts(outbox, 1)
+    async with silent_server(greet=True) as port:
+        report = await drain(
+            outbox, customers, SmtpSender("127.0.0.1", port, local_hostname="t"),
+            composer=composer, now_fn=clock, quiet_hours=None, timeout=0.3,
+        )  # fmt: skip
+    assert report.retried == 1
+    row = outbox.rows()[0]
+    assert (row.status, row.attempts, row.last_error_code) == ("pending", 1, 451)
+
+
+async def test_error_hierarchy_from_the_sender(smtp_server, composer: MessageComposer) -> None:
+    c = customer(1)
+    server = smtp_server(f"{c.email}=451x1", f"{c.email}=550")
+    sender = sender_for(server)
+    msg = composer.build(make_alert("PKG-1"), c, when=T0)
+    async with sender:
+        with pytest.raises(TransientDeliveryError) as t:
+            await sender.send(msg, timeout=5)
+        with pytest.raises(PermanentDeliveryError) as p:
+            await sender.send(msg, timeout=5)
+    assert (t.value.code, p.value.code) == (451, 550)
+    assert t.value.__cause__ is None and t.value.__suppress_context__  # nothing chained
+    assert "PKG-1:stall:1" in str(p.value) and c.email not in str(p.value)
+    with pytest.raises(ConnectFailedError) as down:
+        await sender_for(free_port()).send(msg, timeout=2)
+    assert down.value.code == 451 and isinstance(down.value, ConnectionError)
+
+
+async def test_unknown_customer_and_unusable_address_fail_without_sending(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
+) -> None:
+    server = smtp_server()
+    broken = Customer("r-broken", "N", "not an address", "en", "UTC")
+    outbox.enqueue(make_alert("PKG-1"), "r-missing", now=T0)
+    outbox.enqueue(make_alert("PKG-2"), "r-broken", now=T0)
+    report = await drain(
+        outbox, {"r-broken": broken}, sender_for(server), composer=composer, now_fn=clock,
+        quiet_hours=None,
+    )  # fmt: skip
+    assert report.failed_permanent == 2
+    assert outbox.get("PKG-1:stall:1").last_error_code == 550
+    assert outbox.get("PKG-2:stall:1").last_error_code == 553
+    assert count_by_alert_key(maildir) == {}
+
+
+async def test_drain_forever_stops_when_asked(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path
+) -> None:
+    server = smtp_server()
+    customers = setup_alerts(outbox, 3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        drain_forever(
+            outbox, customers, sender_for(server), composer=composer, stop=stop,
+            now_fn=lambda: T0 + timedelta(hours=1), poll_interval=0.05, quiet_hours=None,
+        )
+    )  # fmt: skip
+    for _ in range(100):
+        if outbox.depth() == 0:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    total = await asyncio.wait_for(task, 5)
+    assert total.sent == 3 and len(count_by_alert_key(maildir)) == 3
+
+
+_CRASHING_SENDER = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from datetime import datetime, timezone
+    from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
+
+    outbox_path, customers_path, port, crash_after = sys.argv[1:5]
+    crash_after = int(crash_after)
+
+    class CrashingSender(SmtpSender):
+        accepted = 0
+        async def send(self, message, /, *, timeout=30.0):
+            report = await super().send(message, timeout=timeout)
+            CrashingSender.accepted += 1
+            if CrashingSender.accepted == crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # after acceptance, before mark_sent
+            return report
+
+    composer = MessageComposer(from_address=sys.argv[5], unsubscribe_url=sys.argv[6],
+                               unsubscribe_secret=sys.argv[7].encode())
+    now = datetime(2025, 3, 4, 15, 0, tzinfo=timezone.utc)
+    asyncio.run(drain(Outbox(outbox_path), load_customers(customers_path),
+                      CrashingSender("127.0.0.1", int(port), local_hostname="t"),
+                      composer=composer, now_fn=lambda: now, quiet_hours=None))
+    """
+)
+
+
+@pytest.mark.faults
+async def test_kill_9_between_acceptance_and_record_duplicates_exactly_that_message(
+    tmp_path: Path, composer: MessageComposer, smtp_server, maildir: Path
+) -> None:
+    server = smtp_server()
+    path = tmp_path / "crash.sqlite"
+    custs = [customer(i) for i in range(10)]
+    csv_path = write_customers_csv(tmp_path / "customers.csv", custs)
+    with Outbox(path) as box:
+        box.enqueue_many([(make_alert(f"PKG-{i}"), c.recipient_ref) for i, c in enumerate(custs)],
+                         now=T0)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_SENDER, str(path), str(csv_path), str(server.port), "3",
+         FROM, UNSUBSCRIBE_URL, SECRET.decode()],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+    with Outbox(path) as box:
+        stats = box.stats()
+        assert (stats["sent"], stats["sending"]) == (2, 8)  # the batch is leased, not lost
+        customers = load_customers(csv_path)
+        clock = Clock(T0)
+        early = await drain(box, customers, sender_for(server), composer=composer,
+                            now_fn=clock, quiet_hours=None)  # fmt: skip
+        assert early.claimed == 0  # the dead sender's lease still holds
+        clock.advance(301)  # lease (300 s) expired
+        report = await drain(box, customers, sender_for(server), composer=composer,
+                             now_fn=clock, quiet_hours=None)  # fmt: skip
+        assert report.sent == 8 and box.stats()["sent"] == 10 and box.depth() == 0
+
+    counts = count_by_alert_key(maildir)
+    assert set(counts) == {f"PKG-{i}:stall:1" for i in range(10)}  # lost: 0
+    duplicates = {k: n for k, n in counts.items() if n > 1}
+    assert duplicates == {"PKG-2:stall:1": 2}  # exactly the one kill in the gap
+
+
+def test_failure_rule_parsing() -> None:
+    assert FailureRule.parse("a@b.example=451x2") == FailureRule("a@b.example", 451, 2, "rcpt")
+    assert FailureRule.parse("*=drop") == FailureRule("*", None, None, "data")
+    assert FailureRule.parse("A@B.example=554/data") == FailureRule(
+        "a@b.example", 554, None, "data"
+    )
+    for bad in ("a@b", "a@b=250", "a@b=451x", "=451", "a@b=451/helo"):
+        with pytest.raises(ValueError):
+            FailureRule.parse(bad)
+
+
+def test_smtpd_cli_rejects_bad_rules(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "notifiers.smtpd", "--dir", str(tmp_path), "--fail", "nonsense"],
+        capture_output=True, timeout=30, env={**os.environ},
+    )  # fmt: skip
+    assert proc.returncode == 2 and b"bad failure rule" in proc.stderr

@@ -1,0 +1,371 @@
+"""Message building: plain-language content per kind and locale, and header safety."""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import pytest
+from aiosmtplib.email import flatten_message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from notifiers.customers import Customer
+from notifiers.errors import InvalidRecipientError, MessageBuildError
+from notifiers.headers import clean_text
+from notifiers.message import HEADER_NAMES, MessageComposer
+from notifiers.unsubscribe import verify_unsubscribe_token
+from tests.notifiers.helpers import FROM, SECRET, T0, UNSUBSCRIBE_URL, customer, make_alert
+
+WHEN = datetime(2025, 3, 4, 15, 1, 2, tzinfo=UTC)
+# For the Hypothesis tests (a composer is immutable, so sharing it between examples is safe).
+COMPOSER = MessageComposer(
+    from_address=FROM, unsubscribe_url=UNSUBSCRIBE_URL, unsubscribe_secret=SECRET
+)
+
+
+def wire(msg: EmailMessage, *, cte_type: str = "8bit") -> bytes:
+    """The bytes aiosmtplib puts on the wire for this message."""
+    return flatten_message(msg, utf8=False, cte_type=cte_type)
+
+
+def reparse(raw: bytes) -> EmailMessage:
+    return BytesParser(policy=email.policy.default).parsebytes(raw)  # type: ignore[return-value]
+
+
+def header_block(raw: bytes) -> list[str]:
+    return raw.split(b"\r\n\r\n", 1)[0].decode("ascii").split("\r\n")
+
+
+def assert_only_our_headers(raw: bytes, expected_to: str) -> EmailMessage:
+    """Top-level headers are exactly ours, each once; To is exactly the one customer."""
+    lines = header_block(raw)
+    names = [line.split(":", 1)[0].lower() for line in lines if not line[:1].isspace()]
+    assert sorted(names) == sorted(HEADER_NAMES), names
+    parsed = reparse(raw)
+    assert sorted(k.lower() for k in parsed.keys()) == sorted(HEADER_NAMES)
+    assert [a.addr_spec for a in parsed["To"].addresses] == [expected_to]
+    assert len(parsed["From"].addresses) == 1
+    for name, value in parsed.items():
+        assert not re.search(r"[\x00-\x1f\x7f\u2028\u2029\x85]", str(value)), (name, value)
+    return parsed
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
+@pytest.mark.parametrize("kind", ["stall", "incident_delay", "back_on_track"])
+def test_every_kind_and_locale_builds_a_two_part_message(
+    composer: MessageComposer, kind: str, locale: str
+) -> None:
+    cust = customer(7, locale=locale)
+    alert = make_alert("PKG-7", kind=kind, incident_key="INC-1")
+    msg = composer.build(alert, cust, when=WHEN)
+    parsed = assert_only_our_headers(wire(msg), cust.email)
+
+    assert parsed.get_content_type() == "multipart/alternative"
+    text = parsed.get_body(("plain",)).get_content()
+    html = parsed.get_body(("html",)).get_content()
+    assert "PKG-7" in parsed["Subject"] and "PKG-7" in text and "PKG-7" in html
+    assert "CHICAGO IL NDC" in text and "CHICAGO IL NDC" in html
+    assert parsed["Date"].datetime == WHEN
+    assert parsed["X-Delaywatch-Alert-Key"] == f"PKG-7:{kind}:1"
+    assert parsed["Message-ID"] == composer.message_id(f"PKG-7:{kind}:1")
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    # RFC 8058 one-click unsubscribe, with a token for this recipient.
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    m = re.fullmatch(
+        r"<(https://notify\.example\.com/unsubscribe\?token=([\w.-]+))>",
+        str(parsed["List-Unsubscribe"]),
+    )
+    assert m, parsed["List-Unsubscribe"]
+    assert verify_unsubscribe_token(m[2], SECRET) == cust.recipient_ref
+    assert m[1] in text and m[1] in html
+    expected_word = {"en": "Hello", "es": "Hola"}[locale]
+    assert text.startswith(f"{expected_word} Customer Number7")
+
+
+def test_plain_language_in_the_customers_time_zone(composer: MessageComposer) -> None:
+    alert = make_alert("PKG-1")
+    en = composer.render(alert, customer(1, tz="America/Chicago"))
+    assert en.subject == "Your package PKG-1 is running late"
+    assert "last scanned on Monday, March 3, 3:15 AM CST at CHICAGO IL NDC" in en.text
+    assert "has not been scanned for 1 day 5 hours" in en.text
+    assert "Promised delivery: by Wednesday, March 5, 8:00 PM CST" in en.text
+    assert "New estimate: Friday, March 7, 2:00 PM CST" in en.text
+    assert "Details: No scan for 29.3 h" in en.text
+    es = composer.render(alert, customer(1, locale="es", tz="Europe/Madrid"))
+    assert es.subject == "Su paquete PKG-1 va con retraso"
+    assert "el lunes 3 de marzo, 10:15 CET en CHICAGO IL NDC" in es.text
+    assert "lleva 1 día 5 horas sin escanearse" in es.text
+    assert "Nueva estimación: viernes 7 de marzo, 21:00 CET" in es.text
+
+
+def test_unknown_promise_and_estimate_and_digest(composer: MessageComposer) -> None:
+    alert = make_alert(
+        "PKG-1",
+        kind="incident_delay",
+        promised_by=None,
+        new_estimate=None,
+        packages=[f"PKG-{i}" for i in range(1, 26)],
+    )
+    r = composer.render(alert, customer(1))
+    assert r.subject == "25 of your packages are held up at CHICAGO IL NDC"
+    assert "Promised delivery" not in r.text
+    assert "New estimate: not known yet" in r.text
+    assert "  - PKG-20\n" in r.text and "PKG-21" not in r.text and "and 5 more" in r.text
+
+
+def test_back_on_track_reads_as_good_news(composer: MessageComposer) -> None:
+    r = composer.render(make_alert("PKG-1", kind="back_on_track"), customer(1))
+    assert r.subject == "Good news: your package PKG-1 is moving again"
+    assert "moving again" in r.text and "sorry for the delay" in r.text
+
+
+def test_html_is_escaped_including_the_title(composer: MessageComposer) -> None:
+    alert = make_alert(
+        "PKG-1",
+        kind="incident_delay",
+        facility_name='<script>alert("x")</script>',
+        evidence="a & b <b>",
+    )
+    r = composer.render(alert, customer(1))
+    assert "<script>" not in r.html and "&lt;script&gt;" in r.html
+    assert "a &amp; b &lt;b&gt;" in r.html
+    title = r.html.split("<title>")[1].split("</title>")[0]
+    assert "&lt;script&gt;" in title  # the subject (a .txt template) is escaped here too
+    assert '<script>alert("x")</script>' in r.text  # plain text is not HTML
+
+
+def test_message_id_is_deterministic_per_alert_key(composer: MessageComposer) -> None:
+    a = composer.build(make_alert("PKG-1"), customer(1), when=WHEN)
+    b = composer.build(make_alert("PKG-1"), customer(1), when=T0)
+    c = composer.build(make_alert("PKG-1", episode=2), customer(1), when=WHEN)
+    assert a["Message-ID"] == b["Message-ID"] != c["Message-ID"]
+    assert a["Message-ID"].endswith("@carrier.example>")
+
+
+def test_recipient_comes_from_the_customer_table_never_the_alert(
+    composer: MessageComposer,
+) -> None:
+    alert = make_alert("PKG-1", email="attacker@evil.example", to="attacker@evil.example")
+    alert["recipient"] = "attacker@evil.example"
+    raw = wire(composer.build(alert, customer(1), when=WHEN))
+    assert b"evil.example" not in raw
+    assert_only_our_headers(raw, "user1@mail.example")
+
+
+def test_long_unsubscribe_url_is_not_mangled_into_encoded_words() -> None:
+    long_base = "https://notifications.some-very-long-carrier-domain.example/a/b/c/unsubscribe"
+    comp = MessageComposer(
+        from_address="x@carrier.example", unsubscribe_url=long_base, unsubscribe_secret=SECRET
+    )
+    cust = Customer("r-" + "9" * 60, "N", "n@mail.example", "en", "UTC")
+    raw = wire(comp.build(make_alert("PKG-1"), cust, when=WHEN))
+    (line,) = [h for h in header_block(raw) if h.startswith("List-Unsubscribe:")]
+    assert line.startswith(f"List-Unsubscribe: <{long_base}?token=") and line.endswith(">")
+    assert "=?" not in line
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a@mail.example\r\nBcc: evil@evil.example",
+        "a@mail.example, evil@evil.example",
+        "Evil <evil@evil.example>",
+        "a@mail.example\x00",
+        "no-at-sign",
+        "a@@mail.example",
+        "a@localhost",
+        "",
+    ],
+)
+def test_unusable_customer_address_is_refused_without_echoing_it(
+    composer: MessageComposer, bad: str
+) -> None:
+    cust = Customer("r-1", "N", bad, "en", "UTC")
+    with pytest.raises(InvalidRecipientError) as info:
+        composer.build(make_alert("PKG-1"), cust, when=WHEN)
+    assert info.value.code == 553 and info.value.alert_key == "PKG-1:stall:1"
+    assert "evil" not in str(info.value) and "mail.example" not in str(info.value)
+
+
+def test_unknown_kind_and_missing_key_are_build_errors(composer: MessageComposer) -> None:
+    with pytest.raises(MessageBuildError):
+        composer.build(make_alert("P", kind="weird"), customer(1), when=WHEN)
+    with pytest.raises(MessageBuildError):
+        composer.build({"kind": "stall"}, customer(1), when=WHEN)
+    with pytest.raises(ValueError, match="aware"):
+        composer.build(make_alert("P"), customer(1), when=datetime(2025, 1, 1))  # noqa: DTZ001
+
+
+def test_composer_validates_its_configuration() -> None:
+    ok = {
+        "from_address": "x@carrier.example",
+        "unsubscribe_url": "https://a.example/u",
+        "unsubscribe_secret": SECRET,
+    }
+    MessageComposer(**ok)
+    for key, value in [
+        ("unsubscribe_url", "http://a.example/u"),  # RFC 8058: https only
+        ("unsubscribe_url", "https://a.example/u>\r\nBcc: x@y.example"),
+        ("from_address", "a@b.example\r\nBcc: x@y.example"),
+        ("from_address", "a@b.example, c@d.example"),
+        ("unsubscribe_secret", b""),
+    ]:
+        with pytest.raises(ValueError):
+            MessageComposer(**{**ok, key: value})
+
+
+# -- header injection, fuzzed ----------------------------------------------------------------
+
+ATOMS = [
+    "\r",
+    "\n",
+    "\r\n",
+    "\x00",
+    "\t",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\u202e",
+    "\ufeff",
+    "\ud800",
+    "Bcc: evil@evil.example",
+    "\r\nBcc: evil@evil.example",
+    "\nTo: evil@evil.example",
+    "=?UTF-8?Q?=0A?=Bcc: evil@evil.example",
+    "=?UTF-8?Q?=0D=0ABcc:_evil@evil.example?=",
+    "=?utf-8?b?DQpCY2M6IGV2aWxAZXZpbC5leGFtcGxl?=",  # base64 of "\r\nBcc: evil@evil.example"
+    "=?UTF-8?Q?=3D=3FUTF-8=3FQ=3F=3D0A=3F=3D?=",  # an encoded word that decodes to another
+    "=?bogus-charset?Q?=0A?=",
+    "=?UTF-8?B?!!!?=",
+    "=?",
+    "?=",
+    '"',
+    "\\",
+    "<",
+    ">",
+    ",",
+    ";",
+    ":",
+    "(",
+    ")",
+    "@",
+    "é",
+    "北京",
+    "🚚",
+    " ",
+    "  ",
+    "<script>alert(1)</script>",
+]
+nasty = st.one_of(
+    st.lists(st.one_of(st.sampled_from(ATOMS), st.text(max_size=8)), max_size=12).map("".join),
+    st.builds(lambda atom, n: atom * n, st.sampled_from(ATOMS + ["A", "é "]), st.integers(1, 3000)),
+)
+times = st.one_of(
+    st.none(),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),  # naive: ignored, not trusted
+    nasty,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    facility=nasty,
+    evidence=nasty,
+    name=nasty,
+    package_id=nasty,
+    packages=st.one_of(st.none(), st.lists(nasty, max_size=4), nasty),
+    last_scan=times,
+    promised=times,
+    silence=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(), nasty),
+    kind=st.sampled_from(["stall", "incident_delay", "back_on_track"]),
+    locale=st.sampled_from(["en", "es"]),
+    cte=st.sampled_from(["8bit", "7bit"]),
+)
+def test_fuzzed_fields_cannot_inject_headers(
+    facility,
+    evidence,
+    name,
+    package_id,
+    packages,
+    last_scan,
+    promised,
+    silence,
+    kind,
+    locale,
+    cte,
+) -> None:
+    alert = make_alert(
+        "PKG-1",
+        kind=kind,
+        facility_name=facility,
+        evidence=evidence,
+        packages=packages,
+        last_scan_time=last_scan,
+        promised_by=promised,
+        new_estimate=promised,
+        silence_seconds=silence,
+    )
+    alert["package_id"] = package_id
+    cust = Customer("r-1", name, "ana.perez@mail.example", locale, "America/Chicago")
+    msg = COMPOSER.build(alert, cust, when=WHEN)
+    raw = wire(msg, cte_type=cte)
+    parsed = assert_only_our_headers(raw, "ana.perez@mail.example")
+    assert parsed["X-Delaywatch-Alert-Key"] == "PKG-1:" + kind + ":1"
+    subject = str(parsed["Subject"])
+    assert len(subject) <= 150
+    # The stdlib may move a space next to an encoded word; the words must survive intact.
+    assert subject.split() == str(msg["Subject"]).split() or "".join(subject.split()) == "".join(
+        str(msg["Subject"]).split()
+    )
+    html = parsed.get_body(("html",)).get_content()
+    assert "<script>" not in html
+    for part in (parsed.get_body(("plain",)).get_content(), html):
+        assert "\x00" not in part and "=?" not in part
+
+
+@settings(max_examples=100, deadline=None)
+@given(address=st.one_of(st.emails(), st.text(max_size=40)))
+def test_fuzzed_addresses_are_refused_or_round_trip_exactly(address: str) -> None:
+    cust = Customer("r-1", "N", address, "en", "UTC")
+    try:
+        msg = COMPOSER.build(make_alert("PKG-1"), cust, when=WHEN)
+    except InvalidRecipientError as exc:
+        assert address not in str(exc) or not address
+        return
+    raw = wire(msg)
+    assert_only_our_headers(raw, address)
+
+
+@pytest.mark.parametrize(
+    ("dirty", "clean"),
+    [
+        ("CHICAGO\r\nBcc: evil@evil.example", "CHICAGO Bcc: evil@evil.example"),
+        ("=?UTF-8?Q?=0A?=Bcc: x", "Bcc: x"),
+        ("a=?UTF-8?Q?=0D=0A?=b", "a b"),
+        ("=?UTF-8?Q?=3D=3FUTF-8=3FQ=3F=3D0A=3F=3D?=Bcc", "Bcc"),  # nested encoded word
+        ("x =?UTF-8?B?!!!?= y", "x y"),  # undecodable: the stdlib decodes it to nothing
+        ("NUL\x00byte", "NUL byte"),
+        ("line\u2028sep\x85nel", "line sep nel"),
+        ("r\u202eversed", "r versed"),
+        ("  many   spaces  ", "many spaces"),
+        ("=?not an encoded word", "= ?not an encoded word"),  # a leftover "=?" is broken up
+        (None, ""),
+        ("é北京🚚", "é北京🚚"),
+    ],
+)
+def test_clean_text_examples(dirty, clean: str) -> None:
+    assert clean_text(dirty, max_len=100) == clean
+
+
+def test_clean_text_caps_length() -> None:
+    out = clean_text("x" * 1_000_000, max_len=150)
+    assert len(out) == 150 and out.endswith("…")
