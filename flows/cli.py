@@ -186,7 +186,8 @@ def demo(
                              host="127.0.0.1", port=server.port, quiet_hours=False)
     delivered = sum(count_by_alert_key(maildir).values())
     console.print(f"3/4 e-mails: {delivered} delivered to {maildir} "
-                  f"(outbox: {report.get('sent', 0)} sent, {report.get('failed_permanent', 0)} failed)")
+                  f"(outbox: {report.get('sent', 0)} sent, "
+                  f"{report.get('failed_permanent', 0)} failed)")
     with console.status("4/4 scoring against ground truth"):
         result = run_eval(run / "alerts.jsonl", data, None, with_baselines=True)
     _print_summary(summary.as_dict(), delivered, result)

@@ -6,8 +6,8 @@ Engine entry points live here so the CLI stays a thin layer of argument parsing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import csv
+import dataclasses
 import json
 import logging
 import sqlite3
