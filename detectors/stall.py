@@ -28,7 +28,7 @@ DEFAULT_PRIOR_HOURS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType
     {
         "GX": (24.0, 168.0),  # label created: the shipper may take days to hand the parcel over
         "03": (6.0, 48.0),
-        "SF": (2.0, 24.0),
+        "SF": (2.0, 48.0),  # a missed plant scan plus a missed truck is a legit 24 h+
         "10": (12.0, 72.0),
         "A1": (12.0, 72.0),
         "T1": (12.0, 72.0),
