@@ -51,8 +51,11 @@ def main() -> None:
     for scenario in args.scenarios:
         for seed in args.seeds if scenario == "demo" else args.seeds[:1]:
             data = args.out / f"{scenario}{seed}"
-            write(simulate(get_scenario(scenario), seed), data)
-            settings = load_settings(facilities=data / "facilities.csv")
+            sc = get_scenario(scenario)
+            write(simulate(sc, seed), data)
+            # the operator's holiday calendar is configuration; the simulator's is known here
+            settings = load_settings(facilities=data / "facilities.csv",
+                                     stall={"holidays": sc.holidays})
             replay(JsonLinesSource(data / "events.jsonl"), data / "run", settings,
                    with_metrics=False)
             r = evaluate(data / "run" / "alerts.jsonl", data)

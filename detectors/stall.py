@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -75,10 +75,16 @@ _NAMES: Final = ("L0", "L1", "L2", "prior")
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _local_weekday(tz: str, slot: int) -> int:
-    # UTC offsets and DST switches fall on quarter hours, so one 15-minute UTC slot has one
-    # local date: caching per slot is exact.
-    return dt.datetime.fromtimestamp(slot * 900, ZoneInfo(tz)).weekday()
+def _local_day(tz: str, slot: int) -> int:
+    """Local date (proleptic ordinal) of a 15-minute UTC slot.
+
+    UTC offsets and DST switches fall on quarter hours, so one 15-minute UTC slot has one
+    local date: caching per slot is exact.
+    """
+    return dt.datetime.fromtimestamp(slot * 900, ZoneInfo(tz)).date().toordinal()
+
+
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
 
 
 class StallDetector(base.AnomalyDetector):
@@ -138,6 +144,9 @@ class StallDetector(base.AnomalyDetector):
         Bucket id of each weekday, Monday first (7 entries).
     tz_of
         Facility id -> IANA time zone, for facility-local weekdays. ``None``: UTC.
+    holidays
+        Dates (``"YYYY-MM-DD"`` or ``datetime.date``) with no delivery: a holiday counts as a
+        Sunday and the day before it as a Saturday, so the wait over a holiday is not a stall.
     prior_hours
         Scan code -> (expected, threshold) in hours. ``None``: ``DEFAULT_PRIOR_HOURS``.
     default_prior_hours
@@ -206,6 +215,7 @@ class StallDetector(base.AnomalyDetector):
         min_samples: int = 50,
         weekday_buckets: tuple[int, ...] = (0, 0, 0, 0, 1, 2, 3),
         tz_of: Mapping[str, str] | None = None,
+        holidays: Collection[str | dt.date] | None = None,
         prior_hours: Mapping[str, tuple[float, float]] | None = None,
         default_prior_hours: tuple[float, float] | None = (24.0, 72.0),
         coarse_full: int = 2000,
@@ -223,6 +233,12 @@ class StallDetector(base.AnomalyDetector):
         self.min_samples = min_samples
         self.weekday_buckets = weekday_buckets
         self.tz_of = tz_of
+        self.holidays = holidays
+        self._holidays = frozenset(
+            (h if isinstance(h, dt.date) else dt.date.fromisoformat(h)).toordinal()
+            for h in holidays or ()
+        )
+        self._plain_days = tz_of is None and not self._holidays
         self.prior_hours = prior_hours
         self.default_prior_hours = default_prior_hours
         self.coarse_full = coarse_full
@@ -240,8 +256,16 @@ class StallDetector(base.AnomalyDetector):
         tz_of = self.tz_of
         tz = None if tz_of is None or facility is None else tz_of.get(facility)
         if tz is None:
-            return self.weekday_buckets[(int(ts) // 86400 + 3) % 7]  # 1970-01-01 was a Thursday
-        return self.weekday_buckets[_local_weekday(tz, int(ts) // 900)]
+            day = int(ts) // 86400 + _EPOCH_ORDINAL
+        else:
+            day = _local_day(tz, int(ts) // 900)
+        holidays = self._holidays
+        if holidays:
+            if day in holidays:
+                return self.weekday_buckets[6]  # like a Sunday
+            if day + 1 in holidays:
+                return self.weekday_buckets[5]  # like a Saturday: nothing moves tomorrow
+        return self.weekday_buckets[(day - 1) % 7]  # ordinal 1 (0001-01-01) was a Monday
 
     def _coarse_keys(self, code: str, service: str | None, bucket: int) -> tuple[Any, ...]:
         return (code, service, bucket), (code, bucket)
@@ -262,7 +286,7 @@ class StallDetector(base.AnomalyDetector):
         if code in TERMINAL_CODES or code in EXCEPTION_CODES or gap < 0:
             return
         facility, service = x["facility"], x.get("service")
-        if self.tz_of is None:  # inlined _bucket
+        if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(x["last_ts"]) // 86400 + 3) % 7]
         else:
             bucket = self._bucket(facility, x["last_ts"])
@@ -287,7 +311,7 @@ class StallDetector(base.AnomalyDetector):
         if code in TERMINAL_CODES:
             return None
         facility, service = x["facility"], x.get("service")
-        if self.tz_of is None:  # inlined _bucket
+        if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(x["last_ts"]) // 86400 + 3) % 7]
         else:
             bucket = self._bucket(facility, x["last_ts"])

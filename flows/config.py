@@ -7,6 +7,7 @@ environment variables (``DELAYWATCH_SHARDS=16``, ``DELAYWATCH_STALL__MARGIN=2``)
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ class StallSettings(BaseModel):
     bucket_seconds: int = Field(900, ge=60, description="time-wheel bucket width")
     ttl_days: float = Field(30.0, gt=0, description="forget packages silent this long")
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
+    holidays: tuple[date, ...] = Field(
+        (), description="days without delivery (YYYY-MM-DD): waits over them are not stalls")
 
 
 class SmtpSettings(BaseModel):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from detectors import StallDetector
 from detectors.events import TERMINAL_CODES
-from detectors.stall import _local_weekday
+from detectors.stall import _local_day
 
 H = 3600
 DAY = 86400
@@ -409,4 +409,26 @@ def test_bad_hyper_parameters_are_refused(kwargs):
 )
 def test_local_weekday_is_exact_across_offsets_and_dst(ts, tz):
     expected = dt.datetime.fromtimestamp(ts, ZoneInfo(tz)).weekday()
-    assert _local_weekday(tz, ts // 900) == expected
+    assert (_local_day(tz, ts // 900) - 1) % 7 == expected
+
+
+def test_a_holiday_waits_like_a_weekend() -> None:
+    """Thursday 2026-12-24 before a Friday holiday: a 40 h wait at a post office is normal."""
+    learned = StallDetector(min_samples=20, holidays=["2026-12-25"])
+    plain = StallDetector(min_samples=20)
+    thursday = 1798070400 + 10 * 3600  # 2026-12-24T10:00Z, a Thursday
+    saturday = 1797638400 + 10 * 3600  # 2026-12-19T10:00Z, the Saturday before
+    for week in range(1, 9):  # Saturdays before: wait until Monday
+        last = saturday - week * 7 * 86400
+        for k in range(10):
+            x = {"facility": "PO", "code": "07", "service": "ground", "last_ts": last + k * 60,
+                 "gap": 46 * 3600.0}
+            learned.learn_one(x)
+            plain.learn_one(x)
+    x = {"facility": "PO", "code": "07", "service": "ground", "last_ts": thursday}
+    # the holiday eve borrows Saturday's learned wait; without the calendar it is a weekday
+    assert learned.explain(x)["level"] == "L0"
+    assert learned.threshold(x)[0] > 46 * 3600
+    assert plain.explain(x)["level"] == "prior"
+    holiday = {**x, "last_ts": thursday + 86400}
+    assert learned._bucket("PO", holiday["last_ts"]) == learned.weekday_buckets[6]
