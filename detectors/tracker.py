@@ -22,9 +22,19 @@ Episodes
     scan of a delivered, forgotten package cannot raise an alert.
 
 Memory
-    About 150-200 bytes per in-flight package (see ``bench/``): a dict entry and the id
-    string, ~40 bytes of columns, one wheel entry. Packages silent for ``ttl_seconds`` are
-    dropped.
+    About 200-240 bytes per in-flight package (``bench/bench_flow.py memory``, results in
+    ``bench/RESULTS.md``): the id as the int of its bytes (48 bytes for 22 digits, not a
+    72-byte str) keying a dict (~35-42 bytes an entry), one int holding the slot and the
+    recipient reference (40 bytes), ~35 bytes of columns, the slot -> id list (8), a wheel
+    entry (4), and for one package in ``eta_sample_every`` its scans (24 bytes each) to teach
+    the estimator. Packages silent for ``ttl_seconds`` are dropped. A snapshot (pickle) holds
+    the index's ints and the columns as raw bytes, about 85 bytes per package.
+
+Speed
+    :meth:`process_batch` is the hot path: the columns, tables and the detector's methods are
+    looked up once per batch, counters are kept in locals, and each event asks the detector
+    at most twice (learn the gap just closed, threshold of the new stage). Most of the time
+    per event is the detector's (see ``bench/RESULTS.md``).
 
 Examples
 --------
@@ -54,7 +64,8 @@ True
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -137,9 +148,9 @@ class PackageTracker:
         self.stats = TrackerStats()
         self.max_event_ts = 0
         self._fired_through = -1  # last wheel bucket fired
-        self._index: dict[str, int] = {}
-        self._ids: list[str | None] = []
-        self._recipient: list[str | None] = []
+        # packed package id -> slot | packed recipient_ref << 32 (one int: no per-slot int)
+        self._index: dict[int | str, int] = {}
+        self._ids: list[int | str | None] = []  # slot -> packed package id (the same object)
         self._last_ts = array("q")
         self._deadline = array("q")
         self._promised = array("q")
@@ -154,7 +165,7 @@ class PackageTracker:
         self._codes = list(CODES)
         self._code_no = {c: i for i, c in enumerate(self._codes)}
         self._wheel: dict[int, array] = {}
-        self._history: dict[int, list[tuple[str | None, str, int]]] = {}
+        self._history: dict[int, array] = {}  # slot -> (facility no, code no, ts) * scans
         self._next_sweep = 0
 
     # -- state -----------------------------------------------------------------------------
@@ -164,32 +175,30 @@ class PackageTracker:
 
     @property
     def open_episodes(self) -> int:
-        return sum(1 for i in self._index.values() if self._flags[i] & _OPEN)
+        flags = self._flags
+        return sum(1 for v in self._index.values() if flags[v & _SLOT] & _OPEN)
 
     @property
     def watermark(self) -> int:
         return self.max_event_ts - self.allowed_lateness
 
-    def _facility_no(self, facility: str | None) -> int:
-        no = self._fac_no.get(facility)
-        if no is None:
-            no = self._fac_no[facility] = len(self._facilities)
-            self._facilities.append(facility)
-        return no
-
-    def _new_slot(self, package_id: str) -> int:
+    def _new_slot(self, key: int | str, ref: int) -> int:
+        """A slot for a new package (``ref``: its packed recipient_ref, 0 for none)."""
         if self._free:
             slot = self._free.pop()
-            self._ids[slot] = package_id
+            self._ids[slot] = key
         else:
             slot = len(self._ids)
-            self._ids.append(package_id)
-            self._recipient.append(None)
-            for col in (self._last_ts, self._deadline, self._promised):
-                col.append(0)
-            for col in (self._fac, self._code, self._svc, self._flags, self._episode):
-                col.append(0)
-        self._index[package_id] = slot
+            self._ids.append(key)
+            self._last_ts.append(0)
+            self._deadline.append(0)
+            self._promised.append(0)
+            self._fac.append(0)
+            self._code.append(0)
+            self._svc.append(0)
+            self._flags.append(0)
+            self._episode.append(0)
+        self._index[key] = slot | ref << _REF_SHIFT if ref else slot
         return slot
 
     def _forget(self, slot: int) -> None:
@@ -197,7 +206,6 @@ class PackageTracker:
         if pid is not None:
             del self._index[pid]
         self._ids[slot] = None
-        self._recipient[slot] = None
         self._deadline[slot] = _NO_DEADLINE
         self._flags[slot] = 0
         self._episode[slot] = 0
@@ -207,91 +215,143 @@ class PackageTracker:
     # -- events ----------------------------------------------------------------------------
     def process(self, ev: ScanEvent) -> list[dict[str, Any]]:
         """Apply one valid event; returns the alerts it caused (due stalls first)."""
+        return self.process_batch((ev,))
+
+    def process_batch(self, events: Iterable[ScanEvent]) -> list[dict[str, Any]]:
+        """Apply valid events in order; returns the alerts they caused, in order.
+
+        The same as calling :meth:`process` on each event and concatenating the results, but
+        with the tracker's columns and tables looked up once per batch (the flow's hot path).
+        """
         out: list[dict[str, Any]] = []
-        if ev.event_ts > self.max_event_ts:
-            self.max_event_ts = ev.event_ts
-            self._fire_due(out)
-        slot = self._index.get(ev.package_id)
-        if slot is None:
-            if ev.code in TERMINAL_CODES or ev.service is None:
-                # no header: nothing to alert on (and maybe a late scan of a forgotten package)
-                self.stats.no_header += 1
-                return out
-            slot = self._new_slot(ev.package_id)
-            self._svc[slot] = _SVC.get(ev.service, 0)
-            self._promised[slot] = ev.promised_by_ts if ev.promised_by_ts is not None else -1
-            self._recipient[slot] = ev.recipient_ref
-            if self.eta_sample_every and hash_id(ev.package_id) % self.eta_sample_every == 0:
-                self._history[slot] = []
-            self._apply(slot, ev, out, first=True)
-            return out
-        last = self._last_ts[slot]
-        if ev.event_ts < last:
-            self.stats.out_of_order += 1
-            return out
-        code_no = self._code_no.get(ev.code)
-        if (
-            ev.event_ts == last
-            and code_no == self._code[slot]
-            and self._facilities[self._fac[slot]] == ev.facility
-        ):
-            self.stats.duplicate += 1
-            return out
-        if ev.service is not None and self._recipient[slot] is None:  # header after a scan
-            self._svc[slot] = _SVC.get(ev.service, 0)
-            self._recipient[slot] = ev.recipient_ref
-            if ev.promised_by_ts is not None:
-                self._promised[slot] = ev.promised_by_ts
-        self._apply(slot, ev, out, first=False)
+        index = self._index
+        index_get = index.get
+        last_col, deadline_col, promised_col = self._last_ts, self._deadline, self._promised
+        fac_col, code_col, svc_col, flags_col = self._fac, self._code, self._svc, self._flags
+        facilities, fac_no_get = self._facilities, self._fac_no.get
+        codes, code_no_get = self._codes, self._code_no.get
+        history_map = self._history
+        detector = self.detector
+        learn, threshold = detector.learn_one, detector.threshold
+        wheel = self._wheel
+        bucket_s, lateness = self.bucket_seconds, self.allowed_lateness
+        sample = self.eta_sample_every
+        max_ts, fired = self.max_event_ts, self._fired_through
+        from_bytes = int.from_bytes
+        accepted = duplicate = out_of_order = no_header = delivered = resolved = 0
+        try:
+            for ev in events:
+                ts = ev.event_ts
+                if ts > max_ts:
+                    max_ts = self.max_event_ts = ts
+                    if (ts - lateness) // bucket_s - 1 > fired:  # else _fire_due is a no-op
+                        self._fire_due(out)
+                        fired = self._fired_through
+                pid = ev.package_id
+                if pid >= "\x01":  # _pack_id(pid), inlined
+                    key = from_bytes(pid.encode("utf-8", "surrogatepass"), "big")
+                else:
+                    key = pid
+                packed = index_get(key)
+                code = ev.code
+                if packed is None:
+                    service_in = ev.service
+                    if code in TERMINAL_CODES or service_in is None:
+                        # no header: nothing to alert on (maybe a late scan of a forgotten package)
+                        no_header += 1
+                        continue
+                    slot = self._new_slot(key, _pack_ref(ev.recipient_ref))
+                    svc_col[slot] = _SVC.get(service_in, 0)
+                    promised = ev.promised_by_ts
+                    promised_col[slot] = promised if promised is not None else -1
+                    if sample and hash_id(pid) % sample == 0:
+                        history_map[slot] = array("q")
+                    accepted += 1
+                    service = _SERVICES[svc_col[slot]]
+                else:
+                    slot = packed & _SLOT
+                    last = last_col[slot]
+                    if ts < last:
+                        out_of_order += 1
+                        continue
+                    if (
+                        ts == last
+                        and code_no_get(code) == code_col[slot]
+                        and facilities[fac_col[slot]] == ev.facility
+                    ):
+                        duplicate += 1
+                        continue
+                    service_in = ev.service
+                    if service_in is not None and packed <= _SLOT:  # header late (no ref yet)
+                        svc_col[slot] = _SVC.get(service_in, 0)
+                        ref = _pack_ref(ev.recipient_ref)
+                        if ref:
+                            index[key] = slot | ref << _REF_SHIFT
+                        if ev.promised_by_ts is not None:
+                            promised_col[slot] = ev.promised_by_ts
+                    accepted += 1
+                    service = _SERVICES[svc_col[slot]]
+                    prev_code = codes[code_col[slot]]
+                    if flags_col[slot] & _OPEN:
+                        flags_col[slot] &= ~_OPEN
+                        resolved += 1
+                        out.append(self._alert(slot, "back_on_track", ts, ev))
+                    elif prev_code not in PRE_SHIPMENT:
+                        prev_ts = last_col[slot]
+                        learn({"facility": facilities[fac_col[slot]], "code": prev_code,
+                               "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
+                history = history_map.get(slot) if history_map else None
+                if code in TERMINAL_CODES:
+                    if history is not None and self.estimator is not None and code == "01":
+                        self.estimator.learn_one({"service": service, "delivered_ts": ts,
+                                                  "scans": self._scans(history)})
+                    delivered += 1
+                    self._forget(slot)
+                    continue
+                code_no = code_no_get(code)
+                if code_no is None:
+                    code_no = self._code_no[code] = len(codes)
+                    codes.append(code)
+                facility = ev.facility
+                fac_no = fac_no_get(facility)
+                if fac_no is None:
+                    fac_no = self._fac_no[facility] = len(facilities)
+                    facilities.append(facility)
+                if history is not None:
+                    history.extend((fac_no, code_no, ts))
+                code_col[slot] = code_no
+                fac_col[slot] = fac_no
+                last_col[slot] = ts
+                deadline = _NO_DEADLINE
+                if code not in PRE_SHIPMENT:
+                    found = threshold({"facility": facility, "code": code, "service": service,
+                                       "last_ts": ts})
+                    if found is not None:
+                        deadline = ts + int(found[0])
+                deadline_col[slot] = deadline
+                if deadline != _NO_DEADLINE:
+                    bucket = deadline // bucket_s
+                    if bucket <= fired:  # already overdue (a late or slow scan)
+                        bucket = fired + 1
+                    slots = wheel.get(bucket)
+                    if slots is None:
+                        slots = wheel[bucket] = array("i")
+                    slots.append(slot)
+        finally:
+            stats = self.stats
+            stats.accepted += accepted
+            stats.duplicate += duplicate
+            stats.out_of_order += out_of_order
+            stats.no_header += no_header
+            stats.delivered += delivered
+            stats.resolved += resolved
         return out
 
-    def _apply(self, slot: int, ev: ScanEvent, out: list[dict[str, Any]], first: bool) -> None:
-        self.stats.accepted += 1
-        service = _SERVICES[self._svc[slot]]
-        if not first:
-            prev_code = self._codes[self._code[slot]]
-            prev_fac = self._facilities[self._fac[slot]]
-            prev_ts = self._last_ts[slot]
-            if self._flags[slot] & _OPEN:
-                self._flags[slot] &= ~_OPEN
-                self.stats.resolved += 1
-                out.append(self._alert(slot, "back_on_track", ev.event_ts, ev))
-            elif prev_code not in PRE_SHIPMENT:
-                self.detector.learn_one({"facility": prev_fac, "code": prev_code,
-                                         "service": service, "last_ts": prev_ts,
-                                         "gap": ev.event_ts - prev_ts})
-        history = self._history.get(slot)
-        if ev.code in TERMINAL_CODES:
-            if history is not None and self.estimator is not None and ev.code == "01":
-                self.estimator.learn_one({"service": service, "delivered_ts": ev.event_ts,
-                                          "scans": history})
-            self.stats.delivered += 1
-            self._forget(slot)
-            return
-        if history is not None:
-            history.append((ev.facility, ev.code, ev.event_ts))
-        code_no = self._code_no.get(ev.code)
-        if code_no is None:
-            code_no = self._code_no[ev.code] = len(self._codes)
-            self._codes.append(ev.code)
-        self._code[slot] = code_no
-        self._fac[slot] = self._facility_no(ev.facility)
-        self._last_ts[slot] = ev.event_ts
-        deadline = _NO_DEADLINE
-        if ev.code not in PRE_SHIPMENT:
-            found = self.detector.threshold({"facility": ev.facility, "code": ev.code,
-                                             "service": service, "last_ts": ev.event_ts})
-            if found is not None:
-                deadline = ev.event_ts + int(found[0])
-        self._deadline[slot] = deadline
-        if deadline != _NO_DEADLINE:
-            bucket = deadline // self.bucket_seconds
-            if bucket <= self._fired_through:  # already overdue (a late or slow scan)
-                bucket = self._fired_through + 1
-            wheel = self._wheel.get(bucket)
-            if wheel is None:
-                wheel = self._wheel[bucket] = array("i")
-            wheel.append(slot)
+    def _scans(self, history: array) -> list[tuple[str | None, str, int]]:
+        """A package's kept scans as (facility, code, ts), from the packed history."""
+        facilities, codes = self._facilities, self._codes
+        return [(facilities[history[i]], codes[history[i + 1]], history[i + 2])
+                for i in range(0, len(history), 3)]
 
     # -- time ------------------------------------------------------------------------------
     def advance(self, event_ts: int) -> list[dict[str, Any]]:
@@ -333,14 +393,14 @@ class PackageTracker:
         self._next_sweep = wm + 86400
         cutoff = wm - self.ttl_seconds
         last = self._last_ts
-        stale = [slot for slot in self._index.values() if last[slot] < cutoff]
+        stale = [v & _SLOT for v in self._index.values() if last[v & _SLOT] < cutoff]
         for slot in stale:
             self.stats.expired += 1
             self._forget(slot)
 
     # -- alerts ----------------------------------------------------------------------------
     def _alert(self, slot: int, kind: str, at: int, ev: ScanEvent | None) -> dict[str, Any]:
-        pid = self._ids[slot]
+        pid = _unpack_id(self._ids[slot])
         code = self._codes[self._code[slot]]
         fac = self._facilities[self._fac[slot]]
         service = _SERVICES[self._svc[slot]]
@@ -380,18 +440,63 @@ class PackageTracker:
             "p_late": None if p_late is None else round(float(p_late), 3),
             "incident_key": None,
             "evidence": evidence,
-            "recipient_ref": self._recipient[slot],
+            "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
         }
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_index"]  # rebuilt from _ids
+        del state["_ids"]  # rebuilt from _index (ints, keys and values: no pickle memo)
+        # the kept scan histories as three flat arrays (slots, lengths, data): one pickle
+        # opcode each instead of an array reconstructor call per package
+        history = self._history
+        state["_history"] = (array("q", history), array("q", map(len, history.values())),
+                             b"".join(a.tobytes() for a in history.values()))
+        state["_layout"] = _LAYOUT
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state.pop("_layout", 1) < _LAYOUT:
+            _upgrade(state)
+        else:
+            slots, lengths, blob = state["_history"]
+            data = array("q", blob)
+            history: dict[int, array] = {}
+            pos = 0
+            for slot, n in zip(slots, lengths):  # noqa: B905 - same length by construction
+                history[slot] = data[pos:pos + n]
+                pos += n
+            state["_history"] = history
+        ids: list[int | str | None] = [None] * len(state["_last_ts"])
+        index = state["_index"]
+        deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)
+        state["_ids"] = ids
         self.__dict__.update(state)
-        self._index = {pid: slot for slot, pid in enumerate(self._ids) if pid is not None}
+
+
+def _upgrade(state: dict[str, Any]) -> None:
+    """A snapshot of layout 1 (str ids and refs, list histories) to the packed layout."""
+    refs = state.pop("_recipient")
+    state["_index"] = {
+        _pack_id(pid): slot | _pack_ref(refs[slot]) << _REF_SHIFT
+        for slot, pid in enumerate(state.pop("_ids")) if pid is not None
+    }
+    fac_no, code_no = state["_fac_no"], state["_code_no"]
+    facilities, codes = state["_facilities"], state["_codes"]
+    history = {}
+    for slot, scans in state["_history"].items():
+        packed = array("q")
+        for facility, code, ts in scans:
+            if facility not in fac_no:
+                fac_no[facility] = len(facilities)
+                facilities.append(facility)
+            if code not in code_no:
+                code_no[code] = len(codes)
+                codes.append(code)
+            packed.extend((fac_no[facility], code_no[code], ts))
+        history[slot] = packed
+    state["_history"] = history
 
 
 CODE_TEXT = {
@@ -400,6 +505,45 @@ CODE_TEXT = {
     "TL": "in transit", "08": "missent", "07": "arrived at post office",
     "OF": "out for delivery", "02": "delivery attempted",
 }
+
+
+# -- compact strings ----------------------------------------------------------------------------
+# A package id is held as the int of its UTF-8 bytes (big-endian): 48 bytes for a 22-digit id
+# instead of a 72-byte str, and ints pickle without a memo entry. The bytes have no leading NUL
+# (else the int would lose it), so the only ids kept as str are "" and those starting with NUL.
+# A recipient_ref is held as the int of b"\x01" + its UTF-8 bytes (exact for any str, "" too;
+# 0 means none), shifted left of the slot number in the index's value: one int per package
+# holds both, so there is neither a separate int per slot nor a list of references.
+_SLOT_BITS = 32
+_SLOT = (1 << _SLOT_BITS) - 1
+_REF_SHIFT = _SLOT_BITS
+_LAYOUT = 2  # pickled layout: 1 = str ids and refs, list histories; 2 = packed
+
+
+def _pack_id(package_id: str) -> int | str:
+    if package_id < "\x01":
+        return package_id
+    return int.from_bytes(package_id.encode("utf-8", "surrogatepass"), "big")
+
+
+def _unpack_id(key: int | str) -> str:
+    if key.__class__ is str:
+        return key  # type: ignore[return-value]
+    return key.to_bytes((key.bit_length() + 7) // 8, "big").decode(  # type: ignore[union-attr]
+        "utf-8", "surrogatepass")
+
+
+def _pack_ref(ref: str | None) -> int:
+    if ref is None:
+        return 0
+    return int.from_bytes(b"\x01" + ref.encode("utf-8", "surrogatepass"), "big")
+
+
+def _unpack_ref(packed: int) -> str | None:
+    if not packed:
+        return None
+    return packed.to_bytes((packed.bit_length() + 7) // 8, "big")[1:].decode(
+        "utf-8", "surrogatepass")
 
 
 def hash_id(package_id: str) -> int:

@@ -1,8 +1,8 @@
 """The delay-alert dataflow.
 
-    scans (line_no, bytes) --parse--> ScanEvent | DeadLetter
+    scans (line_no, bytes) --parse--> (shard, [ScanEvent, ...]) | DeadLetter
         invalid -> dead_letters.jsonl                       (exactly-once with recovery)
-        valid   -> key by shard (crc32(package) % shards)
+        valid   -> grouped by shard (crc32(package) % shards), one item per shard and batch
                 -> track: one PackageTracker per shard (stateful_batch)
                 -> alerts.jsonl                             (exactly-once with recovery)
                 -> outbox (SQLite, unique alert key)        (at-least-once, idempotent)
@@ -10,6 +10,11 @@
 State is per shard, not per package: Bytewax costs ~585 B and a timer per key, which does not
 scale to tens of millions of packages. Each shard holds its packages in compact columns and
 fires stalls from an event-time wheel (see ``detectors.tracker``).
+
+The parse step hands Bytewax one item per shard and source batch (a list of events, in
+input order), not one per event: the engine's per-item cost (branch, key, route to the
+stateful step) is paid ~4 times per 2,000 lines instead of 2,000 times. Each shard still sees
+its events in input order and in the same batches, so alerts are the same, in the same order.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ class FlowContext:
         st = self.settings.stall
         detector = StallDetector(
             q=st.q, margin=st.margin, min_threshold=st.min_threshold_hours * 3600,
-            min_samples=st.min_samples, tz_of=self.tz_of,
+            min_samples=st.min_samples, tz_of=self.tz_of, holidays=st.holidays or None,
         )
         return PackageTracker(
             detector, DeliveryEstimator(), allowed_lateness=st.allowed_lateness_seconds,
@@ -87,12 +92,25 @@ class FlowContext:
         m.stage_keys.set(sum(t.detector.n_stages for t in ts))
 
 
+Shard = tuple[str, list[ScanEvent]]  # (shard key, its events of one source batch, in order)
+
+
 def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
     m = ctx.metrics
+    shards = ctx.settings.shards
+    keys = [str(k) for k in range(shards)]  # the shard key: str(hash_id(package) % shards)
 
-    def parse(batch: list[tuple[int, bytes]]) -> list[ScanEvent | DeadLetter]:
+    def parse(batch: list[tuple[int, bytes]]) -> list[Shard | DeadLetter]:
         events, invalids = parse_batch([line for _, line in batch])
-        out: list[ScanEvent | DeadLetter] = list(events)
+        per: dict[str, list[ScanEvent]] = {}
+        for ev in events:
+            key = keys[hash_id(ev.package_id) % shards]
+            group = per.get(key)
+            if group is None:
+                per[key] = [ev]
+            else:
+                group.append(ev)
+        out: list[Shard | DeadLetter] = list(per.items())
         for index, bad in invalids:
             n, raw = batch[index]
             out.append(DeadLetter("parse", bad.reason, bad.detail, n,
@@ -109,7 +127,7 @@ def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
     return parse
 
 
-class _Shard(StatefulBatchLogic[ScanEvent, dict[str, Any], PackageTracker]):
+class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]):
     """One shard's tracker. Snapshot: the tracker itself (compact columns pickle fast)."""
 
     def __init__(self, ctx: FlowContext, key: str, resume: PackageTracker | None) -> None:
@@ -131,17 +149,17 @@ class _Shard(StatefulBatchLogic[ScanEvent, dict[str, Any], PackageTracker]):
                                  after, before, strict=True):
             if a != b:
                 m.scan_events.labels(outcome).inc(a - b)
-        for alert in alerts:
-            m.alerts.labels(alert["kind"]).inc()
+        if alerts:
+            kinds: dict[str, int] = {}
+            for alert in alerts:
+                kinds[alert["kind"]] = kinds.get(alert["kind"], 0) + 1
+            for kind, count in kinds.items():
+                m.alerts.labels(kind).inc(count)
 
-    def on_batch(self, values: list[ScanEvent]) -> tuple[list[dict[str, Any]], bool]:
+    def on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[dict[str, Any]], bool]:
         before = self._snapshot_counts()
-        out: list[dict[str, Any]] = []
-        process = self.tracker.process
-        for ev in values:
-            fired = process(ev)
-            if fired:
-                out.extend(fired)
+        events = values[0] if len(values) == 1 else [ev for group in values for ev in group]
+        out = self.tracker.process_batch(events)
         self._last_wall = time.monotonic()
         self._last_event_ts = self.tracker.max_event_ts
         self._count(before, out)
@@ -186,18 +204,15 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("alerts.jsonl", "dead_letters.jsonl"):
         (run_dir / name).touch()
-    shards = ctx.settings.shards
 
     flow = Dataflow("delay_alerts")
     raw = op.input("scans", flow, source)  # (line_no, bytes)
-    parsed = op.flat_map_batch("parse", raw, _parser(ctx))  # ScanEvent | DeadLetter
-    split = op.branch("valid", parsed, lambda x: isinstance(x, ScanEvent))
+    parsed = op.flat_map_batch("parse", raw, _parser(ctx))  # (shard, [ScanEvent]) | DeadLetter
+    split = op.branch("valid", parsed, lambda x: x.__class__ is tuple)
     dead = op.map("dead_letter_json", split.falses, lambda d: ("dl", d.to_json()))  # (key, str)
     op.output("dead_letters", dead, FileSink(run_dir / "dead_letters.jsonl"))
-    keyed = op.key_on("shard", split.trues,
-                      lambda ev: str(hash_id(ev.package_id) % shards))  # (shard, ScanEvent)
     alerts = op.stateful_batch(
-        "track", keyed, _builder(ctx))  # (shard, alert dict)
+        "track", split.trues, _builder(ctx))  # (shard, alert dict)
     op.output("alerts_file", op.map("alert_json", alerts, _alert_line),
               FileSink(run_dir / "alerts.jsonl"))
     op.output("outbox", alerts, OutboxSink(run_dir / "outbox.sqlite"))

@@ -47,15 +47,16 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
         self._speed = speed
         self._t0_event: float | None = None
         self._t0_wall = time.monotonic()
-        self._pending: list[Item] = []
+        self._pending: list[tuple[int, bytes, int]] = []
         self._awake: datetime | None = None
 
     def next_batch(self) -> Iterable[Item]:
         if self._pending:
             return self._paced([])
-        out: list[Item] = []
+        out: list[tuple[int, bytes, int]] = []  # (line number, line, offset where it starts)
         readline = self._f.readline
         for _ in range(self._batch):
+            start = self._offset
             line = readline()
             if not line:
                 break
@@ -63,12 +64,14 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
             self._line += 1
             line = line.rstrip(b"\r\n")
             if line:
-                out.append((self._line, line))
+                out.append((self._line, line, start))
         if not out:
             raise StopIteration
-        return self._paced(out) if self._speed > 0 else out
+        if self._speed > 0:
+            return self._paced(out)
+        return [(n, line) for n, line, _ in out]
 
-    def _paced(self, fresh: list[Item]) -> list[Item]:
+    def _paced(self, fresh: list[tuple[int, bytes, int]]) -> list[Item]:
         """Release lines once wall time x speed has caught up with their event time."""
         self._pending.extend(fresh)
         now = time.monotonic()
@@ -82,7 +85,8 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
                 if due > now:
                     self._awake = datetime.now(UTC) + timedelta(seconds=min(due - now, 1.0))
                     break
-            ready.append(self._pending.pop(0))
+            n, line, _ = self._pending.pop(0)
+            ready.append((n, line))
         else:
             self._awake = None
         return ready
@@ -91,9 +95,11 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
         return self._awake if self._pending else None
 
     def snapshot(self) -> tuple[int, int]:
-        # lines still pending (paced mode) have been read but not emitted: resume before them
-        offset = self._offset - sum(len(b) + 1 for _, b in self._pending)
-        return offset, self._line - len(self._pending)
+        # lines still pending (paced mode) were read but not emitted: resume at the first one
+        if self._pending:
+            n, _, start = self._pending[0]
+            return start, n - 1
+        return self._offset, self._line
 
     def close(self) -> None:
         self._f.close()

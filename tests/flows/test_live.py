@@ -1,0 +1,137 @@
+"""Live mode: the shard's clock follows wall time while the feed is idle, up to the hold.
+
+``flows.dataflow._Shard`` is driven directly (``on_batch`` for the feed, ``on_notify`` for the
+engine's timer) with ``time.monotonic`` replaced in ``flows.dataflow`` by a clock the test
+moves, so an hour of idle feed takes no time at all.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import flows.dataflow
+from detectors import ScanEvent, StallDetector
+from detectors.tracker import PackageTracker
+from flows.config import load_settings
+from flows.dataflow import FlowContext, _Shard
+from flows.metrics import make_flow_metrics
+
+H = 3600
+HOLD = 600
+LATENESS = 30
+BUCKET = 60
+T0 = 1_790_000_000 - 1_790_000_000 % 3600  # event time of the first scan, on the hour
+
+
+class WallClock:
+    """Stands in for time.monotonic in flows.dataflow."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def wall(monkeypatch: pytest.MonkeyPatch) -> WallClock:
+    clock = WallClock()
+    monkeypatch.setattr(flows.dataflow, "time", SimpleNamespace(monotonic=clock, time=time.time))
+    return clock
+
+
+def shard(tmp_path: Path, a1_threshold_hours: float, *, metrics: Any = None,
+          mode: str = "live") -> _Shard:
+    settings = load_settings(mode=mode, feed_silence_hold_seconds=HOLD)
+    ctx = FlowContext(settings=settings, run_dir=tmp_path, metrics=metrics)
+    detector = StallDetector(prior_hours={"A1": (a1_threshold_hours / 2, a1_threshold_hours)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    tracker = PackageTracker(detector, allowed_lateness=LATENESS, bucket_seconds=BUCKET)
+    return _Shard(ctx, "shard-0", tracker)
+
+
+def label(pid: str, ts: int) -> ScanEvent:
+    return ScanEvent(pid, "GX", "O-1", ts, ts, service="ground", promised_by_ts=ts + 3 * 86400,
+                     recipient_ref=f"C-{pid}")
+
+
+def arrived(pid: str, ts: int) -> ScanEvent:
+    return ScanEvent(pid, "A1", "PLANT-1", ts, ts)
+
+
+def iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def test_idle_wall_time_moves_the_clock_and_fires_a_stall_within_the_hold(
+        tmp_path: Path, wall: WallClock) -> None:
+    registry = CollectorRegistry()
+    s = shard(tmp_path, a1_threshold_hours=0.05, metrics=make_flow_metrics(registry))  # 180 s
+    assert s.notify_at() is not None
+    last = T0 + 10
+    out, _ = s.on_batch([[label("P1", T0), arrived("P1", last)]])
+    assert out == []
+    deadline = last + 180
+    fired_at = None
+    for idle in range(1, HOLD + 1):  # the engine's one-second timer, for ten minutes of silence
+        wall.now += 1
+        out, _ = s.on_notify()
+        assert s.tracker.max_event_ts == last + idle  # event time follows the wall clock
+        if out:
+            assert fired_at is None, "one stall per episode"
+            fired_at = idle
+            assert [a["alert_key"] for a in out] == ["P1:stall:1"]
+            assert out[0]["alert_time"] == iso(last + idle - LATENESS)
+    assert fired_at is not None, "the deadline passed within the hold: the stall must fire"
+    # not before the watermark (clock - lateness) passed the deadline, at most a bucket after
+    assert deadline <= last + fired_at - LATENESS <= deadline + BUCKET
+    assert registry.get_sample_value("delaywatch_alerts_total", {"kind": "stall"}) == 1
+
+
+def test_a_silent_feed_holds_the_clock_and_the_alert_fires_when_events_resume(
+        tmp_path: Path, wall: WallClock) -> None:
+    s = shard(tmp_path, a1_threshold_hours=1.0)  # P1 is overdue 1 h after its scan
+    last = T0 + 10
+    s.on_batch([[label("P1", T0), arrived("P1", last)]])
+    deadline = last + H
+    got: list[dict[str, Any]] = []
+    for idle in (60, 300, HOLD, HOLD + 1, H, 2 * H, 6 * H):  # then hours of silence
+        wall.now = 1000.0 + idle
+        out, _ = s.on_notify()
+        got += out
+        assert s.tracker.max_event_ts == last + min(idle, HOLD)  # the clock stops at the hold
+    assert got == [], "a silent feed is not a silent network: no alert while it is silent"
+    assert s.tracker.watermark < deadline
+
+    # the feed comes back with events of the last hours: P1's deadline is long past
+    wall.now += 5
+    back = last + 2 * H
+    out, _ = s.on_batch([[label("P2", back)]])
+    assert [a["alert_key"] for a in out] == ["P1:stall:1"]
+    assert out[0]["alert_time"] == iso(back - LATENESS)
+
+    # after the resumed events the clock runs with wall time again (a fresh hold)
+    wall.now += 5
+    s.on_batch([[arrived("P2", back + 60)]])  # P2: due one hour later
+    fired = []
+    for idle in range(1, HOLD + 2):
+        wall.now += 1
+        out, _ = s.on_notify()
+        fired += out
+        # idle time counts from the last batch, not from before the silence
+        assert s.tracker.max_event_ts == back + 60 + min(idle, HOLD)
+    assert fired == []  # P2's deadline (1 h) is beyond this hold, P1's episode is open
+
+
+def test_replay_mode_asks_for_no_timer(tmp_path: Path, wall: WallClock) -> None:
+    s = shard(tmp_path, a1_threshold_hours=0.05, mode="replay")
+    assert s.notify_at() is None  # the engine never calls on_notify: only events move time
+    s.on_batch([[label("P1", T0), arrived("P1", T0 + 10)]])
+    assert s.notify_at() is None
