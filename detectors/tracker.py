@@ -68,6 +68,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from zlib import crc32
 
@@ -100,6 +101,7 @@ class TrackerStats:
     by_outcome: dict[str, int] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=1 << 14)  # alerts repeat times: the watermark, promised-by hours
 def _iso(ts: float | None) -> str | None:
     if ts is None or ts < 0:
         return None

@@ -102,15 +102,19 @@ def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
 
     def parse(batch: list[tuple[int, bytes]]) -> list[Shard | DeadLetter]:
         events, invalids = parse_batch([line for _, line in batch])
-        per: dict[str, list[ScanEvent]] = {}
-        for ev in events:
-            key = keys[hash_id(ev.package_id) % shards]
-            group = per.get(key)
-            if group is None:
-                per[key] = [ev]
-            else:
-                group.append(ev)
-        out: list[Shard | DeadLetter] = list(per.items())
+        out: list[Shard | DeadLetter]
+        if shards == 1:
+            out = [(keys[0], events)] if events else []
+        else:
+            per: dict[str, list[ScanEvent]] = {}
+            for ev in events:
+                key = keys[hash_id(ev.package_id) % shards]
+                group = per.get(key)
+                if group is None:
+                    per[key] = [ev]
+                else:
+                    group.append(ev)
+            out = list(per.items())
         for index, bad in invalids:
             n, raw = batch[index]
             out.append(DeadLetter("parse", bad.reason, bad.detail, n,
