@@ -54,23 +54,25 @@ class _Gaps:
     An L0 node keeps references to its L1 and L2 nodes (``parents``): learning touches one dict.
     """
 
-    __slots__ = ("hi", "mid", "n", "parents")
+    __slots__ = ("hi", "mid", "n", "parents", "since")
 
     def __init__(self, q: float, parents: tuple[_Gaps, ...] = ()) -> None:
         self.n = 0
+        self.since = 0  # last_ts of the first gap learned: how much time the key has seen
         self.hi = stats.Quantile(q)
         self.mid = stats.Quantile(0.5)
         self.parents = parents
 
-    def __getstate__(self) -> tuple[int, stats.Quantile, stats.Quantile, tuple[_Gaps, ...]]:
-        return self.n, self.hi, self.mid, self.parents
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self.n, self.hi, self.mid, self.parents, self.since
 
     def __setstate__(
-        self, state: tuple[int, stats.Quantile, stats.Quantile, tuple[_Gaps, ...]]
+        self, state: tuple[Any, ...]
     ) -> None:
-        self.n, self.hi, self.mid, self.parents = state
+        self.n, self.hi, self.mid, self.parents, self.since = state
 
 
+_ALWAYS: Final = float("inf")
 _NAMES: Final = ("L0", "L1", "L2", "prior")
 
 
@@ -155,6 +157,12 @@ class StallDetector(base.AnomalyDetector):
         Gaps a network-level key learns in full before subsampling.
     coarse_every
         Then one gap in ``coarse_every`` is learned (1 to learn all).
+    min_span
+        Seconds of event time a stage key must have covered (from its first gap) before it
+        is used. Gaps arrive in time order, not shuffled: at national volume a key collects
+        thousands of gaps within hours, all from one part of the daily cycle, and its
+        quantiles are then far too low. A span of a day and a half makes every key see its
+        whole sort cycle first (a Saturday key, the second Saturday).
 
     Examples
     --------
@@ -220,6 +228,7 @@ class StallDetector(base.AnomalyDetector):
         default_prior_hours: tuple[float, float] | None = (24.0, 72.0),
         coarse_full: int = 2000,
         coarse_every: int = 8,
+        min_span: float = 0.0,
     ) -> None:
         if not 0 < q < 1:
             raise ValueError(f"q must be in (0, 1), got {q!r}")
@@ -243,6 +252,7 @@ class StallDetector(base.AnomalyDetector):
         self.default_prior_hours = default_prior_hours
         self.coarse_full = coarse_full
         self.coarse_every = coarse_every
+        self.min_span = min_span
         priors = DEFAULT_PRIOR_HOURS if prior_hours is None else prior_hours
         self._priors = {code: (e * 3600.0, t * 3600.0) for code, (e, t) in priors.items()}
         self._default_prior = (
@@ -295,12 +305,16 @@ class StallDetector(base.AnomalyDetector):
         gaps = fine.get(key)
         if gaps is None:
             gaps = fine[key] = self._new_fine(code, service, bucket)
+        if gaps.n == 0:
+            gaps.since = x["last_ts"]
         gaps.n += 1
         gaps.hi.update(gap)
         gaps.mid.update(gap)
         full, every = self.coarse_full, self.coarse_every
         for parent in gaps.parents:
             n = parent.n = parent.n + 1
+            if n == 1:
+                parent.since = x["last_ts"]
             if n <= full or n % every == 0:
                 parent.hi.update(gap)
                 parent.mid.update(gap)
@@ -316,8 +330,10 @@ class StallDetector(base.AnomalyDetector):
         else:
             bucket = self._bucket(facility, x["last_ts"])
         min_samples = self.min_samples
+        # a key must have seen min_span of event time (off when 0)
+        seen_since = x["last_ts"] - self.min_span if self.min_span else _ALWAYS
         level, gaps = 0, self._levels[0].get((facility, code, service, bucket))
-        if gaps is None or gaps.n < min_samples:
+        if gaps is None or gaps.n < min_samples or gaps.since > seen_since:
             if gaps is None:  # a facility never seen at this stage: look the network levels up
                 keys = self._coarse_keys(code, service, bucket)
                 chain = [table.get(key) for key, table in zip(keys, self._levels[1:])]  # noqa: B905
@@ -325,7 +341,7 @@ class StallDetector(base.AnomalyDetector):
                 chain = list(gaps.parents)
             level, gaps = 3, None
             for i, node in enumerate(chain, 1):
-                if node is not None and node.n >= min_samples:
+                if node is not None and node.n >= min_samples and node.since <= seen_since:
                     level, gaps = i, node
                     break
         if gaps is not None:

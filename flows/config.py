@@ -35,6 +35,8 @@ class StallSettings(BaseModel):
     margin: float = Field(1.25, gt=0, description="threshold = margin x quantile")
     min_threshold_hours: float = Field(6.0, ge=0)
     min_samples: int = Field(2000, ge=1, description="gaps a stage needs before it is used")
+    min_span_hours: float = Field(
+        36.0, ge=0, description="event time a stage must have covered before it is used")
     allowed_lateness_seconds: int = Field(
         6 * 3600, ge=0, description="how far the watermark trails the newest event time")
     bucket_seconds: int = Field(900, ge=60, description="time-wheel bucket width")

@@ -71,6 +71,7 @@ class FlowContext:
         detector = StallDetector(
             q=st.q, margin=st.margin, min_threshold=st.min_threshold_hours * 3600,
             min_samples=st.min_samples, tz_of=self.tz_of, holidays=st.holidays or None,
+            min_span=st.min_span_hours * 3600,
         )
         return PackageTracker(
             detector, DeliveryEstimator(), allowed_lateness=st.allowed_lateness_seconds,

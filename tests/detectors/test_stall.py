@@ -432,3 +432,23 @@ def test_a_holiday_waits_like_a_weekend() -> None:
     assert plain.explain(x)["level"] == "prior"
     holiday = {**x, "last_ts": thursday + 86400}
     assert learned._bucket("PO", holiday["last_ts"]) == learned.weekday_buckets[6]
+
+
+def test_min_span_waits_for_a_whole_cycle_before_trusting_a_key() -> None:
+    """Gaps arrive in time order: a key full of morning gaps must not judge the evening."""
+    eager = StallDetector(min_samples=50)
+    patient = StallDetector(min_samples=50, min_span=36 * 3600)
+    t0 = 1797638400  # a Saturday, 00:00Z; learn Monday morning only
+    monday = t0 + 2 * 86400
+    for k in range(200):  # 200 short gaps between 08:00 and 09:00 on Monday
+        x = {"facility": "P", "code": "T1", "service": "ground",
+             "last_ts": monday + 8 * 3600 + k * 18, "gap": 2 * 3600.0}
+        eager.learn_one(x)
+        patient.learn_one(x)
+    evening = {"facility": "P", "code": "T1", "service": "ground", "last_ts": monday + 18 * 3600}
+    assert eager.explain(evening)["level"] == "L0"
+    assert patient.explain(evening)["level"] == "prior"
+    # two days later the key has covered the span and is used
+    later = {**evening, "last_ts": monday + 2 * 86400}
+    patient.learn_one({**later, "gap": 2 * 3600.0})
+    assert patient.explain(later)["level"] == "L0"
