@@ -1,0 +1,274 @@
+"""Incident lifecycle with hysteresis, in the manner of Prometheus Alertmanager.
+
+:class:`IncidentManager` receives, at the end of every event-time window, a score and a kind
+for each subject (a facility, a lane, a region) and emits incident records in the
+``incidents.jsonl`` contract of ``docs/schemas.md``:
+
+``incident_key, kind, facility_id, lane_to, status (open|update|resolved), opened_at,
+resolved_at, score, affected_packages, evidence`` (plus ``facilities``: the space-separated
+ids the incident names, which ``delaywatch evaluate`` also reads).
+
+Lifecycle
+    *Pending*: the score is at or above ``open_threshold``; after ``for_windows`` consecutive
+    such windows, and as soon as a kind is known, the incident *opens* (Alertmanager's ``for``).
+    *Open*: an ``update`` record goes out when the affected package count changes materially
+    (by ``update_ratio`` and at least ``update_min`` packages). *Resolved*: after
+    ``clear_windows`` consecutive windows under ``close_threshold`` (lower than the open
+    threshold: hysteresis), so a score that flaps around one threshold keeps one incident open
+    instead of opening and resolving it again and again.
+
+Keys
+    ``incident_key = f"{subject}:{kind}:{opened}"``: the subject (facility id, ``A>B`` for a
+    lane), the kind, and the end of the window that opened it (UTC, ``YYYYMMDDTHHMMZ``). The
+    same input gives the same keys, so a replay after a crash re-emits the same records and a
+    sink that upserts by ``(incident_key, status)`` stays duplicate-free.
+
+Reclassification
+    A facility with an open delay incident whose kind turns into ``feed_outage`` (the scans
+    that were missing arrive late: it was the feed, not the facility) gets the delay incident
+    resolved with that explanation and a ``feed_outage`` incident opened at once. Other kind
+    changes keep the incident (its kind is fixed at opening).
+
+Everything is plain data: the manager pickles with its open incidents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["IncidentManager"]
+
+_DELAY = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(int(ts), UTC).isoformat()
+
+
+def _compact(ts: int) -> str:
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y%m%dT%H%MZ")
+
+
+@dataclass
+class _Subject:
+    over: int = 0  # consecutive windows at or above the open threshold
+    under: int = 0  # consecutive windows under the close threshold while open
+    seen_at: int = 0
+    key: str | None = None  # the open incident
+    kind: str | None = None
+    opened_at: int = 0
+    affected: int = 0  # last emitted
+    peak: float = 0.0
+    facilities: set[str] = field(default_factory=set)
+
+
+class IncidentManager:
+    """Opens, updates and resolves incidents from per-window scores; see the module docstring.
+
+    Parameters
+    ----------
+    open_threshold
+        Score at or above which a window counts towards opening.
+    close_threshold
+        Score under which a window counts towards resolving (<= ``open_threshold``).
+    for_windows
+        Consecutive windows at or above ``open_threshold`` before an incident opens.
+    clear_windows
+        Consecutive windows under ``close_threshold`` before it resolves.
+    update_ratio, update_min
+        An ``update`` goes out when the affected count moved by both this share and this
+        many packages since the last record.
+
+    Examples
+    --------
+    A score that flaps around the open threshold opens one incident, which resolves once the
+    score has stayed low for ``clear_windows`` windows.
+
+    >>> from detectors.incidents import IncidentManager
+    >>> manager = IncidentManager(for_windows=2, clear_windows=3)
+    >>> t0 = 1_790_208_000
+    >>> scores = [0.2, 1.3, 1.1, 0.8, 1.2, 0.6, 1.4, 0.3, 0.2, 0.1, 0.2]
+    >>> records = []
+    >>> for i, score in enumerate(scores):
+    ...     records += manager.update("P0200", t0 + 900 * (i + 1), score, "facility_slowdown",
+    ...                               "packages piling up", affected=40 + 10 * i)
+    >>> for r in records:
+    ...     print(r["status"], r["incident_key"], r["affected_packages"])
+    open P0200:facility_slowdown:20260924T0045Z 60
+    update P0200:facility_slowdown:20260924T0045Z 80
+    update P0200:facility_slowdown:20260924T0045Z 100
+    resolved P0200:facility_slowdown:20260924T0045Z 130
+    """
+
+    def __init__(
+        self,
+        open_threshold: float = 1.0,
+        close_threshold: float = 0.5,
+        for_windows: int = 2,
+        clear_windows: int = 8,
+        update_ratio: float = 0.25,
+        update_min: int = 5,
+    ) -> None:
+        if close_threshold > open_threshold:
+            raise ValueError(
+                f"close_threshold ({close_threshold}) must not exceed open_threshold "
+                f"({open_threshold})"
+            )
+        if for_windows < 1 or clear_windows < 1:
+            raise ValueError("for_windows and clear_windows must be at least 1")
+        self.open_threshold = open_threshold
+        self.close_threshold = close_threshold
+        self.for_windows = for_windows
+        self.clear_windows = clear_windows
+        self.update_ratio = update_ratio
+        self.update_min = update_min
+        self._subjects: dict[tuple[str, str | None, bool], _Subject] = {}
+        self.opened = 0
+        self.resolved = 0
+
+    @property
+    def open_incidents(self) -> int:
+        """Incidents open now (for a gauge)."""
+        return sum(1 for s in self._subjects.values() if s.key is not None)
+
+    def update(
+        self,
+        facility: str,
+        window_end_ts: int,
+        score: float,
+        kind: str | None,
+        evidence: str,
+        affected: int,
+        *,
+        lane_to: str | None = None,
+        facilities: tuple[str, ...] | list[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Feed one subject's score at the end of a window; returns the records it causes.
+
+        The subject is ``facility`` (with ``lane_to`` for a lane; ``kind == "weather"`` marks
+        a region, under its first facility id, and ``facilities`` lists the ones hit).
+        ``kind`` None means "anomalous or not, no kind known yet": it counts towards opening
+        but cannot open. Windows of one subject must come in order.
+        """
+        subject_key = (facility, lane_to, kind == "weather")
+        s = self._subjects.get(subject_key)
+        if s is None:
+            if score < self.open_threshold:
+                return []  # nothing pending, nothing open: keep no state
+            s = self._subjects[subject_key] = _Subject()
+        s.seen_at = window_end_ts
+        out: list[dict[str, Any]] = []
+        if s.key is not None:
+            if kind == "feed_outage" and s.kind in _DELAY:
+                out.append(
+                    self._record(
+                        s,
+                        facility,
+                        lane_to,
+                        "resolved",
+                        window_end_ts,
+                        score,
+                        affected,
+                        "Reclassified: the missing scans were a data "
+                        "feed problem, not a delay. " + evidence,
+                    )
+                )
+                self._close(s)
+                s.over = self.for_windows  # the evidence is decisive: open at once
+            else:
+                s.facilities.update(facilities)
+                s.peak = max(s.peak, score)
+                if score < self.close_threshold:
+                    s.under += 1
+                    if s.under >= self.clear_windows:
+                        out.append(
+                            self._record(
+                                s,
+                                facility,
+                                lane_to,
+                                "resolved",
+                                window_end_ts,
+                                score,
+                                affected,
+                                evidence,
+                            )
+                        )
+                        self._close(s)
+                        s.over = 0
+                        return out
+                else:
+                    s.under = 0
+                moved = abs(affected - s.affected)
+                if moved >= self.update_min and moved >= self.update_ratio * max(s.affected, 1):
+                    s.affected = affected
+                    out.append(
+                        self._record(
+                            s, facility, lane_to, "update", None, score, affected, evidence
+                        )
+                    )
+                return out
+        s.over = s.over + 1 if score >= self.open_threshold else 0
+        if s.over >= self.for_windows and kind is not None:
+            subject = facility if lane_to is None else f"{facility}>{lane_to}"
+            s.key = f"{subject}:{kind}:{_compact(window_end_ts)}"
+            s.kind, s.opened_at, s.under, s.peak = kind, window_end_ts, 0, score
+            s.affected = affected
+            s.facilities = set(facilities) if kind == "weather" else {facility}
+            self.opened += 1
+            out.append(self._record(s, facility, lane_to, "open", None, score, affected, evidence))
+        elif s.over == 0 and s.key is None:
+            del self._subjects[subject_key]
+        return out
+
+    def _close(self, s: _Subject) -> None:
+        s.key, s.kind, s.under, s.peak = None, None, 0, 0.0
+        s.facilities = set()
+        self.resolved += 1
+
+    def _record(
+        self,
+        s: _Subject,
+        facility: str,
+        lane_to: str | None,
+        status: str,
+        resolved_at: int | None,
+        score: float,
+        affected: int,
+        evidence: str,
+    ) -> dict[str, Any]:
+        return {
+            "incident_key": s.key,
+            "kind": s.kind,
+            "facility_id": facility,
+            "lane_to": lane_to,
+            "status": status,
+            "opened_at": _iso(s.opened_at),
+            "resolved_at": None if resolved_at is None else _iso(resolved_at),
+            "score": round(float(score), 3),
+            "affected_packages": int(affected),
+            "evidence": evidence,
+            "facilities": " ".join(sorted(s.facilities)),
+        }
+
+    def finish(self, window_end_ts: int) -> list[dict[str, Any]]:
+        """Treat every subject not updated at ``window_end_ts`` as scoring 0 there.
+
+        Call once per window after the updates, so that a subject that stops reporting (a lane
+        with no more traffic) still resolves.
+        """
+        out: list[dict[str, Any]] = []
+        for (facility, lane_to, weather), s in list(self._subjects.items()):
+            if s.seen_at < window_end_ts:
+                kind = "weather" if weather else s.kind
+                out += self.update(
+                    facility,
+                    window_end_ts,
+                    0.0,
+                    kind,
+                    "No longer observed.",
+                    s.affected,
+                    lane_to=lane_to,
+                )
+        return out
