@@ -11,10 +11,11 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,6 @@ def replay(
     with_metrics: bool = True,
 ) -> ReplaySummary:
     """Run the real dataflow over ``source`` to its end; outputs go to ``run_dir``."""
-    import time
-
     run_dir.mkdir(parents=True, exist_ok=True)
     names, tz_of = read_reference(settings.facilities)
     ctx = FlowContext(settings=settings, run_dir=run_dir, names=names, tz_of=tz_of,
@@ -93,7 +92,8 @@ def replay(
     flow = build_flow(ctx, source)
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
     t0 = time.perf_counter()
-    run_main(flow, epoch_interval=_td(settings.epoch_interval_seconds), recovery_config=recovery)
+    run_main(flow, epoch_interval=timedelta(seconds=settings.epoch_interval_seconds),
+             recovery_config=recovery)
     summary = ReplaySummary(run_dir=run_dir, seconds=time.perf_counter() - t0)
     for tracker in ctx.trackers.values():
         s = tracker.stats
@@ -110,12 +110,6 @@ def replay(
                       + summary.no_header + sum(summary.dead_letters.values()))
     summary.outbox = outbox_counts(run_dir / "outbox.sqlite")
     return summary
-
-
-def _td(seconds: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
 
 
 def _lines(path: Path) -> list[str]:
