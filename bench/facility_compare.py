@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from detectors.evaluate import load_truth
 from detectors.events import parse_batch
 from detectors.facility import DETECTORS, FacilityMonitor, FacilityStats, FacilityWindow
 from detectors.incidents import IncidentManager
@@ -227,6 +228,12 @@ def per_incident(truth: Path, incidents: Path) -> list[dict[str, Any]]:
         o["names"].update(x for x in (r["facility_id"], r["lane_to"]) if x)
         o["names"].update((r.get("facilities") or "").split())
     rows = []
+    known = load_truth(truth).incidents
+    seen_until = {  # lane delays: until their delayed packages arrived (the scorer's rule)
+        iid: at.timestamp()
+        for iid, at in zip(known["incident_id"], known["seen_until"], strict=True)
+        if at is not None and at == at
+    }
     with (truth / "incidents.csv").open(newline="", encoding="utf-8") as f:
         for t in csv.DictReader(f):
             if t["kind"] == "package_stall":
@@ -234,6 +241,7 @@ def per_incident(truth: Path, incidents: Path) -> list[dict[str, Any]]:
             covered = {x for x in (t["facility_id"], t["lane_to"]) if x}
             covered |= set(t["facilities"].split())
             onset, end = ts(t["onset"]), ts(t["end"])
+            end = max(end, seen_until.get(t["incident_id"], end))
             feed = t["kind"] == "feed_outage"
             hits = [
                 (o["opened"], o["kind"])

@@ -60,7 +60,14 @@ earliest ``opened_at`` and *names* every id found in any of its rows' ``facility
 incident *covers* the ids in its ``facility_id``, ``lane_to`` (so a lane matches on either end)
 and space-separated ``facilities``. An output incident *matches* a truth incident if it names one
 of the covered ids and ``onset - 1 h <= opened_at <= end + 6 h`` (no upper bound if ``end`` is
-empty). No kind agreement is required, except that output ``feed_outage`` incidents are matched
+empty). For a ``lane_delay`` the upper bound is ``seen_until + 6 h`` when that is later:
+``seen_until`` is the latest arrival scan at ``lane_to`` of the packages carrying the incident's id
+(read from ``events.jsonl`` by :func:`load_truth`; without it, ``end``). A lane delay holds up
+packages that *departed* in ``[onset, end]``: their departure scan is on time and their arrival is
+the first scan that can show the delay, at the earliest one normal transit (>= 16 h between
+regions) after departure, often after ``end + 6 h``; until the last of them arrives the
+incident is still visible in the feed, so an incident opened then is a detection, not a false
+alarm. No kind agreement is required, except that output ``feed_outage`` incidents are matched
 only against truth feed outages and all other output kinds only against facility-level incidents.
 
 - ``incidents_detected``: facility-level truth incidents matched by an output incident.
@@ -322,6 +329,7 @@ def load_truth(truth_dir: str | Path) -> Truth:
     incidents = _read_csv(root / "incidents.csv", _TRUTH_INCIDENT_COLUMNS, required=False)
     incidents = _parse_times(incidents, ("onset", "end"))
     incidents["affected_packages"] = pd.to_numeric(incidents["affected_packages"], errors="coerce")
+    incidents["seen_until"] = _lane_arrivals(root / "events.jsonl", incidents, packages)
 
     inquiries = _read_jsonl(root / "inquiries.jsonl", _INQUIRY_COLUMNS)
     inquiries = _parse_times(inquiries, ("inquiry_time",))
@@ -331,6 +339,51 @@ def load_truth(truth_dir: str | Path) -> Truth:
     meta_path = root / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     return Truth(packages, incidents, inquiries, facilities, meta)
+
+
+def _lane_arrivals(path: Path, incidents: pd.DataFrame, packages: pd.DataFrame) -> pd.Series:
+    """Per truth incident: for a ``lane_delay``, the latest first scan at its ``lane_to`` of the
+    packages carrying its id (their delayed arrivals); NaT otherwise, or without ``path``.
+
+    Only lines naming a lane's receiving facility are decoded (a substring test per line).
+    """
+    seen = pd.Series(pd.NaT, index=incidents.index, dtype="datetime64[ns, UTC]")
+    lanes = incidents[(incidents["kind"] == "lane_delay") & incidents["lane_to"].notna()]
+    if lanes.empty or not path.exists():
+        return seen
+    lane_to = dict(zip(lanes["incident_id"], lanes["lane_to"], strict=True))
+    wanted = packages.loc[packages["incident_id"].isin(lane_to), ["package_id", "incident_id"]]
+    target = {pid: (iid, lane_to[iid]) for pid, iid in wanted.itertuples(index=False)}
+    if not target:
+        return seen
+    tokens = [f'"{to}"'.encode() for to in set(lane_to.values())]
+    first: dict[str, str] = {}  # package -> its first event time at lane_to (ISO, UTC)
+    with path.open("rb") as lines:
+        for line in lines:
+            if not any(t in line for t in tokens):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            found = target.get(event.get("package_id")) if isinstance(event, dict) else None
+            if found is None or event.get("facility_id") != found[1]:
+                continue
+            ts = event.get("event_time")
+            if isinstance(ts, str) and (
+                event["package_id"] not in first or ts < first[event["package_id"]]
+            ):
+                first[event["package_id"]] = ts
+    latest: dict[str, pd.Timestamp] = {}
+    for pid, ts in first.items():
+        iid = target[pid][0]
+        when = _to_utc(pd.Series([ts])).iloc[0]
+        if pd.notna(when) and (iid not in latest or when > latest[iid]):
+            latest[iid] = when
+    for index, iid in incidents["incident_id"].items():
+        if iid in latest:
+            seen[index] = latest[iid]
+    return seen
 
 
 def _normalise_alerts(alerts: pd.DataFrame) -> pd.DataFrame:
@@ -492,9 +545,13 @@ def _match(truth_incidents: pd.DataFrame, output: pd.DataFrame) -> pd.DataFrame:
             {"incident_id": [], "incident_key": [], "onset": no_time, "opened_at": no_time}
         )
     covered = _names_long(truth_incidents, "incident_id", ("facility_id", "lane_to", "facilities"))
-    covered = covered.merge(
-        truth_incidents[["incident_id", "onset", "end"]], on="incident_id", how="left"
-    )
+    spans = truth_incidents[["incident_id", "onset", "end"]].copy()
+    if "seen_until" in truth_incidents:  # a lane delay: until its delayed packages arrived
+        spans["end"] = spans["end"].where(
+            truth_incidents["seen_until"].isna() | (truth_incidents["seen_until"] <= spans["end"]),
+            truth_incidents["seen_until"],
+        )
+    covered = covered.merge(spans, on="incident_id", how="left")
     named = _names_long(output, "incident_key", ("names",))
     named = named.merge(output[["incident_key", "opened_at"]], on="incident_key", how="left")
     pairs = covered.merge(named, on="name")

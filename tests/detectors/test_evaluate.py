@@ -568,6 +568,54 @@ def test_lane_incident_matches_either_end(tmp_path: Path) -> None:
     assert score(alerts_frame([]), truth, miss)["incidents_detected"] == 0
 
 
+def test_a_lane_delay_matches_until_its_delayed_packages_arrive(tmp_path: Path) -> None:
+    # I3 delays packages that departed P1 for N1 in [onset, end]; the delayed ones reach N1 on
+    # the 13th (B at 04:00, its duplicate line and C's arrival at 09:00): the incident is visible
+    # until then, so the match window ends at 15:00 on the 13th, not at end + 6 h (the 11th).
+    lane = [{"incident_id": "I3", "kind": "lane_delay", "facility_id": "P1", "lane_to": "N1",
+             "onset": "2024-01-10T00:00:00+00:00", "end": "2024-01-11T00:00:00+00:00"}]  # fmt: skip
+    packages = [
+        {"package_id": "B", "late": "true", "cause": "lane_delay", "incident_id": "I3"},
+        {"package_id": "C", "late": "false", "cause": "none", "incident_id": "I3"},
+        {"package_id": "D", "late": "false", "cause": "none"},
+    ]
+    root = make_truth(tmp_path, packages, incidents=lane)
+
+    def event(pid: str, code: str, facility: str | None, ts: str) -> dict:
+        return {"package_id": pid, "event_code": code, "facility_id": facility,
+                "event_time": ts, "ingest_time": ts}  # fmt: skip
+
+    _write_jsonl(root / "events.jsonl", [
+        event("B", "T1", "P1", "2024-01-10T02:00:00+00:00"),
+        event("B", "TL", None, "2024-01-11T00:00:00+00:00"),
+        event("B", "A1", "N1", "2024-01-13T04:00:00+00:00"),
+        event("C", "A1", "N1", "2024-01-13T09:00:00+00:00"),
+        event("B", "A1", "N1", "2024-01-13T04:00:00+00:00"),  # duplicate
+        event("C", "T1", "N1", "2024-01-13T18:00:00+00:00"),  # leaving: not its arrival
+        event("D", "A1", "N1", "2024-01-20T00:00:00+00:00"),  # not delayed by I3
+    ])  # fmt: skip
+    truth = load_truth(root)
+    assert truth.incidents["seen_until"].iloc[0] == pd.Timestamp("2024-01-13T09:00:00Z")
+
+    def opened(at: str) -> pd.DataFrame:
+        return pd.DataFrame([{"incident_key": "K", "kind": "lane_delay", "facility_id": "P1",
+                              "lane_to": "N1", "status": "open", "opened_at": at}])  # fmt: skip
+
+    inside = score(alerts_frame([]), truth, opened("2024-01-13T15:00:00+00:00"))
+    assert inside["incidents_detected"] == 1 and inside["false_incidents"] == 0
+    assert inside["incident_detection_delay_minutes_p50"] == pytest.approx((3 * 24 + 15) * 60.0)
+    after = score(alerts_frame([]), truth, opened("2024-01-13T15:00:01+00:00"))
+    assert after["incidents_detected"] == 0 and after["false_incidents"] == 1
+    # without the scan events the window is the usual one: end + 6 h
+    (root / "events.jsonl").unlink()
+    plain = load_truth(root)
+    assert plain.incidents["seen_until"].isna().all()
+    assert (
+        score(alerts_frame([]), plain, opened("2024-01-11T06:00:01+00:00"))["incidents_detected"]
+        == 0
+    )
+
+
 def test_feed_outage_incidents_scored_apart(incident_truth: Truth) -> None:
     outputs = [
         # a slowdown raised at N1 during the feed outage F1: matches no facility incident -> false
