@@ -157,6 +157,57 @@ def format_duration(seconds: object, locale: str) -> str | None:
     return " ".join(parts[:2])
 
 
+# What happened, per incident kind and locale ({facility} is the cleaned facility name).
+_CAUSES = {
+    "en": {
+        "facility_slowdown": "{facility} is moving packages more slowly than usual",
+        "facility_stop": "{facility} stopped processing packages for a while and is working "
+                         "through the backlog",
+        "weather": "severe weather is delaying packages at {facility} and nearby facilities",
+        "lane_delay": "the transport leaving {facility} is running late",
+        None: "{facility} is moving packages more slowly than usual",
+    },
+    "es": {
+        "facility_slowdown": "{facility} está procesando los paquetes más despacio de lo "
+                             "habitual",
+        "facility_stop": "{facility} dejó de procesar paquetes durante un tiempo y está "
+                         "recuperando el retraso",
+        "weather": "el mal tiempo está retrasando los paquetes en {facility} y en "
+                   "instalaciones cercanas",
+        "lane_delay": "el transporte que sale de {facility} va con retraso",
+        None: "{facility} está procesando los paquetes más despacio de lo habitual",
+    },
+}
+_SOMEWHERE = {"en": "one of our facilities", "es": "una de nuestras instalaciones"}
+
+
+def describe_cause(kind: object, facility: str | None, locale: str) -> str:
+    """The plain-language cause of an incident delay (no trailing period).
+
+    >>> describe_cause("weather", "DENVER CO PLANT", "en")
+    'severe weather is delaying packages at DENVER CO PLANT and nearby facilities'
+    >>> describe_cause("unknown-kind", None, "es")
+    'una de nuestras instalaciones está procesando los paquetes más despacio de lo habitual'
+    """
+    causes = _CAUSES.get(locale, _CAUSES["en"])
+    text = causes.get(kind if isinstance(kind, str) else None) or causes[None]
+    return text.format(facility=facility or _SOMEWHERE.get(locale, _SOMEWHERE["en"]))
+
+
+def days_late(promised: object, estimate: object) -> int | None:
+    """Whole days (rounded up) from the promise to the new estimate; None if not late/unknown.
+
+    >>> days_late("2026-10-02T23:00:00+00:00", "2026-10-03T20:00:00+00:00")
+    1
+    >>> days_late("2026-10-02T23:00:00+00:00", "2026-10-02T20:00:00+00:00") is None
+    True
+    """
+    p, e = _parse_time(promised), _parse_time(estimate)
+    if p is None or e is None or e <= p:
+        return None
+    return -int(-(e - p).total_seconds() // 86400)
+
+
 # -- the composer ----------------------------------------------------------------------------
 
 
@@ -244,16 +295,22 @@ class MessageComposer:
         package_id = clean_text(alert.get("package_id"), max_len=_MAX_PACKAGE_ID)
         if not packages and package_id:
             packages = [package_id]
+        facility = clean_text(
+            alert.get("facility_name") or alert.get("facility_id"), max_len=_MAX_FACILITY
+        )
+        count = alert.get("package_count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < len(packages):
+            count = len(packages)
         return {
             "kind": alert.get("kind"),
             "name": clean_text(customer.name, max_len=_MAX_NAME),
             "package_id": package_id or (packages[0] if packages else ""),
             "packages": packages[:_MAX_LISTED_PACKAGES],
-            "more_packages": max(0, len(packages) - _MAX_LISTED_PACKAGES),
-            "package_count": len(packages),
-            "facility": clean_text(
-                alert.get("facility_name") or alert.get("facility_id"), max_len=_MAX_FACILITY
-            ),
+            "more_packages": max(0, count - min(len(packages), _MAX_LISTED_PACKAGES)),
+            "package_count": count,
+            "facility": facility,
+            "cause": describe_cause(alert.get("incident_kind"), facility, locale),
+            "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
             "evidence": clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE),
             "last_scan": format_local_time(alert.get("last_scan_time"), zone, locale),
             "promised": format_local_time(alert.get("promised_by"), zone, locale),

@@ -1,0 +1,215 @@
+"""Fold per-package stall alerts into the facility incidents that explain them.
+
+A sorting plant that slows down makes hundreds of packages silent at once. Each of them would
+get its own "no scan for 30 h" stall alert; what the customer should hear instead is the
+incident's explanation. :class:`IncidentFolder` keeps the incidents' open intervals (fed with
+the records of :class:`detectors.incidents.IncidentManager`) and decides, for each stall alert:
+
+``fold``
+    an incident of a delay kind (``facility_slowdown``, ``facility_stop``, ``weather``,
+    ``lane_delay``) covered the package's last facility while the package sat there silent:
+    the alert becomes an ``incident_delay`` alert carrying the incident's key, kind and
+    explanation (the package's own evidence is kept after it).
+``suppress``
+    a ``feed_outage`` incident covered it: the scans are missing, not the package; nobody is
+    told (operations see the feed outage incident).
+``keep``
+    nothing covered it: an ordinary stall alert.
+
+"Covered" means: the incident names the package's last facility (for ``weather``, any of the
+facilities it lists; for ``lane_delay``, the lane's origin when the package's last scan there
+was a departure, since a package does not say which lane it left on), and the incident was
+open at some time between the package's last scan and ``alert_time + grace``. The decision
+depends only on the incident records with ``opened_at`` up to ``alert_time + grace`` (event
+time): a caller that has fed every record of the windows ending by then gets the same answer
+in a replay as live, whatever the order in which shards delivered their alerts.
+
+Engine-free: plain dicts in and out, picklable, no Bytewax.
+
+Examples
+--------
+>>> from detectors.folding import IncidentFolder
+>>> folder = IncidentFolder(grace_seconds=3600)
+>>> folder.observe({"incident_key": "P1:facility_slowdown:20261001T0300Z",
+...                 "kind": "facility_slowdown", "facility_id": "P1", "lane_to": None,
+...                 "status": "open", "opened_at": "2026-10-01T03:00:00+00:00",
+...                 "resolved_at": None, "facilities": "P1",
+...                 "evidence": "P1 is holding 80 packages that usually leave by now."})
+>>> stall = {"alert_key": "9400:stall:1", "kind": "stall", "package_id": "9400",
+...          "facility_id": "P1", "last_event_code": "A1",
+...          "last_scan_time": "2026-09-30T22:00:00+00:00",
+...          "alert_time": "2026-10-01T20:00:00+00:00", "evidence": "No scan for 22 h."}
+>>> decision, alert = folder.decide(stall)
+>>> decision, alert["kind"], alert["alert_key"], alert["incident_key"]
+('fold', 'incident_delay', '9400:incident_delay:1', 'P1:facility_slowdown:20261001T0300Z')
+>>> folder.decide(stall | {"facility_id": "P2"})[0]
+'keep'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = ["DELAY_KINDS", "IncidentFolder"]
+
+#: Incident kinds that explain a package's delay (a feed outage does not).
+DELAY_KINDS = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
+_DEPARTED = frozenset({"SF", "EF", "T1", "82", "42"})
+_FOREVER = 1 << 62
+
+
+def _ts(value: Any) -> int | None:
+    if not value:
+        return None
+    return int(datetime.fromisoformat(str(value)).timestamp())
+
+
+@dataclass(slots=True)
+class _Interval:
+    key: str
+    kind: str
+    opened: int
+    resolved: int  # _FOREVER while open
+    lane: bool  # covers packages that departed the facility (lane origin)
+    evidence: str
+    facility_id: str
+    lane_to: str | None
+    affected: int
+    names: frozenset[str]  # facilities it covers
+
+
+class IncidentFolder:
+    """Incident intervals per facility, and the fold / suppress / keep decision for alerts.
+
+    Parameters
+    ----------
+    grace_seconds
+        An incident opened up to this long after a stall alert still claims it (the caller
+        must hold the alert until the incidents through ``alert_time + grace_seconds`` are
+        known).
+    retention_seconds
+        Resolved incidents are forgotten this long after they resolved (bounded memory).
+    """
+
+    def __init__(self, grace_seconds: int = 3600, retention_seconds: int = 7 * 86400) -> None:
+        self.grace_seconds = grace_seconds
+        self.retention_seconds = retention_seconds
+        self._by_facility: dict[str, list[_Interval]] = {}
+        self._by_key: dict[str, _Interval] = {}
+        self.folded = 0
+        self.suppressed = 0
+        self.kept = 0
+
+    # -- incidents -------------------------------------------------------------------------
+    def observe(self, record: dict[str, Any]) -> None:
+        """Apply one incident record (``open`` / ``update`` / ``resolved``)."""
+        key = record.get("incident_key")
+        kind = record.get("kind")
+        if not key or not kind:
+            return
+        status = record.get("status")
+        facility = str(record.get("facility_id") or "")
+        # weather names the facilities it hit (its facility_id is the region's subject)
+        names = set(str(record.get("facilities") or "").split()) or {facility}
+        head = self._by_key.get(key)
+        if head is None:
+            if status != "open":
+                return  # its opening was pruned or never seen
+            opened = _ts(record.get("opened_at"))
+            if opened is None:
+                return
+            head = self._by_key[key] = _Interval(
+                key, kind, opened, _FOREVER, record.get("lane_to") is not None,
+                str(record.get("evidence") or ""), facility, record.get("lane_to"),
+                int(record.get("affected_packages") or 0), frozenset(),
+            )
+        head.affected = int(record.get("affected_packages") or head.affected)
+        if status == "resolved":
+            head.resolved = _ts(record.get("resolved_at")) or head.resolved
+        for name in sorted(names - head.names):
+            self._by_facility.setdefault(name, []).append(head)
+        head.names = head.names | names
+
+    def is_open(self, key: str) -> bool:
+        """The incident is known and not resolved."""
+        head = self._by_key.get(key)
+        return head is not None and head.resolved == _FOREVER
+
+    def open_by_kind(self) -> dict[str, int]:
+        """Open incidents per kind (for a gauge)."""
+        counts: dict[str, int] = {}
+        for head in self._by_key.values():
+            if head.resolved == _FOREVER:
+                counts[head.kind] = counts.get(head.kind, 0) + 1
+        return counts
+
+    def resolved_at(self, key: str) -> int | None:
+        """Event time the incident resolved, None while open (or unknown)."""
+        head = self._by_key.get(key)
+        if head is None or head.resolved == _FOREVER:
+            return None
+        return head.resolved
+
+    def prune(self, now: int) -> None:
+        """Forget incidents resolved more than ``retention_seconds`` before ``now``."""
+        cutoff = now - self.retention_seconds
+        for name, intervals in list(self._by_facility.items()):
+            kept = [i for i in intervals if i.resolved >= cutoff]
+            if kept:
+                self._by_facility[name] = kept
+            else:
+                del self._by_facility[name]
+        for key, head in list(self._by_key.items()):
+            if head.resolved < cutoff:
+                del self._by_key[key]
+
+    # -- alerts ----------------------------------------------------------------------------
+    def covering(self, alert: dict[str, Any]) -> _Interval | None:
+        """The incident that covers a stall alert (delay kinds before feed outages)."""
+        intervals = self._by_facility.get(str(alert.get("facility_id") or ""))
+        if not intervals:
+            return None
+        at = _ts(alert.get("alert_time"))
+        since = _ts(alert.get("last_scan_time"))
+        if at is None:
+            return None
+        until = at + self.grace_seconds
+        since = at if since is None else since
+        departed = alert.get("last_event_code") in _DEPARTED
+        best: _Interval | None = None
+        for i in intervals:
+            if i.opened > until or i.resolved < since:
+                continue
+            if i.lane and not departed:
+                continue
+            if best is None or (best.kind not in DELAY_KINDS and i.kind in DELAY_KINDS) or (
+                (best.kind in DELAY_KINDS) == (i.kind in DELAY_KINDS) and i.opened < best.opened
+            ):
+                best = i
+        return best
+
+    def decide(self, alert: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``("fold", incident_delay alert)``, ``("suppress", alert)`` or ``("keep", alert)``.
+
+        Only ``stall`` alerts are decided; anything else is kept as it is.
+        """
+        if alert.get("kind") != "stall":
+            return "keep", alert
+        interval = self.covering(alert)
+        if interval is None:
+            self.kept += 1
+            return "keep", alert
+        if interval.kind not in DELAY_KINDS:
+            self.suppressed += 1
+            return "suppress", alert
+        self.folded += 1
+        folded = dict(alert)
+        folded["kind"] = "incident_delay"
+        folded["alert_key"] = f"{alert['package_id']}:incident_delay:{alert.get('episode', 1)}"
+        folded["incident_key"] = interval.key
+        folded["incident_kind"] = interval.kind
+        own = alert.get("evidence")
+        folded["evidence"] = interval.evidence + (f" {own}" if own else "")
+        return "fold", folded

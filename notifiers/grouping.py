@@ -1,0 +1,228 @@
+"""From package alerts to customer messages: one message per customer and incident.
+
+The flow raises alerts per package; a customer should not get one e-mail per package when a
+facility incident holds several of theirs. :class:`MessageGrouper` turns the alert stream into
+the messages that go to the outbox:
+
+* ``stall``: one message, as it is (an ordinary stall concerns one package);
+* ``incident_delay``: the packages of one customer held by one incident are gathered for
+  ``hold_seconds`` of event time after the first of them, then go out as **one** message that
+  lists them (``packages``), with the incident's explanation, the earliest promise and the
+  latest new estimate. A package of the same customer folded into the same incident after that
+  message went out is not announced again: it is listed in the closing message;
+* ``back_on_track``: for a stall, one message, as it is; for packages of an incident message,
+  **one** short message per customer and incident, once the incident has resolved and every
+  package of that message has moved again (listing them);
+* an alert the caller *suppressed* (a feed outage: the scans are missing, not the package)
+  produces no message, and neither does the back-on-track that closes it.
+
+So a customer hit by an incident gets at most two messages for it: the delay and the all-clear.
+
+Message keys are deterministic (the outbox's unique key): a stall message keeps its alert key;
+an incident message is ``"{incident_key}:{customer}:incident_delay"`` and its all-clear
+``"{incident_key}:{customer}:back_on_track"``, where ``customer`` is a short digest of the
+recipient reference (keys show up in logs and metrics tooling; the reference does not).
+
+Time is the caller's event time (``advance(now)``): the same alerts and clock give the same
+messages in a replay as live. Engine-free and picklable.
+
+Examples
+--------
+>>> from notifiers.grouping import MessageGrouper
+>>> g = MessageGrouper(hold_seconds=3600)
+>>> def folded(pid, at):
+...     return {"alert_key": f"{pid}:incident_delay:1", "kind": "incident_delay",
+...             "package_id": pid, "episode": 1, "alert_time": at, "recipient_ref": "C7",
+...             "incident_key": "P1:weather:20261001T0300Z", "facility_id": "P1",
+...             "promised_by": "2026-10-02T23:00:00+00:00",
+...             "new_estimate": "2026-10-03T23:00:00+00:00", "evidence": "Snow at P1."}
+>>> g.add(folded("A", "2026-10-01T05:00:00+00:00"), "fold")
+[]
+>>> g.add(folded("B", "2026-10-01T05:30:00+00:00"), "fold")
+[]
+>>> [(m["kind"], m["packages"]) for m in g.advance(1790834400)]  # 06:00: held for 1 h
+[('incident_delay', ['A', 'B'])]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["MessageGrouper"]
+
+_LIST_LIMIT = 50  # packages listed in one message (the composer shows "and N more")
+
+
+def _ts(value: Any) -> int | None:
+    if not value:
+        return None
+    return int(datetime.fromisoformat(str(value)).timestamp())
+
+
+def customer_digest(recipient_ref: str) -> str:
+    """A short, stable, non-reversible tag for a recipient reference (for message keys)."""
+    data = recipient_ref.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=6).hexdigest()
+
+
+@dataclass(slots=True)
+class _Group:
+    key: str  # "{incident_key}:{customer digest}"
+    incident_key: str
+    recipient_ref: str
+    first_ts: int
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    sent: bool = False
+    waiting: set[str] = field(default_factory=set)  # packages that have not moved again
+    moved_ts: int = 0
+
+
+class MessageGrouper:
+    """Turns package alerts into customer messages; see the module docstring.
+
+    Parameters
+    ----------
+    hold_seconds
+        How long (event time) an incident message waits for more packages of its customer.
+    retention_seconds
+        Groups and open episodes older than this are forgotten (a package that never moves
+        again, e.g. lost and expired by the tracker's TTL).
+    """
+
+    def __init__(self, hold_seconds: int = 2 * 3600, retention_seconds: int = 30 * 86400) -> None:
+        self.hold_seconds = hold_seconds
+        self.retention_seconds = retention_seconds
+        self._groups: dict[str, _Group] = {}
+        # package id -> how its open episode was told: "stall", "suppress" or a group key
+        self._episodes: dict[str, tuple[str, int]] = {}
+        self.grouped = 0  # incident_delay alerts that joined an existing group
+
+    @property
+    def pending(self) -> int:
+        """Incident groups not yet closed (gauge)."""
+        return len(self._groups)
+
+    def told(self, package_id: str) -> str | None:
+        """How the package's open episode was told: ``"stall"``, ``"suppress"``, ``"fold"``,
+        or None (no open episode known)."""
+        told = self._episodes.get(package_id)
+        if told is None:
+            return None
+        return told[0] if told[0] in ("stall", "suppress") else "fold"
+
+    def add(self, alert: dict[str, Any], decision: str = "keep") -> list[dict[str, Any]]:
+        """One package alert and the folder's decision for it; returns messages due at once.
+
+        ``decision`` is ``"keep"`` (send as it is), ``"fold"`` (an ``incident_delay`` alert
+        to gather) or ``"suppress"`` (tell nobody).
+        """
+        pid = str(alert.get("package_id"))
+        at = _ts(alert.get("alert_time")) or 0
+        kind = alert.get("kind")
+        if kind == "back_on_track":
+            told = self._episodes.pop(pid, None)
+            if told is None or told[0] == "stall":
+                return [alert]
+            group = self._groups.get(told[0])
+            if group is not None:
+                group.waiting.discard(pid)
+                group.moved_ts = max(group.moved_ts, at)
+            return []  # suppressed, or said once for the group when all have moved
+        if decision == "suppress":
+            self._episodes[pid] = ("suppress", at)
+            return []
+        ref = alert.get("recipient_ref")
+        if decision != "fold" or kind != "incident_delay" or not ref:
+            self._episodes[pid] = ("stall", at)
+            return [alert]
+        incident = str(alert.get("incident_key"))
+        key = f"{incident}:{customer_digest(str(ref))}"
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(key, incident, str(ref), at)
+        else:
+            self.grouped += 1
+        group.alerts.append(alert)
+        group.waiting.add(pid)
+        self._episodes[pid] = (key, at)
+        return []
+
+    def advance(
+        self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None
+    ) -> list[dict[str, Any]]:
+        """Messages due at event time ``now``: held incident messages whose hold has passed,
+        and all-clear messages of groups whose incident resolved (``resolved_at(key)``, event
+        time or None while open) and whose packages all moved again."""
+        out: list[dict[str, Any]] = []
+        for key, group in list(self._groups.items()):
+            if not group.sent:
+                if now >= group.first_ts + self.hold_seconds:
+                    group.sent = True
+                    out.append(self._message(group, "incident_delay", group.first_ts
+                                             + self.hold_seconds))
+                else:
+                    continue
+            if not group.waiting:
+                resolved = resolved_at(group.incident_key)
+                if resolved is not None and resolved <= now:
+                    out.append(self._message(group, "back_on_track",
+                                             max(resolved, group.moved_ts)))
+                    del self._groups[key]
+                    continue
+            if now - group.first_ts > self.retention_seconds:
+                del self._groups[key]
+        cutoff = now - self.retention_seconds
+        episodes = self._episodes
+        while episodes:  # insertion order is alert order: the oldest come first
+            pid, (_, at) = next(iter(episodes.items()))
+            if at >= cutoff:
+                break
+            del episodes[pid]
+        return out
+
+    def flush(
+        self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None
+    ) -> list[dict[str, Any]]:
+        """End of input: send every held incident message now (nothing is left unsaid)."""
+        out: list[dict[str, Any]] = []
+        for group in self._groups.values():
+            if not group.sent:
+                group.sent = True
+                out.append(self._message(group, "incident_delay", max(now, group.first_ts)))
+        return out + self.advance(now, resolved_at)
+
+    def _message(self, group: _Group, kind: str, at: int) -> dict[str, Any]:
+        alerts = group.alerts
+        first = alerts[0]
+        packages = sorted({str(a["package_id"]) for a in alerts})
+        promised = [a["promised_by"] for a in alerts if a.get("promised_by")]
+        estimates = [a["new_estimate"] for a in alerts if a.get("new_estimate")]
+        message = {
+            "alert_key": f"{group.key}:{kind}",
+            "kind": kind,
+            "package_id": packages[0],
+            "packages": packages[:_LIST_LIMIT],
+            "package_count": len(packages),
+            "episode": 1,
+            "alert_time": datetime.fromtimestamp(at, UTC).isoformat(),
+            "facility_id": first.get("facility_id"),
+            "facility_name": first.get("facility_name"),
+            "incident_key": group.incident_key,
+            "incident_kind": first.get("incident_kind"),
+            "recipient_ref": group.recipient_ref,
+        }
+        if kind == "incident_delay":
+            scans = [a["last_scan_time"] for a in alerts if a.get("last_scan_time")]
+            message |= {
+                "last_scan_time": min(scans, key=_ts) if scans else None,
+                "promised_by": min(promised, key=_ts) if promised else None,
+                "new_estimate": max(estimates, key=_ts) if estimates else None,
+                "evidence": first.get("evidence"),
+            }
+        else:
+            message["evidence"] = "The delay has cleared and your packages are moving again."
+        return message

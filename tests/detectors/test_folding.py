@@ -1,0 +1,131 @@
+"""IncidentFolder: which incident, if any, explains a stall alert."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from detectors.folding import IncidentFolder
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def iso(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+def record(kind: str, status: str, opened: float, resolved: float | None = None, *,
+           facility: str = "P1", lane_to: str | None = None, facilities: str = "",
+           key: str | None = None) -> dict[str, Any]:
+    return {
+        "incident_key": key or f"{facility}:{kind}:{opened}",
+        "kind": kind, "facility_id": facility, "lane_to": lane_to, "status": status,
+        "opened_at": iso(opened), "resolved_at": None if resolved is None else iso(resolved),
+        "score": 2.0, "affected_packages": 40, "facilities": facilities or facility,
+        "evidence": f"{kind} at {facility}.",
+    }
+
+
+def stall(facility: str = "P1", last: float = 0, at: float = 30, code: str = "A1",
+          pid: str = "9400") -> dict[str, Any]:
+    return {"alert_key": f"{pid}:stall:1", "kind": "stall", "package_id": pid, "episode": 1,
+            "facility_id": facility, "last_event_code": code, "last_scan_time": iso(last),
+            "alert_time": iso(at), "evidence": "No scan for 30 h."}
+
+
+def test_an_incident_open_while_the_package_sat_there_folds_the_alert() -> None:
+    folder = IncidentFolder(grace_seconds=3600)
+    folder.observe(record("facility_slowdown", "open", opened=5))
+    decision, alert = folder.decide(stall(last=2, at=30))
+    assert decision == "fold"
+    assert alert["kind"] == "incident_delay"
+    assert alert["alert_key"] == "9400:incident_delay:1"
+    assert alert["incident_key"] == "P1:facility_slowdown:5"
+    assert alert["incident_kind"] == "facility_slowdown"
+    assert alert["evidence"].startswith("facility_slowdown at P1.")
+    assert alert["evidence"].endswith("No scan for 30 h.")
+    assert (folder.folded, folder.kept) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("opened", "resolved", "expected"),
+    [
+        (5, 10, "fold"),      # open for a while during the silence, resolved before the alert
+        (-10, -1, "keep"),    # resolved before the package's last scan: unrelated
+        (30.5, None, "fold"),  # opened within the grace after the alert
+        (31.5, None, "keep"),  # opened after the grace: the stall is told as a stall
+    ],
+)
+def test_the_incident_must_overlap_the_silence_or_the_grace(
+    opened: float, resolved: float | None, expected: str
+) -> None:
+    folder = IncidentFolder(grace_seconds=3600)
+    folder.observe(record("facility_slowdown", "open", opened))
+    if resolved is not None:
+        folder.observe(record("facility_slowdown", "resolved", opened, resolved))
+    assert folder.decide(stall(last=0, at=30))[0] == expected
+
+
+def test_an_incident_elsewhere_does_not_fold_and_other_kinds_pass() -> None:
+    folder = IncidentFolder()
+    folder.observe(record("facility_stop", "open", 1, facility="P2"))
+    assert folder.decide(stall(facility="P1"))[0] == "keep"
+    back = {"kind": "back_on_track", "package_id": "9400", "facility_id": "P2",
+            "alert_time": iso(40)}
+    assert folder.decide(back) == ("keep", back)
+
+
+def test_a_feed_outage_suppresses_and_a_delay_kind_wins_over_it() -> None:
+    folder = IncidentFolder()
+    folder.observe(record("feed_outage", "open", 1))
+    assert folder.decide(stall())[0] == "suppress"
+    folder.observe(record("facility_slowdown", "open", 3))
+    decision, alert = folder.decide(stall())
+    assert decision == "fold" and alert["incident_kind"] == "facility_slowdown"
+    assert folder.suppressed == 1
+
+
+def test_weather_covers_every_facility_it_lists_including_ones_added_later() -> None:
+    folder = IncidentFolder()
+    folder.observe(record("weather", "open", 1, facility="P1", facilities="P1 N1",
+                          key="W"))
+    assert folder.decide(stall(facility="N1"))[0] == "fold"
+    assert folder.decide(stall(facility="P9"))[0] == "keep"
+    folder.observe(record("weather", "update", 1, facility="P1", facilities="P1 N1 P9",
+                          key="W"))
+    assert folder.decide(stall(facility="P9"))[1]["incident_key"] == "W"
+
+
+def test_a_lane_delay_covers_only_packages_that_departed_on_it() -> None:
+    folder = IncidentFolder()
+    folder.observe(record("lane_delay", "open", 1, facility="P1", lane_to="N2"))
+    assert folder.decide(stall(code="T1"))[0] == "fold"
+    assert folder.decide(stall(code="A1"))[0] == "keep"  # still inside P1: not on the lane
+
+
+def test_open_state_resolution_and_pruning() -> None:
+    folder = IncidentFolder(retention_seconds=86400)
+    folder.observe(record("facility_stop", "open", 1, key="S"))
+    assert folder.is_open("S") and folder.resolved_at("S") is None
+    assert folder.open_by_kind() == {"facility_stop": 1}
+    folder.observe(record("facility_stop", "resolved", 1, 6, key="S"))
+    assert not folder.is_open("S")
+    assert folder.resolved_at("S") == int((T0 + timedelta(hours=6)).timestamp())
+    assert folder.open_by_kind() == {}
+    folder.prune(int((T0 + timedelta(hours=6 + 23)).timestamp()))
+    assert folder.resolved_at("S") is not None  # within retention
+    folder.prune(int((T0 + timedelta(hours=6 + 25)).timestamp()))
+    assert folder.resolved_at("S") is None
+    assert folder.decide(stall(last=0, at=5))[0] == "keep"
+    folder.observe(record("facility_stop", "resolved", 1, 6, key="S"))  # late echo: ignored
+    assert folder.open_by_kind() == {}
+
+
+def test_the_folder_pickles_with_its_incidents() -> None:
+    folder = IncidentFolder()
+    folder.observe(record("facility_slowdown", "open", 5))
+    again = pickle.loads(pickle.dumps(folder))
+    assert again.decide(stall(last=2, at=30)) == folder.decide(stall(last=2, at=30))

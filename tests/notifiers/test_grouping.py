@@ -1,0 +1,123 @@
+"""MessageGrouper: one message per customer and incident, one all-clear, none for outages."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from notifiers.grouping import MessageGrouper, customer_digest
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+H = 3600
+
+
+def at(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+def ts(hours: float) -> int:
+    return int((T0 + timedelta(hours=hours)).timestamp())
+
+
+def alert(pid: str, kind: str, hours: float, ref: str = "C1", incident: str | None = "INC",
+          **extra: Any) -> dict[str, Any]:
+    return {"alert_key": f"{pid}:{kind}:1", "kind": kind, "package_id": pid, "episode": 1,
+            "alert_time": at(hours), "recipient_ref": ref, "incident_key": incident,
+            "incident_kind": "facility_slowdown", "facility_id": "P1",
+            "facility_name": "DENVER CO PLANT", "promised_by": at(48 + hours),
+            "new_estimate": at(72 + hours), "last_scan_time": at(hours - 20),
+            "evidence": "Slow at P1."} | extra
+
+
+def test_packages_of_one_customer_in_one_incident_make_one_message() -> None:
+    g = MessageGrouper(hold_seconds=2 * H)
+    assert g.add(alert("A", "incident_delay", 10), "fold") == []
+    assert g.add(alert("B", "incident_delay", 11), "fold") == []
+    assert g.add(alert("X", "incident_delay", 11, ref="C2"), "fold") == []
+    assert g.advance(ts(11.9)) == []  # still holding
+    [m] = g.advance(ts(12))  # C1's hold is over; C2's package came an hour later
+    assert m["recipient_ref"] == "C1"
+    assert m["kind"] == "incident_delay" and m["packages"] == ["A", "B"]
+    assert m["package_count"] == 2 and m["incident_key"] == "INC"
+    assert m["promised_by"] == at(58) and m["new_estimate"] == at(83)  # earliest, latest
+    assert m["alert_key"] == f"INC:{customer_digest('C1')}:incident_delay"
+    assert "C1" not in m["alert_key"]
+    [other] = g.advance(ts(13))  # said once to C1; now C2's own message
+    assert other["recipient_ref"] == "C2" and other["packages"] == ["X"]
+
+
+def test_the_all_clear_waits_for_the_incident_and_every_package_then_comes_once() -> None:
+    g = MessageGrouper(hold_seconds=H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    g.add(alert("B", "incident_delay", 10.5), "fold")
+    g.advance(ts(12))
+    resolved: dict[str, int] = {}
+    assert g.add(alert("A", "back_on_track", 13), "keep") == []
+    assert g.advance(ts(14), resolved.get) == []  # B still stuck, incident open
+    resolved["INC"] = ts(15)
+    assert g.advance(ts(16), resolved.get) == []  # resolved, but B has not moved
+    assert g.add(alert("B", "back_on_track", 17), "keep") == []
+    [clear] = g.advance(ts(17), resolved.get)
+    assert clear["kind"] == "back_on_track" and clear["packages"] == ["A", "B"]
+    assert clear["alert_key"].endswith(":back_on_track")
+    assert clear["alert_time"] == at(17)
+    assert g.advance(ts(30), resolved.get) == [] and g.pending == 0
+
+
+def test_a_package_folded_after_the_message_is_listed_in_the_all_clear_only() -> None:
+    g = MessageGrouper(hold_seconds=H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    [first] = g.advance(ts(11))
+    g.add(alert("B", "incident_delay", 20), "fold")
+    assert g.advance(ts(22)) == []
+    assert g.grouped == 1
+    for pid in "AB":
+        g.add(alert(pid, "back_on_track", 30), "keep")
+    [clear] = g.advance(ts(31), {"INC": ts(29)}.get)
+    assert first["packages"] == ["A"] and clear["packages"] == ["A", "B"]
+
+
+def test_stalls_pass_through_and_their_back_on_track_too() -> None:
+    g = MessageGrouper()
+    s = alert("S", "stall", 5, incident=None)
+    assert g.add(s, "keep") == [s]
+    assert g.told("S") == "stall"
+    b = alert("S", "back_on_track", 9, incident=None)
+    assert g.add(b, "keep") == [b]
+    assert g.told("S") is None
+
+
+def test_a_suppressed_alert_and_its_back_on_track_tell_nobody() -> None:
+    g = MessageGrouper()
+    assert g.add(alert("F", "stall", 5, incident=None), "suppress") == []
+    assert g.told("F") == "suppress"
+    assert g.add(alert("F", "back_on_track", 9, incident=None), "keep") == []
+    assert g.advance(ts(100)) == []
+
+
+def test_flush_sends_held_messages_at_end_of_input() -> None:
+    g = MessageGrouper(hold_seconds=10 * H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    assert g.advance(ts(11)) == []
+    [m] = g.flush(ts(11))
+    assert m["kind"] == "incident_delay" and m["alert_time"] == at(11)
+
+
+def test_old_groups_and_episodes_are_forgotten() -> None:
+    g = MessageGrouper(hold_seconds=H, retention_seconds=2 * 86400)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    g.add(alert("S", "stall", 10, incident=None), "keep")
+    g.advance(ts(11))
+    assert g.pending == 1
+    g.advance(ts(10 + 49))
+    assert g.pending == 0 and g.told("S") is None
+
+
+def test_the_grouper_pickles_mid_hold() -> None:
+    g = MessageGrouper(hold_seconds=H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    again = pickle.loads(pickle.dumps(g))
+    again.add(alert("B", "incident_delay", 10.2), "fold")
+    [m] = again.advance(ts(11))
+    assert m["packages"] == ["A", "B"]
