@@ -332,6 +332,10 @@ def test_fuzzed_fields_cannot_inject_headers(
         assert "\x00" not in part and "=?" not in part
 
 
+_RECIPIENT_ERRORS = {"recipient address is not a plain addr-spec",
+                     "recipient address does not round-trip"}
+
+
 @settings(max_examples=100, deadline=None)
 @given(address=st.one_of(st.emails(), st.text(max_size=40)))
 def test_fuzzed_addresses_are_refused_or_round_trip_exactly(address: str) -> None:
@@ -339,7 +343,9 @@ def test_fuzzed_addresses_are_refused_or_round_trip_exactly(address: str) -> Non
     try:
         msg = COMPOSER.build(make_alert("PKG-1"), cust, when=WHEN)
     except InvalidRecipientError as exc:
-        assert address not in str(exc) or not address
+        # the text is fixed: it never echoes the address (an address that happens to be a
+        # substring of the fixed text, such as "l", proves nothing either way)
+        assert str(exc) in _RECIPIENT_ERRORS or address not in str(exc)
         return
     raw = wire(msg)
     assert_only_our_headers(raw, address)
