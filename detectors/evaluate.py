@@ -118,6 +118,7 @@ __all__ = [
     "baseline_alerts",
     "evaluate",
     "format_table",
+    "score_messages",
     "load_alerts",
     "load_events",
     "load_incidents",
@@ -915,3 +916,48 @@ def format_table(result: dict[str, Any]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(table[0]), rule] + [line(row) for row in table[1:]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Customer messages
+
+
+def score_messages(messages: pd.DataFrame, truth: Truth) -> dict[str, Any]:
+    """How many messages each customer got: the grouping figures of the facility-incident issue.
+
+    ``messages`` has one row per message sent or queued (the outbox), with ``recipient_ref``
+    and ``kind``. An *affected customer* has at least one package whose truth ``cause`` is a
+    facility-level incident kind (``FACILITY_INCIDENT_KINDS``).
+
+    - ``customers_messaged``: distinct recipients with a message;
+      ``messages_per_customer_max``: the most any of them got.
+    - ``affected_customers``: affected customers (messaged or not);
+      ``affected_customers_messaged``: those of them with a message;
+      ``messages_per_affected_customer_max`` / ``_mean``: over affected customers with a
+      message (the issue's bar: at most 2, delay + back on track).
+
+    >>> truth = Truth(pd.DataFrame({"recipient_ref": ["C1", "C1", "C2"],
+    ...                             "cause": ["weather", "weather", "none"]}),
+    ...               pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {})
+    >>> sent = pd.DataFrame({"recipient_ref": ["C1", "C1", "C2"],
+    ...                      "kind": ["incident_delay", "back_on_track", "stall"]})
+    >>> r = score_messages(sent, truth)
+    >>> r["affected_customers"], r["messages_per_affected_customer_max"]
+    (1, 2)
+    """
+    per = messages.groupby("recipient_ref").size() if len(messages) else pd.Series(dtype=int)
+    packages = truth.packages
+    affected = pd.Index(
+        packages.loc[packages["cause"].isin(FACILITY_INCIDENT_KINDS), "recipient_ref"]
+        .dropna().unique()
+    )
+    hit = per[per.index.isin(affected)]
+    return {
+        "messages": int(len(messages)),
+        "customers_messaged": int(len(per)),
+        "messages_per_customer_max": int(per.max()) if len(per) else 0,
+        "affected_customers": int(len(affected)),
+        "affected_customers_messaged": int(len(hit)),
+        "messages_per_affected_customer_max": int(hit.max()) if len(hit) else 0,
+        "messages_per_affected_customer_mean": round(float(hit.mean()), 3) if len(hit) else None,
+    }
