@@ -241,14 +241,14 @@ def per_incident(truth: Path, incidents: Path) -> list[dict[str, Any]]:
             covered = {x for x in (t["facility_id"], t["lane_to"]) if x}
             covered |= set(t["facilities"].split())
             onset, end = ts(t["onset"]), ts(t["end"])
-            end = max(end, seen_until.get(t["incident_id"], end))
+            upper = max(end, seen_until.get(t["incident_id"], end))
             feed = t["kind"] == "feed_outage"
             hits = [
                 (o["opened"], o["kind"])
                 for o in outputs.values()
                 if (o["kind"] == "feed_outage") == feed
                 and o["names"] & covered
-                and onset - 3600 <= o["opened"] <= end + 6 * 3600
+                and onset - 3600 <= o["opened"] <= upper + 6 * 3600
             ]
             first = min(hits) if hits else None
             rows.append(

@@ -1236,8 +1236,13 @@ class FacilityMonitor:
     * ``silence`` (all detectors): arrivals missed since the last one, against the mean
       arrivals at this hour, over ``silence_arrivals``, or the hours since the last arrival
       over ``alive_hours``, whichever is larger (:meth:`_missed`); and, for stops, the
-      low-side robust z of the arrivals of the last ``rolling_windows`` windows, held at its
-      peak while the facility sends no scan at all;
+      low-side robust z of the arrivals of the last ``rolling_windows`` windows, or the
+      arrivals usually seen since the last one over ``stop_missed_arrivals`` (after
+      ``stop_warm_up_windows`` windows of history: a quiet afternoon with 7 arrivals missed
+      is as telling as an evening peak), held at its peak while the facility sends no scan at
+      all; a stop is called when the facility then resumes with ``stop_min_burst`` fresh
+      arrivals beyond ``stop_burst_ratio`` times the usual within ``stop_resume_windows``
+      windows;
     * ``feed``: late scans (whose window had closed) over the last hour, against
       ``feed_late`` or ``feed_share`` of the scans of the last ``rolling_windows`` windows,
       whichever is larger; and packages seen downstream without a departure scan from here
@@ -1249,7 +1254,8 @@ class FacilityMonitor:
       are still going on, ``weather_min`` of them or more, become one ``weather`` assessment
       for the region, under the region's first
       facility id, scored with the ``weather_min``-th highest delay; their own assessments
-      then carry no kind (one incident, one explanation). A lane (A to B) is ``lane_delay``
+      then carry no kind (one incident, one explanation), except a stop or a feed outage,
+      which keep their own. A lane (A to B) is ``lane_delay``
       when, over the last 6 h, ``lane_min`` packages or more and ``lane_share`` of its
       arrivals took ``lane_margin_hours`` longer than the lane's median transit.
 
@@ -1300,6 +1306,9 @@ class FacilityMonitor:
         stop_min_backlog: int = 10,
         stop_min_burst: int = 6,
         stop_burst_ratio: float = 1.5,
+        stop_missed_arrivals: float = 6.0,
+        stop_resume_windows: int = 8,
+        stop_warm_up_windows: int = 192,
         feed_late: int = 7,
         feed_missing: int = 8,
         feed_share: float = 0.1,
@@ -1340,6 +1349,9 @@ class FacilityMonitor:
         self.stop_min_backlog = stop_min_backlog
         self.stop_min_burst = stop_min_burst
         self.stop_burst_ratio = stop_burst_ratio
+        self.stop_missed_arrivals = stop_missed_arrivals
+        self.stop_resume_windows = stop_resume_windows
+        self.stop_warm_up_windows = stop_warm_up_windows
         self.feed_late = feed_late
         self.feed_share = feed_share
         self.feed_missing_share = feed_missing_share
@@ -1450,9 +1462,11 @@ class FacilityMonitor:
                 )
             )
             folded.update(names)
-        out = [
+        out = [  # a stop (confirmed by its resume burst) and a feed outage keep their kind
             _fold(a)
-            if a.facility in folded and a.lane_to is None and a.kind != "feed_outage"
+            if a.facility in folded
+            and a.lane_to is None
+            and a.kind not in ("feed_outage", "facility_stop")
             else a
             for a in out
         ]
@@ -1487,12 +1501,19 @@ class FacilityMonitor:
             if track.last_scan_end is not None and window.start > track.last_scan_end:
                 gap = (window.start - track.last_scan_end) / 3600
                 if gap >= self.min_silence_hours and track.silence_peak >= 1.0:
-                    # windows left, silent hours, silence peak, arrivals since, usual arrivals
-                    track.resume = [4, gap, track.silence_peak, 0, 0.0]
+                    # windows left, silent hours, silence peak, scans since, usual scans
+                    track.resume = [self.stop_resume_windows, gap, track.silence_peak, 0, 0.0]
             track.last_scan_end = window.end
             track.silence_peak = 0.0
         else:
+            # how unusual the silence is: the arrivals of the last hours against the same
+            # hours, or (once the facility has been watched for ``stop_warm_up_windows``) the
+            # arrivals usually seen since the last one, over ``stop_missed_arrivals``
             track.silence_peak = max(track.silence_peak, silence)
+            if len(track.week) >= self.stop_warm_up_windows:
+                track.silence_peak = max(
+                    track.silence_peak, track.missed / self.stop_missed_arrivals
+                )
         stopped_hours, burst, stop_silence = 0.0, 0, 0.0
         if track.resume is not None:
             resume = track.resume
@@ -1500,7 +1521,8 @@ class FacilityMonitor:
             resume[3] += window.arrivals
             resume[4] += self._level(track) * (track.arrivals_now.mean(x) or 0.0)
             stopped_hours, stop_silence = resume[1], resume[2]
-            # the inflow held during the stop, scanned at once: arrivals beyond the usual
+            # the work held during the stop, done at once: fresh arrival and departure scans
+            # beyond the usual (a feed outage resumes with old scans instead: late scans)
             burst = int(resume[3] - self.stop_burst_ratio * resume[4])
         x["stopped_hours"] = stopped_hours
         track.x = x

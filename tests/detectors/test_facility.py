@@ -37,10 +37,12 @@ W = 900
 # (ingest_ts, package, code, facility, event_ts), in ingestion order.
 
 
-def line(seed, days, *, skip_sort=None, outage=None, late_share=0.02):
+def line(seed, days, *, skip_sort=None, outage=None, stop=None, late_share=0.02):
     """``skip_sort``: a day index whose night sorts at P1 do not happen (a slowdown: the
     packages leave the next night). ``outage``: (start, end) event times during which P1's
-    scans reach the feed only at ``end`` + 0-20 min (a feed outage)."""
+    scans reach the feed only at ``end`` + 0-20 min (a feed outage). ``stop``: (start, end)
+    event times during which P1 does nothing: arrivals are scanned at ``end`` + 0-1 h,
+    departures leave at ``end`` + 0.5-3 h (the simulator's facility stop)."""
     rng = random.Random(seed)
     scans = []
     n = 0
@@ -54,6 +56,8 @@ def line(seed, days, *, skip_sort=None, outage=None, late_share=0.02):
                 n += 1
                 pid = f"P{n:05d}"
                 arrived = MONDAY + day * DAY + hour * H + rng.randrange(H)
+                if stop and stop[0] <= arrived < stop[1]:
+                    arrived = stop[1] + rng.randrange(H)
                 events = [(arrived, "A1", "P1")]
                 leave_day = (arrived + 2 * H) // DAY  # first sort at least 2 h later
                 sort = None
@@ -67,6 +71,8 @@ def line(seed, days, *, skip_sort=None, outage=None, late_share=0.02):
                 if rng.random() < 0.03:
                     sort += DAY  # missed its sort
                 departed = sort + rng.randrange(600)
+                if stop and stop[0] <= departed < stop[1]:
+                    departed = stop[1] + rng.randrange(H // 2, 3 * H)
                 events.append((departed, "T1", "P1"))
                 at_n1 = departed + 3 * H + rng.randrange(H)
                 events.append((at_n1, "A1", "N1"))
@@ -486,6 +492,17 @@ def test_a_missed_night_sort_opens_one_slowdown_at_the_plant():
     assert [r["status"] for r in records if r["incident_key"] == first["incident_key"]][-1] == (
         "resolved"
     )
+
+
+def test_a_stop_in_quiet_hours_is_told_from_an_outage_when_the_facility_resumes():
+    # Wednesday of week 3, 09:00-15:00: P1 usually scans ~2 arrivals an hour then. Nothing is
+    # known while it is silent (a stop and a feed outage look alike); it resumes with a burst
+    # of fresh arrival scans, not late ones: a stop, opened within the hour after its end.
+    start = MONDAY + 16 * DAY + 9 * H
+    records = incidents_of(windows_of(line(1, 21, stop=(start, start + 6 * H))))
+    assert opened(records) == [("P1:facility_stop:20261125T1530Z", "facility_stop")]
+    first = next(r for r in records if r["status"] == "open")
+    assert "sent no scan for 6 h" in first["evidence"]
 
 
 def test_a_feed_outage_is_a_feed_outage_not_a_delay():
