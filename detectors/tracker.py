@@ -17,9 +17,17 @@ Time
 Episodes
     A stall opens an episode (``alert_key = "{package}:stall:{n}"``). The next in-order scan
     resolves it with one ``back_on_track`` record; a package has at most one open episode.
-    Delivered and returned packages are forgotten at once and never alerted again; a scan for
-    a package whose first (``GX``) event was never seen is counted and ignored, so a late
-    scan of a delivered, forgotten package cannot raise an alert.
+    Delivered and returned packages (``TERMINAL_CODES``) are forgotten at once; a scan for a
+    package whose first (``GX``) event was never seen is counted (``no_header``) and ignored,
+    so a late scan of a forgotten package cannot raise an alert. A header line (one with a
+    ``service``) could, so the tracker also remembers which packages finished, by a 56-bit
+    fingerprint of the id: a header for one of them is a re-sent line, counted
+    (``finished_echo``) and ignored, and the package stays forgotten. A finished package is
+    remembered while the newest event time is less than ``finished_retention_seconds`` past
+    the newest event time at its delivery, and forgotten about one generation
+    (``finished_generation_seconds``) later; after that its id is free again and a header
+    starts a new package. Packages dropped by the TTL are not remembered. Two ids share a
+    fingerprint with odds of about ``remembered / 2**56`` per new package (1e-11 at 1 M).
 
 Memory
     About 200-240 bytes per in-flight package (``bench/bench_flow.py memory``, results in
@@ -29,6 +37,17 @@ Memory
     entry (4), and for one package in ``eta_sample_every`` its scans (24 bytes each) to teach
     the estimator. Packages silent for ``ttl_seconds`` are dropped. A snapshot (pickle) holds
     the index's ints and the columns as raw bytes, about 85 bytes per package.
+
+    Finished packages are kept in generations ``finished_generation_seconds`` wide (by the
+    newest event time): the current one in a set (~80 bytes an entry), the older ones merged
+    into one sorted ``uint64`` array, 8 bytes an entry, whose low 8 bits tag the generation,
+    so expired generations go with one mask and a lookup is one binary search. Only a header
+    for an unknown package looks them up; a delivery adds to the set. With ``D`` deliveries
+    a day and ``T`` days from label to delivery, ``D * T`` packages are in flight (Little's
+    law) and at most ``D * retention`` are frozen plus ``D * generation`` in the set, so the
+    memory costs ``(8 * retention + 80 * generation) / T`` bytes per in-flight package (days):
+    5.7 + 0-1.6 bytes at the defaults (3 days, 2 h) and the simulator's ``T`` = 4.2 days.
+    A rotation (every generation) copies the array once: ~25 ms at 1 M packages in flight.
 
 Speed
     :meth:`process_batch` is the hot path: the columns, tables and the detector's methods are
@@ -63,14 +82,19 @@ True
 
 from __future__ import annotations
 
+import sys
 from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from hashlib import blake2b
 from typing import Any
 from zlib import crc32
+
+import numpy as np
 
 from detectors.eta import DeliveryEstimator
 from detectors.events import CODES, TERMINAL_CODES, ScanEvent
@@ -84,6 +108,9 @@ _OPEN = 1  # flag: a stall episode is open
 _NO_DEADLINE = -1
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
+# delivered/returned packages are remembered 3 days, in generations of 2 h (see Memory)
+FINISHED_RETENTION = 3 * 86400
+FINISHED_GENERATION = 2 * 3600
 
 
 @dataclass
@@ -98,6 +125,7 @@ class TrackerStats:
     stalls: int = 0
     resolved: int = 0
     expired: int = 0
+    finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
 
 
@@ -127,6 +155,12 @@ class PackageTracker:
         One package in this many (by id hash) keeps its scan history to teach ``estimator``.
     names
         Facility id -> human name for the evidence sentence.
+    finished_retention_seconds
+        A delivered or returned package is remembered this long (event time, at least): its
+        header seen again is ignored, not a new package. 0 = no such memory.
+    finished_generation_seconds
+        Width of a generation of that memory: the current one is a set, older ones 8 bytes a
+        package; the oldest is dropped at once.
     """
 
     def __init__(
@@ -139,7 +173,17 @@ class PackageTracker:
         ttl_seconds: int = 30 * 86400,
         eta_sample_every: int = 8,
         names: Mapping[str, str] | None = None,
+        finished_retention_seconds: int = FINISHED_RETENTION,
+        finished_generation_seconds: int = FINISHED_GENERATION,
     ) -> None:
+        if finished_generation_seconds <= 0:
+            raise ValueError("finished_generation_seconds must be positive, got "
+                             f"{finished_generation_seconds}")
+        if -(-finished_retention_seconds // finished_generation_seconds) > _MAX_GENERATIONS:
+            raise ValueError(
+                f"finished_retention_seconds / finished_generation_seconds must be at most "
+                f"{_MAX_GENERATIONS}, got {finished_retention_seconds} / "
+                f"{finished_generation_seconds}: use wider generations")
         self.detector = detector
         self.estimator = estimator
         self.allowed_lateness = allowed_lateness
@@ -147,6 +191,8 @@ class PackageTracker:
         self.ttl_seconds = ttl_seconds
         self.eta_sample_every = eta_sample_every
         self.names = dict(names or {})
+        self.finished_retention_seconds = finished_retention_seconds
+        self.finished_generation_seconds = finished_generation_seconds
         self.stats = TrackerStats()
         self.max_event_ts = 0
         self._fired_through = -1  # last wheel bucket fired
@@ -169,6 +215,7 @@ class PackageTracker:
         self._wheel: dict[int, array] = {}
         self._history: dict[int, array] = {}  # slot -> (facility no, code no, ts) * scans
         self._next_sweep = 0
+        self._finished_init()
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -183,6 +230,11 @@ class PackageTracker:
     @property
     def watermark(self) -> int:
         return self.max_event_ts - self.allowed_lateness
+
+    @property
+    def finished_remembered(self) -> int:
+        """Finished (delivered or returned) packages remembered, in all generations."""
+        return len(self._recent) + len(self._frozen)
 
     def _new_slot(self, key: int | str, ref: int) -> int:
         """A slot for a new package (``ref``: its packed recipient_ref, 0 for none)."""
@@ -262,6 +314,10 @@ class PackageTracker:
                         # no header: nothing to alert on (maybe a late scan of a forgotten package)
                         no_header += 1
                         continue
+                    if self._finished_keep and self._was_finished(key):
+                        # the header of a package delivered lately, re-sent: not a new package
+                        self.stats.finished_echo += 1
+                        continue
                     slot = self._new_slot(key, _pack_ref(ev.recipient_ref))
                     svc_col[slot] = _SVC.get(service_in, 0)
                     promised = ev.promised_by_ts
@@ -308,6 +364,8 @@ class PackageTracker:
                         self.estimator.learn_one({"service": service, "delivered_ts": ts,
                                                   "scans": self._scans(history)})
                     delivered += 1
+                    if self._finished_keep:
+                        self._remember_finished(key, max_ts)
                     self._forget(slot)
                     continue
                 code_no = code_no_get(code)
@@ -389,6 +447,8 @@ class PackageTracker:
         self._fired_through = through
         if wm >= self._next_sweep:
             self._sweep(wm)
+        if self.max_event_ts // self.finished_generation_seconds > self._generation:
+            self._rotate(self.max_event_ts)
 
     def _sweep(self, wm: int) -> None:
         """Drop packages silent for longer than the TTL (abandoned, lost for good)."""
@@ -399,6 +459,53 @@ class PackageTracker:
         for slot in stale:
             self.stats.expired += 1
             self._forget(slot)
+
+    # -- finished packages ---------------------------------------------------------------------
+    def _finished_init(self) -> None:
+        self._finished_keep = -(-self.finished_retention_seconds  # generations kept, ceil
+                                // self.finished_generation_seconds)
+        self._generation = 0  # of the current set: newest event time // generation width
+        self._recent: set[int] = set()  # fingerprints of the current generation
+        # older generations: sorted fingerprint << 8 | generation % 256
+        self._frozen: np.ndarray = np.empty(0, np.uint64)
+
+    def _remember_finished(self, key: int | str, now: int) -> None:
+        if now // self.finished_generation_seconds > self._generation:
+            self._rotate(now)
+        self._recent.add(_fingerprint(key))
+
+    def _was_finished(self, key: int | str) -> bool:
+        fp = _fingerprint(key)
+        if fp in self._recent:
+            return True
+        # bisect on a memoryview reads Python ints: 1 us; searchsorted with a Python int
+        # below 2**63 converts the whole array first (50 us at 70 K entries)
+        frozen = memoryview(self._frozen)
+        i = bisect_left(frozen, fp << _TAG_BITS)
+        return i < len(frozen) and frozen[i] >> _TAG_BITS == fp
+
+    def _rotate(self, now: int) -> None:
+        """Start the generation of ``now``: freeze the current set, drop expired generations."""
+        generation = now // self.finished_generation_seconds
+        keep = self._finished_keep
+        frozen = self._frozen
+        if generation - self._generation > keep:
+            frozen = frozen[:0]  # all older than the retention (and tags could wrap)
+        elif len(frozen):
+            tags = frozen.view(np.uint8)[_TAG_BYTE::8]  # low byte of each entry, no copy
+            age = np.uint8(generation & _TAG) - tags  # uint8 arithmetic wraps: age mod 256
+            if (age > keep).any():
+                frozen = frozen[age <= keep]
+        recent = self._recent
+        if recent and generation - self._generation <= keep:
+            new = np.fromiter(recent, np.uint64, len(recent))
+            new <<= np.uint64(_TAG_BITS)
+            new |= np.uint64(self._generation & _TAG)
+            new.sort()
+            frozen = np.insert(frozen, frozen.searchsorted(new), new)
+        self._frozen = frozen
+        recent.clear()
+        self._generation = generation
 
     # -- alerts ----------------------------------------------------------------------------
     def _alert(self, slot: int, kind: str, at: int, ev: ScanEvent | None) -> dict[str, Any]:
@@ -454,12 +561,16 @@ class PackageTracker:
         history = self._history
         state["_history"] = (array("q", history), array("q", map(len, history.values())),
                              b"".join(a.tobytes() for a in history.values()))
+        # the finished memory as raw bytes (a set of ints would pickle each int)
+        state["_recent"] = array("Q", self._recent).tobytes()
+        state["_frozen"] = self._frozen.tobytes()
         state["_layout"] = _LAYOUT
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
-        if state.pop("_layout", 1) < _LAYOUT:
+        layout = state.pop("_layout", 1)
+        if layout < 2:
             _upgrade(state)
         else:
             slots, lengths, blob = state["_history"]
@@ -474,7 +585,15 @@ class PackageTracker:
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)
         state["_ids"] = ids
-        self.__dict__.update(state)
+        if layout < 3:  # no finished memory yet: start an empty one with the defaults
+            self.__dict__.update(state)
+            self.finished_retention_seconds = FINISHED_RETENTION
+            self.finished_generation_seconds = FINISHED_GENERATION
+            self._finished_init()
+            return
+        state["_recent"] = set(array("Q", state["_recent"]))
+        state["_frozen"] = np.frombuffer(state["_frozen"], np.uint64)  # read-only: never
+        self.__dict__.update(state)  # written in place, _rotate makes new arrays
 
 
 def _upgrade(state: dict[str, Any]) -> None:
@@ -519,7 +638,18 @@ CODE_TEXT = {
 _SLOT_BITS = 32
 _SLOT = (1 << _SLOT_BITS) - 1
 _REF_SHIFT = _SLOT_BITS
-_LAYOUT = 2  # pickled layout: 1 = str ids and refs, list histories; 2 = packed
+_LAYOUT = 3  # pickled: 1 = str ids and refs, list histories; 2 = packed; 3 = finished memory
+
+# Finished packages: a 56-bit fingerprint of the id, stored frozen as fingerprint << 8 | tag
+# (the generation number mod 256). For an int id: its remainder by a prime picked at random
+# (first prime after a blake2b of a fixed text), the same in every process. Not hash(): that is
+# the remainder by 2**61 - 1, and as 256**k mod 2**61 - 1 is a power of two, ids differing in a
+# few digits collide (+1 in the 9th digit from the right and -8 in the last: the same hash).
+_TAG_BITS = 8
+_TAG = (1 << _TAG_BITS) - 1
+_TAG_BYTE = 0 if sys.byteorder == "little" else 7
+_MAX_GENERATIONS = 127  # kept generations: ages up to 2x this must not wrap mod 256
+_FP_PRIME = 42_922_995_649_230_491  # 0x987e3cb45e369b: 56 bits
 
 
 def _pack_id(package_id: str) -> int | str:
@@ -546,6 +676,14 @@ def _unpack_ref(packed: int) -> str | None:
         return None
     return packed.to_bytes((packed.bit_length() + 7) // 8, "big")[1:].decode(
         "utf-8", "surrogatepass")
+
+
+def _fingerprint(key: int | str) -> int:
+    """56 bits of a packed package id, the same in every process."""
+    if key.__class__ is int:
+        return key % _FP_PRIME  # type: ignore[operator]
+    digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()  # type: ignore[union-attr]
+    return int.from_bytes(digest, "big") >> _TAG_BITS
 
 
 def hash_id(package_id: str) -> int:
