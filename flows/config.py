@@ -41,6 +41,9 @@ class StallSettings(BaseModel):
         6 * 3600, ge=0, description="how far the watermark trails the newest event time")
     bucket_seconds: int = Field(900, ge=60, description="time-wheel bucket width")
     ttl_days: float = Field(30.0, gt=0, description="forget packages silent this long")
+    finished_retention_days: float = Field(
+        3.0, ge=0, le=10, description="remember delivered/returned packages this long: their "
+        "header seen again is ignored, not a new package (0 = off)")
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
     holidays: tuple[date, ...] = Field(
         (), description="days without delivery (YYYY-MM-DD): waits over them are not stalls")

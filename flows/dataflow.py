@@ -77,6 +77,7 @@ class FlowContext:
             detector, DeliveryEstimator(), allowed_lateness=st.allowed_lateness_seconds,
             bucket_seconds=st.bucket_seconds, ttl_seconds=int(st.ttl_days * 86400),
             eta_sample_every=st.eta_sample_every, names=self.names,
+            finished_retention_seconds=int(st.finished_retention_days * 86400),
         )
 
     def observe(self) -> None:
