@@ -18,7 +18,8 @@ the records of :class:`detectors.incidents.IncidentManager`) and decides, for ea
 
 "Covered" means: the incident names the package's last facility (for ``weather``, any of the
 facilities it lists; for ``lane_delay``, the lane's origin when the package's last scan there
-was a departure, since a package does not say which lane it left on), and the incident was
+was a departure, since a package does not say which lane it left on; a slowdown or a stop holds
+only the packages still inside: not those whose last scan there was a departure), and it was
 open at some time between the package's last scan and ``alert_time + grace``. The decision
 depends only on the incident records with ``opened_at`` up to ``alert_time + grace`` (event
 time): a caller that has fed every record of the windows ending by then gets the same answer
@@ -112,7 +113,7 @@ class IncidentFolder:
         status = record.get("status")
         facility = str(record.get("facility_id") or "")
         # weather names the facilities it hit (its facility_id is the region's subject)
-        names = set(str(record.get("facilities") or "").split()) or {facility}
+        names = self.names(record)
         head = self._by_key.get(key)
         if head is None:
             if status != "open":
@@ -131,6 +132,12 @@ class IncidentFolder:
         for name in sorted(names - head.names):
             self._by_facility.setdefault(name, []).append(head)
         head.names = head.names | names
+
+    @staticmethod
+    def names(record: dict[str, Any]) -> set[str]:
+        """The facilities an incident record covers (weather: every one it lists)."""
+        return set(str(record.get("facilities") or "").split()) or {
+            str(record.get("facility_id") or "")}
 
     def is_open(self, key: str) -> bool:
         """The incident is known and not resolved."""
@@ -182,8 +189,8 @@ class IncidentFolder:
         for i in intervals:
             if i.opened > until or i.resolved < since:
                 continue
-            if i.lane and not departed:
-                continue
+            if departed != i.lane and i.kind != "weather":
+                continue  # a lane holds departed packages; a plant, those still inside
             if best is None or (best.kind not in DELAY_KINDS and i.kind in DELAY_KINDS) or (
                 (best.kind in DELAY_KINDS) == (i.kind in DELAY_KINDS) and i.opened < best.opened
             ):
@@ -193,9 +200,11 @@ class IncidentFolder:
     def decide(self, alert: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``("fold", incident_delay alert)``, ``("suppress", alert)`` or ``("keep", alert)``.
 
-        Only ``stall`` alerts are decided; anything else is kept as it is.
+        Only ``stall`` and ``watch`` alerts (a silence long enough to be worth explaining if
+        an incident explains it; see :class:`detectors.tracker.PackageTracker`) are decided;
+        anything else is kept as it is.
         """
-        if alert.get("kind") != "stall":
+        if alert.get("kind") not in ("stall", "watch"):
             return "keep", alert
         interval = self.covering(alert)
         if interval is None:

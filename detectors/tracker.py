@@ -98,6 +98,7 @@ import numpy as np
 
 from detectors.eta import DeliveryEstimator
 from detectors.events import CODES, TERMINAL_CODES, ScanEvent
+from detectors.facility import FacilityStats, FacilityWindow
 from detectors.stall import StallDetector
 
 __all__ = ["PackageTracker", "TrackerStats"]
@@ -105,6 +106,7 @@ __all__ = ["PackageTracker", "TrackerStats"]
 _SERVICES = (None, "express", "ground")
 _SVC = {s: i for i, s in enumerate(_SERVICES)}
 _OPEN = 1  # flag: a stall episode is open
+_WATCHED = 2  # flag: the current silence passed the watch deadline (a "watch" went out)
 _NO_DEADLINE = -1
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
@@ -125,6 +127,7 @@ class TrackerStats:
     stalls: int = 0
     resolved: int = 0
     expired: int = 0
+    watches: int = 0  # silences that passed the watch deadline
     finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
 
@@ -175,7 +178,12 @@ class PackageTracker:
         names: Mapping[str, str] | None = None,
         finished_retention_seconds: int = FINISHED_RETENTION,
         finished_generation_seconds: int = FINISHED_GENERATION,
+        facility_stats: FacilityStats | None = None,
+        facility_lateness: int = 3600,
+        watch_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= watch_fraction < 1.0:
+            raise ValueError(f"watch_fraction must be in [0, 1), got {watch_fraction}")
         if finished_generation_seconds <= 0:
             raise ValueError("finished_generation_seconds must be positive, got "
                              f"{finished_generation_seconds}")
@@ -216,6 +224,8 @@ class PackageTracker:
         self._history: dict[int, array] = {}  # slot -> (facility no, code no, ts) * scans
         self._next_sweep = 0
         self._finished_init()
+        self._facility_init(facility_stats, facility_lateness)
+        self.watch_fraction = watch_fraction
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -252,6 +262,12 @@ class PackageTracker:
             self._svc.append(0)
             self._flags.append(0)
             self._episode.append(0)
+            if self.facility_stats is not None:
+                self._pfac.append(0)
+                self._pcode.append(0)
+                self._pts.append(0)
+        if self.facility_stats is not None:
+            self._pfac[slot] = 0
         self._index[key] = slot | ref << _REF_SHIFT if ref else slot
         return slot
 
@@ -292,6 +308,13 @@ class PackageTracker:
         sample = self.eta_sample_every
         max_ts, fired = self.max_event_ts, self._fired_through
         from_bytes = int.from_bytes
+        watch = self.watch_fraction
+        fstats = self.facility_stats
+        if fstats is not None:
+            observe, fscan = fstats.observe, fstats.scan
+            pfac_col, pcode_col, pts_col = self._pfac, self._pcode, self._pts
+            flate, fwidth = self.facility_lateness, fstats.window_seconds
+            fnext = fstats.closed_through + fwidth + flate  # newest time that closes a window
         accepted = duplicate = out_of_order = no_header = delivered = resolved = 0
         try:
             for ev in events:
@@ -301,6 +324,9 @@ class PackageTracker:
                     if (ts - lateness) // bucket_s - 1 > fired:  # else _fire_due is a no-op
                         self._fire_due(out)
                         fired = self._fired_through
+                    if fstats is not None and ts >= fnext:
+                        self._windows += fstats.close(ts - flate)
+                        fnext = fstats.closed_through + fwidth + flate
                 pid = ev.package_id
                 if pid >= "\x01":  # _pack_id(pid), inlined
                     key = from_bytes(pid.encode("utf-8", "surrogatepass"), "big")
@@ -331,6 +357,8 @@ class PackageTracker:
                     last = last_col[slot]
                     if ts < last:
                         out_of_order += 1
+                        if fstats is not None and ev.facility is not None:
+                            fscan(ev.facility, ts)  # late, but the facility did scan
                         continue
                     if (
                         ts == last
@@ -350,14 +378,29 @@ class PackageTracker:
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                     prev_code = codes[code_col[slot]]
-                    if flags_col[slot] & _OPEN:
-                        flags_col[slot] &= ~_OPEN
+                    flags = flags_col[slot]
+                    if flags & _OPEN:
+                        flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
                         out.append(self._alert(slot, "back_on_track", ts, ev))
+                    elif flags & _WATCHED:
+                        flags_col[slot] = flags & ~_WATCHED
+                        out.append(self._moved(slot, ts))
+                        prev_ts = last_col[slot]
+                        learn({"facility": facilities[fac_col[slot]], "code": prev_code,
+                               "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
                     elif prev_code not in PRE_SHIPMENT:
                         prev_ts = last_col[slot]
                         learn({"facility": facilities[fac_col[slot]], "code": prev_code,
                                "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
+                facility = ev.facility
+                if fstats is not None and facility is not None:
+                    pf = pfac_col[slot]
+                    if pf:
+                        observe(facility, code, ts, facilities[pf], codes[pcode_col[slot]],
+                                pts_col[slot])
+                    else:
+                        observe(facility, code, ts)
                 history = history_map.get(slot) if history_map else None
                 if code in TERMINAL_CODES:
                     if history is not None and self.estimator is not None and code == "01":
@@ -372,11 +415,14 @@ class PackageTracker:
                 if code_no is None:
                     code_no = self._code_no[code] = len(codes)
                     codes.append(code)
-                facility = ev.facility
                 fac_no = fac_no_get(facility)
                 if fac_no is None:
                     fac_no = self._fac_no[facility] = len(facilities)
                     facilities.append(facility)
+                if fstats is not None and fac_no:
+                    pfac_col[slot] = fac_no
+                    pcode_col[slot] = code_no
+                    pts_col[slot] = ts
                 if history is not None:
                     history.extend((fac_no, code_no, ts))
                 code_col[slot] = code_no
@@ -387,7 +433,8 @@ class PackageTracker:
                     found = threshold({"facility": facility, "code": code, "service": service,
                                        "last_ts": ts})
                     if found is not None:
-                        deadline = ts + int(found[0])
+                        # with a watch, the first deadline is the watch's (see _fire_due)
+                        deadline = ts + int(found[0] * watch if watch else found[0])
                 deadline_col[slot] = deadline
                 if deadline != _NO_DEADLINE:
                     bucket = deadline // bucket_s
@@ -420,7 +467,33 @@ class PackageTracker:
         if event_ts > self.max_event_ts:
             self.max_event_ts = event_ts
             self._fire_due(out)
+            if self.facility_stats is not None:
+                self._windows += self.facility_stats.close(event_ts - self.facility_lateness)
         return out
+
+    # -- facility statistics -------------------------------------------------------------------
+    def _facility_init(self, stats: FacilityStats | None, lateness: int) -> None:
+        self.facility_stats = stats
+        self.facility_lateness = lateness
+        n = len(self._last_ts) if stats is not None else 0
+        # per package, its last scan *at a facility* (an in-transit TL scan has none): the
+        # departure's dwell and the lane travelled are measured from it
+        self._pfac = array("i", bytes(4 * n))  # facility no (0: none yet)
+        self._pcode = array("h", bytes(2 * n))  # its code no
+        self._pts = array("I", bytes(4 * n))  # its time (unsigned: epoch seconds to 2106)
+        self._windows: list[FacilityWindow] = []  # closed, not yet taken
+
+    @property
+    def facility_through(self) -> int:
+        """Facility windows ending by this time are closed (the newest event time when the
+        tracker keeps no facility statistics)."""
+        stats = self.facility_stats
+        return self.max_event_ts if stats is None else stats.closed_through
+
+    def take_windows(self) -> list[FacilityWindow]:
+        """The facility windows closed since the last call (for the flow's network step)."""
+        windows, self._windows = self._windows, []
+        return windows
 
     def _fire_due(self, out: list[dict[str, Any]]) -> None:
         wm = self.max_event_ts - self.allowed_lateness
@@ -430,6 +503,7 @@ class PackageTracker:
         if self._fired_through < 0:
             self._fired_through = min(self._wheel, default=through + 1) - 1
         deadline, flags, wheel = self._deadline, self._flags, self._wheel
+        watch = self.watch_fraction
         for bucket in range(self._fired_through + 1, through + 1):
             slots = wheel.pop(bucket, None)
             if slots is None:
@@ -440,8 +514,26 @@ class PackageTracker:
                     continue
                 if d // self.bucket_seconds > bucket:
                     continue  # rescheduled to a later bucket (slot reused)
+                if watch and not flags[slot] & _WATCHED:
+                    # the watch deadline: say so, then wait for the stall deadline
+                    flags[slot] |= _WATCHED
+                    self._episode[slot] += 1  # the watch opens the episode a stall continues
+                    self.stats.watches += 1
+                    out.append(self._alert(slot, "watch", wm, None))
+                    last = self._last_ts[slot]
+                    d = deadline[slot] = last + int((d - last) / watch)
+                    later = d // self.bucket_seconds
+                    if d > wm:
+                        if later <= bucket:
+                            later = bucket + 1
+                        entry = wheel.get(later)
+                        if entry is None:
+                            entry = wheel[later] = array("i")
+                        entry.append(slot)
+                        continue
+                if not flags[slot] & _WATCHED:
+                    self._episode[slot] += 1
                 flags[slot] |= _OPEN
-                self._episode[slot] += 1
                 self.stats.stalls += 1
                 out.append(self._alert(slot, "stall", wm, None))
         self._fired_through = through
@@ -472,10 +564,11 @@ class PackageTracker:
     def _remember_finished(self, key: int | str, now: int) -> None:
         if now // self.finished_generation_seconds > self._generation:
             self._rotate(now)
-        self._recent.add(_fingerprint(key))
+        self._recent.add(key % _FP_PRIME if key.__class__ is int  # type: ignore[operator]
+                         else _fingerprint(key))
 
     def _was_finished(self, key: int | str) -> bool:
-        fp = _fingerprint(key)
+        fp = key % _FP_PRIME if key.__class__ is int else _fingerprint(key)  # type: ignore[operator]
         if fp in self._recent:
             return True
         # bisect on a memoryview reads Python ints: 1 us; searchsorted with a Python int
@@ -502,7 +595,8 @@ class PackageTracker:
             new <<= np.uint64(_TAG_BITS)
             new |= np.uint64(self._generation & _TAG)
             new.sort()
-            frozen = np.insert(frozen, frozen.searchsorted(new), new)
+            frozen = np.concatenate((frozen, new))
+            frozen.sort(kind="stable")  # timsort: merges the two sorted runs in linear time
         self._frozen = frozen
         recent.clear()
         self._generation = generation
@@ -521,11 +615,12 @@ class PackageTracker:
         found = self.detector.threshold(x)
         expected = found[1] if found else None
         eta = p_late = None
-        if self.estimator is not None and kind == "stall":
+        delay = kind == "stall" or kind == "watch"
+        if self.estimator is not None and delay:
             eta, p_late = self.estimator.estimate(
                 x | {"silence": silence, "promised_by_ts": promised if promised >= 0 else None})
         name = self.names.get(fac or "", fac or "in transit")
-        if kind == "stall":
+        if delay:
             evidence = (f"No scan for {silence / 3600:.0f} h at {name} (last scan: "
                         f"{CODE_TEXT.get(code, code)})"
                         + (f"; usually {expected / 3600:.0f} h." if expected else "."))
@@ -550,6 +645,24 @@ class PackageTracker:
             "incident_key": None,
             "evidence": evidence,
             "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
+            "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made
+        }
+
+    def _moved(self, slot: int, ts: int) -> dict[str, Any]:
+        """A watched package (no stall alert) scanned again: tells the network step that a
+        package it may have told about is moving (cheap: no model is asked)."""
+        pid = _unpack_id(self._ids[slot])
+        episode = int(self._episode[slot])
+        return {
+            "alert_key": f"{pid}:moved:{episode}",
+            "kind": "moved",
+            "package_id": pid,
+            "episode": episode,
+            "alert_time": _iso(ts),
+            "facility_id": self._facilities[self._fac[slot]],
+            "last_scan_time": _iso(self._last_ts[slot]),
+            "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
+            "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made
         }
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
@@ -590,6 +703,8 @@ class PackageTracker:
             self.finished_retention_seconds = FINISHED_RETENTION
             self.finished_generation_seconds = FINISHED_GENERATION
             self._finished_init()
+            self._facility_init(None, 3600)
+            self.watch_fraction = 0.0
             return
         state["_recent"] = set(array("Q", state["_recent"]))
         state["_frozen"] = np.frombuffer(state["_frozen"], np.uint64)  # read-only: never

@@ -84,7 +84,8 @@ def replay(
         help="serve Prometheus metrics on 127.0.0.1:PORT while running (0 = off)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the real dataflow over a file; writes RUNDIR/alerts.jsonl, dead letters, outbox."""
+    """Run the real dataflow over a file; writes RUNDIR/alerts.jsonl, incidents.jsonl, dead
+    letters and the outbox."""
     from flows.run import replay as run_replay
     from flows.sources import JsonLinesSource
 
@@ -121,6 +122,8 @@ def evaluate(
     alerts: Annotated[Path, typer.Option(help="alerts.jsonl of a run")],
     truth: Annotated[Path, typer.Option(help="simulator output directory (ground truth)")],
     incidents: Annotated[Path | None, typer.Option(help="incidents.jsonl of a run")] = None,
+    outbox: Annotated[Path | None, typer.Option(
+        help="outbox.sqlite of a run: also count messages per (affected) customer")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     baselines: Annotated[bool, typer.Option(help="also score the baselines")] = True,
 ) -> None:
@@ -131,7 +134,21 @@ def evaluate(
     if not truth.is_dir():
         _fail(f"{truth} is not a directory")
     result = run_eval(alerts, truth, incidents, with_baselines=baselines)
+    if outbox is not None:
+        result["customer_messages"] = _messages(outbox, truth)
     typer.echo(json.dumps(result) if as_json else format_table(result))
+    if outbox is not None and not as_json:
+        typer.echo("\ncustomer messages: " + ", ".join(
+            f"{k} {v}" for k, v in result["customer_messages"].items()))
+
+
+def _messages(outbox: Path, truth: Path) -> dict[str, object]:
+    from detectors.evaluate import load_truth, score_messages
+    from flows.run import outbox_messages
+
+    if not outbox.is_file():
+        _fail(f"{outbox} does not exist")
+    return score_messages(outbox_messages(outbox), load_truth(truth))
 
 
 @app.command()
@@ -189,7 +206,9 @@ def demo(
                   f"(outbox: {report.get('sent', 0)} sent, "
                   f"{report.get('failed_permanent', 0)} failed)")
     with console.status("4/4 scoring against ground truth"):
-        result = run_eval(run / "alerts.jsonl", data, None, with_baselines=True)
+        result = run_eval(run / "alerts.jsonl", data, run / "incidents.jsonl",
+                          with_baselines=True)
+        result["customer_messages"] = _messages(run / "outbox.sqlite", data)
     _print_summary(summary.as_dict(), delivered, result)
     console.print(f"\nOpen the e-mails: [bold]{maildir}/new/[/bold] (one file per message), "
                   f"alerts: {run / 'alerts.jsonl'}")
@@ -209,6 +228,20 @@ def _print_summary(summary: dict, delivered: int, result: dict) -> None:  # type
     table.add_row("late_recall (package stalls)", _fmt(stall.get("late_recall")),
                   _fmt(base.get("by_cause", {}).get("package_stall", {}).get("late_recall")))
     Console().print(table)
+    msgs = result.get("customer_messages", {})
+    Console().print(
+        f"facility incidents: {result.get('incidents_detected')} of {result.get('incidents')} "
+        f"detected (p50 {_fmt(result.get('incident_detection_delay_minutes_p50'))} min after "
+        f"onset), {_fmt(result.get('false_incidents'))} false, feed outages "
+        f"{result.get('feed_outages_detected')} of {result.get('feed_outages')}; opened "
+        f"{summary.get('incidents', {})}; stall alerts folded into incidents: "
+        f"{summary['alerts'].get('incident_delay', 0)}, told to nobody (feed outage): "
+        f"{summary.get('suppressed', 0)}")
+    Console().print(
+        f"messages per incident-affected customer: max "
+        f"{_fmt(msgs.get('messages_per_affected_customer_max'))}, mean "
+        f"{_fmt(msgs.get('messages_per_affected_customer_mean'))} "
+        f"({msgs.get('affected_customers_messaged')} customers)")
     Console().print(f"events {summary['events']:,}, dead letters "
                     f"{sum(summary['dead_letters'].values())}, e-mails delivered {delivered}")
 

@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "StallSettings", "SmtpSettings", "load_settings"]
+__all__ = ["IncidentSettings", "Settings", "StallSettings", "SmtpSettings", "load_settings"]
 
 
 class StallSettings(BaseModel):
@@ -47,6 +47,35 @@ class StallSettings(BaseModel):
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
     holidays: tuple[date, ...] = Field(
         (), description="days without delivery (YYYY-MM-DD): waits over them are not stalls")
+
+
+class IncidentSettings(BaseModel):
+    """Facility incidents: statistics per facility window, the detector, the lifecycle and how
+    stall alerts fold into incidents (see detectors.facility, detectors.incidents,
+    detectors.folding and notifiers.grouping). Defaults measured in bench/RESULTS.md,
+    "Facility detectors"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    enabled: bool = Field(True, description="detect facility incidents and fold stall alerts")
+    detector: Literal["retention", "seasonal", "drift", "hst"] = "retention"
+    window_seconds: int = Field(900, ge=60, description="facility window width (event time)")
+    lateness_seconds: int = Field(
+        3600, ge=0, description="facility windows close this long after the newest event "
+        "time; later scans count as late (a feed outage's signature)")
+    open_threshold: float = Field(1.0, gt=0)
+    close_threshold: float = Field(0.5, gt=0)
+    for_windows: int = Field(2, ge=1, description="windows over the threshold to open")
+    clear_windows: int = Field(8, ge=1, description="windows under the threshold to resolve")
+    watch_fraction: float = Field(
+        0.5, ge=0, lt=1, description="a package silent for this share of its stall threshold "
+        "is watched: if an incident holds its facility, its customer hears of it then, before "
+        "the stall threshold (0 = only stall alerts are folded)")
+    grace_seconds: int = Field(
+        3600, ge=0, description="an incident opened this long after a stall alert still "
+        "claims it (the alert waits for the incidents up to then)")
+    hold_seconds: int = Field(
+        2 * 3600, ge=0, description="an incident message waits this long (event time) for "
+        "more packages of the same customer")
 
 
 class SmtpSettings(BaseModel):
@@ -86,6 +115,7 @@ class Settings(BaseSettings):
     facilities: Path | None = None
     customers: Path | None = None
     stall: StallSettings = StallSettings()
+    incidents: IncidentSettings = IncidentSettings()
     smtp: SmtpSettings = SmtpSettings()
 
     @classmethod

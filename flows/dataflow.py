@@ -3,9 +3,19 @@
     scans (line_no, bytes) --parse--> (shard, [ScanEvent, ...]) | DeadLetter
         invalid -> dead_letters.jsonl                       (exactly-once with recovery)
         valid   -> grouped by shard (crc32(package) % shards), one item per shard and batch
-                -> track: one PackageTracker per shard (stateful_batch)
-                -> alerts.jsonl                             (exactly-once with recovery)
-                -> outbox (SQLite, unique alert key)        (at-least-once, idempotent)
+                -> track: one PackageTracker per shard (stateful_batch): stall alerts, and
+                   per batch a Progress (watermarks + the facility windows it closed)
+                -> network (one key): merges the shards' facility windows, runs the facility
+                   monitor and the incident lifecycle, folds stall alerts into incidents,
+                   groups messages per customer and incident
+                -> incidents.jsonl, alerts.jsonl            (exactly-once with recovery)
+                -> outbox (SQLite, unique message key)      (at-least-once, idempotent)
+
+The network step sees every shard's alerts and windows. It decides a stall alert only once the
+facility windows up to ``alert_time + grace`` are merged from *all* shards, so the decision is
+the same in a replay as live; facility windows close ``incidents.lateness_seconds`` behind the
+newest event time, well before stall alerts fire (``stall.allowed_lateness_seconds`` behind),
+so in practice alerts wait for nothing.
 
 State is per shard, not per package: Bytewax costs ~585 B and a timer per key, which does not
 scale to tens of millions of packages. Each shard holds its packages in compact columns and
@@ -19,6 +29,7 @@ its events in input order and in the same batches, so alerts are the same, in th
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -35,12 +46,16 @@ from bytewax.operators import StatefulBatchLogic
 
 from detectors import DeliveryEstimator, ScanEvent, StallDetector
 from detectors.events import parse_batch
+from detectors.facility import FacilityMonitor, FacilityStats, FacilityWindow, merge
+from detectors.folding import DELAY_KINDS, IncidentFolder
+from detectors.incidents import IncidentManager
 from detectors.tracker import PackageTracker, hash_id
 from flows.config import Settings
 from flows.metrics import FlowMetrics
 from flows.sinks import OutboxSink
+from notifiers.grouping import MessageGrouper
 
-__all__ = ["DeadLetter", "FlowContext", "build_flow"]
+__all__ = ["DeadLetter", "FlowContext", "Progress", "build_flow"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,10 @@ class FlowContext:
     metrics: FlowMetrics | None = None
     names: Mapping[str, str] = field(default_factory=dict)
     tz_of: Mapping[str, str] | None = None
+    regions: Mapping[str, str] = field(default_factory=dict)  # hub id -> region (weather)
+    hubs: frozenset[str] | None = None  # facilities with incident statistics; None: all
     trackers: dict[str, PackageTracker] = field(default_factory=dict)
+    network: _Network | None = None
 
     def new_tracker(self) -> PackageTracker:
         st = self.settings.stall
@@ -73,11 +91,32 @@ class FlowContext:
             min_samples=st.min_samples, tz_of=self.tz_of, holidays=st.holidays or None,
             min_span=st.min_span_hours * 3600,
         )
+        inc = self.settings.incidents
+        stats = (FacilityStats(inc.window_seconds, facilities=self.hubs)
+                 if inc.enabled else None)
         return PackageTracker(
             detector, DeliveryEstimator(), allowed_lateness=st.allowed_lateness_seconds,
             bucket_seconds=st.bucket_seconds, ttl_seconds=int(st.ttl_days * 86400),
             eta_sample_every=st.eta_sample_every, names=self.names,
             finished_retention_seconds=int(st.finished_retention_days * 86400),
+            facility_stats=stats, facility_lateness=inc.lateness_seconds,
+            watch_fraction=inc.watch_fraction if inc.enabled else 0.0,
+        )
+
+    def new_network(self) -> NetworkState:
+        inc = self.settings.incidents
+        monitor = None
+        if inc.enabled:
+            monitor = FacilityMonitor(inc.detector, regions=self.regions, tz_of=self.tz_of,
+                                      names=self.names, window_seconds=inc.window_seconds)
+        return NetworkState(
+            monitor=monitor,
+            manager=IncidentManager(open_threshold=inc.open_threshold,
+                                    close_threshold=inc.close_threshold,
+                                    for_windows=inc.for_windows,
+                                    clear_windows=inc.clear_windows),
+            folder=IncidentFolder(grace_seconds=inc.grace_seconds),
+            grouper=MessageGrouper(hold_seconds=inc.hold_seconds),
         )
 
     def observe(self) -> None:
@@ -92,9 +131,24 @@ class FlowContext:
         m.watermark.set(wm)
         m.event_time_lag.set(max(0.0, time.time() - wm))
         m.stage_keys.set(sum(t.detector.n_stages for t in ts))
+        if self.network is not None:
+            by_kind = self.network.state.folder.open_by_kind()
+            for kind in ("facility_slowdown", "facility_stop", "weather", "lane_delay",
+                         "feed_outage"):
+                m.incidents_open.labels(kind).set(by_kind.get(kind, 0))
 
 
 Shard = tuple[str, list[ScanEvent]]  # (shard key, its events of one source batch, in order)
+
+
+@dataclass(slots=True)
+class Progress:
+    """A shard's progress after a batch: its stall watermark, how far its facility windows are
+    closed, and the windows it closed (sent to the network step, after the batch's alerts)."""
+
+    watermark: int
+    closed_through: int
+    windows: list[FacilityWindow]
 
 
 def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
@@ -162,14 +216,19 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
             for kind, count in kinds.items():
                 m.alerts.labels(kind).inc(count)
 
-    def on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[dict[str, Any]], bool]:
+    def _progress(self, out: list[Any]) -> list[Any]:
+        t = self.tracker
+        out.append(Progress(t.watermark, t.facility_through, t.take_windows()))
+        return out
+
+    def on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[Any], bool]:
         before = self._snapshot_counts()
         events = values[0] if len(values) == 1 else [ev for group in values for ev in group]
         out = self.tracker.process_batch(events)
         self._last_wall = time.monotonic()
         self._last_event_ts = self.tracker.max_event_ts
         self._count(before, out)
-        return out, StatefulBatchLogic.RETAIN
+        return self._progress(out), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if not self.live:
@@ -183,13 +242,13 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         out = self.tracker.advance(self._last_event_ts + int(idle))
         self._count(before, out)
         self.ctx.observe()
-        return out, StatefulBatchLogic.RETAIN
+        return self._progress(out), StatefulBatchLogic.RETAIN
 
     def _snapshot_counts(self) -> tuple[int, ...]:
         s = self.tracker.stats
         return (s.accepted, s.duplicate, s.out_of_order, s.no_header)
 
-    def on_eof(self) -> tuple[list[dict[str, Any]], bool]:
+    def on_eof(self) -> tuple[list[Any], bool]:
         self.ctx.observe()
         return [], StatefulBatchLogic.RETAIN
 
@@ -198,9 +257,222 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         return self.tracker
 
 
-def _alert_line(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-    key, alert = item
-    public = {k: v for k, v in alert.items() if k != "recipient_ref"}
+@dataclass
+class NetworkState:
+    """What the network step keeps (its snapshot): detectors, lifecycle, held alerts."""
+
+    monitor: FacilityMonitor | None
+    manager: IncidentManager
+    folder: IncidentFolder
+    grouper: MessageGrouper
+    progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # shard -> (wm, closed)
+    windows: dict[int, list[FacilityWindow]] = field(default_factory=dict)  # end -> shards'
+    assessed_through: int = 0  # facility windows ending by then are assessed
+    # package records waiting, as a heap of (watermark when made, package, arrival, record)
+    held: list[tuple[int, str, int, dict[str, Any]]] = field(default_factory=list)
+    arrivals: int = 0
+    now: int = 0  # event time of the last step taken
+    # facility -> package -> its "watch" record: silent packages no incident explains (yet);
+    # an incident opening there folds them at once (the proactive message)
+    watching: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    next_prune: int = 0
+
+
+Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident", record)
+
+
+class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
+    """Merges the shards' facility windows, opens and resolves incidents, folds stall alerts
+    into them and groups customer messages (see the module docstring)."""
+
+    def __init__(self, ctx: FlowContext, resume: NetworkState | None) -> None:
+        self.ctx = ctx
+        self.state = resume if resume is not None else ctx.new_network()
+        self.shards = ctx.settings.shards
+        self.grace = ctx.settings.incidents.grace_seconds
+        ctx.network = self
+
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[Out], bool]:
+        st = self.state
+        for shard, item in values:
+            if item.__class__ is Progress:
+                st.progress[shard] = (item.watermark, item.closed_through)
+                for w in item.windows:
+                    st.windows.setdefault(w.end, []).append(w)
+            else:
+                st.arrivals += 1
+                made = item.pop("watermark", None)
+                if made is None:
+                    made = _epoch(item["alert_time"])
+                heapq.heappush(st.held, (made, item["package_id"], st.arrivals, item))
+        if len(st.progress) < self.shards:
+            return [], StatefulBatchLogic.RETAIN  # not every shard has spoken yet
+        closed = min(c for _, c in st.progress.values())
+        wm = min(w for w, _ in st.progress.values())
+        return self._advance(wm, closed), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Out], bool]:
+        out = self._advance(_END, _END)
+        out += self._messages(self.state.grouper.flush(self.state.now,
+                                                       self.state.folder.resolved_at))
+        self.ctx.observe()
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> NetworkState:
+        return self.state
+
+    def _advance(self, wm: int, closed: int) -> list[Out]:
+        """Take every step whose inputs are complete, in event-time order.
+
+        Two kinds of steps: assessing the merged facility windows that end at ``E`` (possible
+        once every shard closed them: ``E <= closed``), and deciding a package record made
+        at watermark ``R`` (stall, watch, moved, back on track), which must see exactly the
+        incidents of the windows ending by ``R + grace``. Records come from each shard in
+        watermark order, so once the lowest shard watermark ``wm`` has passed ``R`` no earlier
+        record can come. Steps are taken in order of ``E`` and ``R + grace`` (windows first on
+        ties), so the outcome does not depend on how batches or shards interleave: a replay
+        gives the same alerts, incidents and messages as live processing.
+        """
+        st, grace = self.state, self.grace
+        out: list[Out] = []
+        held, windows = st.held, st.windows
+        while True:
+            record_at = held[0][0] + grace if held and held[0][0] <= wm else _END
+            if record_at > closed:
+                record_at = _END
+            window_at = min(windows) if windows else _END
+            if window_at > closed or window_at > wm + grace:
+                window_at = _END
+            if window_at == _END and record_at == _END:
+                break
+            if window_at <= record_at:
+                st.now = max(st.now, window_at)
+                out += self._due()
+                out += self._assess(window_at, merge(windows.pop(window_at)))
+                st.assessed_through = window_at
+            else:
+                st.now = max(st.now, record_at)
+                out += self._due()
+                out += self._decide(heapq.heappop(held)[3])
+            if st.now >= st.next_prune:
+                self._prune()
+        return out
+
+    def _due(self) -> list[Out]:
+        st = self.state
+        return self._messages(st.grouper.advance(st.now, st.folder.resolved_at))
+
+    def _messages(self, messages: list[dict[str, Any]]) -> list[Out]:
+        m = self.ctx.metrics
+        if m is not None:
+            for msg in messages:
+                m.messages.labels(msg["kind"]).inc()
+        return [("message", msg) for msg in messages]
+
+    def _prune(self) -> None:
+        """Daily: forget old incidents and packages watched for longer than a week (expired
+        by the tracker's TTL or lost: they will not move again)."""
+        st = self.state
+        st.next_prune = st.now + 86400
+        st.folder.prune(st.now)
+        cutoff = st.now - 7 * 86400
+        for name, watched in list(st.watching.items()):
+            for pid in [p for p, a in watched.items() if _epoch(a["alert_time"]) < cutoff]:
+                del watched[pid]
+            if not watched:
+                del st.watching[name]
+
+    def _decide(self, alert: dict[str, Any]) -> list[Out]:
+        """One package record from a shard, in order: what it tells whom."""
+        st, m = self.state, self.ctx.metrics
+        folder, grouper = st.folder, st.grouper
+        kind, pid = alert["kind"], alert["package_id"]
+        told = grouper.told(pid)
+        if kind == "moved" or kind == "back_on_track":
+            self._unwatch(alert)
+            if told == "fold":  # the customer heard of it through an incident
+                if kind == "moved":
+                    alert = alert | {"kind": "back_on_track", "evidence": "Moving again.",
+                                     "alert_key": f"{pid}:back_on_track:{alert['episode']}"}
+            elif told == "suppress":  # close what was told to nobody
+                grouper.add(alert | {"kind": "back_on_track"}, "keep")
+                return []
+            elif kind == "moved":
+                return []  # a watched package nobody was told about moves on
+            return [("alert", alert), *self._messages(grouper.add(alert))]
+        if kind == "stall":
+            self._unwatch(alert)
+            if told == "fold":
+                return []  # already told, by the incident that holds it
+        decision, alert = folder.decide(alert)
+        if alert["kind"] == "watch":  # not explained (yet): remember it, tell nobody
+            if decision == "keep":
+                st.watching.setdefault(alert["facility_id"] or "", {})[pid] = alert
+                return []
+            if decision == "suppress":
+                return []
+        if decision == "suppress" and m is not None:
+            m.alerts_suppressed.labels("feed_outage").inc()
+        out: list[Out] = [] if decision == "suppress" else [("alert", alert)]
+        return out + self._messages(grouper.add(alert, decision))
+
+    def _unwatch(self, alert: dict[str, Any]) -> None:
+        watched = self.state.watching.get(alert.get("facility_id") or "")
+        if watched is not None and watched.pop(alert["package_id"], None) is not None \
+                and not watched:
+            del self.state.watching[alert.get("facility_id") or ""]
+
+    def _fold_watched(self, record: dict[str, Any]) -> list[Out]:
+        """An incident opened: the silent packages watched at its facilities hear of it now."""
+        st = self.state
+        out: list[Out] = []
+        opened = record["opened_at"]
+        for name in sorted(st.folder.names(record)):
+            watched = st.watching.pop(name, None)
+            if not watched:
+                continue
+            for pid, alert in list(watched.items()):
+                at = max(alert["alert_time"], opened, key=_epoch)
+                decision, folded = st.folder.decide(alert | {"alert_time": at})
+                if decision == "fold":
+                    del watched[pid]
+                    out.append(("alert", folded))
+                    out += self._messages(st.grouper.add(folded, decision))
+            if watched:
+                st.watching[name] = watched
+        return out
+
+    def _assess(self, end: int, windows: list[FacilityWindow]) -> list[Out]:
+        st, m = self.state, self.ctx.metrics
+        if st.monitor is None:
+            return []
+        records: list[dict[str, Any]] = []
+        for a in st.monitor.assess(windows):
+            records += st.manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
+                                         a.affected, lane_to=a.lane_to, facilities=a.facilities)
+        records += st.manager.finish(end)
+        out: list[Out] = []
+        for record in records:
+            st.folder.observe(record)
+            out.append(("incident", record))
+            if record["status"] == "open" and record["kind"] in DELAY_KINDS:
+                out += self._fold_watched(record)
+            if m is not None and record["status"] in ("open", "resolved"):
+                status = "opened" if record["status"] == "open" else "resolved"
+                m.incidents.labels(record["kind"], status).inc()
+        return out
+
+
+_END = 1 << 62  # no step of this kind can be taken now
+
+
+def _epoch(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp())
+
+
+def _record_line(item: tuple[str, Out]) -> tuple[str, str]:
+    key, (_, record) = item
+    public = {k: v for k, v in record.items() if k != "recipient_ref"}
     return key, json.dumps(public, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -208,7 +480,7 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
     """The dataflow reading ``source`` and writing into ``ctx.run_dir``."""
     run_dir = ctx.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("alerts.jsonl", "dead_letters.jsonl"):
+    for name in ("alerts.jsonl", "dead_letters.jsonl", "incidents.jsonl"):
         (run_dir / name).touch()
 
     flow = Dataflow("delay_alerts")
@@ -217,11 +489,20 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
     split = op.branch("valid", parsed, lambda x: x.__class__ is tuple)
     dead = op.map("dead_letter_json", split.falses, lambda d: ("dl", d.to_json()))  # (key, str)
     op.output("dead_letters", dead, FileSink(run_dir / "dead_letters.jsonl"))
-    alerts = op.stateful_batch(
-        "track", split.trues, _builder(ctx))  # (shard, alert dict)
-    op.output("alerts_file", op.map("alert_json", alerts, _alert_line),
+    tracked = op.stateful_batch(
+        "track", split.trues, _builder(ctx))  # (shard, alert dict | Progress)
+    network = op.stateful_batch(
+        "network", op.map("to_network", tracked, lambda kv: ("network", kv)),
+        lambda resume: _Network(ctx, resume))  # ("network", (tag, record))
+    alerts = op.filter("alerts", network, lambda kv: kv[1][0] == "alert")
+    incidents = op.filter("incidents", network, lambda kv: kv[1][0] == "incident")
+    messages = op.filter("messages", network, lambda kv: kv[1][0] == "message")
+    op.output("alerts_file", op.map("alert_json", alerts, _record_line),
               FileSink(run_dir / "alerts.jsonl"))
-    op.output("outbox", alerts, OutboxSink(run_dir / "outbox.sqlite"))
+    op.output("incidents_file", op.map("incident_json", incidents, _record_line),
+              FileSink(run_dir / "incidents.jsonl"))
+    op.output("outbox", op.map("message", messages, lambda kv: (kv[0], kv[1][1])),
+              OutboxSink(run_dir / "outbox.sqlite"))
     return flow
 
 

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 __all__ = ["FlowMetrics", "make_flow_metrics"]
 
 OUTCOMES = ("accepted", "duplicate", "out_of_order", "no_header", "invalid")
+INCIDENT_KINDS = ("facility_slowdown", "facility_stop", "weather", "lane_delay", "feed_outage")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class FlowMetrics:
     open_episodes: Gauge
     alerts: Counter
     stage_keys: Gauge
+    incidents_open: Gauge
+    incidents: Counter
+    alerts_suppressed: Counter
+    messages: Counter
 
 
 def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetrics:
@@ -48,9 +53,25 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
         alerts=Counter("delaywatch_alerts", "Alerts raised by kind.", ["kind"], **kw),
         stage_keys=Gauge("delaywatch_detector_stage_keys", "Stage keys the detectors hold.",
                          **kw),
+        incidents_open=Gauge("delaywatch_incidents_open", "Facility incidents open now.",
+                             ["kind"], **kw),
+        incidents=Counter("delaywatch_incidents", "Facility incidents by kind and status "
+                          "(opened, resolved).", ["kind", "status"], **kw),
+        alerts_suppressed=Counter(
+            "delaywatch_alerts_suppressed", "Stall alerts told to nobody, by reason "
+            "(feed_outage: the scans are missing, not the package).", ["reason"], **kw),
+        messages=Counter("delaywatch_messages", "Customer messages put into the outbox by "
+                         "kind (one per customer and incident for incident_delay).",
+                         ["kind"], **kw),
     )
     for outcome in OUTCOMES:
         m.scan_events.labels(outcome)
     for kind in ("stall", "back_on_track", "incident_delay"):
         m.alerts.labels(kind)
+        m.messages.labels(kind)
+    for kind in INCIDENT_KINDS:
+        m.incidents_open.labels(kind)
+        for status in ("opened", "resolved"):
+            m.incidents.labels(kind, status)
+    m.alerts_suppressed.labels("feed_outage")
     return m

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
@@ -28,7 +29,8 @@ from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
 from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
 
-__all__ = ["ReplaySummary", "replay", "send_outbox", "read_reference"]
+__all__ = ["Reference", "ReplaySummary", "read_facilities", "read_reference", "replay",
+           "send_outbox"]
 
 log = logging.getLogger("delaywatch")
 _METRICS: dict[str, Any] = {}
@@ -51,6 +53,8 @@ class ReplaySummary:
     no_header: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     alerts: dict[str, int] = field(default_factory=dict)
+    incidents: dict[str, int] = field(default_factory=dict)  # opened, by kind
+    suppressed: int = 0  # stall alerts told to nobody (feed outages)
     outbox: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     seconds: float = 0.0
@@ -62,18 +66,45 @@ class ReplaySummary:
         return d
 
 
-def read_reference(facilities: Path | None) -> tuple[dict[str, str], dict[str, str] | None]:
-    """Facility names and time zones from a facilities.csv (optional)."""
+@dataclass(frozen=True)
+class Reference:
+    """What facilities.csv tells the flow (all optional: without it ids stand for names, UTC
+    for local time, every facility gets incident statistics and there is no weather grouping)."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    tz_of: dict[str, str] | None = None
+    regions: dict[str, str] = field(default_factory=dict)  # hub -> region
+    hubs: frozenset[str] | None = None  # plants and NDCs
+
+
+HUB_KINDS = ("plant", "ndc")
+
+
+def read_facilities(facilities: Path | None) -> Reference:
+    """Facility names, time zones, hubs and their regions from a facilities.csv (optional)."""
     if facilities is None or not Path(facilities).is_file():
-        return {}, None
+        return Reference()
     names: dict[str, str] = {}
     tz: dict[str, str] = {}
+    regions: dict[str, str] = {}
+    hubs: set[str] = set()
     with open(facilities, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            names[row["facility_id"]] = row.get("name") or row["facility_id"]
+            fid = row["facility_id"]
+            names[fid] = row.get("name") or fid
             if row.get("tz"):
-                tz[row["facility_id"]] = row["tz"]
-    return names, tz or None
+                tz[fid] = row["tz"]
+            if row.get("kind") in HUB_KINDS:
+                hubs.add(fid)
+                if row.get("region"):
+                    regions[fid] = row["region"]
+    return Reference(names, tz or None, regions, frozenset(hubs) if hubs else None)
+
+
+def read_reference(facilities: Path | None) -> tuple[dict[str, str], dict[str, str] | None]:
+    """Facility names and time zones from a facilities.csv (optional)."""
+    ref = read_facilities(facilities)
+    return ref.names, ref.tz_of
 
 
 def replay(
@@ -86,8 +117,9 @@ def replay(
 ) -> ReplaySummary:
     """Run the real dataflow over ``source`` to its end; outputs go to ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    names, tz_of = read_reference(settings.facilities)
-    ctx = FlowContext(settings=settings, run_dir=run_dir, names=names, tz_of=tz_of,
+    ref = read_facilities(settings.facilities)
+    ctx = FlowContext(settings=settings, run_dir=run_dir, names=ref.names, tz_of=ref.tz_of,
+                      regions=ref.regions, hubs=ref.hubs,
                       metrics=_metrics() if with_metrics else None)
     flow = build_flow(ctx, source)
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
@@ -106,6 +138,11 @@ def replay(
         json.loads(line)["reason"] for line in _lines(run_dir / "dead_letters.jsonl")))
     summary.alerts = dict(Counter(
         json.loads(line)["kind"] for line in _lines(run_dir / "alerts.jsonl")))
+    summary.incidents = dict(Counter(
+        r["kind"] for r in map(json.loads, _lines(run_dir / "incidents.jsonl"))
+        if r["status"] == "open"))
+    if ctx.network is not None:
+        summary.suppressed = ctx.network.state.folder.suppressed
     summary.events = (summary.accepted + summary.duplicates + summary.out_of_order
                       + summary.no_header + sum(summary.dead_letters.values()))
     summary.outbox = outbox_counts(run_dir / "outbox.sqlite")
@@ -127,6 +164,15 @@ def outbox_counts(path: Path) -> dict[str, int]:
         return dict(con.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
     except sqlite3.OperationalError:
         return {}
+    finally:
+        con.close()
+
+
+def outbox_messages(path: Path) -> pd.DataFrame:
+    """Every message in an outbox (any status) as a frame: alert_key, recipient_ref, kind."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return pd.read_sql_query("SELECT alert_key, recipient_ref, kind FROM outbox", con)
     finally:
         con.close()
 

@@ -30,6 +30,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -40,6 +41,7 @@ __all__ = [
     "FailureRule",
     "MaildirHandler",
     "SmtpServerProcess",
+    "count_by_recipient",
     "count_by_alert_key",
     "main",
     "start_server",
@@ -184,6 +186,18 @@ def count_by_alert_key(directory: str | Path) -> Counter[str]:
     for message in mailbox.Maildir(path, create=False):
         key = message.get("X-Delaywatch-Alert-Key")
         counts[unquote(str(key).strip()) if key is not None else ""] += 1
+    return counts
+
+
+def count_by_recipient(directory: str | Path) -> Counter[str]:
+    """How many messages in the Maildir went to each (lower-cased) To address."""
+    counts: Counter[str] = Counter()
+    path = Path(directory)
+    if not (path / "new").is_dir():
+        return counts
+    for message in mailbox.Maildir(path, create=False):
+        for _, address in getaddresses(message.get_all("To", [])):
+            counts[address.lower()] += 1
     return counts
 
 

@@ -57,6 +57,11 @@ def shard(tmp_path: Path, a1_threshold_hours: float, *, metrics: Any = None,
     return _Shard(ctx, "shard-0", tracker)
 
 
+def alerts(result: tuple[list[Any], bool]) -> list[dict[str, Any]]:
+    """The shard's alerts (its per-batch Progress records left out)."""
+    return [x for x in result[0] if isinstance(x, dict)]
+
+
 def label(pid: str, ts: int) -> ScanEvent:
     return ScanEvent(pid, "GX", "O-1", ts, ts, service="ground", promised_by_ts=ts + 3 * 86400,
                      recipient_ref=f"C-{pid}")
@@ -76,13 +81,13 @@ def test_idle_wall_time_moves_the_clock_and_fires_a_stall_within_the_hold(
     s = shard(tmp_path, a1_threshold_hours=0.05, metrics=make_flow_metrics(registry))  # 180 s
     assert s.notify_at() is not None
     last = T0 + 10
-    out, _ = s.on_batch([[label("P1", T0), arrived("P1", last)]])
+    out = alerts(s.on_batch([[label("P1", T0), arrived("P1", last)]]))
     assert out == []
     deadline = last + 180
     fired_at = None
     for idle in range(1, HOLD + 1):  # the engine's one-second timer, for ten minutes of silence
         wall.now += 1
-        out, _ = s.on_notify()
+        out = alerts(s.on_notify())
         assert s.tracker.max_event_ts == last + idle  # event time follows the wall clock
         if out:
             assert fired_at is None, "one stall per episode"
@@ -104,7 +109,7 @@ def test_a_silent_feed_holds_the_clock_and_the_alert_fires_when_events_resume(
     got: list[dict[str, Any]] = []
     for idle in (60, 300, HOLD, HOLD + 1, H, 2 * H, 6 * H):  # then hours of silence
         wall.now = 1000.0 + idle
-        out, _ = s.on_notify()
+        out = alerts(s.on_notify())
         got += out
         assert s.tracker.max_event_ts == last + min(idle, HOLD)  # the clock stops at the hold
     assert got == [], "a silent feed is not a silent network: no alert while it is silent"
@@ -113,7 +118,7 @@ def test_a_silent_feed_holds_the_clock_and_the_alert_fires_when_events_resume(
     # the feed comes back with events of the last hours: P1's deadline is long past
     wall.now += 5
     back = last + 2 * H
-    out, _ = s.on_batch([[label("P2", back)]])
+    out = alerts(s.on_batch([[label("P2", back)]]))
     assert [a["alert_key"] for a in out] == ["P1:stall:1"]
     assert out[0]["alert_time"] == iso(back - LATENESS)
 
@@ -123,7 +128,7 @@ def test_a_silent_feed_holds_the_clock_and_the_alert_fires_when_events_resume(
     fired = []
     for idle in range(1, HOLD + 2):
         wall.now += 1
-        out, _ = s.on_notify()
+        out = alerts(s.on_notify())
         fired += out
         # idle time counts from the last batch, not from before the silence
         assert s.tracker.max_event_ts == back + 60 + min(idle, HOLD)

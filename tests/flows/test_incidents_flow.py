@@ -1,0 +1,104 @@
+"""Facility incidents in the real dataflow: incidents.jsonl, folding, grouped messages at a
+real SMTP server, and feed outages told to nobody."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from detectors.evaluate import FACILITY_INCIDENT_KINDS, evaluate
+from fixtures.scenarios import get_scenario
+from fixtures.simulate import simulate, write
+from flows.config import load_settings
+from flows.run import outbox_messages, replay, send_outbox
+from flows.sources import JsonLinesSource
+from notifiers.smtpd import SmtpServerProcess, count_by_recipient
+
+
+def _settings(data: Path, **kw: object):
+    return load_settings(facilities=data / "facilities.csv", epoch_interval_seconds=0.05, **kw)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("incident_run")
+    replay(JsonLinesSource(demo_data / "events.jsonl"), run, _settings(demo_data),
+           with_metrics=False)
+    return run
+
+
+def test_incidents_are_written_and_alerts_point_at_them(demo_run: Path) -> None:
+    records = _jsonl(demo_run / "incidents.jsonl")
+    opened = [r for r in records if r["status"] == "open"]
+    assert opened, "the demo scenario has slowdowns, stops and weather"
+    keys = {r["incident_key"] for r in records}
+    assert len({r["incident_key"] for r in opened}) == len(opened)  # opened once each
+    for r in records:
+        assert r["kind"] in (*FACILITY_INCIDENT_KINDS, "feed_outage")
+        assert r["incident_key"].split(":")[1] == r["kind"]
+    folded = [a for a in _jsonl(demo_run / "alerts.jsonl") if a["kind"] == "incident_delay"]
+    assert folded, "some stall alerts must have been folded into incidents"
+    for a in folded:
+        assert a["incident_key"] in keys
+        assert a["alert_key"] == f"{a['package_id']}:incident_delay:{a['episode']}"
+
+
+def test_replaying_gives_the_same_incidents(demo_data: Path, demo_run: Path,
+                                            tmp_path: Path) -> None:
+    replay(JsonLinesSource(demo_data / "events.jsonl", batch_size=777), tmp_path / "again",
+           _settings(demo_data), with_metrics=False)
+    assert (tmp_path / "again" / "incidents.jsonl").read_bytes() == (
+        demo_run / "incidents.jsonl").read_bytes()
+    assert sorted((tmp_path / "again" / "alerts.jsonl").read_text().splitlines()) == sorted(
+        (demo_run / "alerts.jsonl").read_text().splitlines())
+
+
+def test_incident_customers_get_at_most_two_messages_each(
+    demo_data: Path, demo_run: Path, tmp_path: Path
+) -> None:
+    with SmtpServerProcess(tmp_path / "mail") as server:
+        send_outbox(demo_run / "outbox.sqlite", demo_data / "customers.csv",
+                    _settings(demo_data), host="127.0.0.1", port=server.port,
+                    quiet_hours=False)
+    received = count_by_recipient(tmp_path / "mail")
+    with open(demo_data / "customers.csv", newline="") as f:
+        email = {r["recipient_ref"]: r["email"].lower() for r in csv.DictReader(f)}
+    packages = pd.read_csv(demo_data / "packages.csv", dtype=str)
+    owner = dict(zip(packages["package_id"], packages["recipient_ref"], strict=True))
+    # every package folded into an incident has its customer told, in one message per
+    # customer and incident
+    folded = [a for a in _jsonl(demo_run / "alerts.jsonl") if a["kind"] == "incident_delay"]
+    per_customer_incident: dict[tuple[str, str], set[str]] = {}
+    for a in folded:
+        per_customer_incident.setdefault((owner[a["package_id"]], a["incident_key"]),
+                                         set()).add(a["package_id"])
+    messages = outbox_messages(demo_run / "outbox.sqlite")
+    delay = messages[messages["kind"] == "incident_delay"]
+    assert len(delay) == len(per_customer_incident)
+    for ref, _ in per_customer_incident:
+        assert received[email[ref]] >= 1
+    affected = set(packages.loc[packages["cause"].isin(FACILITY_INCIDENT_KINDS),
+                                "recipient_ref"])
+    counts = [received[email[ref]] for ref in affected if received[email[ref]]]
+    assert counts and max(counts) <= 2
+    assert sum(received.values()) == len(messages)  # once each
+
+
+def test_a_feed_outage_is_an_incident_and_no_customer_hears_of_it(tmp_path: Path) -> None:
+    data = tmp_path / "outage"
+    write(simulate(get_scenario("outage", packages=2500), seed=1), data)
+    run = tmp_path / "run"
+    replay(JsonLinesSource(data / "events.jsonl"), run, _settings(data), with_metrics=False)
+    kinds = {r["kind"] for r in _jsonl(run / "incidents.jsonl")}
+    assert "feed_outage" in kinds
+    result = evaluate(run / "alerts.jsonl", data, run / "incidents.jsonl", with_baselines=False)
+    assert result["feed_outages_detected"] >= 1
+    assert result["customer_alerts_for_feed_outages"] == 0
