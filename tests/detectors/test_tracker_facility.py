@@ -1,0 +1,108 @@
+"""PackageTracker's facility side: watches before stalls, facility windows, the watermark."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from detectors import ScanEvent, StallDetector
+from detectors.facility import FacilityStats
+from detectors.tracker import PackageTracker
+
+H = 3600
+T0 = 1_790_000_000 - 1_790_000_000 % 86400
+
+
+def header(pid: str, ts: int) -> ScanEvent:
+    return ScanEvent(pid, "GX", "O-1", ts, ts, service="ground", promised_by_ts=ts + 4 * 86400,
+                     recipient_ref=f"C-{pid}")
+
+
+def scan(pid: str, code: str, ts: int, facility: str | None = "P1") -> ScanEvent:
+    return ScanEvent(pid, code, facility, ts, ts)
+
+
+def tracker(watch: float = 0.5, stats: FacilityStats | None = None) -> PackageTracker:
+    detector = StallDetector(prior_hours={"A1": (6, 20), "T1": (6, 20), "TL": (6, 20)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    return PackageTracker(detector, allowed_lateness=0, bucket_seconds=600,
+                          watch_fraction=watch, facility_stats=stats, facility_lateness=0)
+
+
+def kinds(out: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["kind"], a["alert_key"]) for a in out]
+
+
+def test_a_watch_comes_at_its_fraction_then_the_stall_in_the_same_episode() -> None:
+    t = tracker(watch=0.5)
+    t.process_batch([header("P", T0), scan("P", "A1", T0 + H)])
+    assert t.advance(T0 + H + 9 * H) == []  # 9 h < 0.5 x 20 h
+    [watch] = t.advance(T0 + H + 11 * H)
+    assert (watch["kind"], watch["alert_key"], watch["episode"]) == ("watch", "P:watch:1", 1)
+    assert watch["watermark"] == T0 + 12 * H
+    assert watch["silence_seconds"] >= 10 * H and watch["recipient_ref"] == "C-P"
+    assert t.advance(T0 + H + 19 * H) == []
+    assert kinds(t.advance(T0 + H + 21 * H)) == [("stall", "P:stall:1")]
+    assert kinds(t.process(scan("P", "T1", T0 + 23 * H))) == [("back_on_track",
+                                                             "P:back_on_track:1")]
+    assert t.stats.watches == 1 and t.stats.stalls == 1
+
+
+def test_a_watched_package_that_moves_before_the_stall_says_moved_once() -> None:
+    t = tracker(watch=0.5)
+    t.process_batch([header("P", T0), scan("P", "A1", T0 + H)])
+    assert kinds(t.advance(T0 + 12 * H)) == [("watch", "P:watch:1")]
+    [moved] = t.process(scan("P", "T1", T0 + 13 * H))
+    assert (moved["kind"], moved["alert_key"]) == ("moved", "P:moved:1")
+    assert t.advance(T0 + 13 * H + 9 * H) == []
+    # each silence is its own episode: the T1 stage's watch, then its moved
+    assert kinds(t.advance(T0 + 13 * H + 11 * H)) == [("watch", "P:watch:2")]
+    assert kinds(t.process(scan("P", "A1", T0 + 25 * H, "N1"))) == [("moved", "P:moved:2")]
+    assert kinds(t.process(scan("P", "T1", T0 + 26 * H, "N1"))) == []  # not watched: nothing
+
+
+def test_without_a_watch_fraction_only_stalls_fire() -> None:
+    t = tracker(watch=0.0)
+    t.process_batch([header("P", T0), scan("P", "A1", T0 + H)])
+    assert t.advance(T0 + 12 * H) == []
+    assert kinds(t.advance(T0 + 22 * H)) == [("stall", "P:stall:1")]
+    with pytest.raises(ValueError, match="watch_fraction"):
+        tracker(watch=1.0)
+
+
+def test_facility_windows_come_from_the_scans_and_skip_in_transit_scans() -> None:
+    stats = FacilityStats(900, facilities=["P1", "N1"])
+    t = tracker(watch=0.0, stats=stats)
+    t.process_batch([
+        header("A", T0), scan("A", "A1", T0 + 100), scan("A", "T1", T0 + 2 * H),
+        scan("A", "TL", T0 + 3 * H, None),  # in transit: the lane is still P1 -> N1
+        scan("A", "A1", T0 + 5 * H, "N1"),
+        header("B", T0 + 6 * H), scan("B", "A1", T0 + 6 * H + 60),
+    ])
+    windows = t.take_windows()
+    assert t.take_windows() == []  # taken once
+    assert t.facility_through <= T0 + 6 * H + 60
+    p1 = [w for w in windows if w.facility == "P1"]
+    assert sum(w.arrivals for w in p1) == 1 and sum(w.departures for w in p1) == 1
+    assert sum(sum(w.dwell_hist) for w in p1) == 1  # the dwell of A, arrival to departure
+    lanes = {to: v for w in windows if w.facility == "P1" for to, v in w.lanes.items()}
+    assert lanes["N1"][0] == 1 and lanes["N1"][1] == 3 * H  # departed 2 h, arrived 5 h
+    n1 = [w for w in windows if w.facility == "N1"]
+    assert sum(w.arrivals for w in n1) == 1
+
+
+def test_a_late_scan_counts_at_its_facility_and_the_state_pickles() -> None:
+    stats = FacilityStats(900, facilities=["P1"])
+    t = tracker(watch=0.5, stats=stats)
+    t.process_batch([header("A", T0), scan("A", "A1", T0 + 100), scan("A", "T1", T0 + 3 * H)])
+    t.process(scan("A", "A1", T0 + 200))  # out of order for A: still a (late) scan of P1
+    assert t.stats.out_of_order == 1
+    t.take_windows()
+    again = pickle.loads(pickle.dumps(t))
+    for tr in (t, again):
+        tr.process_batch([header("B", T0 + 4 * H), scan("B", "A1", T0 + 5 * H)])
+    assert [(w.facility, w.start, w.arrivals, w.late_scans) for w in t.take_windows()] == [
+        (w.facility, w.start, w.arrivals, w.late_scans) for w in again.take_windows()]
+    assert t.facility_through == again.facility_through > T0
