@@ -1107,6 +1107,7 @@ class _Track:
         self.last_scan_end: int | None = None
         self.silence_peak = 0.0
         self.missed = 0.0
+        self.surprise = 0.0  # -log P(no arrival in every window since the last one)
         self.last_arrival_end: int | None = None
         self.delay_now = 0.0
         self.resume: list[Any] | None = None
@@ -1120,6 +1121,9 @@ class _Track:
         }
         self.arrivals_now = SeasonalBaseline(
             "arrivals", window=monitor.baseline_window, min_samples=monitor.min_samples, tz=tz
+        )
+        self.busy_now = SeasonalBaseline(  # share of windows with an arrival, at this hour
+            "busy", window=monitor.baseline_window, min_samples=monitor.min_samples, tz=tz
         )
         self.arrivals = SeasonalBaseline(
             "arrivals",
@@ -1237,12 +1241,15 @@ class FacilityMonitor:
       arrivals at this hour, over ``silence_arrivals``, or the hours since the last arrival
       over ``alive_hours``, whichever is larger (:meth:`_missed`); and, for stops, the
       low-side robust z of the arrivals of the last ``rolling_windows`` windows, or the
-      arrivals usually seen since the last one over ``stop_missed_arrivals`` (after
-      ``stop_warm_up_windows`` windows of history: a quiet afternoon with 7 arrivals missed
-      is as telling as an evening peak), held at its peak while the facility sends no scan at
+      surprise of the windows without an arrival since the last one, ``-log`` of the
+      chance that each was empty (the share of windows with an arrival at that hour, capped
+      at ``stop_busy_cap``), over ``stop_surprise`` (after ``stop_warm_up_windows``
+      windows of history: a quiet afternoon that stays silent is as telling as an evening
+      peak), held at its peak while the facility sends no scan at
       all; a stop is called when the facility then resumes with ``stop_min_burst`` fresh
       arrivals beyond ``stop_burst_ratio`` times the usual within ``stop_resume_windows``
-      windows;
+      windows, and at least ``stop_burst_share`` of the arrivals usually seen during the
+      silence (the held inflow comes back at once);
     * ``feed``: late scans (whose window had closed) over the last hour, against
       ``feed_late`` or ``feed_share`` of the scans of the last ``rolling_windows`` windows,
       whichever is larger; and packages seen downstream without a departure scan from here
@@ -1300,14 +1307,16 @@ class FacilityMonitor:
         min_scale: float = 2.0,
         baseline_window: int = 32,
         min_samples: int = 4,
-        min_silence_hours: float = 3.0,
+        min_silence_hours: float = 4.0,
         silence_arrivals: float = 3.0,
         alive_hours: float = 1.0,
         stop_min_backlog: int = 10,
         stop_min_burst: int = 6,
         stop_burst_ratio: float = 1.5,
-        stop_missed_arrivals: float = 6.0,
+        stop_surprise: float = 5.5,
         stop_resume_windows: int = 8,
+        stop_busy_cap: float = 0.9,
+        stop_burst_share: float = 0.5,
         stop_warm_up_windows: int = 192,
         feed_late: int = 7,
         feed_missing: int = 8,
@@ -1349,8 +1358,10 @@ class FacilityMonitor:
         self.stop_min_backlog = stop_min_backlog
         self.stop_min_burst = stop_min_burst
         self.stop_burst_ratio = stop_burst_ratio
-        self.stop_missed_arrivals = stop_missed_arrivals
+        self.stop_surprise = stop_surprise
         self.stop_resume_windows = stop_resume_windows
+        self.stop_busy_cap = stop_busy_cap
+        self.stop_burst_share = stop_burst_share
         self.stop_warm_up_windows = stop_warm_up_windows
         self.feed_late = feed_late
         self.feed_share = feed_share
@@ -1495,25 +1506,34 @@ class FacilityMonitor:
             "dwell_or_0": 0.0 if dwell is None else dwell / 3600,
             "o12": window.overdue(12),
         }
+        held_in = track.missed  # arrivals usually seen since the last one (before this window)
         missed = self._missed(track, window, x)
         silence = self._silence(track, x)
         if window.scans:
             if track.last_scan_end is not None and window.start > track.last_scan_end:
                 gap = (window.start - track.last_scan_end) / 3600
                 if gap >= self.min_silence_hours and track.silence_peak >= 1.0:
-                    # windows left, silent hours, silence peak, scans since, usual scans
-                    track.resume = [self.stop_resume_windows, gap, track.silence_peak, 0, 0.0]
+                    # windows left, silent hours, silence peak, arrivals since, usual arrivals,
+                    # arrivals usually seen during the silence
+                    track.resume = [
+                        self.stop_resume_windows,
+                        gap,
+                        track.silence_peak,
+                        0,
+                        0.0,
+                        held_in,
+                    ]
             track.last_scan_end = window.end
             track.silence_peak = 0.0
         else:
             # how unusual the silence is: the arrivals of the last hours against the same
-            # hours, or (once the facility has been watched for ``stop_warm_up_windows``) the
-            # arrivals usually seen since the last one, over ``stop_missed_arrivals``
+            # hours, or (once the facility has been watched for ``stop_warm_up_windows``) how
+            # unlikely so many windows without an arrival are at these hours, over
+            # ``stop_surprise`` (arrivals come in batches, a truck at a time: windows with an
+            # arrival are counted, not packages, so the test does not depend on the volume)
             track.silence_peak = max(track.silence_peak, silence)
             if len(track.week) >= self.stop_warm_up_windows:
-                track.silence_peak = max(
-                    track.silence_peak, track.missed / self.stop_missed_arrivals
-                )
+                track.silence_peak = max(track.silence_peak, track.surprise / self.stop_surprise)
         stopped_hours, burst, stop_silence = 0.0, 0, 0.0
         if track.resume is not None:
             resume = track.resume
@@ -1521,9 +1541,12 @@ class FacilityMonitor:
             resume[3] += window.arrivals
             resume[4] += self._level(track) * (track.arrivals_now.mean(x) or 0.0)
             stopped_hours, stop_silence = resume[1], resume[2]
-            # the work held during the stop, done at once: fresh arrival and departure scans
-            # beyond the usual (a feed outage resumes with old scans instead: late scans)
+            # the inflow held during the stop, scanned at once: fresh arrivals beyond the usual,
+            # at least ``stop_burst_share`` of those missed during the silence (a feed outage
+            # resumes with old scans instead: late scans)
             burst = int(resume[3] - self.stop_burst_ratio * resume[4])
+            if burst < self.stop_burst_share * resume[5]:
+                burst = min(burst, 0)
         x["stopped_hours"] = stopped_hours
         track.x = x
         delay = track.delay_now = self._delay_score(track, x)
@@ -1551,6 +1574,7 @@ class FacilityMonitor:
         # lags a growing network into never learning again.
         track.arrivals.learn_one(x)
         track.arrivals_now.learn_one({"ts": x["ts"], "arrivals": window.arrivals})
+        track.busy_now.learn_one({"ts": x["ts"], "busy": 1.0 if window.arrivals else 0.0})
         for detector in track.delay.values():
             detector.learn_one(x)
         evidence = self._evidence(window.facility, kind, x, late, missing)
@@ -1580,9 +1604,12 @@ class FacilityMonitor:
         called a slowdown only when arrivals resume, or as part of a region's weather).
         """
         if window.arrivals:
-            track.missed = 0.0
+            track.missed = track.surprise = 0.0
             track.last_arrival_end = window.end
             return 0.0
+        busy = track.busy_now.mean({"ts": x["ts"]})
+        if busy:  # batches at this hour ~ Poisson(-log(1 - busy)), scaled by the volume level
+            track.surprise -= self._level(track) * math.log(1.0 - min(busy, self.stop_busy_cap))
         usual = track.arrivals_now.mean({"ts": x["ts"]})
         if usual is not None:
             track.missed += self._level(track) * usual
