@@ -348,7 +348,8 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
             if window_at <= record_at:
                 st.now = max(st.now, window_at)
                 out += self._due()
-                out += self._assess(window_at, merge(windows.pop(window_at)))
+                shards = windows.pop(window_at)
+                out += self._assess(window_at, shards if self.shards == 1 else merge(shards))
                 st.assessed_through = window_at
             else:
                 st.now = max(st.now, record_at)
