@@ -330,8 +330,8 @@ def main() -> None:
 
     print(
         "| detector | demo detected (slow/stop/weather/lane) | delay p50 / p90 min (pooled) "
-        "| false / facility-week demo 1-3 | quiet false / facility-week | outage: feed "
-        "outages detected / delay incidents | us per window |"
+        "| false / facility-week per demo run | quiet false / facility-week per run | outage: "
+        "feed outages detected / delay incidents (summed) | us per window |"
     )
     print("|---|---|---|---|---|---|---|")
     for detector, res in results.items():
@@ -362,15 +362,24 @@ def main() -> None:
             for r in res["runs"]
             if r.startswith("demo")
         ]
-        quiet = res["runs"].get("quiet1", {}).get("false_incidents_per_facility_week")
-        outage = res["runs"].get("outage1", {})
-        outage_false = outage.get("false_incidents")
+        quiet = [
+            res["runs"][r]["false_incidents_per_facility_week"]
+            for r in res["runs"]
+            if r.startswith("quiet")
+        ]
+        outages = [v for r, v in res["runs"].items() if r.startswith("outage")]
+        outage = (
+            f"{sum(v['feed_outages_detected'] for v in outages)}/"
+            f"{sum(v['feed_outages'] for v in outages)} / "
+            f"{sum(v['false_incidents'] for v in outages)}"
+            if outages
+            else "-"
+        )
         us = statistics.mean(v["us_per_window"] for v in res["runs"].values())
         print(
             f"| {detector} | {detected}/{len(demo)} ({kinds}) | {fmt(p50)} / {fmt(p90)} | "
-            f"{' '.join(fmt(v) for v in demo_false)} | {fmt(quiet)} | "
-            f"{outage.get('feed_outages_detected')}/{outage.get('feed_outages')} / "
-            f"{outage_false} | {us:.0f} |"
+            f"{' '.join(fmt(v) for v in demo_false)} | {' '.join(fmt(v) for v in quiet) or '-'} | "
+            f"{outage} | {us:.0f} |"
         )
     print()
     print("| detector | run | incident | kind | facility | hours | detected as | delay min |")

@@ -310,14 +310,22 @@ class FacilityStats:
             found[0][_SCANS] += 1
 
     def lane_arrival(
-        self, from_facility: str, to_facility: str, ts: int, from_ts: int, departed: bool = True
+        self,
+        from_facility: str,
+        to_facility: str,
+        ts: int,
+        from_ts: int,
+        departed: bool = True,
+        arrived: bool = True,
     ) -> None:
         """A package last scanned at ``from_facility`` at ``from_ts`` reached ``to_facility``.
 
         ``departed``: that last scan was a departure. If not, the departure scan is missing:
         the package counts in ``handoffs_missing`` of ``from_facility`` and leaves its backlog.
         The lane figures go to ``from_facility``'s window of ``ts`` (lanes to facilities
-        outside ``facilities`` are not kept).
+        outside ``facilities`` are not kept). ``arrived``: the scan at ``to_facility`` is its
+        arrival scan; if not (the arrival scan was dropped, the first scan there is a later
+        one), the handoff counts but the transit is unknown and goes into no lane figure.
         """
         found = self._window(from_facility, ts, count_late=False)  # the scan is to_facility's
         if found is None:
@@ -328,7 +336,7 @@ class FacilityStats:
                 return
             counters[_HANDOFFS] += 1
             keep = self.facilities
-            if keep is not None and to_facility not in keep:
+            if not arrived or (keep is not None and to_facility not in keep):
                 return
             lanes = counters[_LANES]
             if lanes is None:
@@ -374,7 +382,7 @@ class FacilityStats:
         if prev_facility is not None and prev_facility != facility:
             departed = prev_code in _DEPARTED
             if departed or prev_code in _ARRIVED:
-                self.lane_arrival(prev_facility, facility, ts, prev_ts, departed)
+                self.lane_arrival(prev_facility, facility, ts, prev_ts, departed, code in _ARRIVED)
 
     # -- time ------------------------------------------------------------------------------
     def close(self, upto_ts: int) -> list[FacilityWindow]:

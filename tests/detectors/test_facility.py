@@ -193,6 +193,18 @@ def test_windows_depend_only_on_events_not_on_how_far_the_feed_ran_ahead():
     assert out_early == out_late  # the departure and the later arrival are not in window 0
 
 
+def test_a_lane_transit_ends_at_the_arrival_scan_not_at_a_later_one():
+    # two packages leave P1 for N1; the second one's arrival scan at N1 was dropped, so its
+    # first scan there is its departure a day later: a handoff, but no lane transit
+    stats = FacilityStats(W, facilities={"P1", "N1"})
+    stats.observe("P1", "T1", MONDAY + 100)
+    stats.observe("P1", "T1", MONDAY + 200)
+    stats.observe("N1", "A1", MONDAY + 3 * H, "P1", "T1", MONDAY + 100)
+    stats.observe("N1", "T1", MONDAY + 3 * H + 60, "P1", "T1", MONDAY + 200)
+    p1 = [w for w in stats.close(MONDAY + 4 * H) if w.facility == "P1" and w.handoffs]
+    assert [(w.handoffs, w.lanes) for w in p1] == [(2, {"N1": (1, 3 * H - 100, 3 * H - 100)})]
+
+
 def test_facilities_outside_the_filter_are_ignored_and_lanes_to_them_too():
     stats = FacilityStats(W, facilities={"P1"})
     stats.observe("O1", "07", MONDAY + 10)
