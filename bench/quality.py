@@ -3,7 +3,9 @@
     .venv/bin/python bench/quality.py --out /tmp/quality [--seeds 1 2 3]
 
 For each scenario and seed: simulate, `replay` through the Bytewax dataflow with the default
-settings, `evaluate` against ground truth. Prints a Markdown table (README "Detection quality").
+settings, `evaluate` against ground truth (alerts, incidents, and the outbox's messages per
+customer). Prints two Markdown tables (README "Detection quality"): package alerts against the
+fixed 48 h rule, then facility incidents and customer messages.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-from detectors.evaluate import evaluate
+from detectors.evaluate import evaluate, load_truth, score_messages
 from fixtures.scenarios import get_scenario
 from fixtures.simulate import simulate, write
 from flows.config import load_settings
-from flows.run import replay
+from flows.run import outbox_messages, replay
 from flows.sources import JsonLinesSource
 
 COLS = [
@@ -30,6 +32,21 @@ COLS = [
     ("after delivery", lambda r: r["alerts_after_delivery"]),
     ("duplicates", lambda r: r["duplicate_messages"]),
     ("feed-outage alerts", lambda r: r["customer_alerts_for_feed_outages"]),
+]
+
+
+INCIDENT_COLS = [
+    ("incidents detected", lambda r: f"{r['incidents_detected']}/{r['incidents']}"
+     if r["incidents"] else "-"),
+    ("delay p50 min", lambda r: r["incident_detection_delay_minutes_p50"]),
+    ("false / facility-week", lambda r: r["false_incidents_per_facility_week"]),
+    ("feed outages", lambda r: f"{r['feed_outages_detected']}/{r['feed_outages']}"
+     if r["feed_outages"] else "-"),
+    ("folded (incident_delay) packages", lambda r: r["folded"]),
+    ("incident-caused late recall", lambda r: r["incident_recall_late"]),
+    ("messages / affected customer (max, mean)",
+     lambda r: f"{r['customer_messages']['messages_per_affected_customer_max']}, "
+     f"{fmt(r['customer_messages']['messages_per_affected_customer_mean'])}"),
 ]
 
 
@@ -58,7 +75,17 @@ def main() -> None:
                                      stall={"holidays": sc.holidays})
             replay(JsonLinesSource(data / "events.jsonl"), data / "run", settings,
                    with_metrics=False)
-            r = evaluate(data / "run" / "alerts.jsonl", data)
+            r = evaluate(data / "run" / "alerts.jsonl", data, data / "run" / "incidents.jsonl")
+            r["customer_messages"] = score_messages(
+                outbox_messages(data / "run" / "outbox.sqlite"), load_truth(data))
+            r["folded"] = sum(1 for line in (data / "run" / "alerts.jsonl").open()
+                              if '"kind":"incident_delay"' in line)
+            causes = [r["by_cause"].get(c, {}) for c in
+                      ("facility_slowdown", "facility_stop", "weather", "lane_delay")]
+            late = sum(c.get("late_packages") or 0 for c in causes)
+            hit = sum((c.get("late_recall") or 0) * (c.get("late_packages") or 0)
+                      for c in causes)
+            r["incident_recall_late"] = round(hit / late, 3) if late else None
             results[f"{scenario}{seed}"] = r
             for name, row in (("delaywatch", r), ("48 h rule", r["baselines"]["fixed_48h"])):
                 cells = []
@@ -69,6 +96,17 @@ def main() -> None:
                         cells.append("-")
                 print(f"| {scenario} | {seed} | {name} | " + " | ".join(cells) + " |",
                       flush=True)
+    print()
+    print("| scenario | " + " | ".join(c for c, _ in INCIDENT_COLS) + " |")
+    print("|---|" + "---|" * len(INCIDENT_COLS))
+    for run, r in results.items():
+        cells = []
+        for _, get in INCIDENT_COLS:
+            try:
+                cells.append(fmt(get(r)))
+            except (KeyError, TypeError):
+                cells.append("-")
+        print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
     (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=str))
 
 
