@@ -2,6 +2,8 @@
 
     # throughput: simulate once (~1.1 M events), then replay end to end + parse + tracker alone
     .venv/bin/python bench/bench_flow.py throughput --data /tmp/bench_nat --packages 90000
+    # facility: the facility stage's cost per event and per facility window, projected
+    .venv/bin/python bench/bench_flow.py facility --data /tmp/nat1m_2m
     # memory: N packages in flight in one PackageTracker, RSS delta / N, pickle (snapshot) cost
     .venv/bin/python bench/bench_flow.py memory --packages 1000000 10000000
 
@@ -33,6 +35,17 @@ memory
     so nothing stalls or expires), reads RSS again: bytes per package = RSS delta / N. Then it
     times ``pickle.dumps`` of the tracker (what a Bytewax snapshot costs per shard) and
     ``pickle.loads`` (resume). ``--plain`` uses ``PackageTracker(StallDetector())`` instead.
+
+facility
+    The cost of facility incident detection in the flow, split the way it scales. Three
+    end-to-end replays of the same file (CPU time): ``off`` (``incidents.enabled = false``),
+    ``stats`` (facility statistics, watches and the network step on, but
+    ``FacilityMonitor.assess`` replaced by a no-op) and ``on`` (the default). ``stats - off``
+    is paid per event; ``on - stats`` per facility window assessed (a fixed number per day
+    of event time: hubs x 96), so its share per event falls with traffic density. The run
+    prints both and the end-to-end rate projected for a density of ``--events-per-window``
+    events per assessed facility window (national volume: ~250 M events a day over ~270
+    hubs x 96 windows, ~9,600; the simulator's samples are far sparser).
 
 Results go to ``bench/RESULTS.md`` by hand (section "Flow").
 """
@@ -282,6 +295,64 @@ def throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _facility_child(events: Path, facilities: Path, mode: str, run_dir: Path) -> dict:
+    import detectors.facility as facility
+    from flows.config import load_settings
+    from flows.run import replay
+    from flows.sources import JsonLinesSource
+
+    assessed = [0]
+    original = facility.FacilityMonitor.assess
+
+    def counting(self: object, windows: list) -> list:
+        assessed[0] += len(windows)
+        return [] if mode == "stats" else original(self, windows)  # type: ignore[arg-type]
+
+    facility.FacilityMonitor.assess = counting  # type: ignore[method-assign]
+    incidents = {"enabled": mode != "off"}
+    settings = load_settings(facilities=facilities, incidents=incidents)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    with _Timer() as t:
+        summary = replay(JsonLinesSource(events), run_dir, settings, with_metrics=True)
+    return {"mode": mode, "events": summary.events, "cpu": t.cpu, "wall": t.wall,
+            "windows": assessed[0], "alerts": summary.alerts, "incidents": summary.incidents}
+
+
+def facility(args: argparse.Namespace) -> int:
+    data = args.data.resolve()
+    _ensure_data(data, args.packages, args.seed)
+    events = data / "events.jsonl"
+    print(f"# {events} ({events.stat().st_size / 1e6:,.0f} MB), python "
+          f"{platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}", flush=True)
+    runs = {}
+    for mode in ("off", "stats", "on"):  # each in a fresh process (no warm caches, own patch)
+        done = subprocess.run(
+            [sys.executable, __file__, "facility", "--data", str(data), "--child", mode],
+            check=True, capture_output=True, text=True)
+        runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        r = runs[mode]
+        print(f"{mode:<5} {r['events']:,} events, cpu {r['cpu']:.1f} s "
+              f"({_rate(r['events'], r['cpu'])}), wall {r['wall']:.1f} s, facility windows "
+              f"assessed {r['windows']:,}; alerts {r['alerts']}, incidents {r['incidents']}",
+              flush=True)
+    n = runs["off"]["events"]
+    per_event = (runs["stats"]["cpu"] - runs["off"]["cpu"]) / n
+    windows = max(runs["on"]["windows"], 1)
+    per_window = (runs["on"]["cpu"] - runs["stats"]["cpu"]) / windows
+    base = runs["off"]["cpu"] / n
+    print(f"facility stage per event (stats - off): {per_event * 1e6:.2f} us "
+          f"({per_event / base:.0%} of the stall flow's {base * 1e6:.2f} us)")
+    print(f"facility monitor per facility window (on - stats): {per_window * 1e3:.3f} ms "
+          f"({n / windows:,.0f} events per window in this file)")
+    for density in sorted({n / windows, *args.events_per_window}):
+        cost = base + per_event + per_window / density
+        print(f"  projected at {density:>9,.0f} events per window: {1 / cost / 1e3:.1f} K "
+              "events/s per process (CPU)")
+    return 0
+
+
 # -- memory ----------------------------------------------------------------------------------
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -333,6 +404,7 @@ def _memory_child(n: int, plain: bool) -> dict:
                               recipient_ref=f"C{(i * 7919) % customers:08d}"),
                     ScanEvent(pid, "03", fac, ts + 60, ts + 90)]
             alerts += len(_feed(tracker, events))
+            tracker.take_windows()  # the flow hands closed facility windows on every batch
             del events
     gc.collect()
     rss1 = _rss()
@@ -393,6 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--profile", type=Path, default=None,
                     help="write a pyinstrument HTML profile of the first replay here")
     tp.add_argument("--json", action="store_true")
+    fp = sub.add_parser("facility", help="facility detection cost: per event, per window")
+    fp.add_argument("--data", type=Path, default=Path("/tmp/bench_nat"),
+                    help="simulator output dir (generated if missing; default /tmp/bench_nat)")
+    fp.add_argument("--packages", type=int, default=90_000)
+    fp.add_argument("--seed", type=int, default=1)
+    fp.add_argument("--events-per-window", type=float, nargs="*", default=[9600.0],
+                    help="densities to project the end-to-end rate at (default 9600)")
+    fp.add_argument("--child", choices=("off", "stats", "on"), help=argparse.SUPPRESS)
     mp = sub.add_parser("memory", help="bytes per in-flight package and snapshot cost")
     mp.add_argument("--packages", type=int, nargs="+", default=[1_000_000, 10_000_000])
     mp.add_argument("--plain", action="store_true",
@@ -407,6 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "memory" and args.child:
         print(json.dumps(_memory_child(args.packages[0], args.plain)))
         return 0
+    if args.what == "facility":
+        if args.child:
+            data = args.data.resolve()
+            print(json.dumps(_facility_child(
+                data / "events.jsonl", data / "facilities.csv", args.child,
+                Path(f"/tmp/dw-bench-facility/{args.child}"))))
+            return 0
+        return facility(args)
     return throughput(args) if args.what == "throughput" else memory(args)
 
 

@@ -107,6 +107,13 @@ _SERVICES = (None, "express", "ground")
 _SVC = {s: i for i, s in enumerate(_SERVICES)}
 _OPEN = 1  # flag: a stall episode is open
 _WATCHED = 2  # flag: the current silence passed the watch deadline (a "watch" went out)
+# flag: the last scan had no facility (TL, in transit); the facility column still holds the
+# last facility scan's, and these two flags the kind of its code (for facility statistics)
+_TRANSIT = 4
+_PREV_ARRIVED = 8
+_PREV_DEPARTED = 16
+_ARRIVED_CODES = frozenset({"10", "A1", "19", "81", "41", "07", "14"})
+_DEPARTED_CODES = frozenset({"SF", "EF", "T1", "82", "42"})
 _NO_DEADLINE = -1
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
@@ -263,11 +270,7 @@ class PackageTracker:
             self._flags.append(0)
             self._episode.append(0)
             if self.facility_stats is not None:
-                self._pfac.append(0)
-                self._pcode.append(0)
-                self._pts.append(0)
-        if self.facility_stats is not None:
-            self._pfac[slot] = 0
+                self._pgap.append(0)
         self._index[key] = slot | ref << _REF_SHIFT if ref else slot
         return slot
 
@@ -312,7 +315,7 @@ class PackageTracker:
         fstats = self.facility_stats
         if fstats is not None:
             observe, fscan = fstats.observe, fstats.scan
-            pfac_col, pcode_col, pts_col = self._pfac, self._pcode, self._pts
+            pgap_col = self._pgap
             flate, fwidth = self.facility_lateness, fstats.window_seconds
             fnext = fstats.closed_through + fwidth + flate  # newest time that closes a window
         accepted = duplicate = out_of_order = no_header = delivered = resolved = 0
@@ -360,11 +363,10 @@ class PackageTracker:
                         if fstats is not None and ev.facility is not None:
                             fscan(ev.facility, ts)  # late, but the facility did scan
                         continue
-                    if (
-                        ts == last
-                        and code_no_get(code) == code_col[slot]
-                        and facilities[fac_col[slot]] == ev.facility
-                    ):
+                    flags = flags_col[slot]
+                    last_fac = None if flags & _TRANSIT else facilities[fac_col[slot]]
+                    if ts == last and code_no_get(code) == code_col[slot] \
+                            and last_fac == ev.facility:
                         duplicate += 1
                         continue
                     service_in = ev.service
@@ -378,7 +380,6 @@ class PackageTracker:
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                     prev_code = codes[code_col[slot]]
-                    flags = flags_col[slot]
                     if flags & _OPEN:
                         flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
@@ -387,20 +388,23 @@ class PackageTracker:
                         flags_col[slot] = flags & ~_WATCHED
                         out.append(self._moved(slot, ts))
                         prev_ts = last_col[slot]
-                        learn({"facility": facilities[fac_col[slot]], "code": prev_code,
+                        learn({"facility": last_fac, "code": prev_code,
                                "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
                     elif prev_code not in PRE_SHIPMENT:
                         prev_ts = last_col[slot]
-                        learn({"facility": facilities[fac_col[slot]], "code": prev_code,
+                        learn({"facility": last_fac, "code": prev_code,
                                "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
                 facility = ev.facility
                 if fstats is not None and facility is not None:
-                    pf = pfac_col[slot]
-                    if pf:
-                        observe(facility, code, ts, facilities[pf], codes[pcode_col[slot]],
-                                pts_col[slot])
-                    else:
+                    if packed is None:
                         observe(facility, code, ts)
+                    elif flags & _TRANSIT:  # the last facility scan is before the TL scans
+                        observe(facility, code, ts, facilities[fac_col[slot]],
+                                "A1" if flags & _PREV_ARRIVED else
+                                "T1" if flags & _PREV_DEPARTED else "TL",
+                                last_col[slot] - 60 * pgap_col[slot])
+                    else:
+                        observe(facility, code, ts, last_fac, prev_code, last_col[slot])
                 history = history_map.get(slot) if history_map else None
                 if code in TERMINAL_CODES:
                     if history is not None and self.estimator is not None and code == "01":
@@ -419,14 +423,27 @@ class PackageTracker:
                 if fac_no is None:
                     fac_no = self._fac_no[facility] = len(facilities)
                     facilities.append(facility)
-                if fstats is not None and fac_no:
-                    pfac_col[slot] = fac_no
-                    pcode_col[slot] = code_no
-                    pts_col[slot] = ts
                 if history is not None:
                     history.extend((fac_no, code_no, ts))
+                f = flags_col[slot]
+                if fac_no:
+                    if f & _TRANSIT:
+                        flags_col[slot] = f & ~(_TRANSIT | _PREV_ARRIVED | _PREV_DEPARTED)
+                    fac_col[slot] = fac_no
+                elif packed is not None:  # in transit: keep the last facility scan's facility
+                    if not f & _TRANSIT:
+                        before = codes[code_col[slot]]
+                        flags_col[slot] = f | _TRANSIT | (
+                            _PREV_ARRIVED if before in _ARRIVED_CODES else
+                            _PREV_DEPARTED if before in _DEPARTED_CODES else 0)
+                        if fstats is not None:
+                            pgap_col[slot] = min((ts - last_col[slot]) // 60, 65535)
+                    elif fstats is not None:
+                        pgap_col[slot] = min(pgap_col[slot] + (ts - last_col[slot]) // 60,
+                                             65535)
+                else:
+                    fac_col[slot] = 0
                 code_col[slot] = code_no
-                fac_col[slot] = fac_no
                 last_col[slot] = ts
                 deadline = _NO_DEADLINE
                 if code not in PRE_SHIPMENT:
@@ -478,9 +495,8 @@ class PackageTracker:
         n = len(self._last_ts) if stats is not None else 0
         # per package, its last scan *at a facility* (an in-transit TL scan has none): the
         # departure's dwell and the lane travelled are measured from it
-        self._pfac = array("i", bytes(4 * n))  # facility no (0: none yet)
-        self._pcode = array("h", bytes(2 * n))  # its code no
-        self._pts = array("I", bytes(4 * n))  # its time (unsigned: epoch seconds to 2106)
+        # minutes from the last facility scan to the last scan while in transit (_TRANSIT)
+        self._pgap = array("H", bytes(2 * n))
         self._windows: list[FacilityWindow] = []  # closed, not yet taken
 
     @property
@@ -605,7 +621,7 @@ class PackageTracker:
     def _alert(self, slot: int, kind: str, at: int, ev: ScanEvent | None) -> dict[str, Any]:
         pid = _unpack_id(self._ids[slot])
         code = self._codes[self._code[slot]]
-        fac = self._facilities[self._fac[slot]]
+        fac = None if self._flags[slot] & _TRANSIT else self._facilities[self._fac[slot]]
         service = _SERVICES[self._svc[slot]]
         last_ts = self._last_ts[slot]
         promised = self._promised[slot]
@@ -659,7 +675,8 @@ class PackageTracker:
             "package_id": pid,
             "episode": episode,
             "alert_time": _iso(ts),
-            "facility_id": self._facilities[self._fac[slot]],
+            "facility_id": None if self._flags[slot] & _TRANSIT
+            else self._facilities[self._fac[slot]],
             "last_scan_time": _iso(self._last_ts[slot]),
             "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
             "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made
