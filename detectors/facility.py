@@ -36,7 +36,7 @@ import datetime as dt
 import functools
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -1389,8 +1389,8 @@ class FacilityMonitor:
         self.hst_window = hst_window
         self.seed = seed
         self._tracks: dict[str, _Track] = {}
-        # origin -> receiving facility -> (transit baseline, recent slow arrivals)
-        self._lanes: dict[str, dict[str, tuple[SeasonalBaseline, collections.deque]]] = {}
+        # origin -> receiving facility -> its transit baseline and recent arrivals
+        self._lanes: dict[str, _Lanes] = {}
         self._delayed: dict[str, int] = {}  # facility -> last window end with a delay
         self._started: dict[str, int] = {}  # facility -> start of its current delay episode
         self._first: dict[str, str] = {}  # region -> its first facility id
@@ -1684,54 +1684,125 @@ class FacilityMonitor:
         if lanes is None:
             if not window.lanes:
                 return []
-            lanes = self._lanes[window.facility] = {}
+            lanes = self._lanes[window.facility] = _Lanes()
         margin = self.lane_margin_hours
+        end = window.end
         for to, (n, total, longest) in window.lanes.items():
-            found = lanes.get(to)
-            if found is None:
-                found = lanes[to] = (
-                    SeasonalBaseline("transit", time_key="", window=64, min_samples=8),
-                    collections.deque(),
-                )
-            baseline, recent = found
+            lane = lanes.get(to)
+            if lane is None:
+                lane = lanes[to] = _Lane(to)
             mean_h = total / n / 3600
-            usual = baseline.baseline({"transit": mean_h})
+            usual = lane.median
             slow = 0
             if usual is not None:
-                if mean_h > usual[0] + margin:
+                if mean_h > usual + margin:
                     slow = n
-                elif longest / 3600 > usual[0] + margin:
+                elif longest / 3600 > usual + margin:
                     slow = 1
-            recent.append((window.end, slow, n))
+            if not lane.recent:
+                lanes.wake(lane)
+            lane.add(end, slow, n)
             if slow < n:
-                baseline.learn_one({"transit": mean_h})
+                lane.learn(mean_h)
         out = []
-        for to, (baseline, recent) in sorted(lanes.items()):
-            while recent and recent[0][0] <= window.end - self.lane_hours * 3600:
-                recent.popleft()
-            slow = sum(r[1] for r in recent)
-            if not recent:
-                continue
-            share = slow / max(sum(r[2] for r in recent), 1)
-            score = slow / self.lane_min if share >= self.lane_share else 0.0
-            usual = baseline.baseline({"transit": 0.0})
-            evidence = (
-                f"{slow} of the last packages from {self._name(window.facility)} to "
-                f"{self._name(to)} took {margin:.0f} h or more longer than usual"
-                + (f" (usually {usual[0]:.0f} h)." if usual else ".")
-            )
-            out.append(
-                Assessment(
-                    window.facility,
-                    window.end,
-                    round(score, 3),
-                    "lane_delay" if score >= 1.0 else None,
-                    evidence,
-                    slow,
-                    to,
-                )
-            )
+        cutoff = end - self.lane_hours * 3600
+        facility = window.facility
+        quiet = False
+        for lane in lanes.active:
+            if lane.head <= cutoff:
+                lane.prune(cutoff)
+                if not lane.recent:
+                    quiet = True
+                    continue
+            said = lane.said
+            if said is None:
+                said = lane.said = self._lane_said(facility, lane)
+            out.append(Assessment(facility, end, *said))
+        if quiet:
+            lanes.sleep()
         return out
+
+    def _lane_said(self, facility: str, lane: _Lane) -> tuple[Any, ...]:
+        """What a lane's assessment says (all but its origin and time), from its figures."""
+        slow, usual = lane.slow, lane.median
+        share = slow / max(lane.total, 1)
+        score = slow / self.lane_min if share >= self.lane_share else 0.0
+        evidence = (
+            f"{slow} of the last packages from {self._name(facility)} to "
+            f"{self._name(lane.to)} took {self.lane_margin_hours:.0f} h or more longer than "
+            "usual" + (f" (usually {usual:.0f} h)." if usual is not None else ".")
+        )
+        return round(score, 3), "lane_delay" if score >= 1.0 else None, evidence, slow, lane.to
+
+
+_NEVER = float("inf")
+
+
+class _Lane:
+    """One lane's transit baseline and recent arrivals inside :class:`FacilityMonitor`."""
+
+    __slots__ = ("baseline", "head", "median", "recent", "said", "slow", "to", "total")
+
+    def __init__(self, to: str) -> None:
+        self.to = to
+        # mean transit hours of the arrival windows without a slow package (a rolling median)
+        self.baseline = SeasonalBaseline("transit", time_key="", window=64, min_samples=8)
+        self.median: float | None = None  # the baseline's median once warm, else None
+        self.recent: collections.deque = collections.deque()  # (window end, slow, arrivals)
+        self.head: float = _NEVER  # window end of the oldest in ``recent``
+        self.slow = self.total = 0  # summed over ``recent``
+        self.said: tuple[Any, ...] | None = None  # what the assessment says, None: to redo
+
+    def add(self, end: int, slow: int, n: int) -> None:
+        if not self.recent:
+            self.head = end
+        self.recent.append((end, slow, n))
+        self.slow += slow
+        self.total += n
+        self.said = None
+
+    def prune(self, cutoff: float) -> None:
+        recent = self.recent
+        while recent and recent[0][0] <= cutoff:
+            _, slow, n = recent.popleft()
+            self.slow -= slow
+            self.total -= n
+        self.head = recent[0][0] if recent else _NEVER
+        self.said = None
+
+    def learn(self, transit_hours: float) -> None:
+        baseline = self.baseline
+        baseline.learn_one({"transit": transit_hours})
+        values = baseline._recent  # baseline.baseline({})[0], without the spread
+        median = _median(sorted(values)) if len(values) >= baseline.min_samples else None
+        if median != self.median:
+            self.median = median
+            self.said = None
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for k, v in zip(self.__slots__, state, strict=True):
+            setattr(self, k, v)
+
+
+class _Lanes(dict):
+    """One origin's lanes by receiving facility, and those with recent traffic, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active: list[_Lane] = []
+
+    def wake(self, lane: _Lane) -> None:
+        insort(self.active, lane, key=_lane_key)
+
+    def sleep(self) -> None:
+        self.active = [lane for lane in self.active if lane.recent]
+
+
+def _lane_key(lane: _Lane) -> str:
+    return lane.to
 
 
 def _fold(assessment: Assessment, kind: str | None = None) -> Assessment:
