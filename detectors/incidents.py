@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["IncidentManager"]
+__all__ = ["IncidentDesk", "IncidentManager"]
 
 _DELAY = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
 
@@ -272,3 +272,40 @@ class IncidentManager:
                     lane_to=lane_to,
                 )
         return out
+
+
+class IncidentDesk:
+    """A facility monitor and an :class:`IncidentManager` run together: closed facility
+    windows in, incident records out, one window end at a time.
+
+    ``monitor`` is a :class:`detectors.facility.FacilityMonitor` (anything with
+    ``assess(windows) -> assessments``). Feed :meth:`assess_closed` the windows one
+    ``FacilityStats.close`` (or :func:`detectors.facility.merge`) returned: they are grouped
+    by window end, in order, and each end gives the records of its assessments and of the
+    subjects that stopped reporting. Picklable.
+
+    >>> from detectors.facility import FacilityMonitor, FacilityWindow
+    >>> desk = IncidentDesk(FacilityMonitor(), IncidentManager())
+    >>> desk.assess_closed([FacilityWindow("P1", 0, 900), FacilityWindow("P1", 900, 1800)])
+    [(900, []), (1800, [])]
+    """
+
+    def __init__(self, monitor: Any, manager: IncidentManager) -> None:
+        self.monitor = monitor
+        self.manager = manager
+
+    def assess(self, end: int, windows: list[Any]) -> list[dict[str, Any]]:
+        """Records for the windows (one per facility) that end at ``end``."""
+        manager = self.manager
+        records: list[dict[str, Any]] = []
+        for a in self.monitor.assess(windows):
+            records += manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
+                                      a.affected, lane_to=a.lane_to, facilities=a.facilities)
+        return records + manager.finish(end)
+
+    def assess_closed(self, windows: list[Any]) -> list[tuple[int, list[dict[str, Any]]]]:
+        """``(end, records)`` for every window end among ``windows``, in order."""
+        by_end: dict[int, list[Any]] = {}
+        for w in windows:
+            by_end.setdefault(w.end, []).append(w)
+        return [(end, self.assess(end, by_end[end])) for end in sorted(by_end)]

@@ -99,6 +99,7 @@ import numpy as np
 from detectors.eta import DeliveryEstimator
 from detectors.events import CODES, TERMINAL_CODES, ScanEvent
 from detectors.facility import FacilityStats, FacilityWindow
+from detectors.incidents import IncidentDesk
 from detectors.stall import StallDetector
 
 __all__ = ["PackageTracker", "TrackerStats"]
@@ -114,6 +115,7 @@ _PREV_ARRIVED = 8
 _PREV_DEPARTED = 16
 _ARRIVED_CODES = frozenset({"10", "A1", "19", "81", "41", "07", "14"})
 _DEPARTED_CODES = frozenset({"SF", "EF", "T1", "82", "42"})
+_DELAY_KINDS = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
 _NO_DEADLINE = -1
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
@@ -135,6 +137,7 @@ class TrackerStats:
     resolved: int = 0
     expired: int = 0
     watches: int = 0  # silences that passed the watch deadline
+    holds: int = 0  # overdue packages at a facility when a delay incident opened there
     finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
 
@@ -188,6 +191,9 @@ class PackageTracker:
         facility_stats: FacilityStats | None = None,
         facility_lateness: int = 3600,
         watch_fraction: float = 0.0,
+        incidents: IncidentDesk | None = None,
+        hold_factor: float = 1.0,
+        hold_horizon: int = 12 * 3600,
     ) -> None:
         if not 0.0 <= watch_fraction < 1.0:
             raise ValueError(f"watch_fraction must be in [0, 1), got {watch_fraction}")
@@ -233,6 +239,10 @@ class PackageTracker:
         self._finished_init()
         self._facility_init(facility_stats, facility_lateness)
         self.watch_fraction = watch_fraction
+        self.incidents = incidents  # assesses the closed facility windows here (one shard)
+        self.hold_factor = hold_factor
+        self.hold_horizon = hold_horizon
+        self._incident_records: list[tuple[int, list[dict[str, Any]]]] = []
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -328,7 +338,8 @@ class PackageTracker:
                         self._fire_due(out)
                         fired = self._fired_through
                     if fstats is not None and ts >= fnext:
-                        self._windows += fstats.close(ts - flate)
+                        self._close_facility(ts - flate, out)
+                        fired = self._fired_through
                         fnext = fstats.closed_through + fwidth + flate
                 pid = ev.package_id
                 if pid >= "\x01":  # _pack_id(pid), inlined
@@ -485,7 +496,7 @@ class PackageTracker:
             self.max_event_ts = event_ts
             self._fire_due(out)
             if self.facility_stats is not None:
-                self._windows += self.facility_stats.close(event_ts - self.facility_lateness)
+                self._close_facility(event_ts - self.facility_lateness, out)
         return out
 
     # -- facility statistics -------------------------------------------------------------------
@@ -505,6 +516,77 @@ class PackageTracker:
         tracker keeps no facility statistics)."""
         stats = self.facility_stats
         return self.max_event_ts if stats is None else stats.closed_through
+
+    def take_incidents(self) -> list[tuple[int, list[dict[str, Any]]]]:
+        """``(window end, incident records)`` assessed here since the last call (with
+        ``incidents``; the flow's network step takes them instead of windows)."""
+        records, self._incident_records = self._incident_records, []
+        return records
+
+    def _close_facility(self, upto: int, out: list[dict[str, Any]]) -> None:
+        closed = self.facility_stats.close(upto)  # type: ignore[union-attr]
+        desk = self.incidents
+        if desk is None:
+            self._windows += closed
+            return
+        for end, records in desk.assess_closed(closed):
+            if not records:
+                continue
+            self._incident_records.append((end, records))
+            for record in records:
+                if record["status"] != "resolved" and record["kind"] in _DELAY_KINDS:
+                    self._hold(record, end, out)
+
+    def _hold(self, record: dict[str, Any], end: int, out: list[dict[str, Any]]) -> None:
+        """A delay incident is open (or grew) at ``end``: every package it holds here that is
+        already overdue (silent for ``hold_factor`` x its stage's usual silence) gets a
+        ``watch`` record now, so that its customer hears of the incident at once.
+
+        Held: packages due within ``hold_horizon`` seconds (or with no promise) and, for a
+        slowdown or a stop, whose last scan at the facility was not a departure; for a lane,
+        those that departed from it; for weather, all of them. A package already watched,
+        stalled or in transit is left alone (it is told, or will be, by its own watch or
+        stall)."""
+        kind = record["kind"]
+        lane, weather = record.get("lane_to") is not None, kind == "weather"
+        names = str(record.get("facilities") or "").split() or [str(record["facility_id"])]
+        fac_no, codes, flags_col = self._fac_no, self._codes, self._flags
+        wm = self.max_event_ts - self.allowed_lateness
+        for name in names:
+            number = fac_no.get(name)
+            if not number:
+                continue
+            found = np.flatnonzero(np.frombuffer(self._fac, dtype=np.int32) == number).tolist()
+            for slot in found:
+                flags = flags_col[slot]
+                if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _TRANSIT):
+                    continue
+                code = codes[self._code[slot]]
+                if code in PRE_SHIPMENT or ((code in _DEPARTED_CODES) != lane and not weather):
+                    continue
+                promised = self._promised[slot]
+                if promised >= 0 and promised - end > self.hold_horizon:
+                    continue  # time enough to absorb the delay: not at risk
+                last = self._last_ts[slot]
+                usual = self.detector.threshold({"facility": name, "code": code,
+                                                 "service": _SERVICES[self._svc[slot]],
+                                                 "last_ts": last})
+                if usual is None or end - last < self.hold_factor * usual[1]:
+                    continue  # not overdue (yet): it may well leave on time
+                flags_col[slot] = flags | _WATCHED
+                self._episode[slot] += 1
+                self.stats.holds += 1
+                d = self._deadline[slot]
+                if self.watch_fraction and d != _NO_DEADLINE:  # the wheel has the watch's
+                    d = self._deadline[slot] = last + int((d - last) / self.watch_fraction)
+                    bucket = max(d // self.bucket_seconds, self._fired_through + 1)
+                    entry = self._wheel.get(bucket)
+                    if entry is None:
+                        entry = self._wheel[bucket] = array("i")
+                    entry.append(slot)
+                alert = self._alert(slot, "watch", max(end, last), None)
+                alert["watermark"] = wm
+                out.append(alert)
 
     def take_windows(self) -> list[FacilityWindow]:
         """The facility windows closed since the last call (for the flow's network step)."""
@@ -722,6 +804,8 @@ class PackageTracker:
             self._finished_init()
             self._facility_init(None, 3600)
             self.watch_fraction = 0.0
+            self.incidents, self.hold_factor, self._incident_records = None, 1.0, []
+            self.hold_horizon = 12 * 3600
             return
         state["_recent"] = set(array("Q", state["_recent"]))
         state["_frozen"] = np.frombuffer(state["_frozen"], np.uint64)  # read-only: never

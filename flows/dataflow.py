@@ -48,7 +48,7 @@ from detectors import DeliveryEstimator, ScanEvent, StallDetector
 from detectors.events import parse_batch
 from detectors.facility import FacilityMonitor, FacilityStats, FacilityWindow, merge
 from detectors.folding import DELAY_KINDS, IncidentFolder
-from detectors.incidents import IncidentManager
+from detectors.incidents import IncidentDesk, IncidentManager
 from detectors.tracker import PackageTracker, hash_id
 from flows.config import Settings
 from flows.metrics import FlowMetrics
@@ -94,6 +94,9 @@ class FlowContext:
         inc = self.settings.incidents
         stats = (FacilityStats(inc.window_seconds, facilities=self.hubs)
                  if inc.enabled else None)
+        # one shard sees every package: it assesses its windows itself, so that packages held
+        # at a facility hear of an incident the moment it opens (see PackageTracker._hold)
+        desk = self.new_desk() if inc.enabled and self.settings.shards == 1 else None
         return PackageTracker(
             detector, DeliveryEstimator(), allowed_lateness=st.allowed_lateness_seconds,
             bucket_seconds=st.bucket_seconds, ttl_seconds=int(st.ttl_days * 86400),
@@ -101,20 +104,24 @@ class FlowContext:
             finished_retention_seconds=int(st.finished_retention_days * 86400),
             facility_stats=stats, facility_lateness=inc.lateness_seconds,
             watch_fraction=inc.watch_fraction if inc.enabled else 0.0,
+            incidents=desk, hold_factor=inc.hold_factor,
+            hold_horizon=int(inc.hold_horizon_hours * 3600),
         )
+
+    def new_desk(self) -> IncidentDesk:
+        inc = self.settings.incidents
+        return IncidentDesk(
+            FacilityMonitor(inc.detector, regions=self.regions, tz_of=self.tz_of,
+                            names=self.names, window_seconds=inc.window_seconds),
+            IncidentManager(open_threshold=inc.open_threshold,
+                            close_threshold=inc.close_threshold,
+                            for_windows=inc.for_windows, clear_windows=inc.clear_windows))
 
     def new_network(self) -> NetworkState:
         inc = self.settings.incidents
-        monitor = None
-        if inc.enabled:
-            monitor = FacilityMonitor(inc.detector, regions=self.regions, tz_of=self.tz_of,
-                                      names=self.names, window_seconds=inc.window_seconds)
         return NetworkState(
-            monitor=monitor,
-            manager=IncidentManager(open_threshold=inc.open_threshold,
-                                    close_threshold=inc.close_threshold,
-                                    for_windows=inc.for_windows,
-                                    clear_windows=inc.clear_windows),
+            # several shards: the windows are merged and assessed in the network step
+            desk=self.new_desk() if inc.enabled and self.settings.shards > 1 else None,
             folder=IncidentFolder(grace_seconds=inc.grace_seconds),
             grouper=MessageGrouper(hold_seconds=inc.hold_seconds),
         )
@@ -149,6 +156,7 @@ class Progress:
     watermark: int
     closed_through: int
     windows: list[FacilityWindow]
+    incidents: list[tuple[int, list[dict[str, Any]]]]  # (window end, records): one shard
 
 
 def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
@@ -218,7 +226,8 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
 
     def _progress(self, out: list[Any]) -> list[Any]:
         t = self.tracker
-        out.append(Progress(t.watermark, t.facility_through, t.take_windows()))
+        out.append(Progress(t.watermark, t.facility_through, t.take_windows(),
+                            t.take_incidents()))
         return out
 
     def on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[Any], bool]:
@@ -261,12 +270,12 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
 class NetworkState:
     """What the network step keeps (its snapshot): detectors, lifecycle, held alerts."""
 
-    monitor: FacilityMonitor | None
-    manager: IncidentManager
+    desk: IncidentDesk | None  # None: the (single) shard assesses its own windows
     folder: IncidentFolder
     grouper: MessageGrouper
     progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # shard -> (wm, closed)
     windows: dict[int, list[FacilityWindow]] = field(default_factory=dict)  # end -> shards'
+    ready: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # end -> records
     assessed_through: int = 0  # facility windows ending by then are assessed
     # package records waiting, as a heap of (watermark when made, package, arrival, record)
     held: list[tuple[int, str, int, dict[str, Any]]] = field(default_factory=list)
@@ -299,6 +308,8 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
                 st.progress[shard] = (item.watermark, item.closed_through)
                 for w in item.windows:
                     st.windows.setdefault(w.end, []).append(w)
+                for end, records in item.incidents:
+                    st.ready.setdefault(end, []).extend(records)
             else:
                 st.arrivals += 1
                 made = item.pop("watermark", None)
@@ -335,12 +346,14 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
         """
         st, grace = self.state, self.grace
         out: list[Out] = []
-        held, windows = st.held, st.windows
+        held, windows, ready = st.held, st.windows, st.ready
         while True:
             record_at = held[0][0] + grace if held and held[0][0] <= wm else _END
             if record_at > closed:
                 record_at = _END
             window_at = min(windows) if windows else _END
+            if ready:
+                window_at = min(window_at, min(ready))
             if window_at > closed or window_at > wm + grace:
                 window_at = _END
             if window_at == _END and record_at == _END:
@@ -348,8 +361,11 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
             if window_at <= record_at:
                 st.now = max(st.now, window_at)
                 out += self._due()
-                shards = windows.pop(window_at)
-                out += self._assess(window_at, shards if self.shards == 1 else merge(shards))
+                records = ready.pop(window_at, [])
+                shards = windows.pop(window_at, None)
+                if shards and st.desk is not None:
+                    records += st.desk.assess(window_at, merge(shards))
+                out += self._incidents(records)
                 st.assessed_through = window_at
             else:
                 st.now = max(st.now, record_at)
@@ -443,20 +459,15 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
                 st.watching[name] = watched
         return out
 
-    def _assess(self, end: int, windows: list[FacilityWindow]) -> list[Out]:
+    def _incidents(self, records: list[dict[str, Any]]) -> list[Out]:
+        """Incident records of one window end: out, into the folder, and they fold the
+        packages watched where a delay incident opens."""
         st, m = self.state, self.ctx.metrics
-        if st.monitor is None:
-            return []
-        records: list[dict[str, Any]] = []
-        for a in st.monitor.assess(windows):
-            records += st.manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
-                                         a.affected, lane_to=a.lane_to, facilities=a.facilities)
-        records += st.manager.finish(end)
         out: list[Out] = []
         for record in records:
             st.folder.observe(record)
             out.append(("incident", record))
-            if record["status"] == "open" and record["kind"] in DELAY_KINDS:
+            if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
                 out += self._fold_watched(record)
             if m is not None and record["status"] in ("open", "resolved"):
                 status = "opened" if record["status"] == "open" else "resolved"

@@ -106,3 +106,53 @@ def test_a_late_scan_counts_at_its_facility_and_the_state_pickles() -> None:
     assert [(w.facility, w.start, w.arrivals, w.late_scans) for w in t.take_windows()] == [
         (w.facility, w.start, w.arrivals, w.late_scans) for w in again.take_windows()]
     assert t.facility_through == again.facility_through > T0
+
+
+class _OneIncident:
+    """An incident desk that opens one slowdown at P1 at the first window end >= ``at``."""
+
+    def __init__(self, at: int, kind: str = "facility_slowdown") -> None:
+        self.at, self.kind, self.done = at, kind, False
+
+    def assess_closed(self, windows: list) -> list:
+        out = []
+        for end in sorted({w.end for w in windows}):
+            records = []
+            if end >= self.at and not self.done:
+                self.done = True
+                records = [{"incident_key": "P1:k", "kind": self.kind, "facility_id": "P1",
+                            "lane_to": None, "status": "open", "facilities": "P1"}]
+            out.append((end, records))
+        return out
+
+
+def test_an_incident_opening_holds_the_overdue_packages_due_soon_at_its_facility() -> None:
+    stats = FacilityStats(900, facilities=["P1", "P2"])
+    desk = _OneIncident(at=T0 + 10 * H)
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600, watch_fraction=0.85,
+                       facility_stats=stats, facility_lateness=0, incidents=desk,  # type: ignore[arg-type]
+                       hold_factor=1.0, hold_horizon=12 * H)
+
+    def pkg(pid: str, code: str, at: int, facility: str, due: int) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", at - 60, at - 60, service="ground",
+                          promised_by_ts=due, recipient_ref=f"C-{pid}"),
+                ScanEvent(pid, code, facility, at, at)]
+
+    t.process_batch(
+        pkg("HELD", "A1", T0 + 2 * H, "P1", T0 + 20 * H)      # overdue (8 h > 4 h), due soon
+        + pkg("FRESH", "A1", T0 + 8 * H, "P1", T0 + 20 * H)   # 2 h there: not overdue yet
+        + pkg("SPARE", "A1", T0 + 2 * H, "P1", T0 + 90 * H)   # time to spare
+        + pkg("LEFT", "T1", T0 + 2 * H, "P1", T0 + 20 * H)    # departed: a slowdown holds none
+        + pkg("ELSE", "A1", T0 + 2 * H, "P2", T0 + 20 * H))   # another facility
+    out = t.process(scan("X", "A1", T0 + 10 * H + 1, "P2"))  # moves time past the window end
+    assert [(a["kind"], a["package_id"]) for a in out] == [("watch", "HELD")]
+    assert out[0]["alert_time"] >= out[0]["last_scan_time"]
+    assert t.stats.holds == 1
+    [(end, records)] = t.take_incidents()
+    assert end == T0 + 10 * H and records[0]["incident_key"] == "P1:k"
+    # the held package's stall deadline still comes (40 h after its scan), no second watch
+    assert [a["kind"] for a in t.advance(T0 + 2 * H + 35 * H) if a["package_id"] == "HELD"] == []
+    assert [a["alert_key"] for a in t.advance(T0 + 2 * H + 41 * H)
+            if a["package_id"] == "HELD"] == ["HELD:stall:1"]

@@ -28,9 +28,18 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def incident_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full demo scenario, seed 1: its weather incident holds packages due within hours
+    (the smaller session fixture has incidents but no package the flow should tell)."""
+    out = tmp_path_factory.mktemp("incident_data")
+    write(simulate(get_scenario("demo"), seed=1), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_run(incident_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("incident_run")
-    replay(JsonLinesSource(demo_data / "events.jsonl"), run, _settings(demo_data),
+    replay(JsonLinesSource(incident_data / "events.jsonl"), run, _settings(incident_data),
            with_metrics=False)
     return run
 
@@ -45,16 +54,16 @@ def test_incidents_are_written_and_alerts_point_at_them(demo_run: Path) -> None:
         assert r["kind"] in (*FACILITY_INCIDENT_KINDS, "feed_outage")
         assert r["incident_key"].split(":")[1] == r["kind"]
     folded = [a for a in _jsonl(demo_run / "alerts.jsonl") if a["kind"] == "incident_delay"]
-    assert folded, "some stall alerts must have been folded into incidents"
+    assert folded, "packages held by the weather incident must have been told of it"
     for a in folded:
         assert a["incident_key"] in keys
         assert a["alert_key"] == f"{a['package_id']}:incident_delay:{a['episode']}"
 
 
-def test_replaying_gives_the_same_incidents(demo_data: Path, demo_run: Path,
+def test_replaying_gives_the_same_incidents(incident_data: Path, demo_run: Path,
                                             tmp_path: Path) -> None:
-    replay(JsonLinesSource(demo_data / "events.jsonl", batch_size=777), tmp_path / "again",
-           _settings(demo_data), with_metrics=False)
+    replay(JsonLinesSource(incident_data / "events.jsonl", batch_size=777), tmp_path / "again",
+           _settings(incident_data), with_metrics=False)
     assert (tmp_path / "again" / "incidents.jsonl").read_bytes() == (
         demo_run / "incidents.jsonl").read_bytes()
     assert sorted((tmp_path / "again" / "alerts.jsonl").read_text().splitlines()) == sorted(
@@ -62,8 +71,9 @@ def test_replaying_gives_the_same_incidents(demo_data: Path, demo_run: Path,
 
 
 def test_incident_customers_get_at_most_two_messages_each(
-    demo_data: Path, demo_run: Path, tmp_path: Path
+    incident_data: Path, demo_run: Path, tmp_path: Path
 ) -> None:
+    demo_data = incident_data
     with SmtpServerProcess(tmp_path / "mail") as server:
         send_outbox(demo_run / "outbox.sqlite", demo_data / "customers.csv",
                     _settings(demo_data), host="127.0.0.1", port=server.port,
