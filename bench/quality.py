@@ -44,7 +44,9 @@ INCIDENT_COLS = [
      if r["feed_outages"] else "-"),
     ("folded (incident_delay) packages", lambda r: r["folded"]),
     ("incident-caused late recall", lambda r: r["incident_recall_late"]),
-    ("messages / affected customer (max, mean)",
+    ("incident messages / affected customer and incident (max)",
+     lambda r: r["customer_messages"]["incident_messages_per_affected_customer_max"]),
+    ("all messages / affected customer (max, mean)",
      lambda r: f"{r['customer_messages']['messages_per_affected_customer_max']}, "
      f"{fmt(r['customer_messages']['messages_per_affected_customer_mean'])}"),
 ]

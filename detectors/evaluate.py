@@ -934,7 +934,10 @@ def score_messages(messages: pd.DataFrame, truth: Truth) -> dict[str, Any]:
     - ``affected_customers``: affected customers (messaged or not);
       ``affected_customers_messaged``: those of them with a message;
       ``messages_per_affected_customer_max`` / ``_mean``: over affected customers with a
-      message (the issue's bar: at most 2, delay + back on track).
+      message, every message counted (an unrelated stall of another of their packages too).
+    - ``incident_messages_per_affected_customer_max``: the same over the messages about an
+      incident (rows with an ``incident_key``, when the frame has that column): the grouping
+      bar of the facility-incident issue, at most 2 (delay + back on track) per incident.
 
     >>> truth = Truth(pd.DataFrame({"recipient_ref": ["C1", "C1", "C2"],
     ...                             "cause": ["weather", "weather", "none"]}),
@@ -952,6 +955,13 @@ def score_messages(messages: pd.DataFrame, truth: Truth) -> dict[str, Any]:
         .dropna().unique()
     )
     hit = per[per.index.isin(affected)]
+    about = messages
+    if "incident_key" in messages.columns:
+        about = messages[messages["incident_key"].notna()]
+    per_incident = (about.groupby(["recipient_ref", "incident_key"]).size()
+                    if len(about) and "incident_key" in about.columns else pd.Series(dtype=int))
+    hit_incident = per_incident[
+        per_incident.index.get_level_values(0).isin(affected)] if len(per_incident) else []
     return {
         "messages": int(len(messages)),
         "customers_messaged": int(len(per)),
@@ -960,4 +970,6 @@ def score_messages(messages: pd.DataFrame, truth: Truth) -> dict[str, Any]:
         "affected_customers_messaged": int(len(hit)),
         "messages_per_affected_customer_max": int(hit.max()) if len(hit) else 0,
         "messages_per_affected_customer_mean": round(float(hit.mean()), 3) if len(hit) else None,
+        "incident_messages_per_affected_customer_max": (
+            int(hit_incident.max()) if len(hit_incident) else 0),
     }
