@@ -606,16 +606,24 @@ class SeasonalBaseline(base.AnomalyDetector):
         self.tz = tz
         self._slots: list[dict[int, collections.deque]] = [{} for _ in seasons]
         self._recent: collections.deque = collections.deque(maxlen=window)
+        self._keys_of: Any = None  # the last time seen by _keys, and its keys
+        self._last_keys: list[int] | None = None
 
     def _keys(self, x: Mapping[str, Any]) -> list[int] | None:
         ts = x.get(self.time_key) if self.time_key else None
         if ts is None:
             return None
+        if ts == self._keys_of:  # scored, then learned: the same time twice
+            return self._last_keys
+        self._keys_of = ts
         ts = int(ts)
         if self.tz is not None:
             ts += _utc_offset(self.tz, ts // 900)
         ts += 3 * 86400  # 1970-01-01 was a Thursday: slot 0 of a week starts on Monday
-        return [(ts % period) * buckets // period for period, buckets in self.seasons]
+        keys = self._last_keys = [
+            (ts % period) * buckets // period for period, buckets in self.seasons
+        ]
+        return keys
 
     def _values(self, x: Mapping[str, Any]) -> Iterable[float] | None:
         keys = self._keys(x)
@@ -1003,27 +1011,28 @@ class CohortRetention(base.AnomalyDetector):
         self.min_cohorts = min_cohorts
         self.tz = tz
         self._levels = (max(86400 // width, 1), 24)
-        # per level: [slot][age] -> packages held, cohort sizes, cohorts. The hour level counts
-        # age from the start of the hour, so that the cohorts it pools are seen at the same
-        # clock times (a sort at 22:30 is the same age for all of them).
-        span = horizon + max(3600 // width, 1)
-        self._held = [[array("d", bytes(8 * span)) for _ in range(n)] for n in self._levels]
-        self._size = [[array("d", bytes(8 * span)) for _ in range(n)] for n in self._levels]
-        self._count = [[array("d", bytes(8 * span)) for _ in range(n)] for n in self._levels]
-        self._initial: dict[int, list[Any]] = {}  # arrival window -> [size, cells, offset]
+        # [held, cohort sizes, cohorts] per (level, slot, age), side by side in one flat array.
+        # The hour level counts age from the start of the hour, so that the cohorts it pools
+        # are seen at the same clock times (a sort at 22:30 is the same age for all of them).
+        self._span = horizon + max(3600 // width, 1)
+        self._table = array("q", bytes(8 * 3 * self._span * sum(self._levels)))
+        # arrival window -> [size, cell of age 0 at each level]
+        self._initial: dict[int, list[int]] = {}
 
-    def _cells(self, arrived: int) -> tuple[tuple[array, ...], int]:
-        """(held, size, count) arrays of the cohort's slot at each level, finest first, and
-        the cohort's offset from the start of its hour, in windows."""
+    def _cells(self, arrived: int, n: int) -> list[int]:
+        """A cohort's entry: its size, then the index in the table of its slot's cell of age
+        0 at each level, finest first (cell of age ``a``: ``+ 3 * a``)."""
         ts = arrived * self.width
         if self.tz is not None:
             ts += _utc_offset(self.tz, ts // 900)
         second = ts % 86400
-        cells: list[array] = []
-        for level, n in enumerate(self._levels):
-            slot = second * n // 86400
-            cells += (self._held[level][slot], self._size[level][slot], self._count[level][slot])
-        return tuple(cells), (second % 3600) // self.width
+        day, hour = self._levels
+        span = self._span
+        return [
+            n,
+            3 * span * (second * day // 86400),
+            3 * span * (day + second * hour // 86400) + 3 * ((second % 3600) // self.width),
+        ]
 
     def _pass(self, x: Mapping[str, Any], score: bool, learn: bool) -> tuple[float, float, float]:
         now = int(x["ts"]) // self.width
@@ -1035,7 +1044,7 @@ class CohortRetention(base.AnomalyDetector):
                 if 0 <= now - arrived < horizon:
                     found = initial.get(arrived)
                     if found is None:
-                        initial[arrived] = [n, *self._cells(arrived)]
+                        initial[arrived] = self._cells(arrived, n)
                     elif n > found[0]:
                         found[0] = n
         else:  # score only: see the new cohorts without keeping them
@@ -1044,40 +1053,45 @@ class CohortRetention(base.AnomalyDetector):
                 if 0 <= now - arrived < horizon:
                     found = known.get(arrived)
                     if found is None:
-                        known[arrived] = [n, *self._cells(arrived)]
+                        known[arrived] = self._cells(arrived, n)
                     elif n > found[0]:
                         known[arrived] = [n, found[1], found[2]]
+        t = self._table
+        get = cohorts.get
         held = expected = variance = 0.0
-        gone = []
-        for arrived, (n0, cells, offset) in known.items():
+        gone = None
+        for arrived, (n0, i0, i1) in known.items():
             age = now - arrived
-            if age >= horizon:
-                gone.append(arrived)
+            if not 0 <= age < horizon:
+                if age >= horizon:
+                    if gone is None:
+                        gone = []
+                    gone.append(arrived)
                 continue
-            if age < 0:
-                continue
-            n = cohorts.get(arrived, 0)
-            h0, s0, c0, h1, s1, c1 = cells
-            age1 = age + offset
+            n = get(arrived, 0)
+            age *= 3
+            i0 += age
+            i1 += age
             if score:
-                if c0[age] >= minimum:
-                    share = h0[age] / s0[age]
-                elif c1[age1] >= minimum:
-                    share = h1[age1] / s1[age1]
+                if t[i0 + 2] >= minimum:
+                    share = t[i0] / t[i0 + 1]
+                elif t[i1 + 2] >= minimum:
+                    share = t[i1] / t[i1 + 1]
                 else:
                     share = -1.0
                 if share >= 0.0:
                     held += n
-                    expected += n0 * share
-                    variance += n0 * share * (1.0 - share)
+                    part = n0 * share
+                    expected += part
+                    variance += part * (1.0 - share)
             if learn:
-                h0[age] += n
-                s0[age] += n0
-                c0[age] += 1
-                h1[age1] += n
-                s1[age1] += n0
-                c1[age1] += 1
-        if learn:
+                t[i0] += n
+                t[i0 + 1] += n0
+                t[i0 + 2] += 1
+                t[i1] += n
+                t[i1 + 1] += n0
+                t[i1 + 2] += 1
+        if learn and gone is not None:
             for arrived in gone:
                 del initial[arrived]
         return held, expected, variance
@@ -1741,13 +1755,14 @@ _NEVER = float("inf")
 class _Lane:
     """One lane's transit baseline and recent arrivals inside :class:`FacilityMonitor`."""
 
-    __slots__ = ("baseline", "head", "median", "recent", "said", "slow", "to", "total")
+    __slots__ = ("head", "median", "recent", "said", "slow", "to", "total", "transits")
 
     def __init__(self, to: str) -> None:
         self.to = to
-        # mean transit hours of the arrival windows without a slow package (a rolling median)
-        self.baseline = SeasonalBaseline("transit", time_key="", window=64, min_samples=8)
-        self.median: float | None = None  # the baseline's median once warm, else None
+        # mean transit hours of the last 64 arrival windows without a slow package, and their
+        # median once there are 8 of them (a rolling robust baseline), else None
+        self.transits: collections.deque = collections.deque(maxlen=64)
+        self.median: float | None = None
         self.recent: collections.deque = collections.deque()  # (window end, slow, arrivals)
         self.head: float = _NEVER  # window end of the oldest in ``recent``
         self.slow = self.total = 0  # summed over ``recent``
@@ -1771,13 +1786,13 @@ class _Lane:
         self.said = None
 
     def learn(self, transit_hours: float) -> None:
-        baseline = self.baseline
-        baseline.learn_one({"transit": transit_hours})
-        values = baseline._recent  # baseline.baseline({})[0], without the spread
-        median = _median(sorted(values)) if len(values) >= baseline.min_samples else None
-        if median != self.median:
-            self.median = median
-            self.said = None
+        transits = self.transits
+        transits.append(transit_hours)
+        if len(transits) >= 8:
+            median = _median(sorted(transits))
+            if median != self.median:
+                self.median = median
+                self.said = None
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in self.__slots__)
