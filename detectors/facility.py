@@ -604,7 +604,10 @@ class SeasonalBaseline(base.AnomalyDetector):
         self.min_scale = min_scale
         self.rel_scale = rel_scale
         self.tz = tz
-        self._slots: list[dict[int, collections.deque]] = [{} for _ in seasons]
+        # per level: the last ``window`` values of each slot in one flat ring (slot k at
+        # [k * window, (k + 1) * window)) and the values each slot has seen; made on first use
+        self._rings: list[array | None] = [None] * len(seasons)
+        self._seen: list[array | None] = [None] * len(seasons)
         self._recent: collections.deque = collections.deque(maxlen=window)
         self._keys_of: Any = None  # the last time seen by _keys, and its keys
         self._last_keys: list[int] | None = None
@@ -627,18 +630,21 @@ class SeasonalBaseline(base.AnomalyDetector):
 
     def _values(self, x: Mapping[str, Any]) -> Iterable[float] | None:
         keys = self._keys(x)
-        values = None
         if keys is not None:
-            for slots, key in zip(self._slots, keys, strict=True):
-                found = slots.get(key)
-                if found is not None and len(found) >= self.min_samples:
-                    values = found
-                    break
-        if values is None:
-            if len(self._recent) < self.min_samples:
-                return None
-            values = self._recent
-        return values
+            window, minimum = self.window, self.min_samples
+            for ring, seen, key in zip(self._rings, self._seen, keys, strict=True):
+                if seen is None:
+                    continue
+                n = seen[key]
+                if min(n, window) >= minimum:
+                    start = key * window
+                    if n <= window:
+                        return ring[start : start + n]  # type: ignore[index]
+                    oldest = start + n % window  # in the order seen, as a deque would hold them
+                    return ring[oldest : start + window] + ring[start:oldest]  # type: ignore[index]
+        if len(self._recent) < self.min_samples:
+            return None
+        return self._recent
 
     def mean(self, x: Mapping[str, Any]) -> float | None:
         """Mean of the values of the level that applies to ``x`` (e.g. an expected count), or
@@ -677,11 +683,18 @@ class SeasonalBaseline(base.AnomalyDetector):
         keys = self._keys(x)
         if keys is None:
             return
-        for slots, key in zip(self._slots, keys, strict=True):
-            found = slots.get(key)
-            if found is None:
-                found = slots[key] = collections.deque(maxlen=self.window)
-            found.append(value)
+        window = self.window
+        if window <= 0:
+            return
+        for level, key in enumerate(keys):
+            seen = self._seen[level]
+            if seen is None:
+                buckets = self.seasons[level][1]
+                self._rings[level] = array("d", bytes(8 * buckets * window))
+                seen = self._seen[level] = array("q", bytes(8 * buckets))
+            n = seen[key]
+            self._rings[level][key * window + n % window] = value  # type: ignore[index]
+            seen[key] = n + 1
 
 
 def _median(ordered: list[float]) -> float:
@@ -1755,21 +1768,24 @@ _NEVER = float("inf")
 class _Lane:
     """One lane's transit baseline and recent arrivals inside :class:`FacilityMonitor`."""
 
-    __slots__ = ("head", "median", "recent", "said", "slow", "to", "total", "transits")
+    __slots__ = ("head", "learned", "median", "recent", "said", "slow", "to", "total", "transits")
 
     def __init__(self, to: str) -> None:
         self.to = to
         # mean transit hours of the last 64 arrival windows without a slow package, and their
         # median once there are 8 of them (a rolling robust baseline), else None
-        self.transits: collections.deque = collections.deque(maxlen=64)
+        self.transits = array("d")  # a ring once full (the median needs no order)
+        self.learned = 0
         self.median: float | None = None
-        self.recent: collections.deque = collections.deque()  # (window end, slow, arrivals)
+        # (window end, slow, arrivals) over the last ``lane_hours``; None when there are none
+        self.recent: collections.deque | None = None
         self.head: float = _NEVER  # window end of the oldest in ``recent``
         self.slow = self.total = 0  # summed over ``recent``
         self.said: tuple[Any, ...] | None = None  # what the assessment says, None: to redo
 
     def add(self, end: int, slow: int, n: int) -> None:
-        if not self.recent:
+        if self.recent is None:
+            self.recent = collections.deque()
             self.head = end
         self.recent.append((end, slow, n))
         self.slow += slow
@@ -1782,12 +1798,19 @@ class _Lane:
             _, slow, n = recent.popleft()
             self.slow -= slow
             self.total -= n
-        self.head = recent[0][0] if recent else _NEVER
+        if recent:
+            self.head = recent[0][0]
+        else:
+            self.recent, self.head = None, _NEVER
         self.said = None
 
     def learn(self, transit_hours: float) -> None:
         transits = self.transits
-        transits.append(transit_hours)
+        if len(transits) < 64:
+            transits.append(transit_hours)
+        else:
+            transits[self.learned % 64] = transit_hours
+        self.learned += 1
         if len(transits) >= 8:
             median = _median(sorted(transits))
             if median != self.median:
