@@ -32,6 +32,7 @@ measured on the simulator, and why the defaults are what they are: ``bench/RESUL
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import functools
 import math
@@ -961,6 +962,35 @@ class Assessment:
     facilities: tuple[str, ...] = ()
 
 
+_SETTERS = tuple(getattr(Assessment, f.name).__set__ for f in dataclasses.fields(Assessment))
+
+
+def _lane_assessment(
+    facility: str,
+    window_end: int,
+    score: float,
+    kind: str | None,
+    evidence: str,
+    affected: int,
+    lane_to: str,
+    _new: Any = object.__new__,
+    _set: tuple[Any, ...] = _SETTERS,
+) -> Assessment:
+    """``Assessment(facility, ..., lane_to)`` without the frozen dataclass's field-by-field
+    ``object.__setattr__`` (a third less time; one is made per lane and window): the same
+    object, its slots set through their descriptors."""
+    a = _new(Assessment)
+    _set[0](a, facility)
+    _set[1](a, window_end)
+    _set[2](a, score)
+    _set[3](a, kind)
+    _set[4](a, evidence)
+    _set[5](a, affected)
+    _set[6](a, lane_to)
+    _set[7](a, ())
+    return a
+
+
 class CohortRetention(base.AnomalyDetector):
     """How a facility's arrival cohorts drain, and how many packages stay longer than usual.
 
@@ -1744,7 +1774,7 @@ class FacilityMonitor:
             said = lane.said
             if said is None:
                 said = lane.said = self._lane_said(facility, lane)
-            out.append(Assessment(facility, end, *said))
+            out.append(_lane_assessment(facility, end, *said))
         if quiet:
             lanes.sleep()
         return out
