@@ -41,29 +41,11 @@ class _Track:
         self.last_arrival_end: int | None = None
         self.delay_now = 0.0
         self.resume: list[Any] | None = None
-        counts = {
-            "side": "high",
-            "min_scale": monitor.min_scale,
-            "rel_scale": 0.15,
-            "tz": tz,
-            "window": monitor.baseline_window,
-            "min_samples": monitor.min_samples,
-        }
-        self.arrivals_now = SeasonalBaseline(
-            "arrivals", window=monitor.baseline_window, min_samples=monitor.min_samples, tz=tz
-        )
-        self.busy_now = SeasonalBaseline(  # share of windows with an arrival, at this hour
-            "busy", window=monitor.baseline_window, min_samples=monitor.min_samples, tz=tz
-        )
-        self.arrivals = SeasonalBaseline(
-            "arrivals",
-            side="low",
-            min_scale=monitor.min_scale,
-            tz=tz,
-            window=monitor.baseline_window,
-            min_samples=monitor.min_samples,
-            rel_scale=0.15,
-        )
+        common = {"tz": tz, "window": monitor.baseline_window, "min_samples": monitor.min_samples}
+        counts = common | {"min_scale": monitor.min_scale, "rel_scale": 0.15}
+        self.arrivals_now = SeasonalBaseline("arrivals", **common)
+        self.busy_now = SeasonalBaseline("busy", **common)  # share of windows with an arrival
+        self.arrivals = SeasonalBaseline("arrivals", side="low", **counts)
         self.retention = CohortRetention(
             monitor.window_seconds,
             int(monitor.horizon_hours * 3600) // monitor.window_seconds,
@@ -73,7 +55,7 @@ class _Track:
         self.x: dict[str, Any] = {}
         self.delay: dict[str, Any] = {}
         if monitor.detector == "seasonal":
-            self.delay = {k: SeasonalBaseline(k, **counts) for k in ("backlog", "o12")}
+            self.delay = {k: SeasonalBaseline(k, side="high", **counts) for k in ("backlog", "o12")}
         elif monitor.detector == "drift":
             self.delay = {
                 "dwell": DwellDrift(

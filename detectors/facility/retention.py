@@ -104,23 +104,16 @@ class CohortRetention(base.AnomalyDetector):
         now = int(x["ts"]) // self.width
         cohorts: Mapping[int, int] = x["cohorts"]
         initial, horizon, minimum = self._initial, self.horizon, self.min_cohorts
-        known = initial
-        if learn:
-            for arrived, n in cohorts.items():
-                if 0 <= now - arrived < horizon:
-                    found = initial.get(arrived)
-                    if found is None:
-                        initial[arrived] = self._cells(arrived, n)
-                    elif n > found[0]:
+        known = initial if learn else dict(initial)  # score only: keep no new cohort
+        for arrived, n in cohorts.items():
+            if 0 <= now - arrived < horizon:
+                found = known.get(arrived)
+                if found is None:
+                    known[arrived] = self._cells(arrived, n)
+                elif n > found[0]:
+                    if learn:
                         found[0] = n
-        else:  # score only: see the new cohorts without keeping them
-            known = dict(initial)
-            for arrived, n in cohorts.items():
-                if 0 <= now - arrived < horizon:
-                    found = known.get(arrived)
-                    if found is None:
-                        known[arrived] = self._cells(arrived, n)
-                    elif n > found[0]:
+                    else:
                         known[arrived] = [n, found[1], found[2]]
         t = self._table
         get = cohorts.get
