@@ -562,3 +562,42 @@ def _ts(iso):
     from datetime import datetime
 
     return int(datetime.fromisoformat(iso).timestamp())
+
+
+# --------------------------------------------------------------------------------------------
+# Internals kept equal to their plain versions (the per-window cost was cut without changing
+# an output; bench/RESULTS.md, "Facility detectors")
+
+
+def test_seasonal_slots_hold_the_last_window_values_in_the_order_seen():
+    from collections import deque
+
+    rng = random.Random(4)
+    detector = SeasonalBaseline(seasons=((DAY, 24),), window=5, min_samples=2)
+    plain: dict[int, deque] = defaultdict(lambda: deque(maxlen=5))
+    for i in range(24 * 9):
+        ts, value = MONDAY + i * H, rng.random()
+        detector.learn_one({"value": value, "ts": ts})
+        plain[i % 24].append(value)
+        if i >= 24:  # the slot has min_samples values: its own mean, summed in order
+            assert detector.mean({"ts": ts}) == sum(plain[i % 24]) / len(plain[i % 24])
+    clone = pickle.loads(pickle.dumps(detector))
+    assert clone.baseline({"ts": MONDAY}) == detector.baseline({"ts": MONDAY})
+
+
+def test_lane_assessments_equal_plainly_made_ones():
+    from detectors.facility.classify import Assessment, _lane_assessment
+
+    made = _lane_assessment("P1", 900, 1.25, "lane_delay", "slow", 5, "N1")
+    plain = Assessment("P1", 900, 1.25, "lane_delay", "slow", 5, "N1")
+    assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    assert pickle.loads(pickle.dumps(made)) == plain
+    with pytest.raises(AttributeError):  # still frozen (FrozenInstanceError)
+        made.score = 0.0  # type: ignore[misc]
+
+
+def test_the_package_exports_every_name_of_its_all():
+    import detectors.facility as facility
+
+    assert all(hasattr(facility, name) for name in facility.__all__)
+    assert facility.FacilityMonitor.__module__ == "detectors.facility.monitor"
