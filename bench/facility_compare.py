@@ -17,6 +17,10 @@ runs :class:`~detectors.facility.FacilityMonitor` and
 
 Prints a Markdown table per detector and a per-incident table (which truth incident was
 matched, by what kind, how late), pooled over the demo seeds.
+
+``--monitor-cost`` only times :meth:`~detectors.facility.FacilityMonitor.assess` (CPU time per
+facility window, in all and its lanes and cohort-retention parts) over each run's windows, e.g.
+the flow benchmark's sample: ``--data /tmp --runs nat1m_2m --monitor-cost``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from typing import Any
 
 from detectors.evaluate import load_truth
 from detectors.events import parse_batch
-from detectors.facility import DETECTORS, FacilityMonitor, FacilityStats, FacilityWindow
+from detectors.facility import (
+    DETECTORS,
+    CohortRetention,
+    FacilityMonitor,
+    FacilityStats,
+    FacilityWindow,
+)
 from detectors.incidents import IncidentManager
 
 DELAYWATCH = str(Path(sys.executable).with_name("delaywatch"))
@@ -146,6 +156,46 @@ def micro(truth: Path, window: int, lateness: int, repeat: int = 5) -> dict[str,
             runs.append(time.process_time() - start)
         best[label] = statistics.median(runs) / len(events) * 1e6
     return best
+
+
+def monitor_cost(truth: Path, window: int, lateness: int) -> dict[str, float]:
+    """CPU time of the default monitor per facility window: in all, lanes, cohort retention."""
+    batches, _ = windows_of(truth, window, lateness)
+    rows = facilities(truth)
+    monitor = FacilityMonitor(
+        regions={r["facility_id"]: r["region"] for r in rows if r["kind"] in ("plant", "ndc")},
+        tz_of={r["facility_id"]: r["tz"] for r in rows},
+        names={r["facility_id"]: r["name"] for r in rows},
+    )
+    spent = {"lanes": 0.0, "retention": 0.0}
+    timed = {
+        "lanes": (FacilityMonitor, "_assess_lanes"),
+        "retention": (CohortRetention, "update_one"),
+    }
+    originals = {part: getattr(cls, name) for part, (cls, name) in timed.items()}
+
+    def timer(part: str, fn: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            start = time.process_time()
+            try:
+                return fn(*args)
+            finally:
+                spent[part] += time.process_time() - start
+
+        return wrapped
+
+    try:
+        for part, (cls, name) in timed.items():
+            setattr(cls, name, timer(part, originals[part]))
+        start = time.process_time()
+        for batch in batches:
+            monitor.assess(batch)
+        total = time.process_time() - start
+    finally:
+        for part, (cls, name) in timed.items():
+            setattr(cls, name, originals[part])
+    n = max(sum(len(b) for b in batches), 1)
+    return {"windows": n, "all": total / n * 1e6} | {k: v / n * 1e6 for k, v in spent.items()}
 
 
 def run_detector(
@@ -294,7 +344,21 @@ def main() -> None:
         action="store_true",
         help="only time FacilityStats per event on the first run, and exit",
     )
+    ap.add_argument(
+        "--monitor-cost",
+        action="store_true",
+        help="only time FacilityMonitor.assess per facility window on each run, and exit",
+    )
     args = ap.parse_args()
+    if args.monitor_cost:
+        for run in args.runs:
+            c = monitor_cost(args.data / run, args.window, args.lateness)
+            print(
+                f"{run}: FacilityMonitor.assess {c['all']:.0f} us per facility window (lanes "
+                f"{c['lanes']:.0f}, cohort retention {c['retention']:.0f}; CPU time, "
+                f"{c['windows']:,} windows)"
+            )
+        return
     if args.simulate:
         simulate(args.data)
     if args.micro:
