@@ -342,8 +342,9 @@ def facility(args: argparse.Namespace) -> int:
     windows = max(runs["on"]["windows"], 1)
     per_window = (runs["on"]["cpu"] - runs["stats"]["cpu"]) / windows
     base = runs["off"]["cpu"] / n
-    print(f"facility stage per event (stats - off): {per_event * 1e6:.2f} us "
-          f"({per_event / base:.0%} of the stall flow's {base * 1e6:.2f} us)")
+    print(f"facility statistics (stats - off): {per_event * 1e6:.2f} us per event "
+          f"({per_event / base:.0%} of the stall flow's {base * 1e6:.2f} us; includes closing "
+          "the windows, itself a per-window cost, so the projection below is conservative)")
     print(f"facility monitor per facility window (on - stats): {per_window * 1e3:.3f} ms "
           f"({n / windows:,.0f} events per window in this file)")
     for density in sorted({n / windows, *args.events_per_window}):
