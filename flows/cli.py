@@ -234,7 +234,7 @@ def _print_summary(summary: dict, delivered: int, result: dict) -> None:  # type
         f"detected (p50 {_fmt(result.get('incident_detection_delay_minutes_p50'))} min after "
         f"onset), {_fmt(result.get('false_incidents'))} false, feed outages "
         f"{result.get('feed_outages_detected')} of {result.get('feed_outages')}; opened "
-        f"{summary.get('incidents', {})}; stall alerts folded into incidents: "
+        f"{summary.get('incidents', {})}; packages told of an incident (incident_delay): "
         f"{summary['alerts'].get('incident_delay', 0)}, told to nobody (feed outage): "
         f"{summary.get('suppressed', 0)}")
     Console().print(
