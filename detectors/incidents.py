@@ -284,21 +284,34 @@ class IncidentDesk:
     by window end, in order, and each end gives the records of its assessments and of the
     subjects that stopped reporting. Picklable.
 
+    ``warm_up_seconds``: a facility's assessments count only once the monitor has seen it for
+    this long (event time). Every window is still learned; but a model that has seen one day
+    of a facility cannot tell its second night from an incident, and when a large network
+    fills up at the start of a run it would open incidents everywhere (16 false ones in the
+    first 1.6 days of a 2 M-package national run; bench/RESULTS.md).
+
     >>> from detectors.facility import FacilityMonitor, FacilityWindow
     >>> desk = IncidentDesk(FacilityMonitor(), IncidentManager())
     >>> desk.assess_closed([FacilityWindow("P1", 0, 900), FacilityWindow("P1", 900, 1800)])
     [(900, []), (1800, [])]
     """
 
-    def __init__(self, monitor: Any, manager: IncidentManager) -> None:
+    def __init__(self, monitor: Any, manager: IncidentManager,
+                 warm_up_seconds: int = 0) -> None:
         self.monitor = monitor
         self.manager = manager
+        self.warm_up_seconds = warm_up_seconds
+        self._first: dict[str, int] = {}  # facility -> end of its first window seen
 
     def assess(self, end: int, windows: list[Any]) -> list[dict[str, Any]]:
         """Records for the windows (one per facility) that end at ``end``."""
-        manager = self.manager
+        manager, first, warm_up = self.manager, self._first, self.warm_up_seconds
+        for w in windows:
+            first.setdefault(w.facility, end)
         records: list[dict[str, Any]] = []
         for a in self.monitor.assess(windows):
+            if warm_up and end - first.get(a.facility, end) < warm_up:
+                continue  # still learning this facility (its windows were learned)
             records += manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
                                       a.affected, lane_to=a.lane_to, facilities=a.facilities)
         return records + manager.finish(end)

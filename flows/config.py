@@ -62,6 +62,9 @@ class IncidentSettings(BaseModel):
     lateness_seconds: int = Field(
         3600, ge=0, description="facility windows close this long after the newest event "
         "time; later scans count as late (a feed outage's signature)")
+    warm_up_hours: float = Field(
+        24.0, ge=0, description="a facility's incidents count only after its first this many "
+        "hours of event time (its models learn meanwhile)")
     open_threshold: float = Field(1.0, gt=0)
     close_threshold: float = Field(0.5, gt=0)
     for_windows: int = Field(2, ge=1, description="windows over the threshold to open")

@@ -115,7 +115,8 @@ class FlowContext:
                             names=self.names, window_seconds=inc.window_seconds),
             IncidentManager(open_threshold=inc.open_threshold,
                             close_threshold=inc.close_threshold,
-                            for_windows=inc.for_windows, clear_windows=inc.clear_windows))
+                            for_windows=inc.for_windows, clear_windows=inc.clear_windows),
+            warm_up_seconds=int(inc.warm_up_hours * 3600))
 
     def new_network(self) -> NetworkState:
         inc = self.settings.incidents

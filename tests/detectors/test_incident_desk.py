@@ -1,0 +1,51 @@
+"""IncidentDesk: monitor + lifecycle per window end, and its warm-up."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from detectors.facility import Assessment, FacilityWindow
+from detectors.incidents import IncidentDesk, IncidentManager
+
+T0 = 1_790_208_000  # a window boundary
+
+
+class _Alarmed:
+    """A monitor that finds every facility slow, always (to see what the desk lets through)."""
+
+    def assess(self, windows: list[FacilityWindow]) -> list[Assessment]:
+        return [Assessment(w.facility, w.end, 3.0, "facility_slowdown", "slow", 10)
+                for w in windows]
+
+
+def windows(hours: float, facilities: tuple[str, ...] = ("P1",)) -> list[FacilityWindow]:
+    out = []
+    for i in range(int(hours * 4)):
+        out += [FacilityWindow(f, T0 + 900 * i, T0 + 900 * (i + 1)) for f in facilities]
+    return out
+
+
+def opened(records: list[tuple[int, list[dict[str, Any]]]]) -> list[tuple[int, str]]:
+    return [(end - T0, r["incident_key"]) for end, rs in records for r in rs
+            if r["status"] == "open"]
+
+
+def test_without_warm_up_an_alarmed_monitor_opens_at_once() -> None:
+    desk = IncidentDesk(_Alarmed(), IncidentManager(for_windows=2))
+    assert opened(desk.assess_closed(windows(1))) == [(1800, "P1:facility_slowdown:"
+                                                            "20260924T0030Z")]
+
+
+def test_a_facility_counts_only_after_its_warm_up_and_each_has_its_own() -> None:
+    desk = IncidentDesk(_Alarmed(), IncidentManager(for_windows=2), warm_up_seconds=6 * 3600)
+    first = desk.assess_closed(windows(5))
+    assert opened(first) == []  # 5 h < 6 h: learning
+    again = pickle.loads(pickle.dumps(desk))  # the warm-up clock survives a snapshot
+    later = [FacilityWindow(f, T0 + 900 * i, T0 + 900 * (i + 1))
+             for i in range(20, 28) for f in ("P1", "P2")]  # P2 is seen from 5 h on
+    got = opened(again.assess_closed(later))
+    assert [key.split(":")[0] for _, key in got] == ["P1"]
+    # P1 was first seen at the end of its first window (900 s): it counts from 6 h after
+    # that, and a slowdown opens after two windows that count
+    assert got[0][0] == 900 + 6 * 3600 + 900
