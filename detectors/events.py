@@ -45,7 +45,9 @@ from typing import Annotated, Final, Literal, NamedTuple
 import msgspec
 
 __all__ = [
+    "ARRIVAL_CODES",
     "CODES",
+    "DEPARTURE_CODES",
     "REASONS",
     "STATUSES",
     "TERMINAL_CODES",
@@ -160,6 +162,9 @@ CODES: Final[Mapping[str, Code]] = MappingProxyType(
 TERMINAL_CODES: Final[frozenset[str]] = frozenset(
     {"01", "09", "11", "31", *(str(n) for n in range(21, 30))}
 )
+#: Scans that say a package arrived at a facility, and that it left one (facility statistics).
+ARRIVAL_CODES: Final[frozenset[str]] = frozenset({"10", "A1", "19", "81", "41", "07", "14"})
+DEPARTURE_CODES: Final[frozenset[str]] = frozenset({"SF", "EF", "T1", "82", "42"})
 
 # --------------------------------------------------------------------------------------------
 # Model

@@ -53,11 +53,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from detectors.events import DEPARTURE_CODES
+from detectors.incidents import DELAY_KINDS
+
 __all__ = ["DELAY_KINDS", "IncidentFolder"]
 
-#: Incident kinds that explain a package's delay (a feed outage does not).
-DELAY_KINDS = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
-_DEPARTED = frozenset({"SF", "EF", "T1", "82", "42"})
+_DEPARTED = DEPARTURE_CODES
 _FOREVER = 1 << 62
 
 

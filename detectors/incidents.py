@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["IncidentDesk", "IncidentManager"]
+__all__ = ["DELAY_KINDS", "IncidentDesk", "IncidentManager"]
 
-_DELAY = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
+#: Incident kinds that delay packages (a feed outage does not).
+DELAY_KINDS = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
+_DELAY = DELAY_KINDS
 
 
 def _iso(ts: int) -> str:

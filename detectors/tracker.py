@@ -97,9 +97,15 @@ from zlib import crc32
 import numpy as np
 
 from detectors.eta import DeliveryEstimator
-from detectors.events import CODES, TERMINAL_CODES, ScanEvent
+from detectors.events import (
+    ARRIVAL_CODES,
+    CODES,
+    DEPARTURE_CODES,
+    TERMINAL_CODES,
+    ScanEvent,
+)
 from detectors.facility import FacilityStats, FacilityWindow
-from detectors.incidents import IncidentDesk
+from detectors.incidents import DELAY_KINDS, IncidentDesk
 from detectors.stall import StallDetector
 
 __all__ = ["PackageTracker", "TrackerStats"]
@@ -113,9 +119,6 @@ _WATCHED = 2  # flag: the current silence passed the watch deadline (a "watch" w
 _TRANSIT = 4
 _PREV_ARRIVED = 8
 _PREV_DEPARTED = 16
-_ARRIVED_CODES = frozenset({"10", "A1", "19", "81", "41", "07", "14"})
-_DEPARTED_CODES = frozenset({"SF", "EF", "T1", "82", "42"})
-_DELAY_KINDS = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
 _NO_DEADLINE = -1
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
@@ -339,7 +342,6 @@ class PackageTracker:
                         fired = self._fired_through
                     if fstats is not None and ts >= fnext:
                         self._close_facility(ts - flate, out)
-                        fired = self._fired_through
                         fnext = fstats.closed_through + fwidth + flate
                 pid = ev.package_id
                 if pid >= "\x01":  # _pack_id(pid), inlined
@@ -445,8 +447,8 @@ class PackageTracker:
                     if not f & _TRANSIT:
                         before = codes[code_col[slot]]
                         flags_col[slot] = f | _TRANSIT | (
-                            _PREV_ARRIVED if before in _ARRIVED_CODES else
-                            _PREV_DEPARTED if before in _DEPARTED_CODES else 0)
+                            _PREV_ARRIVED if before in ARRIVAL_CODES else
+                            _PREV_DEPARTED if before in DEPARTURE_CODES else 0)
                         if fstats is not None:
                             pgap_col[slot] = min((ts - last_col[slot]) // 60, 65535)
                     elif fstats is not None:
@@ -534,7 +536,7 @@ class PackageTracker:
                 continue
             self._incident_records.append((end, records))
             for record in records:
-                if record["status"] != "resolved" and record["kind"] in _DELAY_KINDS:
+                if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
                     self._hold(record, end, out)
 
     def _hold(self, record: dict[str, Any], end: int, out: list[dict[str, Any]]) -> None:
@@ -562,7 +564,7 @@ class PackageTracker:
                 if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _TRANSIT):
                     continue
                 code = codes[self._code[slot]]
-                if code in PRE_SHIPMENT or ((code in _DEPARTED_CODES) != lane and not weather):
+                if code in PRE_SHIPMENT or ((code in DEPARTURE_CODES) != lane and not weather):
                     continue
                 promised = self._promised[slot]
                 if promised >= 0 and promised - end > self.hold_horizon:

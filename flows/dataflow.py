@@ -51,7 +51,7 @@ from detectors.folding import DELAY_KINDS, IncidentFolder
 from detectors.incidents import IncidentDesk, IncidentManager
 from detectors.tracker import PackageTracker, hash_id
 from flows.config import Settings
-from flows.metrics import FlowMetrics
+from flows.metrics import INCIDENT_KINDS, FlowMetrics
 from flows.sinks import OutboxSink
 from notifiers.grouping import MessageGrouper
 
@@ -141,8 +141,7 @@ class FlowContext:
         m.stage_keys.set(sum(t.detector.n_stages for t in ts))
         if self.network is not None:
             by_kind = self.network.state.folder.open_by_kind()
-            for kind in ("facility_slowdown", "facility_stop", "weather", "lane_delay",
-                         "feed_outage"):
+            for kind in INCIDENT_KINDS:
                 m.incidents_open.labels(kind).set(by_kind.get(kind, 0))
 
 

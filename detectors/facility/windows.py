@@ -6,6 +6,8 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from detectors.events import ARRIVAL_CODES, DEPARTURE_CODES
+
 #: Upper edges (seconds) of the dwell histogram's bins; the last bin is open.
 DWELL_EDGES_SECONDS: tuple[int, ...] = tuple(
     int(h * 3600)
@@ -16,8 +18,8 @@ __all__ = ["AGE_EDGES_HOURS", "DWELL_EDGES_SECONDS", "FacilityWindow", "merge"]
 #: Lower edges (hours) of the backlog age classes: [0, 4), [4, 8), ..., [48, inf).
 AGE_EDGES_HOURS: tuple[int, ...] = (0, 4, 8, 12, 24, 48)
 
-_ARRIVED = frozenset({"10", "A1", "19", "81", "41", "07", "14"})
-_DEPARTED = frozenset({"SF", "EF", "T1", "82", "42"})
+_ARRIVED = ARRIVAL_CODES
+_DEPARTED = DEPARTURE_CODES
 _N_DWELL = len(DWELL_EDGES_SECONDS) + 1
 
 
