@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -75,6 +77,44 @@ class _Distribution:
         return v[-1]  # pragma: no cover
 
 
+class _Overdue:
+    """The last ``size`` overdue packages seen at one stage key, as (silence, remaining)
+    pairs: how long each stayed silent after the scan, and the time from that scan to
+    delivery. Kept sorted by silence, for "packages silent longer than this" queries."""
+
+    __slots__ = ("recent", "silences", "pairs")
+
+    def __init__(self, size: int) -> None:
+        self.recent: deque[tuple[int, int]] = deque(maxlen=size)
+        self.pairs: list[tuple[int, int]] = []  # the same pairs, sorted
+        self.silences: list[int] = []  # their silences (bisect keys)
+
+    def __getstate__(self) -> tuple[int | None, list[tuple[int, int]]]:
+        return self.recent.maxlen, list(self.recent)
+
+    def __setstate__(self, state: tuple[int | None, list[tuple[int, int]]]) -> None:
+        size, recent = state
+        self.recent = deque(recent, maxlen=size)
+        self.pairs = sorted(recent)
+        self.silences = [silence for silence, _ in self.pairs]
+
+    def update(self, silence: int, remaining: int) -> None:
+        recent, pairs = self.recent, self.pairs
+        if len(recent) == recent.maxlen:
+            at = bisect.bisect_left(pairs, recent[0])
+            del pairs[at], self.silences[at]
+        pair = (silence, remaining)
+        recent.append(pair)
+        at = bisect.bisect_right(pairs, pair)
+        pairs.insert(at, pair)
+        self.silences.insert(at, silence)
+
+    def remaining_after(self, silence: float) -> list[int]:
+        """Remaining times (sorted) of the kept packages that stayed silent longer."""
+        at = bisect.bisect_right(self.silences, silence)
+        return sorted(remaining for _, remaining in self.pairs[at:])
+
+
 class DeliveryEstimator(base.Base):
     """Learns the time from a scan to delivery; estimates arrival and the chance of being late.
 
@@ -92,6 +132,19 @@ class DeliveryEstimator(base.Base):
     Both grow with the silence. Limits, deliberately: no weekday effect, and quantiles are
     cumulative (they do not forget).
 
+    **Overdue packages.** The quantiles above describe every package; a package silent far
+    beyond its stage's usual time is not an ordinary one (it was lost and found, missent, or
+    held by a facility incident), and the tail past the last quantile is only a guess. So the
+    estimator also learns from the packages a caller saw go overdue (``learn_overdue``: how
+    long each stayed silent after the scan, ``D``, and the time from that scan to delivery,
+    ``R``) and :meth:`estimate_overdue` answers from them, conditioned on the silence so far:
+    ``eta = last_ts + median(R | D > silence)`` over the last ``overdue_window`` such packages
+    at (code, service), else (code), else any stage, once ``overdue_min`` of them stayed
+    silent longer; otherwise it falls back to :meth:`estimate`, but no earlier than the
+    stage's usual remaining time counted from now. Conditioning on ``D``, not on
+    ``R``, matters: a package that moved on after 12 h and was delivered 40 h after the scan
+    says nothing about one that has been silent for 30 h.
+
     Cost (CPU time, 2-core CI-class VM under load): ``learn_one`` ~21 us for a delivery with 8
     earlier scans (2 levels x 3 quantiles per scan), so a caller may teach it from a sample of
     packages; ``estimate`` ~8 us, meant for packages being alerted on, not for every event.
@@ -102,6 +155,11 @@ class DeliveryEstimator(base.Base):
         Quantiles tracked, increasing, in (0, 1).
     min_samples
         Deliveries a stage key needs before it is used.
+    overdue_window
+        Overdue deliveries kept per key (the newest; older ones are forgotten).
+    overdue_min
+        Kept overdue deliveries longer than the current silence that a key needs before
+        :meth:`estimate_overdue` uses it.
 
     Examples
     --------
@@ -133,15 +191,25 @@ class DeliveryEstimator(base.Base):
 
     """
 
-    def __init__(self, probs: tuple[float, ...] = (0.1, 0.5, 0.9), min_samples: int = 30) -> None:
+    def __init__(self, probs: tuple[float, ...] = (0.1, 0.5, 0.9), min_samples: int = 30,
+                 overdue_window: int = 500, overdue_min: int = 8) -> None:
         if not all(0 < p < 1 for p in probs) or list(probs) != sorted(set(probs)):
             raise ValueError(f"probs must be increasing and in (0, 1), got {probs!r}")
         if 0.5 not in probs or len(probs) < 2:
             raise ValueError(f"probs must include 0.5 and another quantile, got {probs!r}")
         self.probs = probs
         self.min_samples = min_samples
+        self.overdue_window = overdue_window
+        self.overdue_min = overdue_min
         self._stages: dict[Any, _Remaining] = {}
         self._network: dict[Any, _Remaining] = {}
+        self._overdue: dict[Any, _Overdue] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("overdue_window", 500)  # snapshots from before the overdue model
+        state.setdefault("overdue_min", 8)
+        state.setdefault("_overdue", {})
+        self.__dict__.update(state)
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
         """Learn from one delivery.
@@ -199,3 +267,71 @@ class DeliveryEstimator(base.Base):
         if deadline <= silence or alive <= 0.0:
             return eta, 1.0
         return eta, min(1.0, dist.survival(deadline) / alive)
+
+    def learn_overdue(self, x: Mapping[str, Any]) -> None:
+        """Learn from one delivered package that had gone overdue after a scan.
+
+        ``x`` has ``code``, ``service``, ``last_ts`` (the scan before the silence),
+        ``resumed_ts`` (the next scan) and ``delivered_ts``.
+        """
+        silence = int(x["resumed_ts"] - x["last_ts"])
+        remaining = int(x["delivered_ts"] - x["last_ts"])
+        if silence < 0 or remaining < silence or x["code"] in TERMINAL_CODES:
+            return
+        code, service = x["code"], x.get("service")
+        for key in ((code, service), (code,), ()):
+            kept = self._overdue.get(key)
+            if kept is None:
+                kept = self._overdue[key] = _Overdue(self.overdue_window)
+            kept.update(silence, remaining)
+
+    def estimate_overdue(self, x: Mapping[str, Any]) -> tuple[int | None, float | None]:
+        """(eta_ts, p_late) for an overdue package, from packages that went overdue before.
+
+        Same ``x`` as :meth:`estimate`. Uses the most specific key of (code, service), (code),
+        any, with ``overdue_min`` kept remaining times longer than the silence; falls back to
+        :meth:`estimate` when none has.
+
+        >>> est = DeliveryEstimator(overdue_min=3)
+        >>> for days in (2, 3, 4, 5, 6):  # lost, found after days - 1, delivered a day later
+        ...     est.learn_overdue({"code": "A1", "service": "ground", "last_ts": 0,
+        ...                        "resumed_ts": (days - 1) * 86400,
+        ...                        "delivered_ts": days * 86400})
+        >>> x = {"facility": "P1", "code": "A1", "service": "ground", "last_ts": 0,
+        ...      "promised_by_ts": 4 * 86400}
+        >>> for silence_days in (0.5, 1.5, 2.5):
+        ...     eta, p_late = est.estimate_overdue(x | {"silence": silence_days * 86400})
+        ...     print(f"silent {silence_days} d: eta day {eta / 86400:.1f}, p_late {p_late:.2f}")
+        silent 0.5 d: eta day 4.0, p_late 0.40
+        silent 1.5 d: eta day 4.5, p_late 0.50
+        silent 2.5 d: eta day 5.0, p_late 0.67
+        """
+        if x["code"] in TERMINAL_CODES:
+            return None, None
+        silence = max(float(x["silence"]), 0.0)
+        code, service = x["code"], x.get("service")
+        for key in ((code, service), (code,), ()):
+            kept = self._overdue.get(key)
+            if kept is None:
+                continue
+            above = kept.remaining_after(silence)
+            if len(above) < self.overdue_min:
+                continue
+            n = len(above)
+            median = (above[(n - 1) // 2] + above[n // 2]) / 2
+            eta = int(math.ceil(x["last_ts"] + median))
+            promised_by = x.get("promised_by_ts")
+            if promised_by is None:
+                return eta, None
+            deadline = promised_by - x["last_ts"]
+            if deadline <= silence:
+                return eta, 1.0
+            return eta, (n - bisect.bisect_right(above, deadline)) / n
+        eta, p_late = self.estimate(x)
+        dist = self._distribution(x)
+        if eta is not None and dist is not None:
+            # no overdue package was silent this long: if it moved now, it would still need
+            # the stage's usual remaining time (the plain estimate's tail assumes it is nearly
+            # there, which an overdue package rarely is)
+            eta = max(eta, int(math.ceil(x["last_ts"] + silence + dist.quantile(0.5))))
+        return eta, p_late

@@ -45,6 +45,14 @@ is the truth column ``late``; *on time* is ``late == false``.
   (package_id, kind, episode) groups of count - 1. ``duplicate_alert_keys``: the sum over
   ``alert_key`` groups of count - 1. ``alert_key_mismatches``: rows whose ``alert_key`` is set
   but is not ``"{package_id}:{kind}:{episode}"``.
+- Revised estimates, over delivered alerted packages, from each package's *first* delay alert
+  (what the customer reads first): ``estimates_given`` = share whose first alert carries a
+  ``new_estimate``; ``estimate_error_hours_p50`` / ``_p90``: percentiles of
+  ``|new_estimate - delivered_at|`` in hours over those; ``estimate_within_24h``: share of them
+  with that error <= 24 h; ``estimate_bias_hours_p50``: median of ``new_estimate -
+  delivered_at`` (negative = the estimate promised too early). ``promise_error_hours_p50``: the
+  same absolute error for the original ``promised_by`` on the same packages (the estimate a
+  customer would have without the alert: a revised estimate should beat it).
 - ``customer_alerts_for_feed_outages``: distinct delay messages (package_id, kind, episode) on
   packages whose cause is ``feed_outage`` and that were not late.
 - ``by_cause``: for every cause value (the schema's eight, plus any other found in the truth), over
@@ -519,6 +527,29 @@ def _package_figures(packages: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _estimate_figures(delay: pd.DataFrame, packages: pd.DataFrame) -> dict[str, Any]:
+    """How good the revised estimate of each package's first delay alert was."""
+    first = delay.sort_values("alert_time", kind="stable").drop_duplicates("package_id")
+    truth = packages.set_index("package_id")
+    delivered = _to_utc(_lookup(truth["delivered_at"], first["package_id"]))
+    promised = _to_utc(_lookup(truth["promised_by"], first["package_id"]))
+    first = first[delivered.notna().to_numpy()]
+    delivered, promised = delivered[delivered.notna()], promised[delivered.notna()]
+    given = first["new_estimate"].notna().to_numpy()
+    error = _hours(first["new_estimate"][given].reset_index(drop=True)
+                   - delivered[given].reset_index(drop=True))
+    promise_error = _hours(promised[given].reset_index(drop=True)
+                           - delivered[given].reset_index(drop=True)).abs()
+    return {
+        "estimates_given": _ratio(int(given.sum()), len(first)),
+        "estimate_error_hours_p50": _percentile(error.abs(), 50),
+        "estimate_error_hours_p90": _percentile(error.abs(), 90),
+        "estimate_within_24h": _ratio(int((error.abs() <= 24).sum()), int(given.sum())),
+        "estimate_bias_hours_p50": _percentile(error, 50),
+        "promise_error_hours_p50": _percentile(promise_error, 50),
+    }
+
+
 def _names_long(frame: pd.DataFrame, key: str, columns: Iterable[str]) -> pd.DataFrame:
     """One row per (key, facility id named in ``columns``); space-separated lists are split."""
     parts = []
@@ -715,6 +746,8 @@ def score(
     result["alert_key_mismatches"] = int(
         (has_key & (messages["alert_key"].astype(str) != expected_key)).sum()
     )
+
+    result.update(_estimate_figures(delay, packages))
 
     outage = (packages["cause"] == "feed_outage") & ~packages["late"]
     outage_ids = packages.loc[outage, "package_id"]

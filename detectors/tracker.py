@@ -169,6 +169,10 @@ class PackageTracker:
         A package silent this long (event time) is dropped without an alert.
     eta_sample_every
         One package in this many (by id hash) keeps its scan history to teach ``estimator``.
+    eta_warm_packages
+        The first this many packages all keep it (a young estimator has no delivery times
+        for a rare stage, e.g. express, yet: a few MB at most, then one in
+        ``eta_sample_every``).
     names
         Facility id -> human name for the evidence sentence.
     finished_retention_seconds
@@ -188,6 +192,7 @@ class PackageTracker:
         bucket_seconds: int = 900,
         ttl_seconds: int = 30 * 86400,
         eta_sample_every: int = 8,
+        eta_warm_packages: int = 20_000,
         names: Mapping[str, str] | None = None,
         finished_retention_seconds: int = FINISHED_RETENTION,
         finished_generation_seconds: int = FINISHED_GENERATION,
@@ -214,6 +219,7 @@ class PackageTracker:
         self.bucket_seconds = bucket_seconds
         self.ttl_seconds = ttl_seconds
         self.eta_sample_every = eta_sample_every
+        self._eta_warm = eta_warm_packages  # packages left that all keep their scans
         self.names = dict(names or {})
         self.finished_retention_seconds = finished_retention_seconds
         self.finished_generation_seconds = finished_generation_seconds
@@ -238,6 +244,9 @@ class PackageTracker:
         self._code_no = {c: i for i, c in enumerate(self._codes)}
         self._wheel: dict[int, array] = {}
         self._history: dict[int, array] = {}  # slot -> (facility no, code no, ts) * scans
+        # slot -> [code no, last scan ts, next scan ts or -1] of each silence a watch or stall
+        # was raised on: on delivery they teach the estimator how long overdue packages take
+        self._overdue: dict[int, list[list[int]]] = {}
         self._next_sweep = 0
         self._finished_init()
         self._facility_init(facility_stats, facility_lateness)
@@ -296,6 +305,7 @@ class PackageTracker:
         self._flags[slot] = 0
         self._episode[slot] = 0
         self._history.pop(slot, None)
+        self._overdue.pop(slot, None)
         self._free.append(slot)
 
     # -- events ----------------------------------------------------------------------------
@@ -364,8 +374,9 @@ class PackageTracker:
                     svc_col[slot] = _SVC.get(service_in, 0)
                     promised = ev.promised_by_ts
                     promised_col[slot] = promised if promised is not None else -1
-                    if sample and hash_id(pid) % sample == 0:
+                    if sample and (self._eta_warm > 0 or hash_id(pid) % sample == 0):
                         history_map[slot] = array("q")
+                        self._eta_warm -= 1
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                 else:
@@ -393,6 +404,10 @@ class PackageTracker:
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                     prev_code = codes[code_col[slot]]
+                    if flags & (_OPEN | _WATCHED) and self._overdue:
+                        silences = self._overdue.get(slot)
+                        if silences and silences[-1][2] < 0:
+                            silences[-1][2] = ts  # the silence ends
                     if flags & _OPEN:
                         flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
@@ -420,9 +435,12 @@ class PackageTracker:
                         observe(facility, code, ts, last_fac, prev_code, last_col[slot])
                 history = history_map.get(slot) if history_map else None
                 if code in TERMINAL_CODES:
-                    if history is not None and self.estimator is not None and code == "01":
-                        self.estimator.learn_one({"service": service, "delivered_ts": ts,
-                                                  "scans": self._scans(history)})
+                    if self.estimator is not None and code == "01":
+                        if history is not None:
+                            self.estimator.learn_one({"service": service, "delivered_ts": ts,
+                                                      "scans": self._scans(history)})
+                        if self._overdue:
+                            self._learn_overdue(slot, service, ts)
                     delivered += 1
                     if self._finished_keep:
                         self._remember_finished(key, max_ts)
@@ -483,6 +501,13 @@ class PackageTracker:
             stats.delivered += delivered
             stats.resolved += resolved
         return out
+
+    def _learn_overdue(self, slot: int, service: str | None, delivered_ts: int) -> None:
+        for code_no, last_ts, resumed_ts in self._overdue.get(slot, ()):
+            self.estimator.learn_overdue(  # type: ignore[union-attr]
+                {"code": self._codes[code_no], "service": service, "last_ts": last_ts,
+                 "resumed_ts": delivered_ts if resumed_ts < 0 else resumed_ts,
+                 "delivered_ts": delivered_ts})
 
     def _scans(self, history: array) -> list[tuple[str | None, str, int]]:
         """A package's kept scans as (facility, code, ts), from the packed history."""
@@ -717,8 +742,11 @@ class PackageTracker:
         eta = p_late = None
         delay = kind == "stall" or kind == "watch"
         if self.estimator is not None and delay:
-            eta, p_late = self.estimator.estimate(
+            eta, p_late = self.estimator.estimate_overdue(
                 x | {"silence": silence, "promised_by_ts": promised if promised >= 0 else None})
+            silences = self._overdue.setdefault(slot, [])
+            if not silences or silences[-1][1] != last_ts:  # a new silence (not its stall)
+                silences.append([int(self._code[slot]), last_ts, -1])
         name = self.names.get(fac or "", fac or "in transit")
         if delay:
             evidence = (f"No scan for {silence / 3600:.0f} h at {name} (last scan: "
@@ -795,6 +823,8 @@ class PackageTracker:
                 history[slot] = data[pos:pos + n]
                 pos += n
             state["_history"] = history
+        state.setdefault("_overdue", {})  # snapshots from before the overdue estimates
+        state.setdefault("_eta_warm", 0)
         ids: list[int | str | None] = [None] * len(state["_last_ts"])
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)

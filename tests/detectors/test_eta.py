@@ -159,3 +159,99 @@ def test_same_seed_same_estimates():
 def test_bad_probs_are_refused(probs):
     with pytest.raises(ValueError):
         DeliveryEstimator(probs=probs)
+
+
+# -- overdue packages -------------------------------------------------------------------------
+
+
+def overdue(silence_h, remaining_h, code="OF", service="ground"):
+    return {"code": code, "service": service, "last_ts": T0,
+            "resumed_ts": T0 + silence_h * H, "delivered_ts": T0 + remaining_h * H}
+
+
+def test_overdue_estimate_conditions_on_how_long_packages_stayed_silent():
+    estimator = DeliveryEstimator(overdue_min=5)
+    for i in range(10):  # moved on after 2 h, delivered ~40 h after the scan: a slow trip
+        estimator.learn_overdue(overdue(2, 40 + i))
+    for i in range(10):  # silent 30 h (lost and found), delivered ~50 h after the scan
+        estimator.learn_overdue(overdue(30, 50 + i))
+    eta, _ = estimator.estimate_overdue(at(20 * H))
+    # only the packages silent longer than 20 h speak: median of 50..59 h
+    assert eta == T0 + 54.5 * H
+    eta_early, _ = estimator.estimate_overdue(at(1 * H))  # all 20 packages
+    assert eta_early == T0 + 49.5 * H
+
+
+def test_overdue_p_late_is_the_share_delivered_after_the_promise():
+    estimator = DeliveryEstimator(overdue_min=5)
+    for hours in range(40, 50):
+        estimator.learn_overdue(overdue(30, hours))
+    assert estimator.estimate_overdue(at(20 * H, promised_hours=45))[1] == pytest.approx(0.4)
+    assert estimator.estimate_overdue(at(20 * H, promised_hours=10))[1] == 1.0  # promise gone
+    assert estimator.estimate_overdue(at(20 * H, promised_hours=None))[1] is None
+
+
+def test_overdue_keeps_only_the_newest_window():
+    estimator = DeliveryEstimator(overdue_window=10, overdue_min=5)
+    for _ in range(10):
+        estimator.learn_overdue(overdue(30, 100))
+    assert estimator.estimate_overdue(at(20 * H))[0] == T0 + 100 * H
+    for _ in range(10):  # the network got faster: the old packages are forgotten
+        estimator.learn_overdue(overdue(30, 40))
+    assert estimator.estimate_overdue(at(20 * H))[0] == T0 + 40 * H
+
+
+def test_overdue_prefers_the_service_then_the_code_then_any_stage():
+    estimator = DeliveryEstimator(overdue_min=5)
+    for _ in range(5):
+        estimator.learn_overdue(overdue(30, 40, service="express"))
+        estimator.learn_overdue(overdue(30, 80, service="ground"))
+        estimator.learn_overdue(overdue(30, 120, code="A1"))
+    assert estimator.estimate_overdue(at(20 * H, service="express"))[0] == T0 + 40 * H
+    # (OF, priority) is unknown: (OF) pools express and ground
+    assert estimator.estimate_overdue(at(20 * H, service="priority"))[0] == T0 + 60 * H
+    # (T1, ...) and (T1) unknown: any stage
+    assert estimator.estimate_overdue(at(20 * H, code="T1"))[0] == T0 + 80 * H
+
+
+def test_overdue_without_data_is_no_earlier_than_the_usual_remaining_time_from_now():
+    estimator = trained()  # delivered 1-7 h after the OF scan: median 4 h
+    plain, _ = estimator.estimate(at(30 * H))
+    eta, _ = estimator.estimate_overdue(at(30 * H))
+    assert plain < T0 + 31 * H  # the plain tail: "nearly there"
+    assert eta == pytest.approx(T0 + 34 * H, abs=0.5 * H)  # now + the usual ~4 h
+    assert DeliveryEstimator().estimate_overdue(at(30 * H)) == (None, None)
+
+
+def test_overdue_ignores_impossible_records_and_terminal_codes():
+    estimator = DeliveryEstimator(overdue_min=1)
+    estimator.learn_overdue(overdue(30, 20))  # delivered before it moved again
+    estimator.learn_overdue(overdue(-1, 20))
+    estimator.learn_overdue(overdue(30, 40, code="01"))
+    assert estimator.estimate_overdue(at(20 * H)) == (None, None)
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_overdue_model_survives_a_copy(how):
+    a = DeliveryEstimator(overdue_window=8, overdue_min=3)
+    rng = random.Random(3)
+    stream = [overdue(rng.uniform(10, 60), rng.uniform(60, 120)) for _ in range(40)]
+    for x in stream[:20]:
+        a.learn_overdue(x)
+    b = pickle.loads(pickle.dumps(a)) if how == "pickle" else copy.deepcopy(a)
+    for x in stream[20:]:
+        a.learn_overdue(x)
+        b.learn_overdue(x)
+    probes = [at(s * H) for s in range(0, 60, 5)]
+    assert [a.estimate_overdue(x) for x in probes] == [b.estimate_overdue(x) for x in probes]
+
+
+def test_a_snapshot_from_before_the_overdue_model_loads():
+    old = trained()
+    state = old.__dict__.copy()
+    for name in ("_overdue", "overdue_window", "overdue_min"):
+        del state[name]
+    restored = DeliveryEstimator.__new__(DeliveryEstimator)
+    restored.__setstate__(state)
+    assert restored.estimate_overdue(at(2 * H)) == old.estimate_overdue(at(2 * H))
+    restored.learn_overdue(overdue(30, 40))  # and it learns

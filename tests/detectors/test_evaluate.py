@@ -932,3 +932,33 @@ def test_format_table(run_dir: Path) -> None:
     assert len({len(line) for line in lines[:2]}) == 1  # header as wide as the rule
     single = format_table(score(alerts_frame(FOUR_ALERTS), load_truth(run_dir / "truth")))
     assert single.splitlines()[0].split() == ["metric", "this", "run"]
+
+
+def test_estimate_figures_use_each_packages_first_alert(four: Truth) -> None:
+    # A's first alert says 01-07 00:00 (delivered 01-07 12:00: 12 h early); its later alert
+    # (not the first) would be exact and must not count. B's first alert has no estimate.
+    # D's says 01-06 16:00 (delivered 01-05 10:00: 30 h late).
+    rows = [
+        alert("A", "stall", 1, "2024-01-04T10:00:00+00:00") | {
+            "new_estimate": "2024-01-07T00:00:00+00:00"},
+        alert("A", "stall", 2, "2024-01-06T10:00:00+00:00") | {
+            "new_estimate": "2024-01-07T12:00:00+00:00"},
+        alert("B", "incident_delay", 1, "2024-01-06T02:00:00+00:00"),
+        alert("D", "stall", 1, "2024-01-04T00:00:00+00:00") | {
+            "new_estimate": "2024-01-06T16:00:00+00:00"},
+    ]
+    result = score(alerts_frame(rows), four)
+    assert result["estimates_given"] == pytest.approx(2 / 3)  # A, D of A, B, D
+    assert result["estimate_error_hours_p50"] == pytest.approx(21.0)  # (12 + 30) / 2
+    assert result["estimate_error_hours_p90"] == pytest.approx(12 + 0.9 * 18)
+    assert result["estimate_within_24h"] == pytest.approx(0.5)  # A only
+    assert result["estimate_bias_hours_p50"] == pytest.approx(9.0)  # (-12 + 30) / 2
+    # the promise (01-05 20:00) was 40 h early for A and 10 h late for D
+    assert result["promise_error_hours_p50"] == pytest.approx(25.0)
+
+
+def test_estimate_figures_are_none_without_estimates(four: Truth) -> None:
+    result = score(alerts_frame(FOUR_ALERTS), four)
+    assert result["estimates_given"] == 0.0
+    assert result["estimate_error_hours_p50"] is None
+    assert result["estimate_within_24h"] is None

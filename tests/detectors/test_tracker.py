@@ -559,3 +559,38 @@ def test_overdue_scans_in_one_batch_fire_like_one_at_a_time() -> None:
     got = batch.process_batch(events()) + batch.advance(T0 + 30 * H)
     assert sorted(keys(want)) == [f"P{i}:stall:1" for i in range(8)]
     assert got == want
+
+
+def test_overdue_packages_delivered_teach_the_estimates_of_later_stalls() -> None:
+    detector = StallDetector(prior_hours={"A1": (1, 2), "T1": (1, 2)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    estimator = DeliveryEstimator(overdue_min=1)
+    tracker = PackageTracker(detector, estimator, allowed_lateness=0, bucket_seconds=600)
+    tracker.process(header("P1", T0))
+    tracker.process(scan("P1", "A1", T0 + 60))
+    first = tracker.advance(T0 + 3 * H)
+    assert keys(first) == ["P1:stall:1"]
+    assert first[0]["new_estimate"] is None  # nothing learned yet
+    tracker.advance(T0 + 5 * H)  # still silent: the same silence, learned once
+    tracker.process(scan("P1", "T1", T0 + 6 * H))  # moves on after ~6 h
+    tracker.process(scan("P1", "01", T0 + 10 * H, "PO-1"))  # delivered 10 h after the A1
+    # a package silent at A1 now is expected ~10 h after its A1, like P1
+    tracker.process(header("P2", T0 + DAY))
+    tracker.process(scan("P2", "A1", T0 + DAY + 60))
+    second = tracker.advance(T0 + DAY + 3 * H)
+    assert keys(second) == ["P2:stall:1"]
+    assert ts_of(second[0]["new_estimate"]) == T0 + DAY + 60 + 10 * H - 60
+    # P1 was learned once (one silence, though two clock steps saw it), as it was: silent
+    # from its A1 to its T1, delivered 10 h after its A1; P2, in flight, taught nothing yet
+    assert estimator._overdue[("A1", "ground")].pairs == [(6 * H - 60, 10 * H - 60)]
+
+
+def test_a_package_that_never_went_overdue_teaches_no_overdue_estimate() -> None:
+    detector = StallDetector(prior_hours={"A1": (1, 2)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    estimator = DeliveryEstimator(overdue_min=1)
+    tracker = PackageTracker(detector, estimator, allowed_lateness=0, bucket_seconds=600)
+    tracker.process(header("P1", T0))
+    tracker.process(scan("P1", "A1", T0 + 60))
+    tracker.process(scan("P1", "01", T0 + H, "PO-1"))  # on time
+    assert not estimator._overdue
