@@ -7,7 +7,8 @@
                    per batch a Progress (watermarks + the facility windows it closed)
                 -> network (one key): merges the shards' facility windows, runs the facility
                    monitor and the incident lifecycle, folds stall alerts into incidents,
-                   groups messages per customer and incident
+                   groups messages per customer and incident (``flows.network.NetworkDesk``,
+                   engine-free; ``_Network`` only feeds it)
                 -> incidents.jsonl, alerts.jsonl            (exactly-once with recovery)
                 -> outbox (SQLite, unique message key)      (at-least-once, idempotent)
 
@@ -29,7 +30,6 @@ its events in input order and in the same batches, so alerts are the same, in th
 
 from __future__ import annotations
 
-import heapq
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -46,12 +46,13 @@ from bytewax.operators import StatefulBatchLogic
 
 from detectors import DeliveryEstimator, ScanEvent, StallDetector
 from detectors.events import parse_batch
-from detectors.facility import FacilityMonitor, FacilityStats, FacilityWindow, merge
-from detectors.folding import DELAY_KINDS, IncidentFolder
+from detectors.facility import FacilityMonitor, FacilityStats
+from detectors.folding import IncidentFolder
 from detectors.incidents import IncidentDesk, IncidentManager
 from detectors.tracker import PackageTracker, hash_id
 from flows.config import Settings
 from flows.metrics import INCIDENT_KINDS, FlowMetrics
+from flows.network import NetworkDesk, Out, Progress
 from flows.sinks import OutboxSink
 from notifiers.grouping import MessageGrouper
 
@@ -82,7 +83,7 @@ class FlowContext:
     regions: Mapping[str, str] = field(default_factory=dict)  # hub id -> region (weather)
     hubs: frozenset[str] | None = None  # facilities with incident statistics; None: all
     trackers: dict[str, PackageTracker] = field(default_factory=dict)
-    network: _Network | None = None
+    network: NetworkDesk | None = None  # the network step's, once the flow built it
 
     def new_tracker(self) -> PackageTracker:
         st = self.settings.stall
@@ -118,13 +119,15 @@ class FlowContext:
                             for_windows=inc.for_windows, clear_windows=inc.clear_windows),
             warm_up_seconds=int(inc.warm_up_hours * 3600))
 
-    def new_network(self) -> NetworkState:
+    def new_network(self) -> NetworkDesk:
         inc = self.settings.incidents
-        return NetworkState(
+        return NetworkDesk(
+            IncidentFolder(grace_seconds=inc.grace_seconds),
+            MessageGrouper(hold_seconds=inc.hold_seconds),
+            shards=self.settings.shards,
             # several shards: the windows are merged and assessed in the network step
-            desk=self.new_desk() if inc.enabled and self.settings.shards > 1 else None,
-            folder=IncidentFolder(grace_seconds=inc.grace_seconds),
-            grouper=MessageGrouper(hold_seconds=inc.hold_seconds),
+            incidents=self.new_desk() if inc.enabled and self.settings.shards > 1 else None,
+            metrics=self.metrics,
         )
 
     def observe(self) -> None:
@@ -140,23 +143,12 @@ class FlowContext:
         m.event_time_lag.set(max(0.0, time.time() - wm))
         m.stage_keys.set(sum(t.detector.n_stages for t in ts))
         if self.network is not None:
-            by_kind = self.network.state.folder.open_by_kind()
+            by_kind = self.network.folder.open_by_kind()
             for kind in INCIDENT_KINDS:
                 m.incidents_open.labels(kind).set(by_kind.get(kind, 0))
 
 
 Shard = tuple[str, list[ScanEvent]]  # (shard key, its events of one source batch, in order)
-
-
-@dataclass(slots=True)
-class Progress:
-    """A shard's progress after a batch: its stall watermark, how far its facility windows are
-    closed, and the windows it closed (sent to the network step, after the batch's alerts)."""
-
-    watermark: int
-    closed_through: int
-    windows: list[FacilityWindow]
-    incidents: list[tuple[int, list[dict[str, Any]]]]  # (window end, records): one shard
 
 
 def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
@@ -266,220 +258,29 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         return self.tracker
 
 
-@dataclass
-class NetworkState:
-    """What the network step keeps (its snapshot): detectors, lifecycle, held alerts."""
+class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkDesk]):
+    """The network step: a :class:`flows.network.NetworkDesk` (also its snapshot) fed with
+    the shards' records and progress, one ``step`` per batch."""
 
-    desk: IncidentDesk | None  # None: the (single) shard assesses its own windows
-    folder: IncidentFolder
-    grouper: MessageGrouper
-    progress: dict[str, tuple[int, int]] = field(default_factory=dict)  # shard -> (wm, closed)
-    windows: dict[int, list[FacilityWindow]] = field(default_factory=dict)  # end -> shards'
-    ready: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # end -> records
-    assessed_through: int = 0  # facility windows ending by then are assessed
-    # package records waiting, as a heap of (watermark when made, package, arrival, record)
-    held: list[tuple[int, str, int, dict[str, Any]]] = field(default_factory=list)
-    arrivals: int = 0
-    now: int = 0  # event time of the last step taken
-    # facility -> package -> its "watch" record: silent packages no incident explains (yet);
-    # an incident opening there folds them at once (the proactive message)
-    watching: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    next_prune: int = 0
-
-
-Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident", record)
-
-
-class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkState]):
-    """Merges the shards' facility windows, opens and resolves incidents, folds stall alerts
-    into them and groups customer messages (see the module docstring)."""
-
-    def __init__(self, ctx: FlowContext, resume: NetworkState | None) -> None:
+    def __init__(self, ctx: FlowContext, resume: NetworkDesk | None) -> None:
         self.ctx = ctx
-        self.state = resume if resume is not None else ctx.new_network()
-        self.shards = ctx.settings.shards
-        self.grace = ctx.settings.incidents.grace_seconds
-        ctx.network = self
+        self.desk = resume if resume is not None else ctx.new_network()
+        self.desk.metrics = ctx.metrics  # not in the snapshot
+        ctx.network = self.desk
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[Out], bool]:
-        st = self.state
+        desk = self.desk
         for shard, item in values:
-            if item.__class__ is Progress:
-                st.progress[shard] = (item.watermark, item.closed_through)
-                for w in item.windows:
-                    st.windows.setdefault(w.end, []).append(w)
-                for end, records in item.incidents:
-                    st.ready.setdefault(end, []).extend(records)
-            else:
-                st.arrivals += 1
-                made = item.pop("watermark", None)
-                if made is None:
-                    made = _epoch(item["alert_time"])
-                heapq.heappush(st.held, (made, item["package_id"], st.arrivals, item))
-        if len(st.progress) < self.shards:
-            return [], StatefulBatchLogic.RETAIN  # not every shard has spoken yet
-        closed = min(c for _, c in st.progress.values())
-        wm = min(w for w, _ in st.progress.values())
-        return self._advance(wm, closed), StatefulBatchLogic.RETAIN
+            desk.add(shard, item)
+        return desk.step(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Out], bool]:
-        out = self._advance(_END, _END)
-        out += self._messages(self.state.grouper.flush(self.state.now,
-                                                       self.state.folder.resolved_at))
+        out = self.desk.finish()
         self.ctx.observe()
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> NetworkState:
-        return self.state
-
-    def _advance(self, wm: int, closed: int) -> list[Out]:
-        """Take every step whose inputs are complete, in event-time order.
-
-        Two kinds of steps: assessing the merged facility windows that end at ``E`` (possible
-        once every shard closed them: ``E <= closed``), and deciding a package record made
-        at watermark ``R`` (stall, watch, moved, back on track), which must see exactly the
-        incidents of the windows ending by ``R + grace``. Records come from each shard in
-        watermark order, so once the lowest shard watermark ``wm`` has passed ``R`` no earlier
-        record can come. Steps are taken in order of ``E`` and ``R + grace`` (windows first on
-        ties), so the outcome does not depend on how batches or shards interleave: a replay
-        gives the same alerts, incidents and messages as live processing.
-        """
-        st, grace = self.state, self.grace
-        out: list[Out] = []
-        held, windows, ready = st.held, st.windows, st.ready
-        while True:
-            record_at = held[0][0] + grace if held and held[0][0] <= wm else _END
-            if record_at > closed:
-                record_at = _END
-            window_at = min(windows) if windows else _END
-            if ready:
-                window_at = min(window_at, min(ready))
-            if window_at > closed or window_at > wm + grace:
-                window_at = _END
-            if window_at == _END and record_at == _END:
-                break
-            if window_at <= record_at:
-                st.now = max(st.now, window_at)
-                out += self._due()
-                records = ready.pop(window_at, [])
-                shards = windows.pop(window_at, None)
-                if shards and st.desk is not None:
-                    records += st.desk.assess(window_at, merge(shards))
-                out += self._incidents(records)
-                st.assessed_through = window_at
-            else:
-                st.now = max(st.now, record_at)
-                out += self._due()
-                out += self._decide(heapq.heappop(held)[3])
-            if st.now >= st.next_prune:
-                self._prune()
-        return out
-
-    def _due(self) -> list[Out]:
-        st = self.state
-        return self._messages(st.grouper.advance(st.now, st.folder.resolved_at))
-
-    def _messages(self, messages: list[dict[str, Any]]) -> list[Out]:
-        m = self.ctx.metrics
-        if m is not None:
-            for msg in messages:
-                m.messages.labels(msg["kind"]).inc()
-        return [("message", msg) for msg in messages]
-
-    def _prune(self) -> None:
-        """Daily: forget old incidents and packages watched for longer than a week (expired
-        by the tracker's TTL or lost: they will not move again)."""
-        st = self.state
-        st.next_prune = st.now + 86400
-        st.folder.prune(st.now)
-        cutoff = st.now - 7 * 86400
-        for name, watched in list(st.watching.items()):
-            for pid in [p for p, a in watched.items() if _epoch(a["alert_time"]) < cutoff]:
-                del watched[pid]
-            if not watched:
-                del st.watching[name]
-
-    def _decide(self, alert: dict[str, Any]) -> list[Out]:
-        """One package record from a shard, in order: what it tells whom."""
-        st, m = self.state, self.ctx.metrics
-        folder, grouper = st.folder, st.grouper
-        kind, pid = alert["kind"], alert["package_id"]
-        told = grouper.told(pid)
-        if kind == "moved" or kind == "back_on_track":
-            self._unwatch(alert)
-            if told == "fold":  # the customer heard of it through an incident
-                if kind == "moved":
-                    alert = alert | {"kind": "back_on_track", "evidence": "Moving again.",
-                                     "alert_key": f"{pid}:back_on_track:{alert['episode']}"}
-            elif told == "suppress":  # close what was told to nobody
-                grouper.add(alert | {"kind": "back_on_track"}, "keep")
-                return []
-            elif kind == "moved":
-                return []  # a watched package nobody was told about moves on
-            return [("alert", alert), *self._messages(grouper.add(alert))]
-        if kind == "stall":
-            self._unwatch(alert)
-            if told == "fold":
-                return []  # already told, by the incident that holds it
-        decision, alert = folder.decide(alert)
-        if alert["kind"] == "watch":  # not explained (yet): remember it, tell nobody
-            if decision == "keep":
-                st.watching.setdefault(alert["facility_id"] or "", {})[pid] = alert
-                return []
-            if decision == "suppress":
-                return []
-        if decision == "suppress" and m is not None:
-            m.alerts_suppressed.labels("feed_outage").inc()
-        out: list[Out] = [] if decision == "suppress" else [("alert", alert)]
-        return out + self._messages(grouper.add(alert, decision))
-
-    def _unwatch(self, alert: dict[str, Any]) -> None:
-        watched = self.state.watching.get(alert.get("facility_id") or "")
-        if watched is not None and watched.pop(alert["package_id"], None) is not None \
-                and not watched:
-            del self.state.watching[alert.get("facility_id") or ""]
-
-    def _fold_watched(self, record: dict[str, Any]) -> list[Out]:
-        """An incident opened: the silent packages watched at its facilities hear of it now."""
-        st = self.state
-        out: list[Out] = []
-        opened = record["opened_at"]
-        for name in sorted(st.folder.names(record)):
-            watched = st.watching.pop(name, None)
-            if not watched:
-                continue
-            for pid, alert in list(watched.items()):
-                at = max(alert["alert_time"], opened, key=_epoch)
-                decision, folded = st.folder.decide(alert | {"alert_time": at})
-                if decision == "fold":
-                    del watched[pid]
-                    out.append(("alert", folded))
-                    out += self._messages(st.grouper.add(folded, decision))
-            if watched:
-                st.watching[name] = watched
-        return out
-
-    def _incidents(self, records: list[dict[str, Any]]) -> list[Out]:
-        """Incident records of one window end: out, into the folder, and they fold the
-        packages watched where a delay incident opens."""
-        st, m = self.state, self.ctx.metrics
-        out: list[Out] = []
-        for record in records:
-            st.folder.observe(record)
-            out.append(("incident", record))
-            if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
-                out += self._fold_watched(record)
-            if m is not None and record["status"] in ("open", "resolved"):
-                status = "opened" if record["status"] == "open" else "resolved"
-                m.incidents.labels(record["kind"], status).inc()
-        return out
-
-
-_END = 1 << 62  # no step of this kind can be taken now
-
-
-def _epoch(iso: str) -> int:
-    return int(datetime.fromisoformat(iso).timestamp())
+    def snapshot(self) -> NetworkDesk:
+        return self.desk
 
 
 def _record_line(item: tuple[str, Out]) -> tuple[str, str]:

@@ -142,7 +142,7 @@ def replay(
         r["kind"] for r in map(json.loads, _lines(run_dir / "incidents.jsonl"))
         if r["status"] == "open"))
     if ctx.network is not None:
-        summary.suppressed = ctx.network.state.folder.suppressed
+        summary.suppressed = ctx.network.folder.suppressed
     summary.events = (summary.accepted + summary.duplicates + summary.out_of_order
                       + summary.no_header + sum(summary.dead_letters.values()))
     summary.outbox = outbox_counts(run_dir / "outbox.sqlite")

@@ -1,0 +1,311 @@
+"""The network step without the engine: shards' records in, alerts, messages and incidents out.
+
+Every shard of the flow (one :class:`detectors.tracker.PackageTracker` each) sends the network
+step its package records (``stall``, ``watch``, ``moved``, ``back_on_track``) and, after each
+batch, a :class:`Progress`: its watermark, how far its facility windows are closed, and the
+windows (or, with one shard, the incident records) of that batch. :class:`NetworkDesk` merges
+them and, in event-time order, assesses the facility windows (incidents open and resolve),
+folds package records into the incidents that explain them (:class:`detectors.folding.
+IncidentFolder`) and groups customer messages (:class:`notifiers.grouping.MessageGrouper`).
+
+A package record made at watermark ``R`` is decided only once every shard has closed its
+facility windows through ``R + grace`` and passed ``R`` itself, so it sees exactly the incidents
+of those windows whatever the order in which shards or batches arrive: a replay gives the same
+outputs as live processing (see :meth:`NetworkDesk.step`).
+
+Engine-free: plain dicts in, ``(tag, record)`` pairs out, picklable (it is the flow's snapshot
+of the step), no Bytewax. ``flows.dataflow`` wraps it in a ``stateful_batch`` step.
+
+Examples
+--------
+One shard; an incident opens at P1 at 03:00 and a package silent there since the night before
+raises a stall at 20:00. Nothing is decided until the shard reports its progress; then the
+incident comes out first, the stall is folded into it, and the customer's message is held for
+``hold_seconds`` (here: sent when the input ends).
+
+>>> from detectors.folding import IncidentFolder
+>>> from notifiers.grouping import MessageGrouper
+>>> from flows.network import NetworkDesk, Progress
+>>> desk = NetworkDesk(IncidentFolder(grace_seconds=3600), MessageGrouper(hold_seconds=3600))
+>>> desk.add("0", {"alert_key": "9400:stall:1", "kind": "stall", "package_id": "9400",
+...                "episode": 1, "facility_id": "P1", "last_event_code": "A1",
+...                "last_scan_time": "2026-09-30T22:00:00+00:00",
+...                "alert_time": "2026-10-01T20:00:00+00:00", "recipient_ref": "C7",
+...                "evidence": "No scan for 22 h."})
+>>> desk.step()  # the shard has not reported its progress yet
+[]
+>>> incident = {"incident_key": "P1:facility_slowdown:20261001T0300Z",
+...             "kind": "facility_slowdown", "facility_id": "P1", "lane_to": None,
+...             "status": "open", "opened_at": "2026-10-01T03:00:00+00:00",
+...             "resolved_at": None, "facilities": "P1",
+...             "evidence": "P1 is holding 80 packages that usually leave by now."}
+>>> desk.add("0", Progress(watermark=1790884800, closed_through=1790888400,  # 20:00, 21:00
+...                        windows=[], incidents=[(1790823600, [incident])]))  # 03:00
+>>> [(tag, record["kind"]) for tag, record in desk.step()]
+[('incident', 'facility_slowdown'), ('alert', 'incident_delay')]
+>>> [(tag, record["kind"], record["packages"]) for tag, record in desk.finish()]
+[('message', 'incident_delay', ['9400'])]
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from detectors.facility import FacilityWindow, merge
+from detectors.folding import DELAY_KINDS, IncidentFolder
+from detectors.folding import _ts as _epoch  # ISO 8601 -> epoch seconds (never empty here)
+from detectors.incidents import IncidentDesk
+from notifiers.grouping import MessageGrouper
+
+if TYPE_CHECKING:
+    from flows.metrics import FlowMetrics
+
+__all__ = ["NetworkDesk", "Out", "Progress"]
+
+Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident", record)
+
+_END = 1 << 62  # no step of this kind can be taken now
+
+
+@dataclass(slots=True)
+class Progress:
+    """A shard's progress after a batch: its stall watermark, how far its facility windows are
+    closed, and the windows it closed (sent to the network step, after the batch's alerts)."""
+
+    watermark: int
+    closed_through: int
+    windows: list[FacilityWindow]
+    incidents: list[tuple[int, list[dict[str, Any]]]]  # (window end, records): one shard
+
+
+class NetworkDesk:
+    """Merges the shards' facility windows, opens and resolves incidents, folds package
+    records into them and groups customer messages, in event-time order.
+
+    Feed it with :meth:`add` (a shard's package record or :class:`Progress`, in the order the
+    shard made them), then call :meth:`step` for what can be decided now; :meth:`finish` at
+    the end of input.
+
+    Parameters
+    ----------
+    folder
+        Decides fold / suppress / keep for stall and watch records; its ``grace_seconds`` is
+        how long past a record's watermark the desk waits for incidents that may explain it.
+    grouper
+        Turns the decided alerts into customer messages.
+    shards
+        How many shards report: nothing is decided before each of them sent a
+        :class:`Progress`.
+    incidents
+        Assesses the merged facility windows of all shards. None when the (single) shard
+        assesses its own windows and sends incident records in ``Progress.incidents``.
+    metrics
+        Optional counters (``messages``, ``alerts_suppressed``, ``incidents``); not part of the
+        pickled state: set it again after unpickling.
+
+    Attributes
+    ----------
+    now
+        Event time of the last step taken.
+    assessed_through
+        Facility windows ending by then are assessed.
+    watching
+        Facility -> package -> its ``watch`` record: silent packages no incident explains
+        (yet); an incident opening there folds them at once (the proactive message).
+    """
+
+    def __init__(self, folder: IncidentFolder, grouper: MessageGrouper, *, shards: int = 1,
+                 incidents: IncidentDesk | None = None,
+                 metrics: FlowMetrics | None = None) -> None:
+        self.folder = folder
+        self.grouper = grouper
+        self.shards = shards
+        self.incidents = incidents
+        self.metrics = metrics
+        self.now = 0
+        self.assessed_through = 0
+        self.watching: dict[str, dict[str, dict[str, Any]]] = {}
+        self._progress: dict[str, tuple[int, int]] = {}  # shard -> (watermark, closed through)
+        self._windows: dict[int, list[FacilityWindow]] = {}  # window end -> the shards' windows
+        self._ready: dict[int, list[dict[str, Any]]] = {}  # window end -> incident records
+        # package records waiting, as a heap of (watermark when made, package, arrival, record)
+        self._held: list[tuple[int, str, int, dict[str, Any]]] = []
+        self._arrivals = 0
+        self._next_prune = 0
+
+    # -- pickling (Bytewax snapshots) ---------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["metrics"] = None  # the process's counters, not state
+        return state
+
+    # -- input ------------------------------------------------------------------------------
+    def add(self, shard: str, item: dict[str, Any] | Progress) -> None:
+        """One item from ``shard``: a package record (held until it can be decided; its
+        ``"watermark"`` key, when the tracker made it, is taken out) or its :class:`Progress`."""
+        if isinstance(item, Progress):
+            self._progress[shard] = (item.watermark, item.closed_through)
+            for w in item.windows:
+                self._windows.setdefault(w.end, []).append(w)
+            for end, records in item.incidents:
+                self._ready.setdefault(end, []).extend(records)
+        else:
+            self._arrivals += 1
+            made = item.pop("watermark", None)
+            if made is None:
+                made = _epoch(item["alert_time"])
+            heapq.heappush(self._held, (made, item["package_id"], self._arrivals, item))
+
+    def step(self) -> list[Out]:
+        """Every step whose inputs are complete, in event-time order; [] until every shard
+        has reported its progress.
+
+        Two kinds of steps: assessing the merged facility windows that end at ``E`` (possible
+        once every shard closed them: ``E <= closed``), and deciding a package record made
+        at watermark ``R`` (stall, watch, moved, back on track), which must see exactly the
+        incidents of the windows ending by ``R + grace``. Records come from each shard in
+        watermark order, so once the lowest shard watermark ``wm`` has passed ``R`` no earlier
+        record can come. Steps are taken in order of ``E`` and ``R + grace`` (windows first on
+        ties), so the outcome does not depend on how batches or shards interleave: a replay
+        gives the same alerts, incidents and messages as live processing.
+        """
+        if len(self._progress) < self.shards:
+            return []  # not every shard has spoken yet
+        closed = min(c for _, c in self._progress.values())
+        wm = min(w for w, _ in self._progress.values())
+        return self._advance(wm, closed)
+
+    def finish(self) -> list[Out]:
+        """End of input: decide everything still held and send every held message."""
+        out = self._advance(_END, _END)
+        return out + self._messages(self.grouper.flush(self.now, self.folder.resolved_at))
+
+    # -- steps ------------------------------------------------------------------------------
+    def _advance(self, wm: int, closed: int) -> list[Out]:
+        grace = self.folder.grace_seconds
+        out: list[Out] = []
+        held, windows, ready = self._held, self._windows, self._ready
+        while True:
+            record_at = held[0][0] + grace if held and held[0][0] <= wm else _END
+            if record_at > closed:
+                record_at = _END
+            window_at = min(windows) if windows else _END
+            if ready:
+                window_at = min(window_at, min(ready))
+            if window_at > closed or window_at > wm + grace:
+                window_at = _END
+            if window_at == _END and record_at == _END:
+                break
+            if window_at <= record_at:
+                self.now = max(self.now, window_at)
+                out += self._due()
+                records = ready.pop(window_at, [])
+                shards = windows.pop(window_at, None)
+                if shards and self.incidents is not None:
+                    records += self.incidents.assess(window_at, merge(shards))
+                out += self._incidents(records)
+                self.assessed_through = window_at
+            else:
+                self.now = max(self.now, record_at)
+                out += self._due()
+                out += self._decide(heapq.heappop(held)[3])
+            if self.now >= self._next_prune:
+                self._prune()
+        return out
+
+    def _due(self) -> list[Out]:
+        return self._messages(self.grouper.advance(self.now, self.folder.resolved_at))
+
+    def _messages(self, messages: list[dict[str, Any]]) -> list[Out]:
+        m = self.metrics
+        if m is not None:
+            for msg in messages:
+                m.messages.labels(msg["kind"]).inc()
+        return [("message", msg) for msg in messages]
+
+    def _prune(self) -> None:
+        """Daily: forget old incidents and packages watched for longer than a week (expired
+        by the tracker's TTL or lost: they will not move again)."""
+        self._next_prune = self.now + 86400
+        self.folder.prune(self.now)
+        cutoff = self.now - 7 * 86400
+        for name, watched in list(self.watching.items()):
+            for pid in [p for p, a in watched.items() if _epoch(a["alert_time"]) < cutoff]:
+                del watched[pid]
+            if not watched:
+                del self.watching[name]
+
+    def _decide(self, alert: dict[str, Any]) -> list[Out]:
+        """One package record from a shard, in order: what it tells whom."""
+        m, folder, grouper = self.metrics, self.folder, self.grouper
+        kind, pid = alert["kind"], alert["package_id"]
+        told = grouper.told(pid)
+        if kind == "moved" or kind == "back_on_track":
+            self._unwatch(alert)
+            if told == "fold":  # the customer heard of it through an incident
+                if kind == "moved":
+                    alert = alert | {"kind": "back_on_track", "evidence": "Moving again.",
+                                     "alert_key": f"{pid}:back_on_track:{alert['episode']}"}
+            elif told == "suppress":  # close what was told to nobody
+                grouper.add(alert | {"kind": "back_on_track"}, "keep")
+                return []
+            elif kind == "moved":
+                return []  # a watched package nobody was told about moves on
+            return [("alert", alert), *self._messages(grouper.add(alert))]
+        if kind == "stall":
+            self._unwatch(alert)
+            if told == "fold":
+                return []  # already told, by the incident that holds it
+        decision, alert = folder.decide(alert)
+        if alert["kind"] == "watch":  # not explained (yet): remember it, tell nobody
+            if decision == "keep":
+                self.watching.setdefault(alert["facility_id"] or "", {})[pid] = alert
+                return []
+            if decision == "suppress":
+                return []
+        if decision == "suppress" and m is not None:
+            m.alerts_suppressed.labels("feed_outage").inc()
+        out: list[Out] = [] if decision == "suppress" else [("alert", alert)]
+        return out + self._messages(grouper.add(alert, decision))
+
+    def _unwatch(self, alert: dict[str, Any]) -> None:
+        watched = self.watching.get(alert.get("facility_id") or "")
+        if watched is not None and watched.pop(alert["package_id"], None) is not None \
+                and not watched:
+            del self.watching[alert.get("facility_id") or ""]
+
+    def _fold_watched(self, record: dict[str, Any]) -> list[Out]:
+        """An incident opened: the silent packages watched at its facilities hear of it now."""
+        out: list[Out] = []
+        opened = record["opened_at"]
+        for name in sorted(self.folder.names(record)):
+            watched = self.watching.pop(name, None)
+            if not watched:
+                continue
+            for pid, alert in list(watched.items()):
+                at = max(alert["alert_time"], opened, key=_epoch)
+                decision, folded = self.folder.decide(alert | {"alert_time": at})
+                if decision == "fold":
+                    del watched[pid]
+                    out.append(("alert", folded))
+                    out += self._messages(self.grouper.add(folded, decision))
+            if watched:
+                self.watching[name] = watched
+        return out
+
+    def _incidents(self, records: list[dict[str, Any]]) -> list[Out]:
+        """Incident records of one window end: out, into the folder, and they fold the
+        packages watched where a delay incident opens."""
+        m = self.metrics
+        out: list[Out] = []
+        for record in records:
+            self.folder.observe(record)
+            out.append(("incident", record))
+            if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
+                out += self._fold_watched(record)
+            if m is not None and record["status"] in ("open", "resolved"):
+                status = "opened" if record["status"] == "open" else "resolved"
+                m.incidents.labels(record["kind"], status).inc()
+        return out
