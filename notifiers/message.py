@@ -7,6 +7,15 @@ autoescape, and the recipient comes from the customer table only, never from the
 Headers set (and no others, apart from the MIME ones): From, To, Subject, Date, Message-ID,
 Auto-Submitted, X-Delaywatch-Alert-Key, List-Unsubscribe, List-Unsubscribe-Post. The
 Message-ID is derived from the alert key, so a message sent twice is recognisably the same.
+
+Everything the customer reads is in their language (``en`` or ``es``). The alert's ``evidence``
+is English and, for an incident, written for operators ("P0100 is holding 80 packages..."), so
+the per-package detail is built from the alert's structured fields instead (``facility_name``,
+``last_event_code``, ``last_scan_time``, ``silence_seconds``, ``expected_seconds``,
+``alert_time``; see :func:`describe_silence` and :func:`describe_moving`). Where those are
+missing (an outbox row written before they existed), an English stall e-mail shows the
+``evidence`` as it did; a Spanish one leaves the detail out, and no incident e-mail ever shows
+it.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
@@ -30,6 +39,7 @@ from notifiers.customers import LOCALES, Customer, validate_address
 from notifiers.errors import InvalidRecipientError, MessageBuildError
 from notifiers.headers import clean_text
 from notifiers.unsubscribe import unsubscribe_url
+from notifiers.wording import scan_text
 
 __all__ = ["HEADER_NAMES", "MessageComposer", "RenderedMessage"]
 
@@ -105,6 +115,7 @@ _WEEKDAYS = {
     "en": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
     "es": "lunes martes miércoles jueves viernes sábado domingo",
 }
+_MAX_SECONDS = 10 * 365 * 86400
 _UNITS = {
     "en": (("day", "days"), ("hour", "hours"), ("minute", "minutes")),
     "es": (("día", "días"), ("hora", "horas"), ("minuto", "minutos")),
@@ -143,11 +154,25 @@ def format_local_time(value: object, zone: tzinfo, locale: str) -> str | None:
     return f"{weekday}, {month} {local.day}, {hour}:{local:%M} {ampm} {abbrev}".rstrip()
 
 
-def format_duration(seconds: object, locale: str) -> str | None:
-    """'2 days 3 hours' / '2 días 3 horas'; the two largest units; None if unknown."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+def _seconds(value: object) -> float | None:
+    """A plausible non-negative number of seconds (under ten years), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if not 0 <= seconds < 10 * 365 * 86400:
+    if not 0 <= value < _MAX_SECONDS:  # NaN fails too
+        return None
+    return float(value)
+
+
+def format_duration(seconds: object, locale: str) -> str | None:
+    """'2 days 3 hours' / '2 días 3 horas'; the two largest units; None if unknown.
+
+    >>> format_duration(112_500, "en"), format_duration(112_500, "es")
+    ('1 day 7 hours', '1 día 7 horas')
+    >>> format_duration("31 h", "en") is None
+    True
+    """
+    seconds = _seconds(seconds)
+    if seconds is None:
         return None
     minutes = int(seconds // 60)
     values = (minutes // 1440, minutes % 1440 // 60, minutes % 60)
@@ -192,6 +217,156 @@ def describe_cause(kind: object, facility: str | None, locale: str) -> str:
     causes = _CAUSES.get(locale, _CAUSES["en"])
     text = causes.get(kind if isinstance(kind, str) else None) or causes[None]
     return text.format(facility=facility or _SOMEWHERE.get(locale, _SOMEWHERE["en"]))
+
+
+# The per-package detail (a silence, and a package moving again), per locale.
+_SILENCE = {
+    "en": {
+        "one": "No scan for {silence}",
+        "several": "No scan for up to {silence}",
+        "at": " at {facility}",
+        "transit": " in transit",
+        "last": " (last scan: {last})",
+        "usual": "; packages usually move on within {usual}",
+    },
+    "es": {
+        "one": "Sin escaneos durante {silence}",
+        "several": "Hasta {silence} sin escaneos",
+        "at": " en {facility}",
+        "transit": " en tránsito",
+        "last": " (último escaneo: {last})",
+        "usual": "; normalmente los paquetes siguen su camino en menos de {usual}",
+    },
+}
+_MOVING = {
+    "en": {
+        "again": "It was scanned again",
+        "on": " on {when}",
+        "after": ", after {silence} without a scan",
+        "at": " at {facility}",
+        "transit": " in transit",
+        "cleared": "The hold-up has cleared.",
+        "cleared_at": "The hold-up at {facility} has cleared.",
+    },
+    "es": {
+        "again": "Se escaneó de nuevo",
+        "on": " el {when}",
+        "after": ", tras {silence} sin escaneos",
+        "at": " en {facility}",
+        "transit": " en tránsito",
+        "cleared": "El retraso se ha resuelto.",
+        "cleared_at": "El retraso en {facility} se ha resuelto.",
+    },
+}
+
+
+def describe_silence(
+    locale: str,
+    silence: str | None,
+    *,
+    facility: str | None = None,
+    in_transit: bool = False,
+    scan: str | None = None,
+    last_scan: str | None = None,
+    usual: str | None = None,
+    several: bool = False,
+) -> str | None:
+    """The detail of a delay: how long without a scan, where, the last scan and what is usual.
+
+    Takes values already formatted for ``locale`` (see :func:`format_duration`,
+    :func:`format_local_time`, :func:`notifiers.wording.scan_text`); anything None is left
+    out, and without ``silence`` there is no detail (None). ``several``: the longest silence
+    of several packages (the last scan is then not one package's, and is left out).
+
+    >>> describe_silence("en", "1 day 7 hours", facility="DENVER CO PLANT",
+    ...                  scan="Arrived at facility", last_scan="Tuesday, March 4, 3:15 PM MST",
+    ...                  usual="12 hours")  # doctest: +NORMALIZE_WHITESPACE
+    'No scan for 1 day 7 hours at DENVER CO PLANT (last scan: Arrived at facility,
+     Tuesday, March 4, 3:15 PM MST); packages usually move on within 12 hours.'
+    >>> describe_silence("es", "1 día 7 horas", facility="DENVER CO PLANT",
+    ...                  scan="Llegó a la instalación", last_scan="martes 4 de marzo, 15:15 MST",
+    ...                  usual="12 horas")  # doctest: +NORMALIZE_WHITESPACE
+    'Sin escaneos durante 1 día 7 horas en DENVER CO PLANT (último escaneo: Llegó a la
+     instalación, martes 4 de marzo, 15:15 MST); normalmente los paquetes siguen su camino en
+     menos de 12 horas.'
+    >>> describe_silence("es", "2 días", facility="DENVER CO PLANT", several=True)
+    'Hasta 2 días sin escaneos en DENVER CO PLANT.'
+    >>> describe_silence("en", None, facility="DENVER CO PLANT") is None
+    True
+    """
+    if not silence:
+        return None
+    words = _SILENCE.get(locale, _SILENCE["en"])
+    text = words["several" if several else "one"].format(silence=silence)
+    if in_transit:
+        text += words["transit"]
+    elif facility:
+        text += words["at"].format(facility=facility)
+    last = ", ".join(part for part in (scan, last_scan) if part)
+    if last and not several:
+        text += words["last"].format(last=last)
+    if usual:
+        text += words["usual"].format(usual=usual)
+    return text + "."
+
+
+def describe_moving(
+    locale: str,
+    *,
+    moved_at: str | None = None,
+    silence: str | None = None,
+    facility: str | None = None,
+    in_transit: bool = False,
+) -> str:
+    """The detail of a package moving again: when it was scanned, after how long, where from.
+
+    ``facility`` is where the package was held (the alert's facility), not where it was just
+    scanned. Without ``moved_at`` and ``silence`` (the all-clear of several packages), it says
+    that the hold-up has cleared.
+
+    >>> describe_moving("en", moved_at="Tuesday, March 4, 8:30 AM CST", silence="1 day 5 hours",
+    ...                 facility="CHICAGO IL NDC")  # doctest: +NORMALIZE_WHITESPACE
+    'It was scanned again on Tuesday, March 4, 8:30 AM CST, after 1 day 5 hours without a scan
+     at CHICAGO IL NDC.'
+    >>> describe_moving("es", moved_at="martes 4 de marzo, 8:30 CST", silence="1 día 5 horas",
+    ...                 facility="CHICAGO IL NDC")  # doctest: +NORMALIZE_WHITESPACE
+    'Se escaneó de nuevo el martes 4 de marzo, 8:30 CST, tras 1 día 5 horas sin escaneos en
+     CHICAGO IL NDC.'
+    >>> describe_moving("es", facility="CHICAGO IL NDC")
+    'El retraso en CHICAGO IL NDC se ha resuelto.'
+    """
+    words = _MOVING.get(locale, _MOVING["en"])
+    if not moved_at and not silence:
+        return words["cleared_at"].format(facility=facility) if facility else words["cleared"]
+    text = words["again"]
+    if moved_at:
+        text += words["on"].format(when=moved_at)
+    if silence:
+        text += words["after"].format(silence=silence)
+        if in_transit:
+            text += words["transit"]
+        elif facility:
+            text += words["at"].format(facility=facility)
+    return text + "."
+
+
+def _silence_seconds(alert: Mapping[str, Any]) -> float | None:
+    """``silence_seconds``, or else the time from ``last_scan_time`` to ``alert_time``."""
+    silence = _seconds(alert.get("silence_seconds"))
+    if silence is not None:
+        return silence
+    last, at = _parse_time(alert.get("last_scan_time")), _parse_time(alert.get("alert_time"))
+    if last is None or at is None:
+        return None
+    return _seconds((at - last).total_seconds())
+
+
+def _usual_seconds(value: object) -> float | None:
+    """The learned usual silence, to the nearest hour from one hour up (it is an estimate)."""
+    usual = _seconds(value)
+    if not usual:
+        return None
+    return round(usual / 3600) * 3600.0 if usual >= 3600 else usual
 
 
 def days_late(promised: object, estimate: object) -> int | None:
@@ -280,7 +455,12 @@ class MessageComposer:
         return f"<dw.{digest}@{self.message_id_domain}>"
 
     def context(self, alert: Mapping[str, Any], customer: Customer) -> dict[str, Any]:
-        """The (cleaned) values the templates see."""
+        """The (cleaned) values the templates see.
+
+        ``detail`` is the per-package detail in the customer's language (see the module
+        docstring), or None when there is nothing to say; the alert's ``evidence`` is not
+        passed on as such.
+        """
         locale = customer.locale if customer.locale in LOCALES else "en"
         try:
             zone: tzinfo = ZoneInfo(customer.tz)
@@ -298,11 +478,51 @@ class MessageComposer:
         facility = clean_text(
             alert.get("facility_name") or alert.get("facility_id"), max_len=_MAX_FACILITY
         )
+        # the tracker names a package's place "in transit" when it has no facility
+        in_transit = alert.get("facility_id") is None and facility.casefold() == "in transit"
+        if in_transit:
+            facility = ""
         count = alert.get("package_count")
         if isinstance(count, bool) or not isinstance(count, int) or count < len(packages):
             count = len(packages)
+        kind = alert.get("kind")
+        silence_seconds = _silence_seconds(alert)
+        silence = format_duration(silence_seconds, locale)
+        last_scan = format_local_time(alert.get("last_scan_time"), zone, locale)
+        detail: str | None
+        if kind == "back_on_track":
+            several = count > 1
+            moved_at = None
+            scanned = _parse_time(alert.get("last_scan_time"))
+            if scanned is not None and silence_seconds is not None and not several:
+                try:
+                    moved_at = scanned + timedelta(seconds=silence_seconds)
+                except OverflowError:
+                    moved_at = None
+            detail = describe_moving(
+                locale,
+                moved_at=format_local_time(moved_at, zone, locale),
+                silence=None if several else silence,
+                facility=facility,
+                in_transit=in_transit,
+            )
+        else:
+            detail = describe_silence(
+                locale,
+                silence,
+                facility=facility,
+                in_transit=in_transit,
+                scan=scan_text(alert.get("last_event_code"), locale),
+                # an incident e-mail says when just before; a stall's detail repeats it
+                last_scan=last_scan if kind == "stall" else None,
+                usual=format_duration(_usual_seconds(alert.get("expected_seconds")), locale),
+                several=count > 1,
+            )
+            if detail is None and kind == "stall" and locale == "en":
+                # a row from before the structured fields: its English evidence, as before
+                detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None
         return {
-            "kind": alert.get("kind"),
+            "kind": kind,
             "name": clean_text(customer.name, max_len=_MAX_NAME),
             "package_id": package_id or (packages[0] if packages else ""),
             "packages": packages[:_MAX_LISTED_PACKAGES],
@@ -311,11 +531,12 @@ class MessageComposer:
             "facility": facility,
             "cause": describe_cause(alert.get("incident_kind"), facility, locale),
             "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
-            "evidence": clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE),
-            "last_scan": format_local_time(alert.get("last_scan_time"), zone, locale),
+            "detail": detail,
+            "in_transit": in_transit,
+            "last_scan": last_scan,
             "promised": format_local_time(alert.get("promised_by"), zone, locale),
             "estimate": format_local_time(alert.get("new_estimate"), zone, locale),
-            "silence": format_duration(alert.get("silence_seconds"), locale),
+            "silence": silence,
             "unsubscribe_url": self._unsubscribe_url(customer.recipient_ref),
             "locale": locale,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import email.policy
 import re
 from datetime import UTC, datetime
@@ -13,11 +14,16 @@ from aiosmtplib.email import flatten_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import notifiers.message
+import notifiers.wording
+from detectors.events import CODES, TERMINAL_CODES
 from notifiers.customers import Customer
 from notifiers.errors import InvalidRecipientError, MessageBuildError
+from notifiers.grouping import MessageGrouper
 from notifiers.headers import clean_text
 from notifiers.message import HEADER_NAMES, MessageComposer
 from notifiers.unsubscribe import verify_unsubscribe_token
+from notifiers.wording import SCAN_TEXT
 from tests.notifiers.helpers import FROM, SECRET, T0, UNSUBSCRIBE_URL, customer, make_alert
 
 WHEN = datetime(2025, 3, 4, 15, 1, 2, tzinfo=UTC)
@@ -94,7 +100,11 @@ def test_plain_language_in_the_customers_time_zone(composer: MessageComposer) ->
     assert "has not been scanned for 1 day 5 hours" in en.text
     assert "Promised delivery: by Wednesday, March 5, 8:00 PM CST" in en.text
     assert "New estimate: Friday, March 7, 2:00 PM CST" in en.text
-    assert "Details: No scan for 29.3 h" in en.text
+    assert (
+        "Details: No scan for 1 day 5 hours at CHICAGO IL NDC (last scan: Arrived at facility, "
+        "Monday, March 3, 3:15 AM CST); packages usually move on within 8 hours.\n"
+    ) in en.text
+    assert "29.3 h" not in en.text  # the detector's English evidence is not shown
     es = composer.render(alert, customer(1, locale="es", tz="Europe/Madrid"))
     assert es.subject == "Su paquete PKG-1 va con retraso"
     assert "el lunes 3 de marzo, 10:15 CET en CHICAGO IL NDC" in es.text
@@ -121,6 +131,11 @@ def test_back_on_track_reads_as_good_news(composer: MessageComposer) -> None:
     r = composer.render(make_alert("PKG-1", kind="back_on_track"), customer(1))
     assert r.subject == "Good news: your package PKG-1 is moving again"
     assert "moving again" in r.text and "sorry for the delay" in r.text
+    # the new scan (last scan + silence = the alert time), not the scan before the silence
+    assert (
+        "It was scanned again on Tuesday, March 4, 8:30 AM CST, after 1 day 5 hours without a "
+        "scan at CHICAGO IL NDC. We are sorry for the delay."
+    ) in r.text
 
 
 def test_html_is_escaped_including_the_title(composer: MessageComposer) -> None:
@@ -128,14 +143,215 @@ def test_html_is_escaped_including_the_title(composer: MessageComposer) -> None:
         "PKG-1",
         kind="incident_delay",
         facility_name='<script>alert("x")</script>',
-        evidence="a & b <b>",
     )
     r = composer.render(alert, customer(1))
     assert "<script>" not in r.html and "&lt;script&gt;" in r.html
-    assert "a &amp; b &lt;b&gt;" in r.html
+    assert "Details: No scan for 1 day 5 hours at &lt;script&gt;" in r.html  # in the detail too
+    # an English stall without structured fields shows its evidence: escaped as well
+    old = composer.render(
+        make_alert("PKG-1", silence_seconds=None, alert_time=None, evidence="a & b <b>"),
+        customer(1),
+    )
+    assert "a &amp; b &lt;b&gt;" in old.html and "a & b <b>" in old.text
     title = r.html.split("<title>")[1].split("</title>")[0]
     assert "&lt;script&gt;" in title  # the subject (a .txt template) is escaped here too
     assert '<script>alert("x")</script>' in r.text  # plain text is not HTML
+
+
+# -- the per-package detail in the customer's language --------------------------------------
+
+# What the detectors write: English, and for an incident an operator's sentence first.
+OPERATOR = "NDC-CHI is holding 80 packages that usually leave by now."
+ENGLISH = "No scan for 29 h at CHICAGO IL NDC (last scan: arrived at facility); usually 8 h."
+ENGLISH_WORDS = [
+    "No scan",
+    "usually",
+    "Details",
+    "last scan",
+    "in transit",
+    "en inglés",
+    "Moving again",
+    "holding",
+    " h.",
+]
+STRUCTURED = (
+    "last_event_code",
+    "last_scan_time",
+    "silence_seconds",
+    "expected_seconds",
+    "alert_time",
+)
+
+
+def detector_alert(kind: str, package_id: str = "PKG-1", **extra: object) -> dict:
+    evidence = f"{OPERATOR} {ENGLISH}" if kind == "incident_delay" else ENGLISH
+    return make_alert(package_id, kind=kind, incident_kind="weather", evidence=evidence, **extra)
+
+
+def legacy(alert: dict) -> dict:
+    """An outbox row written before the structured fields: only the evidence says more."""
+    return {k: v for k, v in alert.items() if k not in STRUCTURED}
+
+
+SPANISH_DETAIL = {
+    "stall": "Detalle: Sin escaneos durante 1 día 5 horas en CHICAGO IL NDC (último escaneo: "
+    "Llegó a la instalación, lunes 3 de marzo, 03:15 CST); normalmente los paquetes siguen su "
+    "camino en menos de 8 horas.",
+    "incident_delay": "Detalle: Sin escaneos durante 1 día 5 horas en CHICAGO IL NDC (último "
+    "escaneo: Llegó a la instalación); normalmente los paquetes siguen su camino en menos de 8 "
+    "horas.",
+    "back_on_track": "Se escaneó de nuevo el martes 4 de marzo, 08:30 CST, tras 1 día 5 horas "
+    "sin escaneos en CHICAGO IL NDC. Lamentamos el retraso.",
+}
+ENGLISH_DETAIL = {
+    "stall": "Details: No scan for 1 day 5 hours at CHICAGO IL NDC (last scan: Arrived at "
+    "facility, Monday, March 3, 3:15 AM CST); packages usually move on within 8 hours.",
+    "incident_delay": "Details: No scan for 1 day 5 hours at CHICAGO IL NDC (last scan: Arrived "
+    "at facility); packages usually move on within 8 hours.",
+    "back_on_track": "It was scanned again on Tuesday, March 4, 8:30 AM CST, after 1 day 5 "
+    "hours without a scan at CHICAGO IL NDC. We are sorry for the delay.",
+}
+
+
+@pytest.mark.parametrize("kind", ["stall", "incident_delay", "back_on_track"])
+def test_spanish_detail_is_spanish(composer: MessageComposer, kind: str) -> None:
+    r = composer.render(detector_alert(kind), customer(1, locale="es"))
+    for part in (r.subject, r.text, r.html):
+        for word in ENGLISH_WORDS:
+            assert word not in part, (word, part)
+    assert SPANISH_DETAIL[kind] in r.text
+    assert SPANISH_DETAIL[kind] in r.html
+
+
+@pytest.mark.parametrize("kind", ["stall", "incident_delay", "back_on_track"])
+def test_english_detail_from_the_structured_fields(composer: MessageComposer, kind: str) -> None:
+    r = composer.render(detector_alert(kind), customer(1))
+    assert ENGLISH_DETAIL[kind] in r.text and ENGLISH_DETAIL[kind] in r.html
+    assert ENGLISH not in r.text and OPERATOR not in r.text
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
+def test_incident_email_never_shows_the_operator_evidence(
+    composer: MessageComposer, locale: str
+) -> None:
+    """The message the grouper really sends (several packages, no scan code of their own)."""
+    grouper = MessageGrouper(hold_seconds=3600)
+    for pid, last_scan in [
+        ("PKG-1", "2025-03-03T09:15:00+00:00"),
+        ("PKG-2", "2025-03-03T20:00:00+00:00"),
+    ]:
+        folded = detector_alert(
+            "incident_delay",
+            pid,
+            last_scan_time=last_scan,
+            recipient_ref="r-0001",
+            incident_key="NDC-CHI:weather:20250304T1400Z",
+        )
+        assert grouper.add(folded, "fold") == []
+    [message] = grouper.flush(int(datetime(2025, 3, 4, 15, 30, tzinfo=UTC).timestamp()))
+    assert message["evidence"].startswith(OPERATOR)  # the grouper passes it on...
+    r = composer.render(message, customer(1, locale=locale))
+    for part in (r.text, r.html):  # ...the e-mail does not show it
+        assert OPERATOR not in part and "holding" not in part and "80 packages" not in part
+        assert ENGLISH not in part
+    detail = {  # the earliest last scan (09:15 UTC) to the message's time (15:30 UTC)
+        "en": "Details: No scan for up to 1 day 6 hours at CHICAGO IL NDC.",
+        "es": "Detalle: Hasta 1 día 6 horas sin escaneos en CHICAGO IL NDC.",
+    }[locale]
+    assert detail in r.text and "PKG-2" in r.text
+    cause = {
+        "en": "severe weather is delaying packages at CHICAGO IL NDC",
+        "es": "el mal tiempo está retrasando los paquetes en CHICAGO IL NDC",
+    }[locale]
+    assert cause in r.text
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
+@pytest.mark.parametrize("kind", ["stall", "incident_delay", "back_on_track"])
+def test_payload_without_structured_fields_still_renders(
+    composer: MessageComposer, kind: str, locale: str
+) -> None:
+    alert = legacy(detector_alert(kind))
+    msg = composer.build(alert, customer(1, locale=locale), when=WHEN)
+    text = reparse(wire(msg)).get_body(("plain",)).get_content()
+    assert "PKG-1" in text and "CHICAGO IL NDC" in text
+    assert OPERATOR not in text  # never, in any language
+    if kind == "stall" and locale == "en":
+        assert f"Details: {ENGLISH}" in text  # as before: the English evidence
+    else:
+        assert ENGLISH not in text and "Details" not in text and "Detalle" not in text
+    if locale == "es":
+        for word in ENGLISH_WORDS:
+            assert word not in text, word
+    if kind == "back_on_track":
+        expected = {
+            "en": "The hold-up at CHICAGO IL NDC has cleared. We are sorry",
+            "es": "El retraso en CHICAGO IL NDC se ha resuelto. Lamentamos",
+        }[locale]
+        assert expected in text
+
+
+def test_silence_is_worked_out_from_the_scan_and_alert_times(composer: MessageComposer) -> None:
+    """A flow's back-on-track for a folded package has no silence_seconds, only the times."""
+    alert = detector_alert(
+        "back_on_track", silence_seconds=None, alert_time="2025-03-04T15:15:00+00:00"
+    )
+    r = composer.render(alert, customer(1, locale="es", tz="Europe/Madrid"))
+    assert (
+        "Se escaneó de nuevo el martes 4 de marzo, 16:15 CET, tras 1 día 6 horas sin "
+        "escaneos en CHICAGO IL NDC."
+    ) in r.text
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
+def test_a_package_in_transit_is_not_at_a_place_called_in_transit(
+    composer: MessageComposer, locale: str
+) -> None:
+    alert = detector_alert(
+        "stall",
+        facility_id=None,
+        facility_name="in transit",
+        last_event_code="TL",
+        expected_seconds=None,
+    )
+    r = composer.render(alert, customer(1, locale=locale))
+    expected = {
+        "en": "No scan for 1 day 5 hours in transit (last scan: In transit to next facility, "
+        "Monday, March 3, 3:15 AM CST).",
+        "es": "Sin escaneos durante 1 día 5 horas en tránsito (último escaneo: En tránsito "
+        "hacia la siguiente instalación, lunes 3 de marzo, 03:15 CST).",
+    }[locale]
+    assert expected in r.text
+    assert " at in transit" not in r.text and " en in transit" not in r.text
+    if locale == "es":
+        assert "in transit" not in r.text
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
+def test_unknown_scan_code_is_left_out_not_shown_raw(
+    composer: MessageComposer, locale: str
+) -> None:
+    r = composer.render(
+        detector_alert("stall", last_event_code="Q9<b>"), customer(1, locale=locale)
+    )
+    assert "Q9" not in r.text and "Q9" not in r.html
+    assert {"en": "(last scan: Monday, March 3", "es": "(último escaneo: lunes 3 de marzo"}[
+        locale
+    ] in r.text
+
+
+def test_every_code_an_alert_can_end_on_has_wording_in_every_locale() -> None:
+    can_stall = set(CODES) - TERMINAL_CODES
+    for locale, table in SCAN_TEXT.items():
+        assert set(table) == can_stall, locale
+        assert all(text and text[0].isupper() for text in table.values()), locale
+    assert sorted(SCAN_TEXT) == ["en", "es"]
+
+
+@pytest.mark.parametrize("module", [notifiers.message, notifiers.wording])
+def test_docstring_examples(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert result.failed == 0 and result.attempted > 0
 
 
 def test_message_id_is_deterministic_per_alert_key(composer: MessageComposer) -> None:
@@ -286,6 +502,9 @@ times = st.one_of(
     last_scan=times,
     promised=times,
     silence=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(), nasty),
+    expected=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(), nasty),
+    code=st.one_of(st.none(), st.sampled_from(sorted(CODES)), nasty),
+    alert_time=times,
     kind=st.sampled_from(["stall", "incident_delay", "back_on_track"]),
     locale=st.sampled_from(["en", "es"]),
     cte=st.sampled_from(["8bit", "7bit"]),
@@ -299,6 +518,9 @@ def test_fuzzed_fields_cannot_inject_headers(
     last_scan,
     promised,
     silence,
+    expected,
+    code,
+    alert_time,
     kind,
     locale,
     cte,
@@ -313,6 +535,9 @@ def test_fuzzed_fields_cannot_inject_headers(
         promised_by=promised,
         new_estimate=promised,
         silence_seconds=silence,
+        expected_seconds=expected,
+        last_event_code=code,
+        alert_time=alert_time,
     )
     alert["package_id"] = package_id
     cust = Customer("r-1", name, "ana.perez@mail.example", locale, "America/Chicago")
@@ -332,8 +557,10 @@ def test_fuzzed_fields_cannot_inject_headers(
         assert "\x00" not in part and "=?" not in part
 
 
-_RECIPIENT_ERRORS = {"recipient address is not a plain addr-spec",
-                     "recipient address does not round-trip"}
+_RECIPIENT_ERRORS = {
+    "recipient address is not a plain addr-spec",
+    "recipient address does not round-trip",
+}
 
 
 @settings(max_examples=100, deadline=None)
