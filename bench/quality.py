@@ -4,8 +4,9 @@
 
 For each scenario and seed: simulate, `replay` through the Bytewax dataflow with the default
 settings, `evaluate` against ground truth (alerts, incidents, and the outbox's messages per
-customer). Prints two Markdown tables (README "Detection quality"): package alerts against the
-fixed 48 h rule, then facility incidents and customer messages.
+customer). Prints three Markdown tables (README "Detection quality"): package alerts against
+the fixed 48 h rule, facility incidents and customer messages, and the revised delivery
+estimates the messages carry (against the real delivery time).
 """
 
 from __future__ import annotations
@@ -50,6 +51,32 @@ INCIDENT_COLS = [
      lambda r: f"{r['customer_messages']['messages_per_affected_customer_max']}, "
      f"{fmt(r['customer_messages']['messages_per_affected_customer_mean'])}"),
 ]
+
+
+ESTIMATE_COLS = [
+    ("first delay message with an estimate", lambda r: r["estimates_given"]),
+    ("error p50 h", lambda r: r["estimate_error_hours_p50"]),
+    ("error p90 h", lambda r: r["estimate_error_hours_p90"]),
+    ("within 24 h", lambda r: r["estimate_within_24h"]),
+    ("bias p50 h", lambda r: r["estimate_bias_hours_p50"]),
+    ("the promise's error p50 h (same packages)", lambda r: r["promise_error_hours_p50"]),
+    ("back on track: with an estimate", lambda r: r["back_on_track_estimates_given"]),
+    ("back on track: error p50 h", lambda r: r["back_on_track_estimate_error_hours_p50"]),
+]
+
+
+def table(results: dict[str, dict], cols: list) -> None:
+    print()
+    print("| scenario | " + " | ".join(c for c, _ in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for run, r in results.items():
+        cells = []
+        for _, get in cols:
+            try:
+                cells.append(fmt(get(r)))
+            except (KeyError, TypeError):
+                cells.append("-")
+        print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
 
 
 def fmt(v: object) -> str:
@@ -98,17 +125,8 @@ def main() -> None:
                         cells.append("-")
                 print(f"| {scenario} | {seed} | {name} | " + " | ".join(cells) + " |",
                       flush=True)
-    print()
-    print("| scenario | " + " | ".join(c for c, _ in INCIDENT_COLS) + " |")
-    print("|---|" + "---|" * len(INCIDENT_COLS))
-    for run, r in results.items():
-        cells = []
-        for _, get in INCIDENT_COLS:
-            try:
-                cells.append(fmt(get(r)))
-            except (KeyError, TypeError):
-                cells.append("-")
-        print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
+    table(results, INCIDENT_COLS)
+    table(results, ESTIMATE_COLS)
     (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=str))
 
 

@@ -53,6 +53,9 @@ is the truth column ``late``; *on time* is ``late == false``.
   delivered_at`` (negative = the estimate promised too early). ``promise_error_hours_p50``: the
   same absolute error for the original ``promised_by`` on the same packages (the estimate a
   customer would have without the alert: a revised estimate should beat it).
+  ``back_on_track_estimates_given``: share of ``back_on_track`` rows with a ``new_estimate``;
+  ``back_on_track_estimate_error_hours_p50``: median ``|new_estimate - delivered_at|`` over
+  those of delivered packages.
 - ``customer_alerts_for_feed_outages``: distinct delay messages (package_id, kind, episode) on
   packages whose cause is ``feed_outage`` and that were not late.
 - ``by_cause``: for every cause value (the schema's eight, plus any other found in the truth), over
@@ -748,6 +751,13 @@ def score(
     )
 
     result.update(_estimate_figures(delay, packages))
+    moving = messages[messages["kind"] == "back_on_track"]
+    moving_error = _hours(moving["new_estimate"]
+                          - _to_utc(_lookup(packages.set_index("package_id")["delivered_at"],
+                                            moving["package_id"]))).abs()
+    result["back_on_track_estimates_given"] = _ratio(int(moving["new_estimate"].notna().sum()),
+                                                     len(moving))
+    result["back_on_track_estimate_error_hours_p50"] = _percentile(moving_error, 50)
 
     outage = (packages["cause"] == "feed_outage") & ~packages["late"]
     outage_ids = packages.loc[outage, "package_id"]

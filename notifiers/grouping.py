@@ -12,7 +12,8 @@ the messages that go to the outbox:
   message went out is not announced again: it is listed in the closing message;
 * ``back_on_track``: for a stall, one message, as it is; for packages of an incident message,
   **one** short message per customer and incident, once the incident has resolved and every
-  package of that message has moved again (listing them);
+  package of that message has moved again (listing them, with the latest of their new
+  estimates);
 * an alert the caller *suppressed* (a feed outage: the scans are missing, not the package)
   produces no message, and neither does the back-on-track that closes it.
 
@@ -79,6 +80,7 @@ class _Group:
     sent: bool = False
     waiting: set[str] = field(default_factory=set)  # packages that have not moved again
     moved_ts: int = 0
+    moved_estimate: str | None = None  # the latest new estimate of a package moving again
 
 
 class MessageGrouper:
@@ -131,6 +133,10 @@ class MessageGrouper:
             if group is not None:
                 group.waiting.discard(pid)
                 group.moved_ts = max(group.moved_ts, at)
+                estimate = alert.get("new_estimate")
+                if estimate and (group.moved_estimate is None
+                                 or _ts(estimate) > _ts(group.moved_estimate)):
+                    group.moved_estimate = estimate
             return []  # suppressed, or said once for the group when all have moved
         if decision == "suppress":
             self._episodes[pid] = ("suppress", at)
@@ -225,4 +231,5 @@ class MessageGrouper:
             }
         else:
             message["evidence"] = "The delay has cleared and your packages are moving again."
+            message["new_estimate"] = group.moved_estimate
         return message

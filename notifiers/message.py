@@ -91,6 +91,16 @@ for _name in ("list-unsubscribe", "list-unsubscribe-post", "x-delaywatch-alert-k
 _POLICY = email_policy.default.clone(header_factory=_REGISTRY)
 
 
+def _display_name(value: object) -> str:
+    """A display name for From/To: cleaned, without double quotes and backslashes.
+
+    The standard library's header folder drops the escaping of quotes inside a display name
+    it has to fold (a long one), so the recipient would no longer parse back. Names do not
+    need them.
+    """
+    return clean_text(str(value or "").replace('"', "'").replace("\\", "/"), max_len=_MAX_NAME)
+
+
 def _verbatim(value: str) -> str:
     if not value.isascii() or not value.isprintable() or len(value) > 900:
         raise MessageBuildError("header value is not short printable ASCII")
@@ -420,7 +430,7 @@ class MessageComposer:
         except (InvalidRecipientError, ValueError, IndexError, TypeError):
             raise ValueError("from_address must be 'Name <addr@domain>' or 'addr@domain'") from None
         self.from_address = Address(
-            display_name=clean_text(parsed.display_name, max_len=_MAX_NAME),
+            display_name=_display_name(parsed.display_name),
             username=sender.username,
             domain=sender.domain,
         )
@@ -581,7 +591,7 @@ class MessageComposer:
         msg = EmailMessage(policy=_POLICY)
         msg["From"] = self.from_address
         msg["To"] = Address(
-            display_name=clean_text(customer.name, max_len=_MAX_NAME),
+            display_name=_display_name(customer.name),
             username=recipient.username,
             domain=recipient.domain,
         )

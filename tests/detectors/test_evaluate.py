@@ -955,6 +955,20 @@ def test_estimate_figures_use_each_packages_first_alert(four: Truth) -> None:
     assert result["estimate_bias_hours_p50"] == pytest.approx(9.0)  # (-12 + 30) / 2
     # the promise (01-05 20:00) was 40 h early for A and 10 h late for D
     assert result["promise_error_hours_p50"] == pytest.approx(25.0)
+    assert result["back_on_track_estimates_given"] is None  # no back-on-track row
+
+
+def test_back_on_track_estimates_are_scored_against_delivery(four: Truth) -> None:
+    rows = [
+        alert("A", "back_on_track", 1, "2024-01-06T10:00:00+00:00") | {
+            "new_estimate": "2024-01-07T16:00:00+00:00"},  # delivered 01-07 12:00: 4 h off
+        alert("B", "back_on_track", 1, "2024-01-06T05:00:00+00:00") | {
+            "new_estimate": "2024-01-06T00:00:00+00:00"},  # delivered 01-06 08:00: 8 h off
+        alert("C", "back_on_track", 1, "2024-01-06T05:00:00+00:00"),  # none given
+    ]
+    result = score(alerts_frame(rows), four)
+    assert result["back_on_track_estimates_given"] == pytest.approx(2 / 3)
+    assert result["back_on_track_estimate_error_hours_p50"] == pytest.approx(6.0)
 
 
 def test_estimate_figures_are_none_without_estimates(four: Truth) -> None:

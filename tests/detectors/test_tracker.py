@@ -594,3 +594,28 @@ def test_a_package_that_never_went_overdue_teaches_no_overdue_estimate() -> None
     tracker.process(scan("P1", "A1", T0 + 60))
     tracker.process(scan("P1", "01", T0 + H, "PO-1"))  # on time
     assert not estimator._overdue
+
+
+def test_a_package_moving_again_gets_the_usual_estimate_from_its_new_scan() -> None:
+    detector = StallDetector(prior_hours={"A1": (1, 2), "T1": (1, 2)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    estimator = DeliveryEstimator(min_samples=5)
+    for i in range(20):  # departed (T1), delivered 20 h later, every time
+        estimator.learn_one({"service": "ground", "delivered_ts": T0 - DAY + i * H + 20 * H,
+                             "scans": [("PLANT-1", "T1", T0 - DAY + i * H)]})
+    tracker = PackageTracker(detector, estimator, allowed_lateness=0, bucket_seconds=600,
+                             watch_fraction=0.5)
+    for pid in ("P1", "P2", "P3"):
+        tracker.process(header(pid, T0))
+        tracker.process(scan(pid, "A1", T0 + 60))
+    tracker.advance(T0 + 90 * 60)  # all three watched (half their 2 h threshold)
+    [moved] = tracker.process(scan("P3", "T1", T0 + 100 * 60))  # moves before its stall
+    assert moved["kind"] == "moved"
+    assert ts_of(moved["new_estimate"]) == T0 + 100 * 60 + 20 * H
+    tracker.advance(T0 + 3 * H)  # P1, P2 stalled
+    [again] = tracker.process(scan("P2", "A1", T0 + 3 * H, "PLANT-2"))
+    assert again["kind"] == "back_on_track" and again["new_estimate"] is None  # A1: no data
+    [moved] = [a for a in tracker.process(scan("P1", "T1", T0 + 4 * H))
+               if a["package_id"] == "P1"]
+    assert moved["kind"] == "back_on_track"
+    assert ts_of(moved["new_estimate"]) == T0 + 4 * H + 20 * H

@@ -62,7 +62,26 @@ def test_the_all_clear_waits_for_the_incident_and_every_package_then_comes_once(
     assert clear["kind"] == "back_on_track" and clear["packages"] == ["A", "B"]
     assert clear["alert_key"].endswith(":back_on_track")
     assert clear["alert_time"] == at(17)
+    # the all-clear carries the later of the two moving packages' new estimates
+    assert clear["new_estimate"] == at(72 + 17)
     assert g.advance(ts(30), resolved.get) == [] and g.pending == 0
+
+
+def test_the_all_clear_keeps_the_latest_estimate_whatever_the_order() -> None:
+    g = MessageGrouper(hold_seconds=H)
+    for pid in "AB":
+        g.add(alert(pid, "incident_delay", 10), "fold")
+    g.advance(ts(11))
+    g.add(alert("A", "back_on_track", 13, new_estimate=at(60)), "keep")
+    g.add(alert("B", "back_on_track", 14, new_estimate=at(40)), "keep")  # earlier: not it
+    [clear] = g.advance(ts(15), {"INC": ts(12)}.get)
+    assert clear["new_estimate"] == at(60)
+    g = MessageGrouper(hold_seconds=H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    g.advance(ts(11))
+    g.add(alert("A", "back_on_track", 13, new_estimate=None), "keep")
+    [clear] = g.advance(ts(15), {"INC": ts(12)}.get)
+    assert clear["new_estimate"] is None  # unknown: the message says so, not a made-up date
 
 
 def test_a_package_folded_after_the_message_is_listed_in_the_all_clear_only() -> None:

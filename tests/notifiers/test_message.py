@@ -138,6 +138,24 @@ def test_back_on_track_reads_as_good_news(composer: MessageComposer) -> None:
     ) in r.text
 
 
+@pytest.mark.parametrize("locale", ["en", "es"])
+def test_back_on_track_gives_the_new_estimate_or_promises_nothing(
+    composer: MessageComposer, locale: str
+) -> None:
+    moving = composer.render(make_alert("PKG-1", kind="back_on_track"), customer(1, locale=locale))
+    label = {"en": "New estimate: Friday, March 7, 2:00 PM CST",
+             "es": "Nueva estimación: viernes 7 de marzo, 14:00 CST"}[locale]
+    assert label in moving.text and label.split(": ")[1] in moving.html
+    unknown = composer.render(make_alert("PKG-1", kind="back_on_track", new_estimate=None),
+                              customer(1, locale=locale))
+    # no "we will write again": the all-clear is the last message of the episode
+    for part in (unknown.text, unknown.html):
+        assert "New estimate" not in part and "Nueva estimación" not in part
+        assert "write again" not in part and "escribiremos" not in part
+    stall = composer.render(make_alert("PKG-1", new_estimate=None), customer(1, locale=locale))
+    assert ("not known yet" if locale == "en" else "todavía no la sabemos") in stall.text
+
+
 def test_html_is_escaped_including_the_title(composer: MessageComposer) -> None:
     alert = make_alert(
         "PKG-1",
@@ -555,6 +573,15 @@ def test_fuzzed_fields_cannot_inject_headers(
     assert "<script>" not in html
     for part in (parsed.get_body(("plain",)).get_content(), html):
         assert "\x00" not in part and "=?" not in part
+
+
+@pytest.mark.parametrize("name", ['"' * 39, 'Ana "la jefa" P\\erez ' * 5, "\\" * 60])
+def test_quotes_in_a_long_name_cannot_change_the_recipient(name: str) -> None:
+    """Found by the fuzzer: the stdlib folds a long quoted display name without its escapes."""
+    cust = Customer("r-1", name, "ana.perez@mail.example", "en", "America/Chicago")
+    raw = wire(COMPOSER.build(make_alert("PKG-1"), cust, when=WHEN))
+    parsed = assert_only_our_headers(raw, "ana.perez@mail.example")
+    assert len(parsed["To"].addresses) == 1
 
 
 _RECIPIENT_ERRORS = {
