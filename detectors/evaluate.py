@@ -85,6 +85,13 @@ only against truth feed outages and all other output kinds only against facility
   ``incident_recall`` = ``incidents_detected`` / ``incidents``.
 - ``incident_detection_delay_minutes_p50`` / ``_p90``: over detected incidents, ``opened_at`` of
   the earliest matching output incident minus ``onset``, in minutes, clipped at 0.
+- Only when the truth's incidents.csv has a ``first_effect`` column (the earliest time a scan the
+  incident moved was due, see ``docs/simulator.md``: the first moment the feed can differ):
+  ``incident_detection_delay_from_first_effect_minutes_p50`` / ``_p90``: the same over detected
+  incidents with a ``first_effect``, minus ``first_effect`` instead of ``onset`` (clipped at 0);
+  ``incident_first_effect_minutes_p50``: the median of ``first_effect - onset`` in minutes over
+  the facility-level incidents with a ``first_effect`` (how long the network hides an incident
+  from any detector; not clipped; computed from the truth, so also without an incidents frame).
 - ``false_incidents``: output incidents (kind other than ``feed_outage``) matching no
   facility-level truth incident (one raised during a feed outage is false).
   ``false_incidents_per_facility_week`` = ``false_incidents`` / (facilities of kind ``plant`` or
@@ -342,6 +349,8 @@ def load_truth(truth_dir: str | Path) -> Truth:
     incidents = _parse_times(incidents, ("onset", "end"))
     incidents["affected_packages"] = pd.to_numeric(incidents["affected_packages"], errors="coerce")
     incidents["seen_until"] = _lane_arrivals(root / "events.jsonl", incidents, packages)
+    if "first_effect" in incidents.columns:  # written by newer simulators
+        incidents = _parse_times(incidents, ("first_effect",))
 
     inquiries = _read_jsonl(root / "inquiries.jsonl", _INQUIRY_COLUMNS)
     inquiries = _parse_times(inquiries, ("inquiry_time",))
@@ -496,6 +505,10 @@ def _hours(delta: pd.Series) -> pd.Series:
     return delta.dt.total_seconds() / 3600.0
 
 
+def _minutes(delta: pd.Series) -> pd.Series:
+    return delta.dt.total_seconds() / 60.0
+
+
 def _json_safe(value: Any) -> Any:
     """Plain Python types only: numpy scalars unwrapped, NaN/inf/NaT turned into None."""
     if isinstance(value, dict):
@@ -647,6 +660,14 @@ def _incident_figures(truth: Truth, incidents: pd.DataFrame | None) -> dict[str,
         "feed_outages_detected": None,
         "false_feed_outages": None,
     }
+    has_first_effect = "first_effect" in known.columns
+    if has_first_effect:
+        hidden = _minutes(_to_utc(facility_level["first_effect"]) - facility_level["onset"])
+        figures.update(
+            incident_detection_delay_from_first_effect_minutes_p50=None,
+            incident_detection_delay_from_first_effect_minutes_p90=None,
+            incident_first_effect_minutes_p50=_percentile(hidden, 50),
+        )
     if incidents is None:
         return figures
 
@@ -654,7 +675,17 @@ def _incident_figures(truth: Truth, incidents: pd.DataFrame | None) -> dict[str,
     is_feed = output["kind"] == "feed_outage"
     pairs = _match(facility_level, output[~is_feed])
     first_open = pairs.groupby("incident_id")[["onset", "opened_at"]].min()
-    delay = ((first_open["opened_at"] - first_open["onset"]).dt.total_seconds() / 60).clip(lower=0)
+    delay = _minutes(first_open["opened_at"] - first_open["onset"]).clip(lower=0)
+    if has_first_effect:
+        first_effect = facility_level.drop_duplicates("incident_id").set_index("incident_id")
+        since = first_open["opened_at"] - _to_utc(first_effect["first_effect"]).reindex(
+            first_open.index
+        )
+        after_effect = _minutes(since).clip(lower=0)  # NaN (skipped) without a first_effect
+        figures.update(
+            incident_detection_delay_from_first_effect_minutes_p50=_percentile(after_effect, 50),
+            incident_detection_delay_from_first_effect_minutes_p90=_percentile(after_effect, 90),
+        )
     false_incidents = int((~output.loc[~is_feed, "incident_key"].isin(pairs["incident_key"])).sum())
     feed_pairs = _match(feed, output[is_feed])
 

@@ -108,6 +108,7 @@ def make_truth(
     incidents: list[dict] = (),
     inquiries: list[dict] = (),
     meta: dict | None = None,
+    incident_fields: list[str] = INCIDENT_FIELDS,
 ) -> Path:
     """Write a truth dir; package rows default to origin PO1, destination PO2, PROMISE."""
     root.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def make_truth(
         }
         full.append({**base, **row})
     _write_csv(root / "packages.csv", PACKAGE_FIELDS, full)
-    _write_csv(root / "incidents.csv", INCIDENT_FIELDS, list(incidents))
+    _write_csv(root / "incidents.csv", incident_fields, list(incidents))
     _write_jsonl(root / "inquiries.jsonl", list(inquiries))
     facilities = [
         {"facility_id": f, "name": n, "kind": k, "region": "NE", "tz": "UTC", "state": "NY"}
@@ -677,6 +678,50 @@ def test_incident_figures_without_incident_output(incident_truth: Truth) -> None
         "false_feed_outages",
     ):
         assert result[key] is None, key
+
+
+# first_effect (newer truths): when the first delayed scan was due. I1 60 min after its onset,
+# I2 120, I3 one day (a lane delay shows at the arrival), I4 none (skipped); F1's 10 min and the
+# package stall do not count (not facility-level incidents).
+FIRST_EFFECT = {"I1": "2024-01-03T01:00:00+00:00", "I2": "2024-01-08T02:00:00+00:00",
+                "I3": "2024-01-11T00:00:00+00:00", "F1": "2024-01-12T00:10:00+00:00"}
+FIRST_EFFECT_KEYS = (
+    "incident_detection_delay_from_first_effect_minutes_p50",
+    "incident_detection_delay_from_first_effect_minutes_p90",
+    "incident_first_effect_minutes_p50",
+)
+
+
+@pytest.fixture
+def first_effect_truth(tmp_path: Path) -> Truth:
+    rows = [{**row, "first_effect": FIRST_EFFECT.get(row["incident_id"], "")}
+            for row in TRUTH_INCIDENTS]  # fmt: skip
+    root = make_truth(tmp_path / "fe", FOUR, incidents=rows,
+                      incident_fields=[*INCIDENT_FIELDS, "first_effect"])  # fmt: skip
+    return load_truth(root)
+
+
+def test_detection_delay_from_first_effect(
+    first_effect_truth: Truth, incident_truth: Truth
+) -> None:
+    result = score(alerts_frame([]), first_effect_truth, pd.DataFrame(OUTPUT_INCIDENTS))
+    # detected: I1 by K1 at 01:30 -> 30 min after its first effect; I3 by K3 a day before its
+    # first effect -> clipped to 0; I4 (K6) has none -> skipped. [0, 30]: p50 15, p90 27
+    assert result["incident_detection_delay_from_first_effect_minutes_p50"] == pytest.approx(15.0)
+    assert result["incident_detection_delay_from_first_effect_minutes_p90"] == pytest.approx(27.0)
+    # first_effect - onset over I1, I2, I3 (detected or not): 60, 120, 1440 -> 120
+    assert result["incident_first_effect_minutes_p50"] == pytest.approx(120.0)
+    # every other figure is the one of the same truth without the column
+    plain = score(alerts_frame([]), incident_truth, pd.DataFrame(OUTPUT_INCIDENTS))
+    assert not set(FIRST_EFFECT_KEYS) & set(plain)
+    assert {k: v for k, v in result.items() if k not in FIRST_EFFECT_KEYS} == plain
+    assert [k for k in result if k not in FIRST_EFFECT_KEYS] == list(plain)  # same order
+    # without incident output the truth's own figure stands, the detection delays do not
+    alone = score(alerts_frame([]), first_effect_truth)
+    assert alone["incident_first_effect_minutes_p50"] == pytest.approx(120.0)
+    assert alone["incident_detection_delay_from_first_effect_minutes_p50"] is None
+    assert alone["incident_detection_delay_from_first_effect_minutes_p90"] is None
+    json.dumps(result, allow_nan=False)
 
 
 def test_incidents_from_jsonl(incident_truth: Truth, tmp_path: Path) -> None:
