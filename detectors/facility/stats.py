@@ -14,7 +14,13 @@ from detectors.facility.windows import (
     FacilityWindow,
 )
 
-__all__ = ["FacilityStats"]
+__all__ = ["HUB_CODES", "FacilityStats"]
+
+#: Scan codes only processing plants and distribution centres emit (USPS: arrived at / departed
+#: a regional or sort facility, processing complete, DC eVS arrival); see
+#: ../shared/reference/event-formats.md. ``FacilityStats(facilities="auto")`` keeps figures for
+#: the facilities that scanned one of them.
+HUB_CODES = frozenset({"10", "A1", "T1", "EF", "PC", "19"})
 
 
 class _Facility:
@@ -90,8 +96,12 @@ class FacilityStats:
     window_seconds
         Width of a window (event time).
     facilities
-        Facilities to keep figures for (e.g. the plants and NDCs); None: every facility seen.
-        Calls for other facilities return at once.
+        Facilities to keep figures for (e.g. the plants and NDCs); None: every facility seen;
+        ``"auto"``: every facility seen with a processing-plant scan code (:data:`HUB_CODES`:
+        arrived at / departed a regional or sort facility), for feeds without a facility
+        list: post offices (acceptance, delivery) are left out, so the monitor's memory
+        (~0.7 MB per facility) follows the few hundred hubs, not tens of thousands of
+        delivery units. Calls for other facilities return at once.
     max_age_seconds
         A package in a backlog for this long is dropped from it (lost, or its departure and
         every later scan were missed); they are counted in ``expired``.
@@ -115,15 +125,26 @@ class FacilityStats:
         self,
         window_seconds: int = 900,
         *,
-        facilities: Iterable[str] | None = None,
+        facilities: Iterable[str] | str | None = None,
         max_age_seconds: int = 7 * 86400,
     ) -> None:
         self.window_seconds = window_seconds
-        self.facilities = None if facilities is None else frozenset(facilities)
+        self.auto = facilities == "auto"
+        self.facilities: set[str] | frozenset[str] | None
+        if self.auto:
+            self.facilities = set()  # grows as hub codes are seen
+        elif isinstance(facilities, str):
+            raise ValueError(f"facilities must be a collection, None or 'auto', not {facilities!r}")
+        else:
+            self.facilities = None if facilities is None else frozenset(facilities)
         self.max_age_seconds = max_age_seconds
         self._state: dict[str, _Facility] = {}
         self._closed = -1  # windows with index <= this are closed
         self.expired = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("auto", False)  # snapshots from before "auto"
+        self.__dict__.update(state)
 
     # -- per event -------------------------------------------------------------------------
     def _window(
@@ -244,6 +265,8 @@ class FacilityStats:
         """
         if facility is None:
             return
+        if self.auto and code in HUB_CODES:
+            self.facilities.add(facility)  # type: ignore[union-attr]
         if code in _ARRIVED:
             self.arrival(facility, ts)
         elif code in _DEPARTED:

@@ -215,6 +215,28 @@ def test_facilities_outside_the_filter_are_ignored_and_lanes_to_them_too():
     assert [(w.facility, w.scans, w.lanes) for w in windows] == [("P1", 2, {})]
 
 
+def test_auto_keeps_the_facilities_that_scan_like_a_plant_not_the_post_offices():
+    stats = FacilityStats(W, facilities="auto")
+    # a package: accepted at post office O1, departs it, plant P1, NDC N1, delivered at O2
+    route = [("O1", "03"), ("O1", "SF"), ("P1", "10"), ("P1", "T1"), ("N1", "A1"),
+             ("N1", "T1"), ("O2", "07"), ("O2", "OF"), ("O2", "01")]
+    prev = (None, None, -1)
+    for i, (facility, code) in enumerate(route):
+        stats.observe(facility, code, MONDAY + 60 * i, *prev)
+        prev = (facility, code, MONDAY + 60 * i)
+    assert stats.facilities == {"P1", "N1"}
+    windows = stats.close(MONDAY + W)
+    assert sorted(w.facility for w in windows) == ["N1", "P1"]
+    p1 = next(w for w in windows if w.facility == "P1")
+    assert (p1.arrivals, p1.departures, p1.handoffs) == (1, 1, 1)  # its first scan counts
+    assert p1.lanes == {"N1": (1, 60, 60)}  # the lane to a hub; none to the post office
+    restored = pickle.loads(pickle.dumps(stats))
+    restored.observe("P2", "A1", MONDAY + W + 10)
+    assert restored.facilities == {"P1", "N1", "P2"}
+    with pytest.raises(ValueError, match="auto"):
+        FacilityStats(W, facilities="P1")  # a lone id is not a collection
+
+
 def test_a_package_stuck_longer_than_max_age_leaves_the_backlog():
     stats = FacilityStats(W, max_age_seconds=2 * H)
     stats.arrival("P1", MONDAY)
