@@ -76,9 +76,10 @@ class IncidentSettings(BaseModel):
         "many of them arrive on time (demo seeds 1-3: precision 0.94, 0.63, 0.74 at 0.5; "
         "0.98, 0.96, 0.97 at 0.85; bench/RESULTS.md)")
     hold_factor: float = Field(
-        1.0, ge=0, description="when a delay incident opens (one shard), packages held at its "
-        "facility that are silent for this many times their stage's usual silence hear of it "
-        "at once")
+        1.0, ge=0, description="when a delay incident opens, packages held at its facility "
+        "that are silent for this many times their stage's usual silence hear of it at once "
+        "(several shards: such packages are watched from then on, and hear of an incident "
+        "when it opens or at once if one holds them)")
     hold_horizon_hours: float = Field(
         12.0, ge=0, description="...and due within this many hours (a package with time to "
         "spare will most likely still arrive on time: telling it would be a false alarm; demo "

@@ -107,6 +107,9 @@ class FlowContext:
             watch_fraction=inc.watch_fraction if inc.enabled else 0.0,
             incidents=desk, hold_factor=inc.hold_factor,
             hold_horizon=int(inc.hold_horizon_hours * 3600),
+            # several shards: the network step has the incidents, so a package reaching the
+            # hold point sends its watch then, for the network step to fold (no feedback)
+            hold_early=inc.enabled and self.settings.shards > 1,
         )
 
     def new_desk(self) -> IncidentDesk:

@@ -113,7 +113,10 @@ class NetworkDesk:
         Facility windows ending by then are assessed.
     watching
         Facility -> package -> its ``watch`` record: silent packages no incident explains
-        (yet); an incident opening there folds them at once (the proactive message).
+        (yet); an incident opening there folds them at once (the proactive message). With
+        several shards a package is watched from its hold point (overdue and due within the
+        hold horizon, see ``PackageTracker(hold_early=True)``), so it hears of an incident
+        when it opens, as with one shard.
     """
 
     def __init__(self, folder: IncidentFolder, grouper: MessageGrouper, *, shards: int = 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -156,3 +157,76 @@ def test_an_incident_opening_holds_the_overdue_packages_due_soon_at_its_facility
     assert [a["kind"] for a in t.advance(T0 + 2 * H + 35 * H) if a["package_id"] == "HELD"] == []
     assert [a["alert_key"] for a in t.advance(T0 + 2 * H + 41 * H)
             if a["package_id"] == "HELD"] == ["HELD:stall:1"]
+
+
+def _early_tracker(early: bool = True) -> PackageTracker:
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40), "TL": (4, 40)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    return PackageTracker(detector, allowed_lateness=0, bucket_seconds=600, watch_fraction=0.85,
+                          hold_factor=1.0, hold_horizon=12 * H, hold_early=early)
+
+
+def _early_events() -> list[ScanEvent]:
+    def pkg(pid: str, code: str, facility: str | None, due: int | None) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                          promised_by_ts=due, recipient_ref=f"C-{pid}"),
+                ScanEvent(pid, code, facility, T0, T0)]
+
+    return (pkg("SOON", "A1", "P1", T0 + 10 * H)       # overdue at +4 h, due within 12 h
+            + pkg("LATER", "A1", "P1", T0 + 30 * H)    # within 12 h of its promise at +18 h
+            + pkg("SPARE", "A1", "P1", T0 + 90 * H)    # not before its own watch (+34 h)
+            + pkg("LEFT", "T1", "P1", T0 + 10 * H)     # departed: the network step decides
+            + pkg("ANY", "A1", "P2", None)             # no promise: at +4 h
+            + pkg("AWAY", "TL", None, T0 + 10 * H)     # in transit: its own watch only
+            + pkg("MOVES", "A1", "P1", T0 + 10 * H)
+            + [ScanEvent("MOVES", "T1", "P1", T0 + 3 * H, T0 + 3 * H)])  # new stage: +7 h
+
+
+def _early_run(t: PackageTracker, chunk: int) -> list[tuple[int, str, str, str]]:
+    """The early scenario's records as (hour, kind, key, alert time), the events fed in
+    chunks of ``chunk`` and the clock moved hour by hour."""
+    events, out = _early_events(), []
+    for i in range(0, len(events), chunk):
+        out += [(0, a["kind"], a["alert_key"], a["alert_time"])
+                for a in t.process_batch(events[i:i + chunk])]
+    for hour in range(1, 42):
+        out += [(hour, a["kind"], a["alert_key"], a["alert_time"])
+                for a in t.advance(T0 + hour * H)]
+    return out
+
+
+def test_with_hold_early_a_package_is_watched_at_its_hold_point() -> None:
+    """Several shards: a package silent at a facility for its stage's usual silence and due
+    within the hold horizon gets its watch then (what an incident opening would hold with
+    one shard), and the watch deadline gives way to the stall's, in the same episode."""
+    t = _early_tracker()
+    out = _early_run(t, chunk=100)
+    watches = [(hour, key) for hour, kind, key, _ in out if kind == "watch"]
+    assert watches == [(5, "SOON:watch:1"), (5, "LEFT:watch:1"), (5, "ANY:watch:1"),
+                       (8, "MOVES:watch:1"), (19, "LATER:watch:1"),
+                       (35, "SPARE:watch:1"), (35, "AWAY:watch:1")]  # their own watches
+    assert t.stats.early == 5 and t.stats.watches == 2
+    stalls = [(hour, key) for hour, kind, key, _ in out if kind == "stall"]
+    assert stalls == [(41, f"{pid}:stall:1") for pid in  # 40 h after T0, in watch order
+                      ("SOON", "LEFT", "ANY", "LATER", "SPARE", "AWAY")]
+    # not before the hold point
+    times = {key: at for _, _, key, at in out}
+    assert times["SOON:watch:1"] >= datetime.fromtimestamp(T0 + 4 * H, UTC).isoformat()
+    assert times["LATER:watch:1"] >= datetime.fromtimestamp(T0 + 18 * H, UTC).isoformat()
+
+    one = [(h, k, key) for h, k, key, _ in _early_run(_early_tracker(early=False), 100)]
+    assert [(h, key) for h, kind, key in one if kind == "watch"] == [  # 0.85 x 40 h
+        *[(35, f"{pid}:watch:1") for pid in ("SOON", "LATER", "SPARE", "LEFT", "ANY", "AWAY")],
+        (38, "MOVES:watch:1")]
+
+
+def test_hold_early_does_not_depend_on_batching_and_survives_a_snapshot() -> None:
+    expected = _early_run(_early_tracker(), chunk=100)
+    for chunk in (1, 2, 5):
+        assert _early_run(_early_tracker(), chunk) == expected
+    t = _early_tracker()
+    t.process_batch(_early_events())
+    resumed = pickle.loads(pickle.dumps(t))
+    later = [(hour, a["kind"], a["alert_key"], a["alert_time"])
+             for hour in range(1, 42) for a in resumed.advance(T0 + hour * H)]
+    assert later == expected

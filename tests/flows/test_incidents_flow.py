@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -125,12 +126,19 @@ def test_a_feed_outage_is_an_incident_and_no_customer_hears_of_it(tmp_path: Path
     assert result["customer_alerts_for_feed_outages"] == 0
 
 
-def test_with_several_shards_the_network_step_assesses_the_merged_windows(
-    incident_data: Path, demo_run: Path, tmp_path: Path
-) -> None:
-    run = tmp_path / "sharded"
+@pytest.fixture(scope="module")
+def sharded_run(incident_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("sharded_run")
     replay(JsonLinesSource(incident_data / "events.jsonl"), run,
            _settings(incident_data, shards=3), with_metrics=False)
+    return run
+
+
+def test_with_several_shards_the_network_step_assesses_the_merged_windows(
+    demo_run: Path, sharded_run: Path
+) -> None:
+    run = sharded_run
+
     def opened(path: Path) -> dict[str, str]:
         return {r["incident_key"].rsplit(":", 1)[0]: r["incident_key"]
                 for r in _jsonl(path / "incidents.jsonl") if r["status"] == "open"}
@@ -144,3 +152,29 @@ def test_with_several_shards_the_network_step_assesses_the_merged_windows(
         s: k for s, k in three.items() if "feed_outage" not in s}
     keys = [a["alert_key"] for a in _jsonl(run / "alerts.jsonl")]
     assert len(keys) == len(set(keys))
+
+
+def test_with_several_shards_customers_hear_of_an_incident_as_with_one(
+    incident_data: Path, demo_run: Path, sharded_run: Path, tmp_path: Path
+) -> None:
+    """The shards cannot see the incidents, so each package at a facility reaching its hold
+    point (overdue, due within the hold horizon) is watched from then on: the network step
+    tells it when an incident holding it opens (or at once, one being open). The packages
+    one shard tells of an incident are told with three too, no later (the shards' watermarks
+    differ by seconds), and whatever the batching."""
+    def told(path: Path) -> dict[str, str]:
+        return {a["package_id"]: a["alert_time"] for a in _jsonl(path / "alerts.jsonl")
+                if a["kind"] == "incident_delay"}
+
+    one, three = told(demo_run), told(sharded_run)
+    assert len(one) >= 10, "the demo's weather incident holds packages due within hours"
+    assert len(one.keys() & three.keys()) >= 0.9 * len(one)
+    for pid in one.keys() & three.keys():
+        assert datetime.fromisoformat(three[pid]) <= datetime.fromisoformat(one[pid]) + \
+            timedelta(minutes=15)
+    again = tmp_path / "again"
+    replay(JsonLinesSource(incident_data / "events.jsonl", batch_size=777), again,
+           _settings(incident_data, shards=3), with_metrics=False)
+    for name in ("alerts.jsonl", "incidents.jsonl"):
+        assert sorted((again / name).read_text().splitlines()) == sorted(
+            (sharded_run / name).read_text().splitlines()), name

@@ -189,3 +189,76 @@ def test_the_module_example_runs() -> None:
     result = doctest.testmod(flows.network)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def _held_run(*, early: bool, chunk: int, together: bool) -> list[tuple[int, Out]]:
+    """Three shards' trackers (``hold_early`` as several shards run them) and the network
+    step; a slowdown opens at P1 at +10 h. The events go in chunks of ``chunk`` per shard,
+    the clock moves hour by hour, and each shard's records and progress reach the network
+    step as a batch of their own or (``together``) all shards' in one. Returns the network
+    step's outputs with the hour they came out."""
+    from detectors import ScanEvent, StallDetector
+    from detectors.tracker import PackageTracker
+
+    def tracker() -> PackageTracker:
+        detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40)},
+                                 default_prior_hours=None, min_threshold=0, min_samples=10**9)
+        return PackageTracker(detector, allowed_lateness=0, bucket_seconds=600,
+                              watch_fraction=0.85, hold_factor=1.0, hold_horizon=12 * H,
+                              hold_early=early)
+
+    def pkg(pid: str, code: str, at: int, facility: str, due: int) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", at - 60, at - 60, service="ground",
+                          promised_by_ts=due, recipient_ref=f"C-{pid}"),
+                ScanEvent(pid, code, facility, at, at)]
+
+    shards = {
+        "0": pkg("HELD", "A1", T0 + 2 * H, "P1", T0 + 20 * H)      # overdue at the opening
+        + pkg("LEFT", "T1", T0 + 2 * H, "P1", T0 + 20 * H),        # departed: not a slowdown's
+        "1": pkg("FRESH", "A1", T0 + 8 * H, "P1", T0 + 20 * H)     # overdue only at +12 h
+        + pkg("ELSE", "A1", T0 + 2 * H, "P2", T0 + 20 * H),        # another facility
+        "2": pkg("SPARE", "A1", T0 + 2 * H, "P1", T0 + 90 * H)     # due after the horizon
+        + pkg("HELD2", "A1", T0 + 3 * H, "P1", T0 + 16 * H),       # overdue, due soon
+    }
+    trackers = {s: tracker() for s in shards}
+    opened = T0 + 10 * H
+    desk = new_desk(shards=3)
+    out: list[tuple[int, Out]] = []
+    for hour in range(16):
+        batches: list[list[tuple[str, Any]]] = []
+        for s, t in trackers.items():
+            now = [ev for ev in shards[s] if T0 + (hour - 1) * H < ev.event_ts <= T0 + hour * H]
+            records = [r for i in range(0, len(now), chunk)
+                       for r in t.process_batch(now[i:i + chunk])]
+            records += t.advance(T0 + hour * H)
+            found = [(opened, [incident("facility_slowdown", "P1", opened)])] \
+                if s == "0" and hour == 10 else []
+            batches.append([(s, r) for r in records]
+                           + [(s, progress(t.watermark, t.facility_through, found))])
+        out += [(hour, o) for o in
+                feed(desk, [[item for b in batches for item in b]] if together else batches)]
+    return out
+
+
+def test_with_several_shards_a_package_overdue_at_an_opening_hears_of_it_then() -> None:
+    """As with one shard (``PackageTracker._hold``): the packages held at the facility,
+    overdue and due within the hold horizon, are told when the incident opens; those not
+    overdue yet, due later, departed or elsewhere are not. The outputs do not depend on how
+    the events or the shards' records are batched."""
+    out = _held_run(early=True, chunk=100, together=False)
+    opening = [(tag, r.get("package_id")) for hour, (tag, r) in out if hour == 10]
+    assert opening[0] == ("incident", None)  # then the packages it holds, in order
+    assert sorted(o for o in opening if o[0] == "alert") == [("alert", "HELD"),
+                                                              ("alert", "HELD2")]
+    told = {r["package_id"]: (hour, r) for hour, (tag, r) in out if tag == "alert"}
+    assert told.keys() == {"HELD", "HELD2", "FRESH"}
+    assert all(r["kind"] == "incident_delay" for _, r in told.values())
+    assert told["HELD2"][1]["alert_time"] == iso(T0 + 10 * H)  # watched before: at opening
+    assert told["HELD"][1]["alert_time"] <= iso(T0 + 10 * H)  # its watch, claimed (grace)
+    # a package reaching its hold point (+12 h) while the incident is open hears of it then
+    # (its watch at +13 h, decided after the grace)
+    assert told["FRESH"][0] == 14 and told["FRESH"][1]["alert_time"] >= iso(T0 + 12 * H)
+    for chunk, together in ((1, False), (1, True), (3, True)):
+        assert _held_run(early=True, chunk=chunk, together=together) == out
+    before = _held_run(early=False, chunk=100, together=False)  # the watches come at 34 h
+    assert [r["package_id"] for _, (tag, r) in before if tag == "alert"] == []
