@@ -424,6 +424,37 @@ def _memory_child(n: int, plain: bool) -> dict:
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def _hub_memory_child(hubs: int, days: int) -> dict:
+    """The facility monitor's memory per hub: ``hubs`` facilities with traffic in every
+    15-minute window for ``days`` days, windows closed and assessed as the flow does."""
+    from detectors.facility import FacilityStats
+    from flows.config import load_settings
+    from flows.dataflow import FlowContext
+
+    ctx = FlowContext(settings=load_settings(), run_dir=Path("/nonexistent"))
+    gc.collect()
+    rss0 = _rss()
+    desk = ctx.new_desk()
+    inc = ctx.settings.incidents
+    stats = FacilityStats(inc.window_seconds)
+    names = [f"P{i:04d}" for i in range(hubs)]
+    t0 = 1_790_000_000 - 1_790_000_000 % 86400
+    width = inc.window_seconds
+    with _Timer() as run:
+        for w in range(days * 86400 // width):
+            start = t0 + w * width
+            for name in names:
+                for k in range(4):
+                    stats.arrival(name, start + 60 * k)
+                    stats.departure(name, start + 60 * k + 30, dwell_seconds=4 * 3600)
+            desk.assess_closed(stats.close(start + width))
+    gc.collect()
+    rss1 = _rss()
+    return {"hubs": hubs, "days": days, "bytes_per_hub": (rss1 - rss0) / hubs,
+            "pickle_bytes_per_hub": len(pickle.dumps(desk, pickle.HIGHEST_PROTOCOL)) / hubs,
+            "seconds": run.wall}
+
+
 def memory(args: argparse.Namespace) -> int:
     print(f"# memory per in-flight package, {'plain' if args.plain else 'flow'} tracker, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
@@ -443,6 +474,16 @@ def memory(args: argparse.Namespace) -> int:
               f"{r['feed_events_per_s'] / 1e3:,.0f} K | {r['pickle_s']:.2f} | "
               f"{r['pickle_bytes'] / 2**20:,.0f} | {r['pickle_bytes'] / n:.0f} | "
               f"{r['unpickle_s']:.2f} | {r['peak_rss'] / 2**20:,.0f} |", flush=True)
+    if args.hubs:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--child",
+               "--packages", "0", "--hubs", str(args.hubs)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        print(f"\nfacility monitor: {r['hubs']} hubs with traffic in every window for "
+              f"{r['days']} days: {r['bytes_per_hub'] / 2**20:.2f} MB RSS per hub, "
+              f"snapshot {r['pickle_bytes_per_hub'] / 2**20:.2f} MB per hub "
+              f"({r['seconds']:.0f} s)", flush=True)
     if args.json:
         print(json.dumps(rows))
     return 0
@@ -478,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--packages", type=int, nargs="+", default=[1_000_000, 10_000_000])
     mp.add_argument("--plain", action="store_true",
                     help="PackageTracker(StallDetector()) instead of the flow's tracker")
+    mp.add_argument("--hubs", type=int, default=270,
+                    help="also measure the facility monitor's memory per hub with this many "
+                         "hubs (default 270, about the national plants and NDCs; 0: skip)")
     mp.add_argument("--json", action="store_true")
     mp.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -486,7 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and path.resolve().is_relative_to(REPO):
             ap.error(f"{path} is inside the repository; use a path under /tmp")
     if args.what == "memory" and args.child:
-        print(json.dumps(_memory_child(args.packages[0], args.plain)))
+        if args.packages == [0]:  # the hub measurement
+            print(json.dumps(_hub_memory_child(args.hubs, days=3)))
+        else:
+            print(json.dumps(_memory_child(args.packages[0], args.plain)))
         return 0
     if args.what == "facility":
         if args.child:
