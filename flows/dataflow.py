@@ -81,7 +81,7 @@ class FlowContext:
     names: Mapping[str, str] = field(default_factory=dict)
     tz_of: Mapping[str, str] | None = None
     regions: Mapping[str, str] = field(default_factory=dict)  # hub id -> region (weather)
-    hubs: frozenset[str] | None = None  # facilities with incident statistics; None: all
+    hubs: frozenset[str] | None = None  # facilities with incident statistics; None: "auto"
     trackers: dict[str, PackageTracker] = field(default_factory=dict)
     network: NetworkDesk | None = None  # the network step's, once the flow built it
 
@@ -93,7 +93,9 @@ class FlowContext:
             min_span=st.min_span_hours * 3600,
         )
         inc = self.settings.incidents
-        stats = (FacilityStats(inc.window_seconds, facilities=self.hubs)
+        # without a facility list: the facilities that scan like a plant (not post offices)
+        hubs = "auto" if self.hubs is None else self.hubs
+        stats = (FacilityStats(inc.window_seconds, facilities=hubs)
                  if inc.enabled else None)
         # one shard sees every package: it assesses its windows itself, so that packages held
         # at a facility hear of an incident the moment it opens (see PackageTracker._hold)

@@ -156,3 +156,23 @@ def test_abort_and_resume_delivers_each_message_once(
     want_messages = _message_keys(reference)
     assert set(counts) == want_messages
     assert Counter(counts.values()) == Counter({1: len(want_messages)})
+
+
+def test_without_a_facility_list_only_the_plants_and_ndcs_get_incident_statistics(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """The monitor costs ~0.7 MB per facility: tens of thousands of post offices must not get
+    one because the operator gave no facilities.csv."""
+    import csv
+
+    from detectors.events import parse_batch
+    from flows.dataflow import FlowContext
+
+    tracker = FlowContext(settings=load_settings(), run_dir=tmp_path).new_tracker()
+    events, _ = parse_batch((demo_data / "events.jsonl").read_bytes().splitlines())
+    tracker.process_batch(events)
+    with open(demo_data / "facilities.csv", newline="") as f:
+        kinds = {r["facility_id"]: r["kind"] for r in csv.DictReader(f)}
+    watched = set(tracker.facility_stats.facilities)
+    assert watched == {f for f, kind in kinds.items() if kind in ("plant", "ndc")}
+    assert {w.facility for w in tracker.take_windows()} <= watched
