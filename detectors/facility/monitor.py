@@ -169,13 +169,15 @@ class FacilityMonitor:
       packages seen downstream from here in that hour (normally ~3 % lack the departure scan,
       in an outage nearly all do);
     * the kind by :func:`classify`. Facilities of one region (``regions``) whose delays (a
-      delay score of 1 or more, or a stop) began within ``weather_hours`` of each other and
-      are still going on, ``weather_min`` of them or more, become one ``weather`` assessment
-      for the region, under the region's first
-      facility id, scored with the ``weather_min``-th highest delay; their own assessments
-      then carry no kind (one incident, one explanation), except a stop or a feed outage,
-      which keep their own. A lane (A to B) is ``lane_delay``
-      when, over the last 6 h, ``lane_min`` packages or more and ``lane_share`` of its
+      delay score of ``weather_delay`` or more, or a stop) began within ``weather_hours`` of
+      each other and are still going on, ``weather_min`` of them or more, become one
+      ``weather`` assessment for the region, under the region's first facility id, scored
+      with the ``weather_min``-th highest delay over ``weather_delay`` (two hubs of a region
+      each missing part of a sort at once is evidence at a lower bar than one hub alone:
+      0.7, with ``retention`` a cohort z of 3.5 each, against 5 for a slowdown); their own
+      assessments then carry no kind (one incident, one explanation), except a stop or a
+      feed outage, which keep their own. A lane (A to B) is ``lane_delay`` when, over the
+      last 6 h, ``lane_min`` packages or more and ``lane_share`` of its
       arrivals took ``lane_margin_hours`` longer than the lane's median transit.
 
     Every window is learned, after it is scored.
@@ -201,6 +203,8 @@ class FacilityMonitor:
     >>> [(a.facility, a.kind, a.score) for a in monitor.assess([FacilityWindow("P1", 0, 900)])]
     [('P1', None, 0.0), ('P1', 'weather', 0.0)]
     """
+
+    weather_delay = 0.7  # for snapshots made before the parameter existed (1.0 back then)
 
     def __init__(
         self,
@@ -236,6 +240,7 @@ class FacilityMonitor:
         feed_missing_share: float = 0.25,
         weather_hours: float = 3.0,
         weather_min: int = 2,
+        weather_delay: float = 0.7,
         lane_margin_hours: float = 20.0,
         lane_min: int = 4,
         lane_share: float = 0.3,
@@ -281,6 +286,7 @@ class FacilityMonitor:
         self.feed_missing = feed_missing
         self.weather_hours = weather_hours
         self.weather_min = weather_min
+        self.weather_delay = weather_delay
         self.lane_margin_hours = lane_margin_hours
         self.lane_min = lane_min
         self.lane_share = lane_share
@@ -312,7 +318,9 @@ class FacilityMonitor:
             found = self._assess_facility(window)
             out.append(found)
             delay = self._tracks[window.facility].delay_now
-            if found.kind != "feed_outage" and (delay >= 1.0 or found.kind == "facility_stop"):
+            if found.kind != "feed_outage" and (
+                delay >= self.weather_delay or found.kind == "facility_stop"
+            ):
                 last = self._delayed.get(window.facility)
                 if last is None or last <= window.end - self.weather_hours * 3600:
                     self._started[window.facility] = window.end  # a new delay episode
@@ -329,9 +337,10 @@ class FacilityMonitor:
         """Facilities of one region delayed within ``weather_hours`` of each other: one
         ``weather`` assessment for the region; their own assessments lose their kind.
 
-        A facility counts when its delay score reached 1 (even while its arrivals are too
-        quiet to call it a slowdown on its own: two facilities of a region losing their feed
-        at once is far less likely than weather) or it is in a stop; a feed outage never.
+        A facility counts when its delay score reached ``weather_delay`` (even while its
+        arrivals are too quiet to call it a slowdown on its own: two facilities of a region
+        losing their feed at once is far less likely than weather) or it is in a stop; a feed
+        outage never.
         """
         span = self.weather_hours * 3600
         by_region: dict[str, list[str]] = {}
@@ -365,6 +374,7 @@ class FacilityMonitor:
                 continue
             names = tuple(sorted(members))
             score = sorted((delays.get(m, 0.0) for m in names), reverse=True)[self.weather_min - 1]
+            score /= self.weather_delay
             backlog = {a.facility: a.affected for a in out if a.lane_to is None}
             evidence = (
                 f"{len(names)} facilities of region {region} are delayed at once "

@@ -37,12 +37,26 @@ W = 900
 # (ingest_ts, package, code, facility, event_ts), in ingestion order.
 
 
-def line(seed, days, *, skip_sort=None, outage=None, stop=None, late_share=0.02):
+def line(
+    seed,
+    days,
+    *,
+    skip_sort=None,
+    skip_share=None,
+    outage=None,
+    stop=None,
+    late_share=0.02,
+    plant="P1",
+    ndc="N1",
+):
     """``skip_sort``: a day index whose night sorts at P1 do not happen (a slowdown: the
-    packages leave the next night). ``outage``: (start, end) event times during which P1's
-    scans reach the feed only at ``end`` + 0-20 min (a feed outage). ``stop``: (start, end)
-    event times during which P1 does nothing: arrivals are scanned at ``end`` + 0-1 h,
-    departures leave at ``end`` + 0.5-3 h (the simulator's facility stop)."""
+    packages leave the next night); ``skip_share``: (day index, share): that share of the
+    packages due at that night's sorts miss them (a milder slowdown). ``plant`` and ``ndc``
+    rename the two hubs (package ids get the plant's name as prefix). ``outage``: (start,
+    end) event times during which P1's scans reach the feed only at ``end`` + 0-20 min (a
+    feed outage). ``stop``: (start, end) event times during which P1 does nothing: arrivals
+    are scanned at ``end`` + 0-1 h, departures leave at ``end`` + 0.5-3 h (the simulator's
+    facility stop)."""
     rng = random.Random(seed)
     scans = []
     n = 0
@@ -54,17 +68,21 @@ def line(seed, days, *, skip_sort=None, outage=None, stop=None, late_share=0.02)
                 rate = max(rate // 3, 1)
             for _ in range(rng.randint(rate // 2, rate + rate // 2)):
                 n += 1
-                pid = f"P{n:05d}"
+                pid = f"P{n:05d}" if plant == "P1" else f"{plant}-{n:05d}"
                 arrived = MONDAY + day * DAY + hour * H + rng.randrange(H)
                 if stop and stop[0] <= arrived < stop[1]:
                     arrived = stop[1] + rng.randrange(H)
-                events = [(arrived, "A1", "P1")]
+                events = [(arrived, "A1", plant)]
                 leave_day = (arrived + 2 * H) // DAY  # first sort at least 2 h later
+                skips = skip_share is not None and rng.random() < skip_share[1]
                 sort = None
                 while sort is None:
                     for slot in (2 * H, 4 * H):
                         t = leave_day * DAY + slot
-                        if t >= arrived + 2 * H and (leave_day - MONDAY // DAY) != skip_sort:
+                        day_index = leave_day - MONDAY // DAY
+                        if skips and day_index == skip_share[0]:
+                            continue
+                        if t >= arrived + 2 * H and day_index != skip_sort:
                             sort = t
                             break
                     leave_day += 1
@@ -73,16 +91,16 @@ def line(seed, days, *, skip_sort=None, outage=None, stop=None, late_share=0.02)
                 departed = sort + rng.randrange(600)
                 if stop and stop[0] <= departed < stop[1]:
                     departed = stop[1] + rng.randrange(H // 2, 3 * H)
-                events.append((departed, "T1", "P1"))
+                events.append((departed, "T1", plant))
                 at_n1 = departed + 3 * H + rng.randrange(H)
-                events.append((at_n1, "A1", "N1"))
+                events.append((at_n1, "A1", ndc))
                 slot = (at_n1 + H) // (6 * H) * (6 * H) + 6 * H
-                events.append((slot + rng.randrange(600), "T1", "N1"))
+                events.append((slot + rng.randrange(600), "T1", ndc))
                 for ts, code, facility in events:
                     ingest = ts + rng.randrange(5, 120)
                     if rng.random() < late_share:
                         ingest += rng.randrange(H, 3 * H)
-                    if outage and facility == "P1" and outage[0] <= ts < outage[1]:
+                    if outage and facility == plant and outage[0] <= ts < outage[1]:
                         ingest = outage[1] + rng.randrange(1200)
                     scans.append((ingest, pid, code, facility, ts))
     scans.sort()
@@ -218,8 +236,17 @@ def test_facilities_outside_the_filter_are_ignored_and_lanes_to_them_too():
 def test_auto_keeps_the_facilities_that_scan_like_a_plant_not_the_post_offices():
     stats = FacilityStats(W, facilities="auto")
     # a package: accepted at post office O1, departs it, plant P1, NDC N1, delivered at O2
-    route = [("O1", "03"), ("O1", "SF"), ("P1", "10"), ("P1", "T1"), ("N1", "A1"),
-             ("N1", "T1"), ("O2", "07"), ("O2", "OF"), ("O2", "01")]
+    route = [
+        ("O1", "03"),
+        ("O1", "SF"),
+        ("P1", "10"),
+        ("P1", "T1"),
+        ("N1", "A1"),
+        ("N1", "T1"),
+        ("O2", "07"),
+        ("O2", "OF"),
+        ("O2", "01"),
+    ]
     prev = (None, None, -1)
     for i, (facility, code) in enumerate(route):
         stats.observe(facility, code, MONDAY + 60 * i, *prev)
@@ -548,6 +575,60 @@ def test_a_feed_outage_is_a_feed_outage_not_a_delay():
     outage = next(r for r in records if r["status"] == "open")
     assert start <= _ts(outage["opened_at"]) <= start + 9 * H
     assert outage["facility_id"] == "P1"
+
+
+REGION = {"P1": "R", "N1": "R", "P2": "R", "N2": "R"}
+
+
+def region_of_two_lines(share_p1=None, share_p2=None, day=16):
+    """Two seeded lines in one region (P1 -> N1, P2 -> N2); a share of each plant's packages
+    miss the night sorts of ``day`` (None: none do)."""
+    p1 = line(1, 21, skip_share=None if share_p1 is None else (day, share_p1))
+    p2 = line(2, 21, skip_share=None if share_p2 is None else (day, share_p2), plant="P2", ndc="N2")
+    return windows_of(sorted(p1 + p2), facilities=tuple(REGION))
+
+
+def region_incidents(batches, **kwargs):
+    monitor = FacilityMonitor("retention", regions=REGION, **kwargs)
+    manager = IncidentManager()
+    records = []
+    for batch in batches:
+        for a in monitor.assess(batch):
+            records += manager.update(
+                a.facility,
+                a.window_end,
+                a.score,
+                a.kind,
+                a.evidence,
+                a.affected,
+                lane_to=a.lane_to,
+                facilities=a.facilities,
+            )
+        records += manager.finish(batch[0].end)
+    return [r for r in records if r["status"] == "open"]
+
+
+def test_two_plants_of_a_region_each_missing_part_of_a_sort_open_weather_at_the_sort():
+    # Tuesday of week 3: 5 % of P1's and 10 % of P2's packages miss the 02:00 and 04:00 sorts.
+    # Each plant alone stays under the slowdown bar (delay 0.93 and 0.91 < 1); together,
+    # each over ``weather_delay``, they are one weather incident, 75 min after the 02:00 sort.
+    batches = region_of_two_lines(0.05, 0.10)
+    found = region_incidents(batches)
+    assert [(r["incident_key"], r["facilities"]) for r in found] == [
+        ("N1:weather:20261125T0315Z", "P1 P2")
+    ]
+    # at the single-facility bar (the default before 2026-11-23) nothing was ever opened
+    assert region_incidents(batches, weather_delay=1.0) == []
+
+
+def test_one_plant_missing_part_of_a_sort_opens_nothing():
+    assert region_incidents(region_of_two_lines(0.05, None)) == []
+
+
+def test_a_region_quiet_at_once_on_sundays_and_draining_at_the_end_opens_nothing():
+    # both plants' inflow drops to a third every Sunday (at once: a region-wide drop) and to
+    # nothing after the last day of intake, when the region drains
+    assert region_incidents(region_of_two_lines()) == []
 
 
 def test_the_monitor_and_manager_pickle_mid_stream_and_continue_identically():
