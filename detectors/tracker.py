@@ -255,7 +255,8 @@ class PackageTracker:
         self._wheel: dict[int, array] = {}
         self._history: dict[int, array] = {}  # slot -> (facility no, code no, ts) * scans
         # slot -> [code no, last scan ts, next scan ts or -1] of each silence a watch or stall
-        # was raised on: on delivery they teach the estimator how long overdue packages take
+        # was raised on (a hold's or an early watch's too: the conditioning on the silence
+        # sorts them out): on delivery they teach the estimator how long overdue packages take
         self._overdue: dict[int, list[list[int]]] = {}
         self._next_sweep = 0
         self._finished_init()
@@ -350,6 +351,8 @@ class PackageTracker:
         early = self._early if self.hold_early else None
         hold_factor, horizon = self.hold_factor, self.hold_horizon
         fstats = self.facility_stats
+        # incidents open only where facility statistics are kept: no early watch elsewhere
+        monitored = fstats.facilities if fstats is not None else None
         if fstats is not None:
             observe, fscan = fstats.observe, fstats.scan
             pgap_col = self._pgap
@@ -497,7 +500,8 @@ class PackageTracker:
                     if found is not None:
                         # with a watch, the first deadline is the watch's (see _fire_due)
                         deadline = ts + int(found[0] * watch if watch else found[0])
-                        if early is not None and fac_no:
+                        if early is not None and fac_no and (
+                                monitored is None or facility in monitored):
                             # the hold point: overdue and due within the horizon (_hold)
                             at = ts + int(hold_factor * found[1])
                             promised = promised_col[slot]

@@ -198,6 +198,9 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
     def __init__(self, ctx: FlowContext, key: str, resume: PackageTracker | None) -> None:
         self.ctx = ctx
         self.tracker = resume if resume is not None else ctx.new_tracker()
+        if resume is not None:  # a snapshot from before early watches, or another shard count
+            inc = ctx.settings.incidents
+            resume.hold_early = inc.enabled and ctx.settings.shards > 1
         ctx.trackers[key] = self.tracker
         self.live = ctx.settings.mode == "live"
         self.hold = ctx.settings.feed_silence_hold_seconds
@@ -263,12 +266,30 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         return self.tracker
 
 
+class NetworkState:
+    """A network-step snapshot written before :class:`flows.network.NetworkDesk` (pickled
+    as ``flows.dataflow.NetworkState``): unpickled as this, then turned into a desk, so a
+    recovery store from before the change resumes."""
+
+    def to_desk(self, shards: int) -> NetworkDesk:
+        old = self.__dict__
+        desk = NetworkDesk(old["folder"], old["grouper"], shards=shards, incidents=old["desk"])
+        desk.now, desk.assessed_through = old["now"], old["assessed_through"]
+        desk.watching = old["watching"]
+        desk._progress, desk._windows, desk._ready = old["progress"], old["windows"], old["ready"]
+        desk._held, desk._arrivals = old["held"], old["arrivals"]
+        desk._next_prune = old["next_prune"]
+        return desk
+
+
 class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkDesk]):
     """The network step: a :class:`flows.network.NetworkDesk` (also its snapshot) fed with
     the shards' records and progress, one ``step`` per batch."""
 
     def __init__(self, ctx: FlowContext, resume: NetworkDesk | None) -> None:
         self.ctx = ctx
+        if isinstance(resume, NetworkState):
+            resume = resume.to_desk(ctx.settings.shards)
         self.desk = resume if resume is not None else ctx.new_network()
         self.desk.metrics = ctx.metrics  # not in the snapshot
         ctx.network = self.desk

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,6 +81,17 @@ class _Group:
     waiting: set[str] = field(default_factory=set)  # packages that have not moved again
     moved_ts: int = 0
     moved_estimate: str | None = None  # the latest new estimate of a package moving again
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # pickled as (None, {slot: value}); a snapshot from before a field was added lacks
+        # it: the default
+        values = state[1]
+        for f in fields(self):
+            if f.name in values:
+                value = values[f.name]
+            else:
+                value = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, f.name, value)
 
 
 class MessageGrouper:

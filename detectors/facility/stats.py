@@ -17,10 +17,11 @@ from detectors.facility.windows import (
 __all__ = ["HUB_CODES", "FacilityStats"]
 
 #: Scan codes only processing plants and distribution centres emit (USPS: arrived at / departed
-#: a regional or sort facility, processing complete, DC eVS arrival); see
-#: ../shared/reference/event-formats.md. ``FacilityStats(facilities="auto")`` keeps figures for
-#: the facilities that scanned one of them.
-HUB_CODES = frozenset({"10", "A1", "T1", "EF", "PC", "19"})
+#: a regional or sort facility, DC eVS arrival; not ``PC`` "sorting/processing complete",
+#: which delivery units scan too); see ../shared/reference/event-formats.md and
+#: :data:`detectors.events.CODES`. ``FacilityStats(facilities="auto")`` keeps figures for the
+#: facilities that scanned one of them.
+HUB_CODES = frozenset({"10", "A1", "T1", "EF", "19"})
 
 
 class _Facility:

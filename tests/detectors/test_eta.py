@@ -221,6 +221,9 @@ def test_overdue_without_data_is_no_earlier_than_the_usual_remaining_time_from_n
     assert plain < T0 + 31 * H  # the plain tail: "nearly there"
     assert eta == pytest.approx(T0 + 34 * H, abs=0.5 * H)  # now + the usual ~4 h
     assert DeliveryEstimator().estimate_overdue(at(30 * H)) == (None, None)
+    # a promise the floor has passed: more likely late than not
+    _, p_late = estimator.estimate_overdue(at(30 * H, promised_hours=32))
+    assert p_late >= 0.5
 
 
 def test_overdue_ignores_impossible_records_and_terminal_codes():

@@ -230,3 +230,15 @@ def test_hold_early_does_not_depend_on_batching_and_survives_a_snapshot() -> Non
     later = [(hour, a["kind"], a["alert_key"], a["alert_time"])
              for hour in range(1, 42) for a in resumed.advance(T0 + hour * H)]
     assert later == expected
+
+
+def test_auto_hubs_leave_out_a_post_office_that_scans_processing_complete() -> None:
+    """USPS delivery units scan PC ("sorting/processing complete") too: not a hub code."""
+    from detectors.facility import FacilityStats
+
+    stats = FacilityStats(900, facilities="auto")
+    day = 1_790_000_000 - 1_790_000_000 % 86400
+    stats.observe("O1", "07", day + 60, "N1", "T1", day)
+    stats.observe("O1", "PC", day + 120, "O1", "07", day + 60)
+    stats.observe("N1", "A1", day + 180)
+    assert stats.facilities == {"N1"}

@@ -175,4 +175,3 @@ def test_without_a_facility_list_only_the_plants_and_ndcs_get_incident_statistic
         kinds = {r["facility_id"]: r["kind"] for r in csv.DictReader(f)}
     watched = set(tracker.facility_stats.facilities)
     assert watched == {f for f, kind in kinds.items() if kind in ("plant", "ndc")}
-    assert {w.facility for w in tracker.take_windows()} <= watched

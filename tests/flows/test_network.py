@@ -262,3 +262,40 @@ def test_with_several_shards_a_package_overdue_at_an_opening_hears_of_it_then() 
         assert _held_run(early=True, chunk=chunk, together=together) == out
     before = _held_run(early=False, chunk=100, together=False)  # the watches come at 34 h
     assert [r["package_id"] for _, (tag, r) in before if tag == "alert"] == []
+
+
+def test_a_network_snapshot_from_before_the_desk_resumes(tmp_path) -> None:
+    """A recovery store written before NetworkDesk holds ``flows.dataflow.NetworkState`` (a
+    plain dataclass) whose grouper's groups lack ``moved_estimate``: it must resume."""
+    from flows.config import load_settings
+    from flows.dataflow import FlowContext, NetworkState, _Network
+
+    grouper = MessageGrouper(hold_seconds=H)
+    folder = IncidentFolder(grace_seconds=H)
+    opened = T0 + 2 * H
+    folder.observe(incident("facility_slowdown", "P1", opened))
+    folded = folder.decide(record("A", opened))[1]
+    grouper.add(folded, "fold")
+    grouper.advance(opened + 2 * H)  # the delay message went out: the group waits
+    for group in grouper._groups.values():  # as the old code pickled it: no such slot
+        object.__delattr__(group, "moved_estimate")
+    old = NetworkState.__new__(NetworkState)
+    old.__dict__.update(desk=None, folder=folder, grouper=grouper,
+                        progress={"shard-0": (opened + 2 * H, opened + 2 * H)}, windows={},
+                        ready={}, assessed_through=opened, held=[], arrivals=1,
+                        now=opened + 2 * H, watching={}, next_prune=opened + 86400)
+    resumed = pickle.loads(pickle.dumps(old))
+    ctx = FlowContext(settings=load_settings(), run_dir=tmp_path)
+    network = _Network(ctx, resumed)
+    resolved = incident("facility_slowdown", "P1", opened) | {
+        "status": "resolved", "resolved_at": iso(opened + 5 * H)}
+    moved = record("A", opened + 6 * H, kind="moved") | {
+        "watermark": opened + 6 * H, "new_estimate": iso(opened + 30 * H)}
+    out, _ = network.on_batch([("shard-0", moved),
+                               ("shard-0", progress(opened + 8 * H, opened + 8 * H,
+                                                    [(opened + 5 * H, [resolved])]))])
+    out += network.on_eof()[0]
+    clear = [r for tag, r in out if tag == "message" and r["kind"] == "back_on_track"]
+    assert [(m["packages"], m["new_estimate"]) for m in clear] == [
+        (["A"], iso(opened + 30 * H))]
+    assert pickle.loads(pickle.dumps(network.snapshot())).now == network.desk.now
