@@ -455,6 +455,13 @@ def _hub_memory_child(hubs: int, days: int) -> dict:
             "seconds": run.wall}
 
 
+def _memory_run(options: list[str]) -> dict:
+    """One memory measurement in a fresh process (its JSON line)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--child", *options]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def memory(args: argparse.Namespace) -> int:
     print(f"# memory per in-flight package, {'plain' if args.plain else 'flow'} tracker, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
@@ -464,10 +471,7 @@ def memory(args: argparse.Namespace) -> int:
     print("|" + "---:|" * 10, flush=True)
     rows = []
     for n in args.packages:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--child",
-               "--packages", str(n)] + (["--plain"] if args.plain else [])
-        res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
-        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r = _memory_run(["--packages", str(n)] + (["--plain"] if args.plain else []))
         rows.append(r)
         print(f"| {n:,} | {(r['rss_after'] - r['rss_before']) / 2**20:,.0f} | "
               f"{r['bytes_per_package']:.0f} | {r['feed_s']:.1f} | "
@@ -475,10 +479,7 @@ def memory(args: argparse.Namespace) -> int:
               f"{r['pickle_bytes'] / 2**20:,.0f} | {r['pickle_bytes'] / n:.0f} | "
               f"{r['unpickle_s']:.2f} | {r['peak_rss'] / 2**20:,.0f} |", flush=True)
     if args.hubs:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--child",
-               "--packages", "0", "--hubs", str(args.hubs)]
-        res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
-        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r = _memory_run(["--packages", "0", "--hubs", str(args.hubs)])
         rows.append(r)
         print(f"\nfacility monitor: {r['hubs']} hubs with traffic in every window for "
               f"{r['days']} days: {r['bytes_per_hub'] / 2**20:.2f} MB RSS per hub, "

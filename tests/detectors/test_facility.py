@@ -23,7 +23,7 @@ from detectors.facility import (
     classify,
     merge,
 )
-from detectors.incidents import IncidentManager
+from detectors.incidents import IncidentDesk, IncidentManager
 
 H = 3600
 DAY = 86400
@@ -134,24 +134,11 @@ def windows_of(scans, lateness=H, facilities=("P1", "N1")):
     return [grouped[end] for end in sorted(grouped)]
 
 
-def incidents_of(batches, detector="retention", **kwargs):
-    monitor = FacilityMonitor(detector, regions={"P1": "R", "N1": "R"}, **kwargs)
-    manager = IncidentManager()
-    records = []
-    for batch in batches:
-        for a in monitor.assess(batch):
-            records += manager.update(
-                a.facility,
-                a.window_end,
-                a.score,
-                a.kind,
-                a.evidence,
-                a.affected,
-                lane_to=a.lane_to,
-                facilities=a.facilities,
-            )
-        records += manager.finish(batch[0].end)
-    return records
+def incidents_of(batches, detector="retention", regions=None, **kwargs):
+    """The incident records of a monitor and a lifecycle over window batches (one end each)."""
+    desk = IncidentDesk(FacilityMonitor(detector, regions=regions or {"P1": "R", "N1": "R"},
+                                        **kwargs), IncidentManager())
+    return [r for batch in batches for r in desk.assess(batch[0].end, batch)]
 
 
 def opened(records):
@@ -589,23 +576,7 @@ def region_of_two_lines(share_p1=None, share_p2=None, day=16):
 
 
 def region_incidents(batches, **kwargs):
-    monitor = FacilityMonitor("retention", regions=REGION, **kwargs)
-    manager = IncidentManager()
-    records = []
-    for batch in batches:
-        for a in monitor.assess(batch):
-            records += manager.update(
-                a.facility,
-                a.window_end,
-                a.score,
-                a.kind,
-                a.evidence,
-                a.affected,
-                lane_to=a.lane_to,
-                facilities=a.facilities,
-            )
-        records += manager.finish(batch[0].end)
-    return [r for r in records if r["status"] == "open"]
+    return [r for r in incidents_of(batches, regions=REGION, **kwargs) if r["status"] == "open"]
 
 
 def test_two_plants_of_a_region_each_missing_part_of_a_sort_open_weather_at_the_sort():
