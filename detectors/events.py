@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Annotated, Final, Literal, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import msgspec
 
@@ -54,6 +54,7 @@ __all__ = [
     "Code",
     "Invalid",
     "ScanEvent",
+    "epoch_seconds",
     "parse_batch",
     "parse_line",
 ]
@@ -325,6 +326,18 @@ def _invalid_from_error(line: bytes | str, error: msgspec.DecodeError) -> ScanEv
         reason = "wrong_type" if ", got `" in message else "bad_facility"
         return Invalid(reason, _safe(message))
     return Invalid("wrong_type", _safe(message))
+
+
+def epoch_seconds(value: Any) -> int | None:
+    """An ISO 8601 time with an offset (as the flow's records carry them) as epoch seconds;
+    None for an empty value.
+
+    >>> epoch_seconds("2026-10-01T03:00:00+00:00"), epoch_seconds(None)
+    (1790823600, None)
+    """
+    if not value:
+        return None
+    return int(dt.datetime.fromisoformat(str(value)).timestamp())
 
 
 def _iso_ts(value: str, field: str) -> int | Invalid:

@@ -50,22 +50,16 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from detectors.events import DEPARTURE_CODES
+from detectors.events import epoch_seconds as _ts
 from detectors.incidents import DELAY_KINDS
 
 __all__ = ["DELAY_KINDS", "IncidentFolder"]
 
 _DEPARTED = DEPARTURE_CODES
 _FOREVER = 1 << 62
-
-
-def _ts(value: Any) -> int | None:
-    if not value:
-        return None
-    return int(datetime.fromisoformat(str(value)).timestamp())
 
 
 @dataclass(slots=True)

@@ -53,9 +53,9 @@ import heapq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from detectors.events import epoch_seconds as _epoch  # never empty here
 from detectors.facility import FacilityWindow, merge
 from detectors.folding import DELAY_KINDS, IncidentFolder
-from detectors.folding import _ts as _epoch  # ISO 8601 -> epoch seconds (never empty here)
 from detectors.incidents import IncidentDesk
 from notifiers.grouping import MessageGrouper
 
