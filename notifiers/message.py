@@ -320,6 +320,30 @@ def describe_silence(
     return text + "."
 
 
+_STAGE = {
+    "en": {"last": "The last scan was “{scan}”.",
+           "usual": "Packages usually move on from there within {usual}."},
+    "es": {"last": "El último escaneo fue «{scan}».",
+           "usual": "Normalmente los paquetes siguen su camino en menos de {usual}."},
+}
+
+
+def describe_stage(locale: str, scan: str | None = None, usual: str | None = None) -> str | None:
+    """A stall's detail: what the last scan was and what is usual at that step (the e-mail
+    already says where, when and for how long); None when neither is known.
+
+    >>> describe_stage("en", "Arrived at facility", "8 hours")
+    'The last scan was “Arrived at facility”. Packages usually move on from there within 8 hours.'
+    >>> describe_stage("es", None, "8 horas")
+    'Normalmente los paquetes siguen su camino en menos de 8 horas.'
+    """
+    words = _STAGE.get(locale, _STAGE["en"])
+    parts = [words["last"].format(scan=scan)] if scan else []
+    if usual:
+        parts.append(words["usual"].format(usual=usual))
+    return " ".join(parts) or None
+
+
 def describe_moving(
     locale: str,
     *,
@@ -516,6 +540,15 @@ class MessageComposer:
                 facility=facility,
                 in_transit=in_transit,
             )
+        elif kind == "stall":
+            # the e-mail's first lines say where, when and for how long: only what the last
+            # scan was and what is usual here
+            detail = None if silence is None else describe_stage(
+                locale, scan_text(alert.get("last_event_code"), locale),
+                format_duration(_usual_seconds(alert.get("expected_seconds")), locale))
+            if silence is None and locale == "en":
+                # a row from before the structured fields: its English evidence, as before
+                detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None
         else:
             detail = describe_silence(
                 locale,
@@ -523,14 +556,9 @@ class MessageComposer:
                 facility=facility,
                 in_transit=in_transit,
                 scan=scan_text(alert.get("last_event_code"), locale),
-                # an incident e-mail says when just before; a stall's detail repeats it
-                last_scan=last_scan if kind == "stall" else None,
                 usual=format_duration(_usual_seconds(alert.get("expected_seconds")), locale),
                 several=count > 1,
             )
-            if detail is None and kind == "stall" and locale == "en":
-                # a row from before the structured fields: its English evidence, as before
-                detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None
         return {
             "kind": kind,
             "name": clean_text(customer.name, max_len=_MAX_NAME),
