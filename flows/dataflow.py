@@ -118,7 +118,8 @@ class FlowContext:
         inc = self.settings.incidents
         return IncidentDesk(
             FacilityMonitor(inc.detector, regions=self.regions, tz_of=self.tz_of,
-                            names=self.names, window_seconds=inc.window_seconds),
+                            names=self.names, window_seconds=inc.window_seconds,
+                            weather_delay=inc.weather_delay),
             IncidentManager(open_threshold=inc.open_threshold,
                             close_threshold=inc.close_threshold,
                             for_windows=inc.for_windows, clear_windows=inc.clear_windows),

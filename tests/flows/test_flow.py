@@ -175,3 +175,17 @@ def test_without_a_facility_list_only_the_plants_and_ndcs_get_incident_statistic
         kinds = {r["facility_id"]: r["kind"] for r in csv.DictReader(f)}
     watched = set(tracker.facility_stats.facilities)
     assert watched == {f for f, kind in kinds.items() if kind in ("plant", "ndc")}
+
+
+def test_the_weather_bar_is_a_setting_that_reaches_the_monitor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.dataflow import FlowContext
+
+    def bar(settings) -> float:  # type: ignore[no-untyped-def]
+        return FlowContext(settings=settings, run_dir=tmp_path).new_desk().monitor.weather_delay
+
+    assert bar(load_settings()) == 0.7
+    assert bar(load_settings(incidents={"weather_delay": 1.0})) == 1.0
+    monkeypatch.setenv("DELAYWATCH_INCIDENTS__WEATHER_DELAY", "0.8")
+    assert bar(load_settings()) == 0.8
