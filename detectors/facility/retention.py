@@ -81,7 +81,11 @@ class CohortRetention(base.AnomalyDetector):
         # The hour level counts age from the start of the hour, so that the cohorts it pools
         # are seen at the same clock times (a sort at 22:30 is the same age for all of them).
         self._span = horizon + max(3600 // width, 1)
-        self._table = array("q", bytes(8 * 3 * self._span * sum(self._levels)))
+        # int32 counters: a cell gains at most one cohort a day (four at the hour level), so a
+        # hub taking 10,000 packages a window would need ~150 years to overflow one; an
+        # overflow raises OverflowError rather than wrapping. Snapshots from before (int64)
+        # keep their table and work the same.
+        self._table = array("i", bytes(4 * 3 * self._span * sum(self._levels)))
         # arrival window -> [size, cell of age 0 at each level]
         self._initial: dict[int, list[int]] = {}
 

@@ -101,7 +101,7 @@ class FacilityStats:
         ``"auto"``: every facility seen with a processing-plant scan code (:data:`HUB_CODES`:
         arrived at / departed a regional or sort facility), for feeds without a facility
         list: post offices (acceptance, delivery) are left out, so the monitor's memory
-        (~0.7 MB per facility) follows the few hundred hubs, not tens of thousands of
+        (~0.5 MB per facility) follows the few hundred hubs, not tens of thousands of
         delivery units. Calls for other facilities return at once.
     max_age_seconds
         A package in a backlog for this long is dropped from it (lost, or its departure and

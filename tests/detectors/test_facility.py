@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import pickle
 import random
+from array import array
 from collections import defaultdict
 
 import pytest
@@ -508,6 +509,25 @@ def test_golden_cohort_retention():
     # the sort at 02:00 of day 8 does not happen: flagged from then until the end
     assert [i for i, s in enumerate(scores) if s > 5] == list(range(24 * 8 + 2, 24 * 9))
     assert max(scores[: 24 * 8 + 2]) < 1.5
+
+
+def test_cohort_retention_from_an_int64_snapshot_scores_the_same():
+    """Its table became int32 (half the memory per hub); a snapshot of the int64 table
+    loads and continues exactly as the new one does."""
+    make = DETECTORS[3][0]
+    stream = list(cohort_stream(0))
+    new, old = make(), make()
+    for x in stream[:100]:
+        new.learn_one(x)
+        old.learn_one(x)
+    assert new._table.typecode == "i"
+    old._table = array("q", old._table)  # as pickled before the change
+    old = pickle.loads(pickle.dumps(old))
+    assert old._table.typecode == "q"
+    for x in stream[100:]:
+        assert old.score_one(x) == new.score_one(x)
+        old.learn_one(x)
+        new.learn_one(x)
 
 
 def test_classify_names_the_kinds():
