@@ -65,18 +65,23 @@ ESTIMATE_COLS = [
 ]
 
 
+def cells(row: dict, cols: list) -> str:
+    """A table row's cells ("-" where the figure is missing)."""
+    out = []
+    for _, get in cols:
+        try:
+            out.append(fmt(get(row)))
+        except (KeyError, TypeError):
+            out.append("-")
+    return " | ".join(out)
+
+
 def table(results: dict[str, dict], cols: list) -> None:
     print()
     print("| scenario | " + " | ".join(c for c, _ in cols) + " |")
     print("|---|" + "---|" * len(cols))
     for run, r in results.items():
-        cells = []
-        for _, get in cols:
-            try:
-                cells.append(fmt(get(r)))
-            except (KeyError, TypeError):
-                cells.append("-")
-        print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {run} | {cells(r, cols)} |", flush=True)
 
 
 def fmt(v: object) -> str:
@@ -117,14 +122,7 @@ def main() -> None:
             r["incident_recall_late"] = round(hit / late, 3) if late else None
             results[f"{scenario}{seed}"] = r
             for name, row in (("delaywatch", r), ("48 h rule", r["baselines"]["fixed_48h"])):
-                cells = []
-                for _, get in COLS:
-                    try:
-                        cells.append(fmt(get(row)))
-                    except (KeyError, TypeError):
-                        cells.append("-")
-                print(f"| {scenario} | {seed} | {name} | " + " | ".join(cells) + " |",
-                      flush=True)
+                print(f"| {scenario} | {seed} | {name} | {cells(row, COLS)} |", flush=True)
     table(results, INCIDENT_COLS)
     table(results, ESTIMATE_COLS)
     (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=str))

@@ -543,26 +543,30 @@ def _package_figures(packages: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _estimate_figures(delay: pd.DataFrame, packages: pd.DataFrame) -> dict[str, Any]:
-    """How good the revised estimate of each package's first delay alert was."""
+def _estimate_figures(
+    delay: pd.DataFrame, moving: pd.DataFrame, truth: pd.DataFrame
+) -> dict[str, Any]:
+    """How good the revised estimates were: of each package's first delay alert, and of the
+    back-on-track messages (``truth``: the packages indexed by id)."""
     first = delay.sort_values("alert_time", kind="stable").drop_duplicates("package_id")
-    truth = packages.set_index("package_id")
     delivered = _to_utc(_lookup(truth["delivered_at"], first["package_id"]))
     promised = _to_utc(_lookup(truth["promised_by"], first["package_id"]))
-    first = first[delivered.notna().to_numpy()]
-    delivered, promised = delivered[delivered.notna()], promised[delivered.notna()]
-    given = first["new_estimate"].notna().to_numpy()
-    error = _hours(first["new_estimate"][given].reset_index(drop=True)
-                   - delivered[given].reset_index(drop=True))
-    promise_error = _hours(promised[given].reset_index(drop=True)
-                           - delivered[given].reset_index(drop=True)).abs()
+    known = delivered.notna()
+    given = known & first["new_estimate"].notna()
+    error = _hours(first["new_estimate"][given] - delivered[given])
+    promise_error = _hours(promised[given] - delivered[given]).abs()
+    moving_error = _hours(moving["new_estimate"] - _to_utc(
+        _lookup(truth["delivered_at"], moving["package_id"]))).abs()
     return {
-        "estimates_given": _ratio(int(given.sum()), len(first)),
+        "estimates_given": _ratio(int(given.sum()), int(known.sum())),
         "estimate_error_hours_p50": _percentile(error.abs(), 50),
         "estimate_error_hours_p90": _percentile(error.abs(), 90),
         "estimate_within_24h": _ratio(int((error.abs() <= 24).sum()), int(given.sum())),
         "estimate_bias_hours_p50": _percentile(error, 50),
         "promise_error_hours_p50": _percentile(promise_error, 50),
+        "back_on_track_estimates_given": _ratio(int(moving["new_estimate"].notna().sum()),
+                                                len(moving)),
+        "back_on_track_estimate_error_hours_p50": _percentile(moving_error, 50),
     }
 
 
@@ -759,7 +763,8 @@ def score(
     per_on_time = _ratio(false_alerted, result["on_time_packages"])
     result["false_alerts_per_1000"] = None if per_on_time is None else 1000.0 * per_on_time
 
-    delivered = packages.set_index("package_id")["delivered_at"]
+    truth_by_id = packages.set_index("package_id")
+    delivered = truth_by_id["delivered_at"]
     after = messages["alert_time"] > _to_utc(_lookup(delivered, messages["package_id"]))
     result["alerts_after_delivery"] = int((after & messages["kind"].isin(DELAY_KINDS)).sum())
     result["messages_after_delivery"] = int(after.sum())
@@ -781,14 +786,8 @@ def score(
         (has_key & (messages["alert_key"].astype(str) != expected_key)).sum()
     )
 
-    result.update(_estimate_figures(delay, packages))
     moving = messages[messages["kind"] == "back_on_track"]
-    moving_error = _hours(moving["new_estimate"]
-                          - _to_utc(_lookup(packages.set_index("package_id")["delivered_at"],
-                                            moving["package_id"]))).abs()
-    result["back_on_track_estimates_given"] = _ratio(int(moving["new_estimate"].notna().sum()),
-                                                     len(moving))
-    result["back_on_track_estimate_error_hours_p50"] = _percentile(moving_error, 50)
+    result.update(_estimate_figures(delay, moving, truth_by_id))
 
     outage = (packages["cause"] == "feed_outage") & ~packages["late"]
     outage_ids = packages.loc[outage, "package_id"]

@@ -421,16 +421,14 @@ class PackageTracker:
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                     prev_code = codes[code_col[slot]]
-                    if flags & (_OPEN | _WATCHED) and self._overdue:
-                        silences = self._overdue.get(slot)
-                        if silences and silences[-1][2] < 0:
-                            silences[-1][2] = ts  # the silence ends
                     if flags & _OPEN:
                         flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
+                        self._silence_ends(slot, ts)
                         out.append(self._alert(slot, "back_on_track", ts, ev))
                     elif flags & _WATCHED:
                         flags_col[slot] = flags & ~_WATCHED
+                        self._silence_ends(slot, ts)
                         out.append(self._moved(slot, ts, ev))
                         prev_ts = last_col[slot]
                         learn({"facility": last_fac, "code": prev_code,
@@ -531,6 +529,12 @@ class PackageTracker:
             stats.delivered += delivered
             stats.resolved += resolved
         return out
+
+    def _silence_ends(self, slot: int, ts: int) -> None:
+        """A package told of (watched or stalled) scans again at ``ts``: its silence ends."""
+        silences = self._overdue.get(slot)
+        if silences and silences[-1][2] < 0:
+            silences[-1][2] = ts
 
     def _learn_overdue(self, slot: int, service: str | None, delivered_ts: int) -> None:
         for code_no, last_ts, resumed_ts in self._overdue.get(slot, ()):
