@@ -512,8 +512,9 @@ class MessageComposer:
         facility = clean_text(
             alert.get("facility_name") or alert.get("facility_id"), max_len=_MAX_FACILITY
         )
-        # the tracker names a package's place "in transit" when it has no facility
-        in_transit = alert.get("facility_id") is None and facility.casefold() == "in transit"
+        # a package last scanned in transit (TL) has a null facility_id (its facility_name,
+        # "in transit", is the operator's English, not the customer's language)
+        in_transit = "facility_id" in alert and alert["facility_id"] is None
         if in_transit:
             facility = ""
         count = alert.get("package_count")
