@@ -292,18 +292,36 @@ class IncidentDesk:
     fills up at the start of a run it would open incidents everywhere (16 false ones in the
     first 1.6 days of a 2 M-package national run; bench/RESULTS.md).
 
+    ``figures``: also keep, per window end, one row per facility assessed (what
+    :meth:`detectors.facility.FacilityMonitor.figures` says of it, with its kind and score)
+    and one per region or lane whose score is above 0, for :meth:`take_figures`: the
+    facility statistics of the flow, for dashboards and for analysts tuning thresholds
+    (``docs/schemas.md``, "facility_windows.jsonl").
+
     >>> from detectors.facility import FacilityMonitor, FacilityWindow
-    >>> desk = IncidentDesk(FacilityMonitor(), IncidentManager())
+    >>> desk = IncidentDesk(FacilityMonitor(), IncidentManager(), figures=True)
     >>> desk.assess_closed([FacilityWindow("P1", 0, 900), FacilityWindow("P1", 900, 1800)])
     [(900, []), (1800, [])]
+    >>> [(end, [(r["subject"], r["facility_id"], r["backlog"]) for r in rows])
+    ...  for end, rows in desk.take_figures()]
+    [(900, [('facility', 'P1', 0)]), (1800, [('facility', 'P1', 0)])]
+    >>> desk.take_figures()
+    []
     """
 
     def __init__(self, monitor: Any, manager: IncidentManager,
-                 warm_up_seconds: int = 0) -> None:
+                 warm_up_seconds: int = 0, figures: bool = False) -> None:
         self.monitor = monitor
         self.manager = manager
         self.warm_up_seconds = warm_up_seconds
+        self.figures = figures
         self._first: dict[str, int] = {}  # facility -> end of its first window seen
+        self._rows: list[tuple[int, list[dict[str, Any]]]] = []  # (window end, rows), untaken
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("figures", False)  # snapshots from before the figures
+        state.setdefault("_rows", [])
+        self.__dict__.update(state)
 
     def assess(self, end: int, windows: list[Any]) -> list[dict[str, Any]]:
         """Records for the windows (one per facility) that end at ``end``."""
@@ -311,12 +329,56 @@ class IncidentDesk:
         for w in windows:
             first.setdefault(w.facility, end)
         records: list[dict[str, Any]] = []
-        for a in self.monitor.assess(windows):
+        assessments = self.monitor.assess(windows)
+        for a in assessments:
             if warm_up and end - first.get(a.facility, end) < warm_up:
                 continue  # still learning this facility (its windows were learned)
             records += manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
                                       a.affected, lane_to=a.lane_to, facilities=a.facilities)
+        if self.figures:
+            self._rows.append((end, self._figure_rows(end, windows, assessments)))
         return records + manager.finish(end)
+
+    def take_figures(self) -> list[tuple[int, list[dict[str, Any]]]]:
+        """``(window end, rows)`` kept since the last call (with ``figures``), in order."""
+        rows, self._rows = self._rows, []
+        return rows
+
+    def _figure_rows(self, end: int, windows: list[Any],
+                     assessments: list[Any]) -> list[dict[str, Any]]:
+        by_facility = {w.facility: w for w in windows}
+        width = windows[0].end - windows[0].start if windows else 0
+        warm_up, first = self.warm_up_seconds, self._first
+        rows = []
+        for a in assessments:
+            if a.lane_to is not None:
+                subject = "lane"
+            elif a.facilities or a.kind == "weather":
+                subject = "region"
+            else:
+                subject = "facility"
+            if subject != "facility" and a.score <= 0:
+                continue
+            w = by_facility.get(a.facility) if subject == "facility" else None
+            row: dict[str, Any] = {
+                "subject": subject,
+                "facility_id": a.facility,
+                "window_start": _iso(a.window_end - width),
+                "window_end": _iso(a.window_end),
+                "kind": a.kind,
+                "score": a.score,
+                "learning": bool(warm_up) and end - first.get(a.facility, end) < warm_up,
+            }
+            if w is not None:
+                row.update(self.monitor.figures(w) or {})
+            else:
+                if subject == "lane":
+                    row["lane_to"] = a.lane_to
+                else:
+                    row["facilities"] = list(a.facilities)
+                row["affected"] = a.affected  # packages the region or lane holds
+            rows.append(row)
+        return rows
 
     def assess_closed(self, windows: list[Any]) -> list[tuple[int, list[dict[str, Any]]]]:
         """``(end, records)`` for every window end among ``windows``, in order."""

@@ -4,6 +4,7 @@
     delaywatch simulate --scenario demo --seed 1 --out DIR
     delaywatch replay EVENTS --out RUNDIR             the real dataflow over a JSON-lines file
     delaywatch evaluate --alerts FILE --truth DIR [--json]
+    delaywatch incidents RUNDIR [--all] [--json]      the run's facility incidents as they stand
     delaywatch send --outbox FILE --customers FILE    drain the outbox to an SMTP relay
 """
 
@@ -84,8 +85,10 @@ def replay(
         help="serve Prometheus metrics on 127.0.0.1:PORT while running (0 = off)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the real dataflow over a file; writes RUNDIR/alerts.jsonl, incidents.jsonl, dead
-    letters and the outbox."""
+    """Run the real dataflow over a file; writes alerts, incidents, facility windows, outbox.
+
+    Into RUNDIR: alerts.jsonl, incidents.jsonl, facility_windows.jsonl, dead_letters.jsonl
+    and outbox.sqlite (docs/schemas.md)."""
     from flows.run import replay as run_replay
     from flows.sources import JsonLinesSource
 
@@ -149,6 +152,42 @@ def _messages(outbox: Path, truth: Path) -> dict[str, object]:
     if not outbox.is_file():
         _fail(f"{outbox} does not exist")
     return score_messages(outbox_messages(outbox), load_truth(truth))
+
+
+@app.command()
+def incidents(
+    run: Annotated[Path, typer.Argument(help="run directory (or its incidents.jsonl)")],
+    show_all: Annotated[bool, typer.Option("--all", help="resolved incidents too")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The facility incidents of a run as they stand: open ones (or all), one line each."""
+    from flows.run import incident_states
+
+    path = run / "incidents.jsonl" if run.is_dir() else run
+    if not path.is_file():
+        _fail(f"{path} does not exist")
+    states = [s for s in incident_states(path) if show_all or s["status"] == "open"]
+    if as_json:
+        for state in states:
+            typer.echo(json.dumps(state))
+        return
+    table = Table(title=f"{'incidents' if show_all else 'open incidents'}: {len(states)} "
+                        f"({path})")
+    for column in ("kind", "where", "status", "opened (UTC)", "resolved (UTC)",
+                   "packages now / max", "evidence"):
+        table.add_column(column)
+    for s in states:
+        where = s["facility_id"] + (f" > {s['lane_to']}" if s["lane_to"] else "")
+        if s["kind"] == "weather":
+            where = s["facilities"]
+        table.add_row(s["kind"], where, s["status"], _when(s["opened_at"]),
+                      _when(s["resolved_at"]), f"{s['affected_packages']} / {s['affected_max']}",
+                      s["evidence"])
+    Console(width=max(Console().width, 160)).print(table)
+
+
+def _when(iso: str | None) -> str:
+    return "-" if not iso else iso[:16].replace("T", " ")
 
 
 @app.command()

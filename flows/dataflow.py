@@ -10,6 +10,7 @@
                    groups messages per customer and incident (``flows.network.NetworkDesk``,
                    engine-free; ``_Network`` only feeds it)
                 -> incidents.jsonl, alerts.jsonl            (exactly-once with recovery)
+                -> facility_windows.jsonl: each monitored facility's figures per window
                 -> outbox (SQLite, unique message key)      (at-least-once, idempotent)
 
 The network step sees every shard's alerts and windows. It decides a stall alert only once the
@@ -123,7 +124,7 @@ class FlowContext:
             IncidentManager(open_threshold=inc.open_threshold,
                             close_threshold=inc.close_threshold,
                             for_windows=inc.for_windows, clear_windows=inc.clear_windows),
-            warm_up_seconds=int(inc.warm_up_hours * 3600))
+            warm_up_seconds=int(inc.warm_up_hours * 3600), figures=inc.facility_windows)
 
     def new_network(self) -> NetworkDesk:
         inc = self.settings.incidents
@@ -228,7 +229,8 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
     def _progress(self, out: list[Any]) -> list[Any]:
         t = self.tracker
         out.append(Progress(t.watermark, t.facility_through, t.take_windows(),
-                            t.take_incidents()))
+                            t.take_incidents(),
+                            [] if t.incidents is None else t.incidents.take_figures()))
         return out
 
     def on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[Any], bool]:
@@ -320,8 +322,11 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
     """The dataflow reading ``source`` and writing into ``ctx.run_dir``."""
     run_dir = ctx.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    figures = ctx.settings.incidents.enabled and ctx.settings.incidents.facility_windows
     for name in ("alerts.jsonl", "dead_letters.jsonl", "incidents.jsonl"):
         (run_dir / name).touch()
+    if figures:
+        (run_dir / "facility_windows.jsonl").touch()
 
     flow = Dataflow("delay_alerts")
     raw = op.input("scans", flow, source)  # (line_no, bytes)
@@ -343,6 +348,10 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
               FileSink(run_dir / "incidents.jsonl"))
     op.output("outbox", op.map("message", messages, lambda kv: (kv[0], kv[1][1])),
               OutboxSink(run_dir / "outbox.sqlite"))
+    if figures:
+        facility = op.filter("facility_rows", network, lambda kv: kv[1][0] == "facility")
+        op.output("facility_windows_file", op.map("facility_json", facility, _record_line),
+                  FileSink(run_dir / "facility_windows.jsonl"))
     return flow
 
 

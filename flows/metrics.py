@@ -1,12 +1,15 @@
 """Prometheus metrics of the flow, built by a factory so tests use a fresh registry.
 
-Labels are few and bounded (``outcome``, ``reason``, ``kind``); never a package id or an
-address. The notifier's metrics (outbox depth, e-mails) live in ``notifiers.metrics``.
+Labels are few and bounded (``outcome``, ``reason``, ``kind``, and ``facility`` for the
+facilities that keep incident statistics: the plants and distribution centres, a few hundred
+nationally); never a package id or an address. The notifier's metrics (outbox depth, e-mails)
+live in ``notifiers.metrics``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -31,6 +34,29 @@ class FlowMetrics:
     incidents: Counter
     alerts_suppressed: Counter
     messages: Counter
+    facility_arrivals: Counter
+    facility_departures: Counter
+    facility_backlog: Gauge
+    facility_waiting: Gauge
+    facility_held: Gauge
+    facility_held_usual: Gauge
+    facility_dwell: Gauge
+    facility_score: Gauge
+
+    def facility(self, row: dict[str, Any]) -> None:
+        """One facility window's figures (a ``facility_windows.jsonl`` row) into the
+        per-facility series: counters add the window's counts, gauges take its state."""
+        f = row["facility_id"]
+        self.facility_arrivals.labels(f).inc(row["arrivals"])
+        self.facility_departures.labels(f).inc(row["departures"])
+        self.facility_backlog.labels(f).set(row["backlog"])
+        self.facility_waiting.labels(f).set(row["waiting_12h"])
+        self.facility_held.labels(f).set(row["held"])
+        self.facility_held_usual.labels(f).set(row["held_usual"])
+        dwell = row["dwell_p90_hours"]
+        self.facility_dwell.labels(f).set(float("nan") if dwell is None else dwell * 3600)
+        for signal, score in row["scores"].items():
+            self.facility_score.labels(f, signal).set(score)
 
 
 def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetrics:
@@ -63,6 +89,32 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
         messages=Counter("delaywatch_messages", "Customer messages put into the outbox by "
                          "kind (one per customer and incident for incident_delay).",
                          ["kind"], **kw),
+        facility_arrivals=Counter(
+            "delaywatch_facility_arrivals", "Arrival scans per monitored facility (event "
+            "time windows, counted when the window closes).", ["facility"], **kw),
+        facility_departures=Counter(
+            "delaywatch_facility_departures", "Departure scans per monitored facility.",
+            ["facility"], **kw),
+        facility_backlog=Gauge(
+            "delaywatch_facility_backlog_packages", "Packages arrived and not yet departed, "
+            "at the end of the last closed window.", ["facility"], **kw),
+        facility_waiting=Gauge(
+            "delaywatch_facility_waiting_12h_packages", "Packages of the backlog waiting 12 h "
+            "or more.", ["facility"], **kw),
+        facility_held=Gauge(
+            "delaywatch_facility_held_packages", "Packages of the last 48 h of arrivals still "
+            "at the facility (those the delay detector compares).", ["facility"], **kw),
+        facility_held_usual=Gauge(
+            "delaywatch_facility_held_usual_packages", "How many of them would usually still "
+            "be there by now (the facility's own history at this time of day).",
+            ["facility"], **kw),
+        facility_dwell=Gauge(
+            "delaywatch_facility_dwell_p90_seconds", "90th percentile dwell of the packages "
+            "that departed in the last 6 h (NaN: none).", ["facility"], **kw),
+        facility_score=Gauge(
+            "delaywatch_facility_score", "The detector's normalised scores per facility "
+            "(1 or more is anomalous): delay (packages held), silence (arrivals missing), "
+            "feed (late scans, departures missing downstream).", ["facility", "signal"], **kw),
     )
     for outcome in OUTCOMES:
         m.scan_events.labels(outcome)

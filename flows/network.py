@@ -50,7 +50,7 @@ incident comes out first, the stall is folded into it, and the customer's messag
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from detectors.events import epoch_seconds as _epoch  # never empty here
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NetworkDesk", "Out", "Progress"]
 
-Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident", record)
+Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident" | "facility", record)
 
 _END = 1 << 62  # no step of this kind can be taken now
 
@@ -78,6 +78,8 @@ class Progress:
     closed_through: int
     windows: list[FacilityWindow]
     incidents: list[tuple[int, list[dict[str, Any]]]]  # (window end, records): one shard
+    # (window end, facility figure rows): one shard, with ``IncidentDesk(figures=True)``
+    figures: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
 
 
 class NetworkDesk:
@@ -101,9 +103,11 @@ class NetworkDesk:
     incidents
         Assesses the merged facility windows of all shards. None when the (single) shard
         assesses its own windows and sends incident records in ``Progress.incidents``.
+        Built with ``figures=True``, its per-window facility figures (or those a single
+        shard sends in ``Progress.figures``) come out as ``("facility", row)``.
     metrics
-        Optional counters (``messages``, ``alerts_suppressed``, ``incidents``); not part of the
-        pickled state: set it again after unpickling.
+        Optional counters (``messages``, ``alerts_suppressed``, ``incidents``) and the
+        per-facility gauges; not part of the pickled state: set it again after unpickling.
 
     Attributes
     ----------
@@ -137,6 +141,11 @@ class NetworkDesk:
         self._held: list[tuple[int, str, int, dict[str, Any]]] = []
         self._arrivals = 0
         self._next_prune = 0
+        self._figures: list[dict[str, Any]] = []  # facility figure rows not yet out
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_figures", [])  # snapshots from before the figures
+        self.__dict__.update(state)
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -154,6 +163,8 @@ class NetworkDesk:
                 self._windows.setdefault(w.end, []).append(w)
             for end, records in item.incidents:
                 self._ready.setdefault(end, []).extend(records)
+            for _, rows in item.figures:
+                self._figures += rows
         else:
             self._arrivals += 1
             made = item.pop("watermark", None)
@@ -188,7 +199,7 @@ class NetworkDesk:
     # -- steps ------------------------------------------------------------------------------
     def _advance(self, wm: int, closed: int) -> list[Out]:
         grace = self.folder.grace_seconds
-        out: list[Out] = []
+        out: list[Out] = self._facility_rows([])  # a single shard's, as they came
         held, windows, ready = self._held, self._windows, self._ready
         while True:
             record_at = held[0][0] + grace if held and held[0][0] <= wm else _END
@@ -208,6 +219,8 @@ class NetworkDesk:
                 shards = windows.pop(window_at, None)
                 if shards and self.incidents is not None:
                     records += self.incidents.assess(window_at, merge(shards))
+                    for _, rows in self.incidents.take_figures():
+                        out = self._facility_rows(rows, out)
                 out += self._incidents(records)
                 self.assessed_through = window_at
             else:
@@ -216,6 +229,20 @@ class NetworkDesk:
                 out += self._decide(heapq.heappop(held)[3])
             if self.now >= self._next_prune:
                 self._prune()
+        return out
+
+    def _facility_rows(self, rows: list[dict[str, Any]], out: list[Out] | None = None
+                       ) -> list[Out]:
+        """The facility figure rows pending (and ``rows``) as outputs, onto ``out``; the
+        per-facility gauges follow them."""
+        if self._figures:
+            rows, self._figures = self._figures + rows, []
+        out = [] if out is None else out
+        m = self.metrics
+        for row in rows:
+            out.append(("facility", row))
+            if m is not None and row["subject"] == "facility":
+                m.facility(row)
         return out
 
     def _due(self) -> list[Out]:

@@ -29,8 +29,8 @@ from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
 from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
 
-__all__ = ["Reference", "ReplaySummary", "read_facilities", "read_reference", "replay",
-           "send_outbox"]
+__all__ = ["Reference", "ReplaySummary", "incident_states", "read_facilities", "read_reference",
+           "replay", "send_outbox"]
 
 log = logging.getLogger("delaywatch")
 _METRICS: dict[str, Any] = {}
@@ -147,6 +147,28 @@ def replay(
                       + summary.no_header + sum(summary.dead_letters.values()))
     summary.outbox = outbox_counts(run_dir / "outbox.sqlite")
     return summary
+
+
+def incident_states(path: Path) -> list[dict[str, Any]]:
+    """Each incident of an ``incidents.jsonl`` as it stands after its last record, in the
+    order they opened: ``status`` (``open`` or ``resolved``), the opening record's evidence
+    (later ``update`` records say how it goes, not what it is), the affected packages now and
+    at most, and the highest score."""
+    states: dict[str, dict[str, Any]] = {}
+    for line in _lines(path):
+        r = json.loads(line)
+        state = states.get(r["incident_key"])
+        if state is None:
+            state = states[r["incident_key"]] = {
+                k: r.get(k) for k in ("incident_key", "kind", "facility_id", "lane_to",
+                                      "facilities", "opened_at", "evidence")
+            } | {"affected_max": 0, "score_max": 0.0}
+        state["status"] = "resolved" if r["status"] == "resolved" else "open"
+        state["resolved_at"] = r.get("resolved_at")
+        state["affected_packages"] = r.get("affected_packages") or 0
+        state["affected_max"] = max(state["affected_max"], state["affected_packages"])
+        state["score_max"] = max(state["score_max"], r.get("score") or 0.0)
+    return list(states.values())
 
 
 def _lines(path: Path) -> list[str]:

@@ -476,6 +476,7 @@ class FacilityMonitor:
             late / max(self.feed_late, self.feed_share * scans),
             missing / max(self.feed_missing, self.feed_missing_share * (missing + handed)),
         )
+        x["silence_score"], x["feed_score"] = missed, feed  # for :meth:`figures`
         kind, score = classify(
             delay=delay,
             silence=missed,
@@ -503,6 +504,55 @@ class FacilityMonitor:
         return Assessment(
             window.facility, window.end, round(score, 3), kind, evidence, window.backlog
         )
+
+    def figures(self, window: FacilityWindow) -> dict[str, Any] | None:
+        """What the monitor saw of ``window``'s facility when it assessed that window (call it
+        right after :meth:`assess`), for dashboards and for analysts tuning the thresholds:
+        the window's own counts; ``held`` / ``held_usual``, the packages of the last
+        ``horizon_hours`` of arrivals still here and how many of them would usually be by now
+        (:class:`CohortRetention`, over the cohorts whose time of day it has learned: 0 in
+        warm-up); the rolling figures over the last ``rolling_windows`` windows; and the
+        three normalised scores (1.0 or more is anomalous) that :func:`classify` turned into
+        a kind. None for a facility never assessed.
+
+        >>> from detectors.facility import FacilityMonitor, FacilityWindow
+        >>> monitor = FacilityMonitor()
+        >>> window = FacilityWindow("P1", 0, 900, arrivals=3, scans=3, backlog=3,
+        ...                         cohorts={0: 3})
+        >>> _ = monitor.assess([window])
+        >>> row = monitor.figures(window)
+        >>> row["arrivals"], row["backlog"], row["waiting_12h"], row["held"], row["held_usual"]
+        (3, 3, 0, 0, 0.0)
+        >>> row["scores"]
+        {'delay': 0.0, 'silence': 0.0, 'feed': 0.0}
+        """
+        track = self._tracks.get(window.facility)
+        if track is None or not track.x:
+            return None
+        x = track.x
+        found = track.arrivals.baseline(x)
+        return {
+            "arrivals": window.arrivals,
+            "departures": window.departures,
+            "scans": window.scans,
+            "late_scans": window.late_scans,
+            "handoffs": window.handoffs,
+            "handoffs_missing": window.handoffs_missing,
+            "backlog": window.backlog,
+            "waiting_12h": x["o12"],
+            "held": int(x["held"]),
+            "held_usual": round(x["expected"], 1),
+            "dwell_p90_hours": None if x["dwell"] is None else round(x["dwell"], 2),
+            "arrivals_rolling": x["arrivals"],
+            "arrivals_usual_rolling": None if found is None
+            else round(self._level(track) * found[0], 1),
+            "departures_rolling": x["departures"],
+            "scores": {
+                "delay": round(track.delay_now, 3),
+                "silence": round(x.get("silence_score", 0.0), 3),
+                "feed": round(x.get("feed_score", 0.0), 3),
+            },
+        }
 
     def _level(self, track: _Track) -> float:
         """The facility's volume of the last day relative to its last week (capped at 1.5)."""

@@ -61,6 +61,86 @@ def test_incidents_are_written_and_alerts_point_at_them(demo_run: Path) -> None:
         assert a["alert_key"] == f"{a['package_id']}:incident_delay:{a['episode']}"
 
 
+def test_facility_windows_show_what_the_detector_saw(incident_data: Path,
+                                                     demo_run: Path) -> None:
+    """facility_windows.jsonl: one row per monitored hub and window, without gaps; every
+    facility incident opens on a row that names it; and, against the ground truth, the
+    packages held beyond the usual during a slowdown stand out from the two days before."""
+    rows = _jsonl(demo_run / "facility_windows.jsonl")
+    facility = [r for r in rows if r["subject"] == "facility"]
+    with open(incident_data / "facilities.csv", newline="") as f:
+        hubs = {r["facility_id"] for r in csv.DictReader(f) if r["kind"] in ("plant", "ndc")}
+    assert {r["facility_id"] for r in facility} == hubs
+    ends: dict[str, list[datetime]] = {}
+    for r in facility:
+        ends.setdefault(r["facility_id"], []).append(datetime.fromisoformat(r["window_end"]))
+    for hub, seen in ends.items():
+        steps = {b - a for a, b in zip(seen, seen[1:], strict=False)}
+        assert steps == {timedelta(minutes=15)}, hub
+    by = {(r["facility_id"], r["window_end"]): r for r in facility}
+    regions = {(r["facility_id"], r["window_end"]): r for r in rows if r["subject"] == "region"}
+    opened = [r for r in _jsonl(demo_run / "incidents.jsonl") if r["status"] == "open"]
+    assert opened
+    for incident in opened:
+        if incident["lane_to"] is not None:
+            continue
+        key = (incident["facility_id"], incident["opened_at"])
+        row = (regions if incident["kind"] == "weather" else by)[key]
+        assert (row["kind"], row["learning"]) == (incident["kind"], False)
+        assert row["score"] >= 1.0
+    truth = pd.read_csv(incident_data / "incidents.csv")
+    slowdowns = truth[truth["kind"] == "facility_slowdown"]
+    assert len(slowdowns)
+    frame = pd.DataFrame(facility)
+    frame["end"] = pd.to_datetime(frame["window_end"])
+    frame["excess"] = frame["held"] - frame["held_usual"]
+    for _, t in slowdowns.iterrows():
+        onset, end = pd.Timestamp(t["onset"]), pd.Timestamp(t["end"])
+        at = frame[frame["facility_id"] == t["facility_id"]]
+        during = at[(at["end"] >= onset) & (at["end"] <= end + pd.Timedelta(hours=6))]
+        before = at[(at["end"] < onset) & (at["end"] >= onset - pd.Timedelta(days=2))]
+        assert during["excess"].max() > 3 * max(before["excess"].max(), 1.0), t["incident_id"]
+        assert during["scores"].map(lambda s: s["delay"]).max() >= 1.0
+
+
+def test_the_incidents_command_shows_each_incident_as_it_stands(demo_run: Path,
+                                                                tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    records = _jsonl(demo_run / "incidents.jsonl")
+    runner = CliRunner()
+    done = runner.invoke(app, ["incidents", str(demo_run), "--all", "--json"])
+    assert done.exit_code == 0, done.output
+    states = [json.loads(line) for line in done.output.splitlines()]
+    assert [s["incident_key"] for s in states] == list(dict.fromkeys(
+        r["incident_key"] for r in records))  # one line each, in the order they opened
+    for state in states:
+        mine = [r for r in records if r["incident_key"] == state["incident_key"]]
+        assert state["status"] == ("resolved" if mine[-1]["status"] == "resolved" else "open")
+        assert state["evidence"] == mine[0]["evidence"]  # what it is, not how it goes
+        assert state["affected_max"] == max(r["affected_packages"] for r in mine)
+    # cut the file after the first incident opened: it is open, and shown without --all
+    partial = tmp_path / "incidents.jsonl"
+    partial.write_text(json.dumps(records[0]) + "\n")
+    done = runner.invoke(app, ["incidents", str(partial)])
+    assert done.exit_code == 0 and records[0]["facility_id"] in done.output
+    assert "open incidents: 1" in done.output
+    done = runner.invoke(app, ["incidents", str(tmp_path / "missing")])
+    assert done.exit_code == 2
+
+
+def test_facility_windows_can_be_turned_off(tmp_path: Path, demo_data: Path) -> None:
+    run = tmp_path / "run"
+    settings = load_settings(facilities=demo_data / "facilities.csv",
+                             epoch_interval_seconds=0.05,
+                             incidents={"facility_windows": False})
+    replay(JsonLinesSource(demo_data / "events.jsonl"), run, settings, with_metrics=False)
+    assert (run / "incidents.jsonl").is_file()
+    assert not (run / "facility_windows.jsonl").exists()
+
+
 def test_revised_estimates_beat_the_original_promise(incident_data: Path, demo_run: Path) -> None:
     """The new estimate in a delay message, against when the package was really delivered
     (ground truth): nearly every message has one, it is closer than the promise it replaces,
@@ -152,6 +232,16 @@ def test_with_several_shards_the_network_step_assesses_the_merged_windows(
         s: k for s, k in three.items() if "feed_outage" not in s}
     keys = [a["alert_key"] for a in _jsonl(run / "alerts.jsonl")]
     assert len(keys) == len(set(keys))
+
+    def figures(path: Path) -> dict[tuple[str, str], tuple[int, int, int]]:
+        return {(r["facility_id"], r["window_end"]): (r["arrivals"], r["departures"],
+                                                      r["backlog"])
+                for r in _jsonl(path / "facility_windows.jsonl") if r["subject"] == "facility"}
+
+    one_rows, three_rows = figures(demo_run), figures(run)
+    assert one_rows.keys() == three_rows.keys()  # one row per hub and window either way
+    same = sum(one_rows[k] == three_rows[k] for k in one_rows)
+    assert same >= 0.99 * len(one_rows)  # but for scans that came late to some shard
 
 
 def test_with_several_shards_customers_hear_of_an_incident_as_with_one(

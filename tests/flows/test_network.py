@@ -299,3 +299,78 @@ def test_a_network_snapshot_from_before_the_desk_resumes(tmp_path) -> None:
     assert [(m["packages"], m["new_estimate"]) for m in clear] == [
         (["A"], iso(opened + 30 * H))]
     assert pickle.loads(pickle.dumps(network.snapshot())).now == network.desk.now
+
+
+def _figure_desk(registry: CollectorRegistry) -> NetworkDesk:
+    from detectors.facility import FacilityMonitor
+    from detectors.incidents import IncidentDesk, IncidentManager
+
+    desk = new_desk(shards=2, metrics=make_flow_metrics(registry))
+    desk.incidents = IncidentDesk(FacilityMonitor(), IncidentManager(), figures=True)
+    return desk
+
+
+def test_facility_figures_add_up_over_shards_and_reach_the_gauges() -> None:
+    from detectors.facility import FacilityWindow
+
+    registry = CollectorRegistry()
+    desk = _figure_desk(registry)
+    end = T0 + 900
+
+    def window(start: int, arrivals: int, departures: int, backlog: int) -> FacilityWindow:
+        return FacilityWindow("P1", start, start + 900, arrivals=arrivals,
+                              departures=departures, scans=arrivals + departures,
+                              backlog=backlog, cohorts={T0 // 900: backlog} if backlog else {})
+
+    first = [("0", Progress(end, end, [window(T0, 3, 0, 3)], [])),
+             ("1", Progress(end, end, [window(T0, 2, 0, 2)], []))]
+    second = [("0", Progress(end + 900, end + 900, [window(end, 1, 2, 2)], [])),
+              ("1", Progress(end + 900, end + 900, [window(end, 0, 1, 1)], []))]
+    out = feed(desk, [first, second])
+    rows = [r for tag, r in out if tag == "facility"]
+    assert [(r["facility_id"], r["window_end"], r["arrivals"], r["departures"], r["backlog"])
+            for r in rows] == [("P1", iso(end), 5, 0, 5), ("P1", iso(end + 900), 1, 3, 3)]
+    assert all(r["subject"] == "facility" and r["kind"] is None for r in rows)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"facility": "P1", **labels})
+
+    assert sample("delaywatch_facility_arrivals_total") == 6  # counters add the windows
+    assert sample("delaywatch_facility_departures_total") == 3
+    assert sample("delaywatch_facility_backlog_packages") == 3  # gauges hold the last
+    assert sample("delaywatch_facility_score", signal="delay") == 0.0
+
+
+def test_one_shard_sends_its_figures_and_the_desk_passes_them_on_once() -> None:
+    registry = CollectorRegistry()
+    desk = new_desk(metrics=make_flow_metrics(registry))
+    row = {"subject": "facility", "facility_id": "P9", "window_end": iso(T0 + H),
+           "arrivals": 4, "departures": 1, "backlog": 7, "waiting_12h": 2, "held": 3,
+           "held_usual": 1.5, "dwell_p90_hours": 2.0,
+           "scores": {"delay": 1.2, "silence": 0.0, "feed": 0.1}}
+    lane = {"subject": "lane", "facility_id": "P9", "lane_to": "N1", "score": 0.5}
+    out = feed(desk, [[("0", Progress(T0 + H, T0 + H, [], [], [(T0 + H, [row, lane])]))],
+                      [("0", progress(T0 + 2 * H, T0 + 2 * H))]])
+    assert out == [("facility", row), ("facility", lane)]
+    assert registry.get_sample_value("delaywatch_facility_waiting_12h_packages",
+                                     {"facility": "P9"}) == 2
+    assert registry.get_sample_value("delaywatch_facility_dwell_p90_seconds",
+                                     {"facility": "P9"}) == 7200
+    assert registry.get_sample_value("delaywatch_facility_score",
+                                     {"facility": "P9", "signal": "delay"}) == 1.2
+    assert registry.get_sample_value("delaywatch_facility_backlog_packages",
+                                     {"facility": "N1"}) is None  # lanes are no facility
+
+
+def test_desks_pickled_before_the_figures_resume() -> None:
+    from detectors.facility import FacilityMonitor, FacilityWindow
+    from detectors.incidents import IncidentDesk, IncidentManager
+
+    desk = new_desk()
+    del desk.__dict__["_figures"]
+    incidents = IncidentDesk(FacilityMonitor(), IncidentManager())
+    del incidents.__dict__["figures"], incidents.__dict__["_rows"]
+    desk, incidents = pickle.loads(pickle.dumps(desk)), pickle.loads(pickle.dumps(incidents))
+    assert feed(desk, [[("0", progress(T0 + H, T0 + H))]]) == []
+    assert incidents.assess(T0 + 900, [FacilityWindow("P1", T0, T0 + 900)]) == []
+    assert incidents.take_figures() == []  # figures stay off, as they were
