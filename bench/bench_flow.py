@@ -406,6 +406,8 @@ def _memory_child(n: int, plain: bool) -> dict:
                     ScanEvent(pid, "03", fac, ts + 60, ts + 90)]
             alerts += len(_feed(tracker, events))
             tracker.take_windows()  # the flow hands closed facility windows on every batch
+            if tracker.incidents is not None:
+                tracker.incidents.take_figures()  # and the facility rows
             del events
     gc.collect()
     rss1 = _rss()
@@ -448,6 +450,7 @@ def _hub_memory_child(hubs: int, days: int) -> dict:
                     stats.arrival(name, start + 60 * k)
                     stats.departure(name, start + 60 * k + 30, dwell_seconds=4 * 3600)
             desk.assess_closed(stats.close(start + width))
+            desk.take_figures()  # the flow hands the rows on every batch
     gc.collect()
     rss1 = _rss()
     return {"hubs": hubs, "days": days, "bytes_per_hub": (rss1 - rss0) / hubs,

@@ -292,14 +292,14 @@ class IncidentDesk:
     fills up at the start of a run it would open incidents everywhere (16 false ones in the
     first 1.6 days of a 2 M-package national run; bench/RESULTS.md).
 
-    ``figures``: also keep, per window end, one row per facility assessed (what
+    ``keep_figures``: also keep, per window end, one row per facility assessed (what
     :meth:`detectors.facility.FacilityMonitor.figures` says of it, with its kind and score)
     and one per region or lane whose score is above 0, for :meth:`take_figures`: the
     facility statistics of the flow, for dashboards and for analysts tuning thresholds
     (``docs/schemas.md``, "facility_windows.jsonl").
 
     >>> from detectors.facility import FacilityMonitor, FacilityWindow
-    >>> desk = IncidentDesk(FacilityMonitor(), IncidentManager(), figures=True)
+    >>> desk = IncidentDesk(FacilityMonitor(), IncidentManager(), keep_figures=True)
     >>> desk.assess_closed([FacilityWindow("P1", 0, 900), FacilityWindow("P1", 900, 1800)])
     [(900, []), (1800, [])]
     >>> [(end, [(r["subject"], r["facility_id"], r["backlog"]) for r in rows])
@@ -310,16 +310,16 @@ class IncidentDesk:
     """
 
     def __init__(self, monitor: Any, manager: IncidentManager,
-                 warm_up_seconds: int = 0, figures: bool = False) -> None:
+                 warm_up_seconds: int = 0, keep_figures: bool = False) -> None:
         self.monitor = monitor
         self.manager = manager
         self.warm_up_seconds = warm_up_seconds
-        self.figures = figures
+        self.keep_figures = keep_figures
         self._first: dict[str, int] = {}  # facility -> end of its first window seen
         self._rows: list[tuple[int, list[dict[str, Any]]]] = []  # (window end, rows), untaken
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("figures", False)  # snapshots from before the figures
+        state.setdefault("keep_figures", False)  # snapshots from before the figures
         state.setdefault("_rows", [])
         self.__dict__.update(state)
 
@@ -335,12 +335,13 @@ class IncidentDesk:
                 continue  # still learning this facility (its windows were learned)
             records += manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
                                       a.affected, lane_to=a.lane_to, facilities=a.facilities)
-        if self.figures:
+        if self.keep_figures:
             self._rows.append((end, self._figure_rows(end, windows, assessments)))
         return records + manager.finish(end)
 
     def take_figures(self) -> list[tuple[int, list[dict[str, Any]]]]:
-        """``(window end, rows)`` kept since the last call (with ``figures``), in order."""
+        """``(window end, rows)`` kept since the last call (with ``keep_figures``), in
+        order; a caller that keeps figures must take them (they pile up until then)."""
         rows, self._rows = self._rows, []
         return rows
 
@@ -374,8 +375,10 @@ class IncidentDesk:
             else:
                 if subject == "lane":
                     row["lane_to"] = a.lane_to
-                else:
-                    row["facilities"] = list(a.facilities)
+                else:  # as in incidents.jsonl: space-separated ids
+                    regions = getattr(self.monitor, "regions", {})
+                    row["region"] = regions.get(a.facility)
+                    row["facilities"] = " ".join(a.facilities)
                 row["affected"] = a.affected  # packages the region or lane holds
             rows.append(row)
         return rows

@@ -173,16 +173,16 @@ def incidents(
         return
     table = Table(title=f"{'incidents' if show_all else 'open incidents'}: {len(states)} "
                         f"({path})")
-    for column in ("kind", "where", "status", "opened (UTC)", "resolved (UTC)",
-                   "packages now / max", "evidence"):
+    for column in ("kind", "where", "status", "opened (UTC)", "resolved (UTC)", "score",
+                   "packages held (last / most)", "evidence"):
         table.add_column(column)
     for s in states:
         where = s["facility_id"] + (f" > {s['lane_to']}" if s["lane_to"] else "")
         if s["kind"] == "weather":
             where = s["facilities"]
         table.add_row(s["kind"], where, s["status"], _when(s["opened_at"]),
-                      _when(s["resolved_at"]), f"{s['affected_packages']} / {s['affected_max']}",
-                      s["evidence"])
+                      _when(s["resolved_at"]), f"{s['score']:.2f}",
+                      f"{s['affected_packages']} / {s['affected_max']}", s["evidence"])
     Console(width=max(Console().width, 160)).print(table)
 
 

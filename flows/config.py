@@ -95,10 +95,11 @@ class IncidentSettings(BaseModel):
     hold_seconds: int = Field(
         2 * 3600, ge=0, description="an incident message waits this long (event time) for "
         "more packages of the same customer")
-    facility_windows: bool = Field(
+    write_facility_windows: bool = Field(
         True, description="write each monitored facility's figures and scores per window to "
-        "RUNDIR/facility_windows.jsonl and the delaywatch_facility_* metrics (~300 bytes "
-        "per facility and window: ~8 MB a day for 270 hubs)")
+        "RUNDIR/facility_windows.jsonl and the delaywatch_facility_* metrics (~460 bytes "
+        "per facility and window: ~12 MB a day for 270 hubs, in one file that is not "
+        "rotated; a daemon that only needs the metrics can turn the file off)")
 
 
 class SmtpSettings(BaseModel):

@@ -124,7 +124,8 @@ class FlowContext:
             IncidentManager(open_threshold=inc.open_threshold,
                             close_threshold=inc.close_threshold,
                             for_windows=inc.for_windows, clear_windows=inc.clear_windows),
-            warm_up_seconds=int(inc.warm_up_hours * 3600), figures=inc.facility_windows)
+            warm_up_seconds=int(inc.warm_up_hours * 3600),
+            keep_figures=inc.enabled and inc.write_facility_windows)
 
     def new_network(self) -> NetworkDesk:
         inc = self.settings.incidents
@@ -203,6 +204,8 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         if resume is not None:  # a snapshot from before early watches, or another shard count
             inc = ctx.settings.incidents
             resume.hold_early = inc.enabled and ctx.settings.shards > 1
+            if resume.incidents is not None:  # the setting now, not the snapshot's
+                resume.incidents.keep_figures = inc.enabled and inc.write_facility_windows
         ctx.trackers[key] = self.tracker
         self.live = ctx.settings.mode == "live"
         self.hold = ctx.settings.feed_silence_hold_seconds
@@ -295,6 +298,9 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkDesk]):
             resume = resume.to_desk(ctx.settings.shards)
         self.desk = resume if resume is not None else ctx.new_network()
         self.desk.metrics = ctx.metrics  # not in the snapshot
+        inc = ctx.settings.incidents
+        if self.desk.incidents is not None:  # the setting now, not the snapshot's
+            self.desk.incidents.keep_figures = inc.enabled and inc.write_facility_windows
         ctx.network = self.desk
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[Out], bool]:
@@ -322,7 +328,7 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
     """The dataflow reading ``source`` and writing into ``ctx.run_dir``."""
     run_dir = ctx.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    figures = ctx.settings.incidents.enabled and ctx.settings.incidents.facility_windows
+    figures = ctx.settings.incidents.enabled and ctx.settings.incidents.write_facility_windows
     for name in ("alerts.jsonl", "dead_letters.jsonl", "incidents.jsonl"):
         (run_dir / name).touch()
     if figures:

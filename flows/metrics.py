@@ -1,9 +1,10 @@
 """Prometheus metrics of the flow, built by a factory so tests use a fresh registry.
 
 Labels are few and bounded (``outcome``, ``reason``, ``kind``, and ``facility`` for the
-facilities that keep incident statistics: the plants and distribution centres, a few hundred
-nationally); never a package id or an address. The notifier's metrics (outbox depth, e-mails)
-live in ``notifiers.metrics``.
+facilities that keep incident statistics: the plants and distribution centres of
+``facilities.csv``, a few hundred nationally, or without it those that scanned a plant's
+scan code, ``detectors.facility.HUB_CODES``); never a package id or an address. The
+notifier's metrics (outbox depth, e-mails) live in ``notifiers.metrics``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class FlowMetrics:
     facility_held_usual: Gauge
     facility_dwell: Gauge
     facility_score: Gauge
+    facility_incident_score: Gauge
 
     def facility(self, row: dict[str, Any]) -> None:
         """One facility window's figures (a ``facility_windows.jsonl`` row) into the
@@ -54,9 +56,16 @@ class FlowMetrics:
         self.facility_held.labels(f).set(row["held"])
         self.facility_held_usual.labels(f).set(row["held_usual"])
         dwell = row["dwell_p90_hours"]
-        self.facility_dwell.labels(f).set(float("nan") if dwell is None else dwell * 3600)
+        if dwell is not None:
+            self.facility_dwell.labels(f).set(dwell * 3600)
+        else:  # no departure in 6 h: no series (a NaN would poison sums and alert rules)
+            try:
+                self.facility_dwell.remove(f)
+            except KeyError:
+                pass
         for signal, score in row["scores"].items():
             self.facility_score.labels(f, signal).set(score)
+        self.facility_incident_score.labels(f).set(row["score"] if row["kind"] else 0.0)
 
 
 def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetrics:
@@ -110,11 +119,17 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
             ["facility"], **kw),
         facility_dwell=Gauge(
             "delaywatch_facility_dwell_p90_seconds", "90th percentile dwell of the packages "
-            "that departed in the last 6 h (NaN: none).", ["facility"], **kw),
+            "that departed in the last 6 h (no series while none did).", ["facility"], **kw),
         facility_score=Gauge(
-            "delaywatch_facility_score", "The detector's normalised scores per facility "
-            "(1 or more is anomalous): delay (packages held), silence (arrivals missing), "
-            "feed (late scans, departures missing downstream).", ["facility", "signal"], **kw),
+            "delaywatch_facility_score", "The detector's normalised scores per facility, each "
+            "1 at its own bar: delay (packages held beyond the usual: a slowdown), feed (late "
+            "scans, departures missing downstream: a feed outage), silence (arrivals missing; "
+            "1 or more, as on most nights, only keeps a slowdown from being called).",
+            ["facility", "signal"], **kw),
+        facility_incident_score=Gauge(
+            "delaywatch_facility_incident_score", "The score the incident lifecycle got for "
+            "the facility when the window named a kind of incident, else 0: an incident opens "
+            "after for_windows windows at open_threshold or more.", ["facility"], **kw),
     )
     for outcome in OUTCOMES:
         m.scan_events.labels(outcome)

@@ -78,7 +78,7 @@ class Progress:
     closed_through: int
     windows: list[FacilityWindow]
     incidents: list[tuple[int, list[dict[str, Any]]]]  # (window end, records): one shard
-    # (window end, facility figure rows): one shard, with ``IncidentDesk(figures=True)``
+    # (window end, facility figure rows): one shard, with ``IncidentDesk(keep_figures=True)``
     figures: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
 
 
@@ -103,7 +103,7 @@ class NetworkDesk:
     incidents
         Assesses the merged facility windows of all shards. None when the (single) shard
         assesses its own windows and sends incident records in ``Progress.incidents``.
-        Built with ``figures=True``, its per-window facility figures (or those a single
+        Built with ``keep_figures=True``, its per-window facility figures (or those a single
         shard sends in ``Progress.figures``) come out as ``("facility", row)``.
     metrics
         Optional counters (``messages``, ``alerts_suppressed``, ``incidents``) and the

@@ -151,23 +151,31 @@ def replay(
 
 def incident_states(path: Path) -> list[dict[str, Any]]:
     """Each incident of an ``incidents.jsonl`` as it stands after its last record, in the
-    order they opened: ``status`` (``open`` or ``resolved``), the opening record's evidence
-    (later ``update`` records say how it goes, not what it is), the affected packages now and
-    at most, and the highest score."""
+    order they opened: ``status`` (``open`` or ``resolved``), the facilities it covers by
+    now, the opening record's evidence (later ``update`` records say how it goes, not what
+    it is), its last score and affected packages (at resolution, for a resolved one), and
+    the most of each. A running flow's file may end in a line still being written: it is
+    left for the next read."""
     states: dict[str, dict[str, Any]] = {}
-    for line in _lines(path):
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    for line in lines[:-1]:  # the last piece is "" or a line not yet finished
+        if not line.strip():
+            continue
         r = json.loads(line)
         state = states.get(r["incident_key"])
         if state is None:
             state = states[r["incident_key"]] = {
                 k: r.get(k) for k in ("incident_key", "kind", "facility_id", "lane_to",
-                                      "facilities", "opened_at", "evidence")
+                                      "opened_at", "evidence")
             } | {"affected_max": 0, "score_max": 0.0}
         state["status"] = "resolved" if r["status"] == "resolved" else "open"
         state["resolved_at"] = r.get("resolved_at")
+        state["facilities"] = r.get("facilities")
+        state["score"] = r.get("score") or 0.0
         state["affected_packages"] = r.get("affected_packages") or 0
         state["affected_max"] = max(state["affected_max"], state["affected_packages"])
-        state["score_max"] = max(state["score_max"], r.get("score") or 0.0)
+        state["score_max"] = max(state["score_max"], state["score"])
     return list(states.values())
 
 

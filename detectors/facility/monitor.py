@@ -511,9 +511,12 @@ class FacilityMonitor:
         the window's own counts; ``held`` / ``held_usual``, the packages of the last
         ``horizon_hours`` of arrivals still here and how many of them would usually be by now
         (:class:`CohortRetention`, over the cohorts whose time of day it has learned: 0 in
-        warm-up); the rolling figures over the last ``rolling_windows`` windows; and the
-        three normalised scores (1.0 or more is anomalous) that :func:`classify` turned into
-        a kind. None for a facility never assessed.
+        warm-up); the rolling figures over the last ``rolling_windows`` windows, with the
+        usual arrivals the silence test compared them with; and the three normalised scores
+        that :func:`classify` turned into a kind (each 1.0 at its own bar: ``delay`` for a
+        slowdown, ``feed`` for a feed outage; ``silence`` 1.0 or more only means "arrivals
+        too quiet to call a slowdown", as most nights are). None for a facility never
+        assessed.
 
         >>> from detectors.facility import FacilityMonitor, FacilityWindow
         >>> monitor = FacilityMonitor()
@@ -530,7 +533,7 @@ class FacilityMonitor:
         if track is None or not track.x:
             return None
         x = track.x
-        found = track.arrivals.baseline(x)
+        usual = x.get("arrivals_usual")
         return {
             "arrivals": window.arrivals,
             "departures": window.departures,
@@ -544,8 +547,7 @@ class FacilityMonitor:
             "held_usual": round(x["expected"], 1),
             "dwell_p90_hours": None if x["dwell"] is None else round(x["dwell"], 2),
             "arrivals_rolling": x["arrivals"],
-            "arrivals_usual_rolling": None if found is None
-            else round(self._level(track) * found[0], 1),
+            "arrivals_usual_rolling": None if usual is None else round(usual, 1),
             "departures_rolling": x["departures"],
             "scores": {
                 "delay": round(track.delay_now, 3),
@@ -595,9 +597,11 @@ class FacilityMonitor:
         :meth:`_level` (a network emptying out, or a holiday, is no silence), over ``z_open``."""
         found = track.arrivals.baseline(x)
         if found is None:
+            x["arrivals_usual"] = None
             return 0.0
         median, scale = found
         level = self._level(track)
+        x["arrivals_usual"] = level * median  # for :meth:`figures`: what was compared
         gap = level * median - x["arrivals"]
         if gap <= 0:
             return 0.0

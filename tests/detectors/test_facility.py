@@ -695,3 +695,28 @@ def test_the_package_exports_every_name_of_its_all():
 
     assert all(hasattr(facility, name) for name in facility.__all__)
     assert facility.FacilityMonitor.__module__ == "detectors.facility.monitor"
+
+
+def test_figures_report_the_usual_the_detector_knew_before_the_window() -> None:
+    """``arrivals_usual_rolling`` is what the silence test compared the window with: learned
+    from the windows before it, so the window's own arrivals cannot move it (its scans scale
+    it with the facility's volume: kept the same here)."""
+    monitor = FacilityMonitor()
+    rng = random.Random(3)
+    t0 = 1_790_208_000
+    for w in range(4 * 96):  # four days of a busy evening and a quiet day
+        start = t0 + w * 900
+        busy = 18 <= (w % 96) // 4 < 22
+        n = rng.randint(8, 14) if busy else rng.randint(0, 2)
+        monitor.assess([FacilityWindow("P1", start, start + 900, arrivals=n, scans=n)])
+    start = t0 + 4 * 96 * 900 + 19 * 3600  # an evening window
+    rows = []
+    for n in (0, 60):
+        again = copy.deepcopy(monitor)
+        window = FacilityWindow("P1", start, start + 900, arrivals=n, scans=60)
+        again.assess([window])
+        rows.append(again.figures(window))
+    assert rows[0]["arrivals_usual_rolling"] is not None
+    assert rows[0]["arrivals_usual_rolling"] == rows[1]["arrivals_usual_rolling"]
+    assert rows[0]["arrivals_rolling"] + 60 == rows[1]["arrivals_rolling"]
+    assert rows[0]["arrivals_usual_rolling"] > 20  # an evening: three hours of trucks

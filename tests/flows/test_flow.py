@@ -149,6 +149,8 @@ def test_abort_and_resume_delivers_each_message_once(
            recovery_dir=rec, with_metrics=False)
     got = sorted((run / "alerts.jsonl").read_text().splitlines())
     assert got == want  # FileSink truncates to the snapshot: exactly-once alert file
+    for name in ("incidents.jsonl", "facility_windows.jsonl"):  # in order, once each
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     with SmtpServerProcess(tmp_path / "mail") as server:
         send_outbox(run / "outbox.sqlite", demo_data / "customers.csv", _settings(demo_data),
                     host="127.0.0.1", port=server.port, quiet_hours=False)
@@ -156,6 +158,31 @@ def test_abort_and_resume_delivers_each_message_once(
     want_messages = _message_keys(reference)
     assert set(counts) == want_messages
     assert Counter(counts.values()) == Counter({1: len(want_messages)})
+
+
+@pytest.mark.faults
+def test_facility_windows_turned_on_at_a_resume_are_written(demo_data: Path,
+                                                            tmp_path: Path) -> None:
+    """The setting of the resumed run counts, not the snapshot's (an upgrade from before
+    the file existed resumes snapshots made without it)."""
+    events = demo_data / "events.jsonl"
+    run, rec, flag = tmp_path / "run", tmp_path / "recovery", tmp_path / "abort.flag"
+    rec.mkdir()
+    init_db_dir(rec, 1)
+    flag.touch()
+    off = load_settings(facilities=demo_data / "facilities.csv", epoch_interval_seconds=0.05,
+                        incidents={"write_facility_windows": False})
+    with pytest.raises(Exception, match="next_batch"):
+        replay(_AbortingSource(events, flag, 17_000), run, off, recovery_dir=rec,
+               with_metrics=False)
+    assert not (run / "facility_windows.jsonl").exists()
+    replay(_AbortingSource(events, flag, 17_000), run, _settings(demo_data), recovery_dir=rec,
+           with_metrics=False)
+    rows = [json.loads(line) for line in (run / "facility_windows.jsonl").open()]
+    ends = sorted({r["window_end"] for r in rows})
+    assert len(ends) > 96, "a day or more of windows after the resume"
+    last_event = max(json.loads(line)["event_time"] for line in events.open())
+    assert ends[-1] <= last_event
 
 
 def test_without_a_facility_list_only_the_plants_and_ndcs_get_incident_statistics(

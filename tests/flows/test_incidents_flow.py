@@ -121,9 +121,17 @@ def test_the_incidents_command_shows_each_incident_as_it_stands(demo_run: Path,
         assert state["status"] == ("resolved" if mine[-1]["status"] == "resolved" else "open")
         assert state["evidence"] == mine[0]["evidence"]  # what it is, not how it goes
         assert state["affected_max"] == max(r["affected_packages"] for r in mine)
-    # cut the file after the first incident opened: it is open, and shown without --all
+        assert (state["facilities"], state["score"]) == (mine[-1]["facilities"],
+                                                         mine[-1]["score"])  # by now
+    table = runner.invoke(app, ["incidents", str(demo_run), "--all"], terminal_width=250)
+    assert table.exit_code == 0
+    for state in states:
+        where = state["facilities"] if state["kind"] == "weather" else state["facility_id"]
+        assert where in table.output and state["kind"] in table.output
+    # a running flow's file, cut after the first record and in the middle of the second:
+    # the first incident is open and shown without --all, the half line waits
     partial = tmp_path / "incidents.jsonl"
-    partial.write_text(json.dumps(records[0]) + "\n")
+    partial.write_text(json.dumps(records[0]) + "\n" + json.dumps(records[1])[:40])
     done = runner.invoke(app, ["incidents", str(partial)])
     assert done.exit_code == 0 and records[0]["facility_id"] in done.output
     assert "open incidents: 1" in done.output
@@ -135,7 +143,7 @@ def test_facility_windows_can_be_turned_off(tmp_path: Path, demo_data: Path) -> 
     run = tmp_path / "run"
     settings = load_settings(facilities=demo_data / "facilities.csv",
                              epoch_interval_seconds=0.05,
-                             incidents={"facility_windows": False})
+                             incidents={"write_facility_windows": False})
     replay(JsonLinesSource(demo_data / "events.jsonl"), run, settings, with_metrics=False)
     assert (run / "incidents.jsonl").is_file()
     assert not (run / "facility_windows.jsonl").exists()
@@ -240,8 +248,12 @@ def test_with_several_shards_the_network_step_assesses_the_merged_windows(
 
     one_rows, three_rows = figures(demo_run), figures(run)
     assert one_rows.keys() == three_rows.keys()  # one row per hub and window either way
-    same = sum(one_rows[k] == three_rows[k] for k in one_rows)
-    assert same >= 0.99 * len(one_rows)  # but for scans that came late to some shard
+    # the same counts but for the few scans that came late to one shard and not to all
+    # (late scans are not counted as arrivals or departures; a late departure of a package
+    # whose arrival one shard counted can leave a backlog off by its few packages for days)
+    moved = sum(one_rows[k][:2] != three_rows[k][:2] for k in one_rows)
+    assert moved <= 0.001 * len(one_rows)
+    assert max(abs(one_rows[k][2] - three_rows[k][2]) for k in one_rows) <= 3
 
 
 def test_with_several_shards_customers_hear_of_an_incident_as_with_one(

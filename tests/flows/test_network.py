@@ -306,7 +306,7 @@ def _figure_desk(registry: CollectorRegistry) -> NetworkDesk:
     from detectors.incidents import IncidentDesk, IncidentManager
 
     desk = new_desk(shards=2, metrics=make_flow_metrics(registry))
-    desk.incidents = IncidentDesk(FacilityMonitor(), IncidentManager(), figures=True)
+    desk.incidents = IncidentDesk(FacilityMonitor(), IncidentManager(), keep_figures=True)
     return desk
 
 
@@ -345,6 +345,7 @@ def test_one_shard_sends_its_figures_and_the_desk_passes_them_on_once() -> None:
     registry = CollectorRegistry()
     desk = new_desk(metrics=make_flow_metrics(registry))
     row = {"subject": "facility", "facility_id": "P9", "window_end": iso(T0 + H),
+           "kind": "facility_slowdown", "score": 1.2,
            "arrivals": 4, "departures": 1, "backlog": 7, "waiting_12h": 2, "held": 3,
            "held_usual": 1.5, "dwell_p90_hours": 2.0,
            "scores": {"delay": 1.2, "silence": 0.0, "feed": 0.1}}
@@ -352,6 +353,8 @@ def test_one_shard_sends_its_figures_and_the_desk_passes_them_on_once() -> None:
     out = feed(desk, [[("0", Progress(T0 + H, T0 + H, [], [], [(T0 + H, [row, lane])]))],
                       [("0", progress(T0 + 2 * H, T0 + 2 * H))]])
     assert out == [("facility", row), ("facility", lane)]
+    assert registry.get_sample_value("delaywatch_facility_incident_score",
+                                     {"facility": "P9"}) == 1.2
     assert registry.get_sample_value("delaywatch_facility_waiting_12h_packages",
                                      {"facility": "P9"}) == 2
     assert registry.get_sample_value("delaywatch_facility_dwell_p90_seconds",
@@ -360,6 +363,12 @@ def test_one_shard_sends_its_figures_and_the_desk_passes_them_on_once() -> None:
                                      {"facility": "P9", "signal": "delay"}) == 1.2
     assert registry.get_sample_value("delaywatch_facility_backlog_packages",
                                      {"facility": "N1"}) is None  # lanes are no facility
+    quiet = row | {"window_end": iso(T0 + 2 * H), "kind": None, "dwell_p90_hours": None}
+    feed(desk, [[("0", Progress(T0 + 3 * H, T0 + 3 * H, [], [], [(T0 + 2 * H, [quiet])]))]])
+    assert registry.get_sample_value("delaywatch_facility_incident_score",
+                                     {"facility": "P9"}) == 0.0  # no kind: nothing opens
+    assert registry.get_sample_value("delaywatch_facility_dwell_p90_seconds",
+                                     {"facility": "P9"}) is None  # no departure: no series
 
 
 def test_desks_pickled_before_the_figures_resume() -> None:
@@ -369,8 +378,8 @@ def test_desks_pickled_before_the_figures_resume() -> None:
     desk = new_desk()
     del desk.__dict__["_figures"]
     incidents = IncidentDesk(FacilityMonitor(), IncidentManager())
-    del incidents.__dict__["figures"], incidents.__dict__["_rows"]
+    del incidents.__dict__["keep_figures"], incidents.__dict__["_rows"]
     desk, incidents = pickle.loads(pickle.dumps(desk)), pickle.loads(pickle.dumps(incidents))
     assert feed(desk, [[("0", progress(T0 + H, T0 + H))]]) == []
     assert incidents.assess(T0 + 900, [FacilityWindow("P1", T0, T0 + 900)]) == []
-    assert incidents.take_figures() == []  # figures stay off, as they were
+    assert incidents.take_figures() == []  # off, as it was (the flow sets it on resume)
