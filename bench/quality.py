@@ -1,6 +1,7 @@
 """Detection quality of the real flow on every scenario, against the fixed 48 h rule.
 
-    .venv/bin/python bench/quality.py --out /tmp/quality [--seeds 1 2 3]
+    .venv/bin/python bench/quality.py --out /tmp/quality [--seeds 1 2 3] [--scenarios demo]
+        [--settings '{"incidents": {"late_move_p": null}}']
 
 For each scenario and seed: simulate, `replay` through the Bytewax dataflow with the default
 settings, `evaluate` against ground truth (alerts, incidents, and the outbox's messages per
@@ -95,6 +96,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/quality"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--scenarios", nargs="+", default=["demo", "quiet", "outage", "peak"])
+    ap.add_argument("--settings", type=json.loads, default={},
+                    help='settings to change, as JSON: \'{"incidents": {"late_move_p": null}}\'')
     args = ap.parse_args()
     print("| scenario | seed | run | " + " | ".join(c for c, _ in COLS) + " |")
     print("|---|---|---|" + "---|" * len(COLS))
@@ -105,8 +108,9 @@ def main() -> None:
             sc = get_scenario(scenario)
             write(simulate(sc, seed), data)
             # the operator's holiday calendar is configuration; the simulator's is known here
-            settings = load_settings(facilities=data / "facilities.csv",
-                                     stall={"holidays": sc.holidays})
+            changes = dict(args.settings)
+            changes["stall"] = {"holidays": sc.holidays} | changes.get("stall", {})
+            settings = load_settings(facilities=data / "facilities.csv", **changes)
             replay(JsonLinesSource(data / "events.jsonl"), data / "run", settings,
                    with_metrics=False)
             r = evaluate(data / "run" / "alerts.jsonl", data, data / "run" / "incidents.jsonl")

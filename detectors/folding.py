@@ -195,11 +195,12 @@ class IncidentFolder:
     def decide(self, alert: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``("fold", incident_delay alert)``, ``("suppress", alert)`` or ``("keep", alert)``.
 
-        Only ``stall`` and ``watch`` alerts (a silence long enough to be worth explaining if
-        an incident explains it; see :class:`detectors.tracker.PackageTracker`) are decided;
-        anything else is kept as it is.
+        Only ``stall``, ``watch`` and ``moved_late`` alerts (a silence long enough to be
+        worth explaining if an incident explains it, the last one already over; see
+        :class:`detectors.tracker.PackageTracker`) are decided; anything else is kept as it
+        is.
         """
-        if alert.get("kind") not in ("stall", "watch"):
+        if alert.get("kind") not in ("stall", "watch", "moved_late"):
             return "keep", alert
         interval = self.covering(alert)
         if interval is None:

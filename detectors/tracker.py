@@ -120,6 +120,7 @@ _TRANSIT = 4
 _PREV_ARRIVED = 8
 _PREV_DEPARTED = 16
 _NO_DEADLINE = -1
+_LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
 # delivered/returned packages are remembered 3 days, in generations of 2 h (see Memory)
@@ -142,6 +143,7 @@ class TrackerStats:
     watches: int = 0  # silences that passed the watch deadline
     holds: int = 0  # overdue packages at a facility when a delay incident opened there
     early: int = 0  # watches at the hold point (``hold_early``: several shards)
+    late_moves: int = 0  # ``moved_late`` records (``late_move_p``)
     finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
 
@@ -190,6 +192,16 @@ class PackageTracker:
         into an incident holding the facility, at once or when one opens. Demo seeds 1-3,
         3 shards: packages told of an incident 15/27/25 instead of 1/2/1 (one shard:
         14/27/25); on the national sample 0.004 more records per event for the network step.
+    late_move_p
+        A package nobody was told about (no watch, no stall) that scans again after a
+        silence of ``hold_factor`` x its stage's usual at a facility with statistics, and
+        whose usual estimate from the new scan misses its promise with probability
+        ``late_move_p`` or more, gets a ``moved_late`` record (its facility and silence, the
+        new estimate): the network step folds it into a delay incident that covered that
+        silence, so the customer hears of the incident that made the package late, with an
+        estimate made after it moved on. None: off. (A package due later than
+        ``hold_horizon`` when the incident opened is not told then: whether it ends up late
+        depends on how long the incident lasts, which is known when it moves.)
     """
 
     def __init__(
@@ -212,6 +224,7 @@ class PackageTracker:
         hold_factor: float = 1.0,
         hold_horizon: int = 12 * 3600,
         hold_early: bool = False,
+        late_move_p: float | None = None,
     ) -> None:
         if not 0.0 <= watch_fraction < 1.0:
             raise ValueError(f"watch_fraction must be in [0, 1), got {watch_fraction}")
@@ -268,6 +281,7 @@ class PackageTracker:
         self._incident_records: list[tuple[int, list[dict[str, Any]]]] = []
         self.hold_early = hold_early
         self._early: dict[int, array] = {}  # bucket -> (slot, last scan ts) * watches due
+        self.late_move_p = late_move_p
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -353,6 +367,8 @@ class PackageTracker:
         fstats = self.facility_stats
         # incidents open only where facility statistics are kept: no early watch elsewhere
         monitored = fstats.facilities if fstats is not None else None
+        late_move = self.late_move_p is not None and self.estimator is not None \
+            and fstats is not None
         if fstats is not None:
             observe, fscan = fstats.observe, fstats.scan
             pgap_col = self._pgap
@@ -437,6 +453,13 @@ class PackageTracker:
                         prev_ts = last_col[slot]
                         learn({"facility": last_fac, "code": prev_code,
                                "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
+                        if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
+                                last_fac is not None
+                                and (monitored is None or last_fac in monitored)
+                                and promised_col[slot] >= 0):
+                            late = self._late_move(slot, ts, ev, service, last_fac, prev_code)
+                            if late is not None:
+                                out.append(late)
                 facility = ev.facility
                 if fstats is not None and facility is not None:
                     if packed is None:
@@ -850,6 +873,29 @@ class PackageTracker:
              "last_ts": ev.event_ts, "silence": 0})
         return eta
 
+    def _late_move(self, slot: int, ts: int, ev: ScanEvent, service: str | None,
+                   fac: str, code: str) -> dict[str, Any] | None:
+        """A package nobody was told about moved on from ``fac`` at ``ts``: a ``moved_late``
+        record if it sat there ``hold_factor`` x its stage's usual silence or longer and the
+        usual estimate from the new scan misses its promise with probability ``late_move_p``
+        or more (see the class docstring); else None."""
+        last_ts = self._last_ts[slot]
+        found = self.detector.threshold(
+            {"facility": fac, "code": code, "service": service, "last_ts": last_ts})
+        if found is None or ts - last_ts < self.hold_factor * found[1]:
+            return None
+        promised = self._promised[slot]
+        _, p_late = self.estimator.estimate(  # type: ignore[union-attr]
+            {"facility": ev.facility, "code": ev.code, "service": service, "last_ts": ts,
+             "silence": 0, "promised_by_ts": promised})
+        if p_late is None or p_late < self.late_move_p:  # type: ignore[operator]
+            return None
+        self.stats.late_moves += 1
+        self._episode[slot] += 1  # its own episode: a later stall is another one
+        record = self._alert(slot, "moved_late", ts, ev)
+        record["p_late"] = round(float(p_late), 3)
+        return record
+
     def _moved(self, slot: int, ts: int, ev: ScanEvent | None = None) -> dict[str, Any]:
         """A watched package (no stall alert) scanned again: tells the network step that a
         package it may have told about is moving, and when it should now arrive (~8 us: the
@@ -906,6 +952,7 @@ class PackageTracker:
         state.setdefault("_eta_warm", 0)
         state.setdefault("hold_early", False)  # snapshots from before the early watches
         state.setdefault("_early", {})
+        state.setdefault("late_move_p", None)  # snapshots from before the late moves
         ids: list[int | str | None] = [None] * len(state["_last_ts"])
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)
@@ -920,6 +967,7 @@ class PackageTracker:
             self.incidents, self.hold_factor, self._incident_records = None, 1.0, []
             self.hold_horizon = 12 * 3600
             self.hold_early, self._early = False, {}
+            self.late_move_p = None
             return
         state["_recent"] = set(array("Q", state["_recent"]))
         state["_frozen"] = np.frombuffer(state["_frozen"], np.uint64)  # read-only: never

@@ -113,6 +113,7 @@ class FlowContext:
             # several shards: the network step has the incidents, so a package reaching the
             # hold point sends its watch then, for the network step to fold (no feedback)
             hold_early=inc.enabled and self.settings.shards > 1,
+            late_move_p=inc.late_move_p if inc.enabled else None,
         )
 
     def new_desk(self) -> IncidentDesk:
@@ -204,6 +205,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         if resume is not None:  # a snapshot from before early watches, or another shard count
             inc = ctx.settings.incidents
             resume.hold_early = inc.enabled and ctx.settings.shards > 1
+            resume.late_move_p = inc.late_move_p if inc.enabled else None
             if resume.incidents is not None:  # the setting now, not the snapshot's
                 resume.incidents.keep_figures = inc.enabled and inc.write_facility_windows
         ctx.trackers[key] = self.tracker

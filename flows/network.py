@@ -284,6 +284,17 @@ class NetworkDesk:
             elif kind == "moved":
                 return []  # a watched package nobody was told about moves on
             return [("alert", alert), *self._messages(grouper.add(alert))]
+        if kind == "moved_late":
+            # moved on from a long silence, now expected late: told only if an incident held
+            # it there (its own lateness is otherwise for its stall alerts to tell)
+            decision, folded = folder.decide(alert)
+            if decision != "fold":
+                return []
+            folded["moving"] = True  # the message says it moves again, with its new estimate
+            out: list[Out] = [("alert", folded), *self._messages(grouper.add(folded, "fold"))]
+            # it has already moved: its group's all-clear waits for it no longer
+            grouper.add(folded | {"kind": "back_on_track"})
+            return out
         if kind == "stall":
             self._unwatch(alert)
             if told == "fold":
@@ -297,8 +308,8 @@ class NetworkDesk:
                 return []
         if decision == "suppress" and m is not None:
             m.alerts_suppressed.labels("feed_outage").inc()
-        out: list[Out] = [] if decision == "suppress" else [("alert", alert)]
-        return out + self._messages(grouper.add(alert, decision))
+        told_now: list[Out] = [] if decision == "suppress" else [("alert", alert)]
+        return told_now + self._messages(grouper.add(alert, decision))
 
     def _unwatch(self, alert: dict[str, Any]) -> None:
         watched = self.watching.get(alert.get("facility_id") or "")

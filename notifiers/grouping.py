@@ -239,7 +239,11 @@ class MessageGrouper:
                 "promised_by": min(promised, key=_ts) if promised else None,
                 "new_estimate": max(estimates, key=_ts) if estimates else None,
                 "evidence": first.get("evidence"),
+                # told when they moved on, late: the message says so (how long they sat)
+                "moving": all(a.get("moving") for a in alerts),
             }
+            if message["moving"] and len(alerts) == 1:
+                message["silence_seconds"] = first.get("silence_seconds")
         else:
             message["evidence"] = "The delay has cleared and your packages are moving again."
             message["new_estimate"] = group.moved_estimate

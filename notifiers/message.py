@@ -550,6 +550,16 @@ class MessageComposer:
             if silence is None and locale == "en":
                 # a row from before the structured fields: its English evidence, as before
                 detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None
+        elif alert.get("moving"):  # held by the incident, told when it moved on, late
+            scanned = _parse_time(alert.get("last_scan_time"))
+            if scanned is not None and silence_seconds is not None:
+                try:
+                    last_scan = format_local_time(scanned + timedelta(seconds=silence_seconds),
+                                                  zone, locale)
+                except OverflowError:
+                    pass
+            detail = describe_moving(locale, silence=None if count > 1 else silence,
+                                     facility=facility, in_transit=in_transit)
         else:
             detail = describe_silence(
                 locale,
@@ -572,6 +582,7 @@ class MessageComposer:
             "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
             "detail": detail,
             "in_transit": in_transit,
+            "moving": bool(alert.get("moving")),
             "last_scan": last_scan,
             "promised": format_local_time(alert.get("promised_by"), zone, locale),
             "estimate": format_local_time(alert.get("new_estimate"), zone, locale),

@@ -242,3 +242,51 @@ def test_auto_hubs_leave_out_a_post_office_that_scans_processing_complete() -> N
     stats.observe("O1", "PC", day + 120, "O1", "07", day + 60)
     stats.observe("N1", "A1", day + 180)
     assert stats.facilities == {"N1"}
+
+
+def test_a_package_held_long_that_moves_on_late_sends_moved_late() -> None:
+    """``late_move_p``: a package nobody was told about that leaves a monitored facility
+    after more than its stage's usual silence, and whose estimate from the new scan misses
+    its promise, is reported when it moves (the network step folds it into the incident
+    that held it); one that was not held long, one still on time, and one at a facility
+    without statistics are not."""
+    import random
+
+    from detectors import DeliveryEstimator
+
+    rng = random.Random(7)
+    estimator = DeliveryEstimator(min_samples=20)
+    for _ in range(200):  # from a departure at P1 or P9, delivered 20 to 30 h later
+        t = T0 - 10 * 86400 + rng.randrange(86400)
+        for fac in ("P1", "P9"):
+            estimator.learn_one({"service": "ground", "delivered_ts": t + rng.uniform(20, 30) * H,
+                                 "scans": [(fac, "T1", t)]})
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    t = PackageTracker(detector, estimator, allowed_lateness=0, bucket_seconds=600,
+                       watch_fraction=0.85, facility_stats=FacilityStats(900, facilities=["P1"]),
+                       facility_lateness=0, late_move_p=0.9, eta_sample_every=0)
+
+    def pkg(pid: str, facility: str, held: float, due: float) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                          promised_by_ts=T0 + int(due * H), recipient_ref=f"C-{pid}"),
+                ScanEvent(pid, "A1", facility, T0, T0),
+                ScanEvent(pid, "T1", facility, T0 + int(held * H), T0 + int(held * H))]
+
+    out = t.process_batch(
+        pkg("LATE", "P1", 10, 20)        # held 10 h (usual 4 h), then 20-30 h more: late
+        + pkg("QUICK", "P1", 3, 20)      # left within its usual 4 h
+        + pkg("SPARE", "P1", 10, 60)     # held, but due in 50 h: on time
+        + pkg("ELSEWHERE", "P9", 10, 20))  # no statistics at P9: no incident could hold it
+    late = [a for a in out if a["kind"] == "moved_late"]
+    assert [a["package_id"] for a in late] == ["LATE"]
+    [record] = late
+    assert record["facility_id"] == "P1" and record["last_event_code"] == "A1"
+    assert record["alert_key"] == "LATE:moved_late:1" and record["p_late"] >= 0.9
+    assert record["silence_seconds"] == 10 * H
+    assert record["new_estimate"] > record["promised_by"]  # from the new scan
+    assert t.stats.late_moves == 1
+    # it is its own episode: a later stall of the same package is another one
+    later = [a["alert_key"] for a in t.advance(T0 + 10 * H + 41 * H)
+             if a["package_id"] == "LATE"]
+    assert later == ["LATE:watch:2", "LATE:stall:2"]

@@ -139,6 +139,31 @@ def test_the_incidents_command_shows_each_incident_as_it_stands(demo_run: Path,
     assert done.exit_code == 2
 
 
+def test_packages_an_incident_held_are_told_when_they_move_on_late(
+    incident_data: Path, demo_run: Path, tmp_path: Path
+) -> None:
+    """``late_move_p``: against the ground truth, the packages told of an incident only when
+    they moved on (the run without it tells them nothing) were late, and more of the packages
+    an incident made late hear of it."""
+    off = tmp_path / "off"
+    replay(JsonLinesSource(incident_data / "events.jsonl"), off,
+           _settings(incident_data, incidents={"late_move_p": None}), with_metrics=False)
+
+    def told(run: Path) -> set[str]:
+        return {a["package_id"] for a in _jsonl(run / "alerts.jsonl")
+                if a["kind"] == "incident_delay"}
+
+    added = told(demo_run) - told(off)
+    packages = pd.read_csv(incident_data / "packages.csv", dtype=str)
+    late = set(packages.loc[packages["late"] == "True", "package_id"])
+    incident_late = set(packages.loc[(packages["late"] == "True")
+                                     & packages["cause"].isin(FACILITY_INCIDENT_KINDS),
+                                     "package_id"])
+    assert len(added) >= 3
+    assert len(added & late) >= 0.8 * len(added)
+    assert len(told(demo_run) & incident_late) > len(told(off) & incident_late)
+
+
 def test_facility_windows_can_be_turned_off(tmp_path: Path, demo_data: Path) -> None:
     run = tmp_path / "run"
     settings = load_settings(facilities=demo_data / "facilities.csv",

@@ -383,3 +383,33 @@ def test_desks_pickled_before_the_figures_resume() -> None:
     assert feed(desk, [[("0", progress(T0 + H, T0 + H))]]) == []
     assert incidents.assess(T0 + 900, [FacilityWindow("P1", T0, T0 + 900)]) == []
     assert incidents.take_figures() == []  # off, as it was (the flow sets it on resume)
+
+
+def test_a_late_move_is_told_only_when_an_incident_held_the_package() -> None:
+    """``moved_late``: the package already moved on, now expected late. Folded into the delay
+    incident that covered its silence, it makes one incident message; its group's all-clear
+    does not wait for it to move (it has); without an incident nobody is told."""
+    desk = new_desk()
+    opened = T0 + 2 * H
+    slowdown = incident("facility_slowdown", "P1", opened)
+    moved = record("M", T0 + 20 * H, kind="moved_late") | {
+        "last_scan_time": iso(T0), "new_estimate": iso(T0 + 60 * H),
+        "promised_by": iso(T0 + 40 * H)}
+    alone = record("N", T0 + 20 * H, kind="moved_late", facility="P2") | {
+        "last_scan_time": iso(T0)}
+    out = feed(desk, [[("0", moved), ("0", alone),
+                       ("0", progress(T0 + 24 * H, T0 + 24 * H, [(opened, [slowdown])]))]])
+    alerts = [(r["kind"], r["package_id"], r["incident_key"]) for tag, r in out
+              if tag == "alert"]
+    assert alerts == [("incident_delay", "M", slowdown["incident_key"])]
+    [message] = [r for tag, r in out if tag == "message"]  # held 1 h, then out
+    assert (message["kind"], message["packages"]) == ("incident_delay", ["M"])
+    assert message["new_estimate"] == iso(T0 + 60 * H)
+    resolved = slowdown | {"status": "resolved", "resolved_at": iso(T0 + 30 * H)}
+    out = feed(desk, [[("0", progress(T0 + 31 * H, T0 + 31 * H, [(T0 + 30 * H, [resolved])]))],
+                      [("0", record("Z", T0 + 32 * H, facility="P3")),  # time moves on
+                       ("0", progress(T0 + 34 * H, T0 + 34 * H))]])
+    assert [(r["kind"], r["packages"]) for tag, r in out
+            if tag == "message" and r["kind"] == "back_on_track"] == [
+        ("back_on_track", ["M"])]  # no moved record needed: it had moved
+    assert desk.finish() == []

@@ -631,3 +631,30 @@ def test_clean_text_examples(dirty, clean: str) -> None:
 def test_clean_text_caps_length() -> None:
     out = clean_text("x" * 1_000_000, max_len=150)
     assert len(out) == 150 and out.endswith("…")
+
+
+@pytest.mark.parametrize(("locale", "detail", "last_scan"), [
+    ("en", "Details: It was scanned again, after 1 day 5 hours without a scan at CHICAGO IL "
+     "NDC.", "The last scan was on Tuesday, March 4, 8:30 AM CST."),
+    ("es", "Detalle: Se escaneó de nuevo, tras 1 día 5 horas sin escaneos en CHICAGO IL NDC.",
+     "El último escaneo fue el martes 4 de marzo, 08:30 CST."),
+])
+def test_a_package_told_when_it_moved_on_late_is_said_to_move(
+    composer: MessageComposer, locale: str, detail: str, last_scan: str
+) -> None:
+    """Held by an incident and told only when it moved on, late: the e-mail says it moves
+    again (its last scan is the one after the hold), with the incident's cause and the new
+    estimate, not "no scan for ..." as if it still sat there."""
+    grouper = MessageGrouper(hold_seconds=3600)
+    grouper.add(detector_alert("incident_delay", incident_key="NDC-CHI:weather:1",
+                               recipient_ref="r-0001", moving=True), "fold")
+    [message] = grouper.flush(0)
+    assert message["moving"] is True and message["silence_seconds"] == 105300.0
+    r = composer.render(message, customer(1, locale=locale))
+    assert detail in r.text and last_scan in r.text
+    assert "Sin escaneos durante" not in r.text and "No scan for" not in r.text
+    assert ("2 days later than promised" in r.text) == (locale == "en")
+    assert ("your package PKG-1 was held up" in r.text) == (locale == "en")
+    assert ("su paquete PKG-1 estuvo detenido" in r.text) == (locale == "es")
+    assert r.subject in ("Your package PKG-1 was held up at CHICAGO IL NDC",
+                         "Su paquete PKG-1 estuvo detenido en CHICAGO IL NDC")
