@@ -177,7 +177,8 @@ class IncidentFolder:
         since = _ts(alert.get("last_scan_time"))
         if at is None:
             return None
-        until = at + self.grace_seconds
+        # a package that moved on (moved_late) was held by incidents open before it moved
+        until = at if alert.get("kind") == "moved_late" else at + self.grace_seconds
         since = at if since is None else since
         departed = alert.get("last_event_code") in _DEPARTED
         best: _Interval | None = None

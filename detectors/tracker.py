@@ -121,6 +121,7 @@ _PREV_ARRIVED = 8
 _PREV_DEPARTED = 16
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
+_OPEN_END = 1 << 62  # an incident still open
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
 # delivered/returned packages are remembered 3 days, in generations of 2 h (see Memory)
@@ -282,6 +283,10 @@ class PackageTracker:
         self.hold_early = hold_early
         self._early: dict[int, array] = {}  # bucket -> (slot, last scan ts) * watches due
         self.late_move_p = late_move_p
+        # facility -> end of the last delay incident known here to cover it (_OPEN_END while
+        # open): with ``incidents`` (one shard) only packages such an incident may have held
+        # are checked for a late move (a dict lookup instead of two model lookups per scan)
+        self._delayed_until: dict[str, int] = {}
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -369,6 +374,7 @@ class PackageTracker:
         monitored = fstats.facilities if fstats is not None else None
         late_move = self.late_move_p is not None and self.estimator is not None \
             and fstats is not None
+        delayed_until = self._delayed_until.get if self.incidents is not None else None
         if fstats is not None:
             observe, fscan = fstats.observe, fstats.scan
             pgap_col = self._pgap
@@ -456,7 +462,9 @@ class PackageTracker:
                         if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
                                 last_fac is not None
                                 and (monitored is None or last_fac in monitored)
-                                and promised_col[slot] >= 0):
+                                and promised_col[slot] >= 0
+                                and (delayed_until is None
+                                     or delayed_until(last_fac, -1) >= prev_ts)):
                             late = self._late_move(slot, ts, ev, service, last_fac, prev_code)
                             if late is not None:
                                 out.append(late)
@@ -613,12 +621,18 @@ class PackageTracker:
         if desk is None:
             self._windows += closed
             return
+        delayed = self._delayed_until
         for end, records in desk.assess_closed(closed):
             if not records:
                 continue
             self._incident_records.append((end, records))
             for record in records:
-                if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
+                if record["kind"] not in DELAY_KINDS:
+                    continue
+                until = end if record["status"] == "resolved" else _OPEN_END
+                for name in (record.get("facilities") or record["facility_id"]).split():
+                    delayed[name] = until
+                if record["status"] != "resolved":
                     self._hold(record, end, out)
 
     def _hold(self, record: dict[str, Any], end: int, out: list[dict[str, Any]]) -> None:
@@ -894,6 +908,9 @@ class PackageTracker:
         self._episode[slot] += 1  # its own episode: a later stall is another one
         record = self._alert(slot, "moved_late", ts, ev)
         record["p_late"] = round(float(p_late), 3)
+        # decided once every shard has passed the move and its facility windows are closed:
+        # an incident that opened in the hours before it moved is known by then
+        record["watermark"] = max(record["watermark"], ts)
         return record
 
     def _moved(self, slot: int, ts: int, ev: ScanEvent | None = None) -> dict[str, Any]:
@@ -953,6 +970,7 @@ class PackageTracker:
         state.setdefault("hold_early", False)  # snapshots from before the early watches
         state.setdefault("_early", {})
         state.setdefault("late_move_p", None)  # snapshots from before the late moves
+        state.setdefault("_delayed_until", {})
         ids: list[int | str | None] = [None] * len(state["_last_ts"])
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)
@@ -967,7 +985,7 @@ class PackageTracker:
             self.incidents, self.hold_factor, self._incident_records = None, 1.0, []
             self.hold_horizon = 12 * 3600
             self.hold_early, self._early = False, {}
-            self.late_move_p = None
+            self.late_move_p, self._delayed_until = None, {}
             return
         state["_recent"] = set(array("Q", state["_recent"]))
         state["_frozen"] = np.frombuffer(state["_frozen"], np.uint64)  # read-only: never

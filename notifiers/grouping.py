@@ -17,11 +17,19 @@ the messages that go to the outbox:
 * an alert the caller *suppressed* (a feed outage: the scans are missing, not the package)
   produces no message, and neither does the back-on-track that closes it.
 
-So a customer hit by an incident gets at most two messages for it: the delay and the all-clear.
+* an ``incident_delay`` alert with ``moving`` (the package was told only when it moved on,
+  late): gathered the same way; a message of such packages only says they were held and are
+  moving again, with their new estimate, and needs no all-clear.
+
+So a customer hit by an incident gets at most two messages for it: the delay and the
+all-clear; unless another of their packages is folded into the same incident after that
+group closed, which opens a follow-up group (keys end ``:2``, ``:3``; a repeated key would be
+dropped by the outbox, unsent).
 
 Message keys are deterministic (the outbox's unique key): a stall message keeps its alert key;
 an incident message is ``"{incident_key}:{customer}:incident_delay"`` and its all-clear
-``"{incident_key}:{customer}:back_on_track"``, where ``customer`` is a short digest of the
+``"{incident_key}:{customer}:back_on_track"`` (a follow-up group's:
+``"{incident_key}:{customer}:2:incident_delay"``), where ``customer`` is a short digest of the
 recipient reference (keys show up in logs and metrics tooling; the reference does not).
 
 Time is the caller's event time (``advance(now)``): the same alerts and clock give the same
@@ -113,6 +121,14 @@ class MessageGrouper:
         # package id -> how its open episode was told: "stall", "suppress" or a group key
         self._episodes: dict[str, tuple[str, int]] = {}
         self.grouped = 0  # incident_delay alerts that joined an existing group
+        # group key -> (messages about it so far, when the last closed): a package of the
+        # same customer and incident folded after its group closed gets a new group, whose
+        # message keys carry ":2", ":3" (the outbox would drop a repeated key unsent)
+        self._closed: dict[str, tuple[int, int]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_closed", {})  # snapshots from before the follow-up groups
+        self.__dict__.update(state)
 
     @property
     def pending(self) -> int:
@@ -160,7 +176,9 @@ class MessageGrouper:
         key = f"{incident}:{customer_digest(str(ref))}"
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(key, incident, str(ref), at)
+            closed = self._closed.get(key)
+            name = key if closed is None else f"{key}:{closed[0] + 1}"
+            group = self._groups[key] = _Group(name, incident, str(ref), at)
         else:
             self.grouped += 1
         group.alerts.append(alert)
@@ -181,6 +199,10 @@ class MessageGrouper:
                     group.sent = True
                     out.append(self._message(group, "incident_delay", group.first_ts
                                              + self.hold_seconds))
+                    if all(a.get("moving") for a in group.alerts):
+                        # told when they had moved on: that message said so; no all-clear
+                        self._close(key, group, now)
+                        continue
                 else:
                     continue
             if not group.waiting:
@@ -188,10 +210,13 @@ class MessageGrouper:
                 if resolved is not None and resolved <= now:
                     out.append(self._message(group, "back_on_track",
                                              max(resolved, group.moved_ts)))
-                    del self._groups[key]
+                    self._close(key, group, now)
                     continue
             if now - group.first_ts > self.retention_seconds:
                 del self._groups[key]
+        for key in [k for k, (_, at) in self._closed.items()
+                    if at < now - self.retention_seconds]:
+            del self._closed[key]
         cutoff = now - self.retention_seconds
         episodes = self._episodes
         while episodes:  # insertion order is alert order: the oldest come first
@@ -201,15 +226,22 @@ class MessageGrouper:
             del episodes[pid]
         return out
 
+    def _close(self, key: str, group: _Group, now: int) -> None:
+        del self._groups[key]
+        told = group.key.rsplit(":", 1)[-1] if group.key != key else "1"
+        self._closed[key] = (int(told), now)
+
     def flush(
         self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None
     ) -> list[dict[str, Any]]:
         """End of input: send every held incident message now (nothing is left unsaid)."""
         out: list[dict[str, Any]] = []
-        for group in self._groups.values():
+        for key, group in list(self._groups.items()):
             if not group.sent:
                 group.sent = True
                 out.append(self._message(group, "incident_delay", max(now, group.first_ts)))
+                if all(a.get("moving") for a in group.alerts):
+                    self._close(key, group, now)
         return out + self.advance(now, resolved_at)
 
     def _message(self, group: _Group, kind: str, at: int) -> dict[str, Any]:
@@ -242,8 +274,10 @@ class MessageGrouper:
                 # told when they moved on, late: the message says so (how long they sat)
                 "moving": all(a.get("moving") for a in alerts),
             }
-            if message["moving"] and len(alerts) == 1:
-                message["silence_seconds"] = first.get("silence_seconds")
+            if message["moving"]:  # when they moved on (the last of them), how long held
+                message["moved_at"] = max((a["alert_time"] for a in alerts), key=_ts)
+                if len(alerts) == 1:
+                    message["silence_seconds"] = first.get("silence_seconds")
         else:
             message["evidence"] = "The delay has cleared and your packages are moving again."
             message["new_estimate"] = group.moved_estimate

@@ -257,6 +257,8 @@ _MOVING = {
         "transit": " in transit",
         "cleared": "The hold-up has cleared.",
         "cleared_at": "The hold-up at {facility} has cleared.",
+        "moved": "They were held up and have been scanned again since.",
+        "moved_at": "They were held up at {facility} and have been scanned again since.",
     },
     "es": {
         "again": "Se escaneó de nuevo",
@@ -266,6 +268,9 @@ _MOVING = {
         "transit": " en tránsito",
         "cleared": "El retraso se ha resuelto.",
         "cleared_at": "El retraso en {facility} se ha resuelto.",
+        "moved": "Estuvieron detenidos y desde entonces se han escaneado de nuevo.",
+        "moved_at": "Estuvieron detenidos en {facility} y desde entonces se han escaneado de "
+        "nuevo.",
     },
 }
 
@@ -551,15 +556,15 @@ class MessageComposer:
                 # a row from before the structured fields: its English evidence, as before
                 detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None
         elif alert.get("moving"):  # held by the incident, told when it moved on, late
-            scanned = _parse_time(alert.get("last_scan_time"))
-            if scanned is not None and silence_seconds is not None:
-                try:
-                    last_scan = format_local_time(scanned + timedelta(seconds=silence_seconds),
-                                                  zone, locale)
-                except OverflowError:
-                    pass
-            detail = describe_moving(locale, silence=None if count > 1 else silence,
-                                     facility=facility, in_transit=in_transit)
+            # the last scan is the one after the hold (the latest of them, for several)
+            last_scan = format_local_time(alert.get("moved_at"), zone, locale) or last_scan
+            if count > 1 or silence is None:
+                words = _MOVING.get(locale, _MOVING["en"])
+                detail = (words["moved_at"].format(facility=facility) if facility
+                          else words["moved"])
+            else:
+                detail = describe_moving(locale, silence=silence, facility=facility,
+                                         in_transit=in_transit)
         else:
             detail = describe_silence(
                 locale,

@@ -250,34 +250,12 @@ def test_a_package_held_long_that_moves_on_late_sends_moved_late() -> None:
     its promise, is reported when it moves (the network step folds it into the incident
     that held it); one that was not held long, one still on time, and one at a facility
     without statistics are not."""
-    import random
-
-    from detectors import DeliveryEstimator
-
-    rng = random.Random(7)
-    estimator = DeliveryEstimator(min_samples=20)
-    for _ in range(200):  # from a departure at P1 or P9, delivered 20 to 30 h later
-        t = T0 - 10 * 86400 + rng.randrange(86400)
-        for fac in ("P1", "P9"):
-            estimator.learn_one({"service": "ground", "delivered_ts": t + rng.uniform(20, 30) * H,
-                                 "scans": [(fac, "T1", t)]})
-    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40)},
-                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
-    t = PackageTracker(detector, estimator, allowed_lateness=0, bucket_seconds=600,
-                       watch_fraction=0.85, facility_stats=FacilityStats(900, facilities=["P1"]),
-                       facility_lateness=0, late_move_p=0.9, eta_sample_every=0)
-
-    def pkg(pid: str, facility: str, held: float, due: float) -> list[ScanEvent]:
-        return [ScanEvent(pid, "GX", "O-1", T0 - 60, T0 - 60, service="ground",
-                          promised_by_ts=T0 + int(due * H), recipient_ref=f"C-{pid}"),
-                ScanEvent(pid, "A1", facility, T0, T0),
-                ScanEvent(pid, "T1", facility, T0 + int(held * H), T0 + int(held * H))]
-
+    t = _late_move_tracker(None)
     out = t.process_batch(
-        pkg("LATE", "P1", 10, 20)        # held 10 h (usual 4 h), then 20-30 h more: late
-        + pkg("QUICK", "P1", 3, 20)      # left within its usual 4 h
-        + pkg("SPARE", "P1", 10, 60)     # held, but due in 50 h: on time
-        + pkg("ELSEWHERE", "P9", 10, 20))  # no statistics at P9: no incident could hold it
+        _held("LATE", "P1", 10, 20)        # held 10 h (usual 4 h), then 20-30 h more: late
+        + _held("QUICK", "P1", 3, 20)      # left within its usual 4 h
+        + _held("SPARE", "P1", 10, 60)     # held, but due in 50 h: on time
+        + _held("ELSEWHERE", "P9", 10, 20))  # no statistics at P9: no incident could hold it
     late = [a for a in out if a["kind"] == "moved_late"]
     assert [a["package_id"] for a in late] == ["LATE"]
     [record] = late
@@ -285,8 +263,58 @@ def test_a_package_held_long_that_moves_on_late_sends_moved_late() -> None:
     assert record["alert_key"] == "LATE:moved_late:1" and record["p_late"] >= 0.9
     assert record["silence_seconds"] == 10 * H
     assert record["new_estimate"] > record["promised_by"]  # from the new scan
+    # decided once every shard has passed the move, not at the watermark 6 h before it
+    assert record["watermark"] == T0 + 10 * H and record["alert_time"] == _iso(T0 + 10 * H)
     assert t.stats.late_moves == 1
     # it is its own episode: a later stall of the same package is another one
-    later = [a["alert_key"] for a in t.advance(T0 + 10 * H + 41 * H)
+    later = [a["alert_key"] for a in t.advance(T0 + 10 * H + 48 * H)  # watermark: -6 h
              if a["package_id"] == "LATE"]
     assert later == ["LATE:watch:2", "LATE:stall:2"]
+
+
+def test_with_one_shard_only_packages_an_incident_may_have_held_are_checked() -> None:
+    """One shard knows its incidents: a late move is looked at only where a delay incident
+    covered the facility during the silence (the network step decides the rest)."""
+    t = _late_move_tracker(_OneIncident(at=T0 + 5 * H))
+    out = t.process_batch(_held("AT_P1", "P1", 10, 20) + _held("AT_P2", "P2", 10, 20))
+    assert [a["package_id"] for a in out if a["kind"] == "moved_late"] == ["AT_P1"]
+    t = _late_move_tracker(_OneIncident(at=T0 + 50 * H))  # opens after they left
+    out = t.process_batch(_held("AT_P1", "P1", 10, 20) + _held("AT_P2", "P2", 10, 20))
+    assert [a for a in out if a["kind"] == "moved_late"] == []
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _held(pid: str, facility: str, held: float, due: float) -> list[ScanEvent]:
+    """A package at ``facility`` from T0, departing ``held`` hours later, due ``due`` h after
+    T0 (facility windows of 1 h close as the scans come)."""
+    return [ScanEvent(pid, "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                      promised_by_ts=T0 + int(due * H), recipient_ref=f"C-{pid}"),
+            ScanEvent(pid, "A1", facility, T0, T0),
+            *[ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(1, 10)],
+            ScanEvent(pid, "T1", facility, T0 + int(held * H), T0 + int(held * H))]
+
+
+def _late_move_tracker(desk: _OneIncident | None) -> PackageTracker:
+    """A tracker with a delivery estimator taught that from a departure at P1, P2 or P9 a
+    package takes 20 to 30 h more, and ``late_move_p`` 0.9."""
+    import random
+
+    from detectors import DeliveryEstimator
+
+    rng = random.Random(7)
+    estimator = DeliveryEstimator(min_samples=20)
+    for _ in range(200):  # from a departure, delivered 20 to 30 h later
+        t = T0 - 10 * 86400 + rng.randrange(86400)
+        for fac in ("P1", "P2", "P9"):
+            estimator.learn_one({"service": "ground", "delivered_ts": t + rng.uniform(20, 30) * H,
+                                 "scans": [(fac, "T1", t)]})
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    return PackageTracker(detector, estimator, allowed_lateness=6 * H, bucket_seconds=600,
+                          watch_fraction=0.85,
+                          facility_stats=FacilityStats(3600, facilities=["P1", "P2", "P3"]),
+                          facility_lateness=0, late_move_p=0.9, eta_sample_every=0,
+                          incidents=desk)  # type: ignore[arg-type]

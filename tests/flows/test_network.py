@@ -387,8 +387,8 @@ def test_desks_pickled_before_the_figures_resume() -> None:
 
 def test_a_late_move_is_told_only_when_an_incident_held_the_package() -> None:
     """``moved_late``: the package already moved on, now expected late. Folded into the delay
-    incident that covered its silence, it makes one incident message; its group's all-clear
-    does not wait for it to move (it has); without an incident nobody is told."""
+    incident that covered its silence, it makes one incident message, which says it moves
+    again: no all-clear follows; without an incident nobody is told."""
     desk = new_desk()
     opened = T0 + 2 * H
     slowdown = incident("facility_slowdown", "P1", opened)
@@ -409,7 +409,25 @@ def test_a_late_move_is_told_only_when_an_incident_held_the_package() -> None:
     out = feed(desk, [[("0", progress(T0 + 31 * H, T0 + 31 * H, [(T0 + 30 * H, [resolved])]))],
                       [("0", record("Z", T0 + 32 * H, facility="P3")),  # time moves on
                        ("0", progress(T0 + 34 * H, T0 + 34 * H))]])
-    assert [(r["kind"], r["packages"]) for tag, r in out
-            if tag == "message" and r["kind"] == "back_on_track"] == [
-        ("back_on_track", ["M"])]  # no moved record needed: it had moved
+    assert [r for tag, r in out if tag == "message" and r["package_id"] == "M"] == []
     assert desk.finish() == []
+
+
+def test_a_late_move_sees_an_incident_that_opened_just_before_it() -> None:
+    """The tracker dates a ``moved_late`` record at the move (not at its watermark, hours
+    before): the desk decides it once the windows up to the move are assessed, so an
+    incident that opened an hour before the package left still explains it; one that opened
+    after it left does not."""
+    desk = new_desk()
+    moved_at = T0 + 20 * H
+    before = incident("weather", "P1", moved_at - H)
+    after = incident("facility_slowdown", "P2", moved_at + H // 2)
+    late = [record(pid, moved_at, kind="moved_late", facility=fac) | {
+        "last_scan_time": iso(T0), "watermark": moved_at} for pid, fac in (("A", "P1"),
+                                                                          ("B", "P2"))]
+    out = feed(desk, [[("0", late[0]), ("0", late[1]),
+                       ("0", progress(moved_at + 2 * H, moved_at + 2 * H,
+                                      [(moved_at - H, [before]),
+                                       (moved_at + H // 2, [after])]))]])
+    assert [(r["package_id"], r["incident_key"]) for tag, r in out if tag == "alert"] == [
+        ("A", before["incident_key"])]

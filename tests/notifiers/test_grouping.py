@@ -140,3 +140,37 @@ def test_the_grouper_pickles_mid_hold() -> None:
     again.add(alert("B", "incident_delay", 10.2), "fold")
     [m] = again.advance(ts(11))
     assert m["packages"] == ["A", "B"]
+
+
+def test_packages_told_when_they_moved_on_get_one_message_and_no_all_clear() -> None:
+    g = MessageGrouper(hold_seconds=2 * H)
+    for pid, moved in [("A", 10), ("B", 10.5)]:
+        g.add(alert(pid, "incident_delay", moved, moving=True), "fold")
+    [message] = g.advance(ts(12), resolved_at=lambda key: ts(5))  # resolved before they moved
+    assert (message["kind"], message["packages"], message["moving"]) == (
+        "incident_delay", ["A", "B"], True)
+    assert message["moved_at"] == at(10.5)  # the last of them moved then
+    assert g.advance(ts(40), resolved_at=lambda key: ts(5)) == []  # nothing to clear
+    assert g.pending == 0
+
+
+def test_a_package_folded_after_its_group_closed_gets_a_follow_up_not_a_lost_message() -> None:
+    """The outbox keeps one row per key: a second group of the same customer and incident
+    must not reuse the first one's keys, or its messages would be dropped unsent."""
+    g = MessageGrouper(hold_seconds=2 * H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    first = g.advance(ts(12))
+    g.add(alert("A", "back_on_track", 13))
+    closed = g.advance(ts(14), resolved_at=lambda key: ts(13.5))
+    g.add(alert("B", "incident_delay", 20), "fold")
+    again = g.advance(ts(22), resolved_at=lambda key: ts(13.5))
+    messages = first + closed + again
+    assert [m["kind"] for m in messages] == ["incident_delay", "back_on_track",
+                                             "incident_delay"]
+    keys = [m["alert_key"] for m in messages]
+    assert len(set(keys)) == 3
+    assert keys[2] == f"INC:{customer_digest('C1')}:2:incident_delay"
+    assert again[0]["packages"] == ["B"]
+    restored = pickle.loads(pickle.dumps(g))
+    del restored.__dict__["_closed"]  # as pickled before follow-up groups
+    assert pickle.loads(pickle.dumps(restored)).advance(ts(23)) == []
