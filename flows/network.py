@@ -288,8 +288,8 @@ class NetworkDesk:
             # moved on from a long silence, now expected late: told only if an incident held
             # it there (its own lateness is otherwise for its stall alerts to tell)
             decision, folded = folder.decide(alert)
-            if decision != "fold":
-                return []
+            if decision != "fold" or grouper.closed(folded):
+                return []  # no incident held it, or its customer heard of that one already
             folded["moving"] = True  # the message says it moves again, with its new estimate
             out: list[Out] = [("alert", folded), *self._messages(grouper.add(folded, "fold"))]
             # it has already moved: its group's all-clear waits for it no longer

@@ -143,6 +143,13 @@ class MessageGrouper:
             return None
         return told[0] if told[0] in ("stall", "suppress") else "fold"
 
+    def closed(self, alert: dict[str, Any]) -> bool:
+        """The customer of this ``incident_delay`` alert has had their message and all-clear
+        about its incident already (within ``retention_seconds``)."""
+        ref = alert.get("recipient_ref")
+        return bool(ref) and (
+            f"{alert.get('incident_key')}:{customer_digest(str(ref))}" in self._closed)
+
     def add(self, alert: dict[str, Any], decision: str = "keep") -> list[dict[str, Any]]:
         """One package alert and the folder's decision for it; returns messages due at once.
 

@@ -431,3 +431,25 @@ def test_a_late_move_sees_an_incident_that_opened_just_before_it() -> None:
                                        (moved_at + H // 2, [after])]))]])
     assert [(r["package_id"], r["incident_key"]) for tag, r in out if tag == "alert"] == [
         ("A", before["incident_key"])]
+
+
+def test_a_late_move_after_the_customer_heard_of_the_incident_tells_nothing_more() -> None:
+    """A customer told of an incident (delay, then all-clear) is not told of it a third time
+    when a package of theirs later moves on late from a second hold by the same incident
+    (a region's weather holding it at a second plant)."""
+    desk = new_desk()
+    weather = incident("weather", "P1", T0 + 2 * H) | {"facilities": "P1 P2"}
+    held = record("A", T0 + 4 * H, ref="C1")
+    moved = record("A", T0 + 9 * H, kind="moved")
+    resolved = weather | {"status": "resolved", "resolved_at": iso(T0 + 8 * H)}
+    again = record("A", T0 + 30 * H, kind="moved_late", facility="P2", ref="C1") | {
+        "last_scan_time": iso(T0 + 7 * H), "watermark": T0 + 30 * H, "episode": 2}
+    out = feed(desk, [[("0", held), ("0", progress(T0 + 5 * H, T0 + 5 * H,
+                                                   [(T0 + 2 * H, [weather])]))],
+                      [("0", moved), ("0", progress(T0 + 12 * H, T0 + 12 * H,
+                                                    [(T0 + 8 * H, [resolved])]))],
+                      [("0", again), ("0", progress(T0 + 32 * H, T0 + 32 * H))]])
+    assert [r["kind"] for tag, r in out if tag == "message"] == ["incident_delay",
+                                                                  "back_on_track"]
+    assert [r["kind"] for tag, r in out if tag == "alert"] == ["incident_delay",
+                                                                "back_on_track"]
