@@ -351,6 +351,7 @@ class IncidentDesk:
         width = windows[0].end - windows[0].start if windows else 0
         warm_up, first = self.warm_up_seconds, self._first
         rows = []
+        times: dict[int, tuple[str, str]] = {}  # window end -> (start, end) as text
         for a in assessments:
             if a.lane_to is not None:
                 subject = "lane"
@@ -361,11 +362,14 @@ class IncidentDesk:
             if subject != "facility" and a.score <= 0:
                 continue
             w = by_facility.get(a.facility) if subject == "facility" else None
+            span = times.get(a.window_end)
+            if span is None:
+                span = times[a.window_end] = (_iso(a.window_end - width), _iso(a.window_end))
             row: dict[str, Any] = {
                 "subject": subject,
                 "facility_id": a.facility,
-                "window_start": _iso(a.window_end - width),
-                "window_end": _iso(a.window_end),
+                "window_start": span[0],
+                "window_end": span[1],
                 "kind": a.kind,
                 "score": a.score,
                 "learning": bool(warm_up) and end - first.get(a.facility, end) < warm_up,
