@@ -1,17 +1,19 @@
 """The network step without the engine: shards' records in, alerts, messages and incidents out.
 
 Every shard of the flow (one :class:`detectors.tracker.PackageTracker` each) sends the network
-step its package records (``stall``, ``watch``, ``moved``, ``back_on_track``) and, after each
-batch, a :class:`Progress`: its watermark, how far its facility windows are closed, and the
-windows (or, with one shard, the incident records) of that batch. :class:`NetworkDesk` merges
+step its package records (``stall``, ``watch``, ``moved``, ``back_on_track``, ``moved_late``)
+and, after each batch, a :class:`Progress`: its watermark, how far its facility windows are
+closed, and the windows (or, with one shard, the incident records and facility rows) of that
+batch. :class:`NetworkDesk` merges
 them and, in event-time order, assesses the facility windows (incidents open and resolve),
 folds package records into the incidents that explain them (:class:`detectors.folding.
 IncidentFolder`) and groups customer messages (:class:`notifiers.grouping.MessageGrouper`).
 
 A package record made at watermark ``R`` is decided only once every shard has closed its
-facility windows through ``R + grace`` and passed ``R`` itself, so it sees exactly the incidents
-of those windows whatever the order in which shards or batches arrive: a replay gives the same
-outputs as live processing (see :meth:`NetworkDesk.step`).
+facility windows through ``R + grace`` and passed ``R`` itself, so it sees exactly the
+incidents of those windows whatever the order in which shards or batches arrive: a replay
+gives the same outputs as live processing (see :meth:`NetworkDesk.step`). A ``moved_late``
+record counts as made at the package's move, so that the incidents up to the move are known.
 
 Engine-free: plain dicts in, ``(tag, record)`` pairs out, picklable (it is the flow's snapshot
 of the step), no Bytewax. ``flows.dataflow`` wraps it in a ``stateful_batch`` step.
