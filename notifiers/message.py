@@ -213,18 +213,41 @@ _CAUSES = {
         None: "{facility} está procesando los paquetes más despacio de lo habitual",
     },
 }
+# The same, said of a package that has moved on since (``moving``): it was, not it is.
+_CAUSES_PAST = {
+    "en": {
+        "facility_slowdown": "{facility} was moving packages more slowly than usual",
+        "facility_stop": "{facility} stopped processing packages for a while",
+        "weather": "severe weather delayed packages at {facility} and nearby facilities",
+        "lane_delay": "the transport leaving {facility} ran late",
+        None: "{facility} was moving packages more slowly than usual",
+    },
+    "es": {
+        "facility_slowdown": "{facility} estaba procesando los paquetes más despacio de lo "
+                             "habitual",
+        "facility_stop": "{facility} dejó de procesar paquetes durante un tiempo",
+        "weather": "el mal tiempo retrasó los paquetes en {facility} y en instalaciones "
+                   "cercanas",
+        "lane_delay": "el transporte que salió de {facility} iba con retraso",
+        None: "{facility} estaba procesando los paquetes más despacio de lo habitual",
+    },
+}
 _SOMEWHERE = {"en": "one of our facilities", "es": "una de nuestras instalaciones"}
 
 
-def describe_cause(kind: object, facility: str | None, locale: str) -> str:
-    """The plain-language cause of an incident delay (no trailing period).
+def describe_cause(kind: object, facility: str | None, locale: str, past: bool = False) -> str:
+    """The plain-language cause of an incident delay (no trailing period); ``past`` for a
+    package that has moved on since.
 
     >>> describe_cause("weather", "DENVER CO PLANT", "en")
     'severe weather is delaying packages at DENVER CO PLANT and nearby facilities'
+    >>> describe_cause("weather", "DENVER CO PLANT", "en", past=True)
+    'severe weather delayed packages at DENVER CO PLANT and nearby facilities'
     >>> describe_cause("unknown-kind", None, "es")
     'una de nuestras instalaciones está procesando los paquetes más despacio de lo habitual'
     """
-    causes = _CAUSES.get(locale, _CAUSES["en"])
+    table = _CAUSES_PAST if past else _CAUSES
+    causes = table.get(locale, table["en"])
     text = causes.get(kind if isinstance(kind, str) else None) or causes[None]
     return text.format(facility=facility or _SOMEWHERE.get(locale, _SOMEWHERE["en"]))
 
@@ -583,7 +606,8 @@ class MessageComposer:
             "more_packages": max(0, count - min(len(packages), _MAX_LISTED_PACKAGES)),
             "package_count": count,
             "facility": facility,
-            "cause": describe_cause(alert.get("incident_kind"), facility, locale),
+            "cause": describe_cause(alert.get("incident_kind"), facility, locale,
+                                    past=bool(alert.get("moving"))),
             "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
             "detail": detail,
             "in_transit": in_transit,

@@ -654,6 +654,8 @@ def test_a_package_told_when_it_moved_on_late_is_said_to_move(
     assert detail in r.text and last_scan in r.text
     assert "Sin escaneos durante" not in r.text and "No scan for" not in r.text
     assert ("2 days later than promised" in r.text) == (locale == "en")
+    assert ("severe weather delayed packages" in r.text) == (locale == "en")
+    assert ("el mal tiempo retrasó los paquetes" in r.text) == (locale == "es")
     assert ("your package PKG-1 was held up" in r.text) == (locale == "en")
     assert ("su paquete PKG-1 estuvo detenido" in r.text) == (locale == "es")
     assert r.subject in ("Your package PKG-1 was held up at CHICAGO IL NDC",
