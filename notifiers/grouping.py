@@ -285,6 +285,10 @@ class MessageGrouper:
                 message["moved_at"] = max((a["alert_time"] for a in alerts), key=_ts)
                 if len(alerts) == 1:
                     message["silence_seconds"] = first.get("silence_seconds")
+            else:  # some held, some told when they had moved on: the message says how many
+                moved = len({str(a["package_id"]) for a in alerts if a.get("moving")})
+                if moved:
+                    message["moved_count"] = moved
         else:
             message["evidence"] = "The delay has cleared and your packages are moving again."
             message["new_estimate"] = group.moved_estimate

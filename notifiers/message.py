@@ -281,6 +281,7 @@ _MOVING = {
         "cleared": "The hold-up has cleared.",
         "cleared_at": "The hold-up at {facility} has cleared.",
         "moved": "They were held up and have been scanned again since.",
+        "some_moved": "{n} of them {verb} been scanned again since.",
         "moved_at": "They were held up at {facility} and have been scanned again since.",
     },
     "es": {
@@ -292,6 +293,7 @@ _MOVING = {
         "cleared": "El retraso se ha resuelto.",
         "cleared_at": "El retraso en {facility} se ha resuelto.",
         "moved": "Estuvieron detenidos y desde entonces se han escaneado de nuevo.",
+        "some_moved": "{n} de ellos {verb} escaneado de nuevo desde entonces.",
         "moved_at": "Estuvieron detenidos en {facility} y desde entonces se han escaneado de "
         "nuevo.",
     },
@@ -598,6 +600,13 @@ class MessageComposer:
                 usual=format_duration(_usual_seconds(alert.get("expected_seconds")), locale),
                 several=count > 1,
             )
+            moved = alert.get("moved_count")
+            if isinstance(moved, int) and not isinstance(moved, bool) and 0 < moved < count:
+                words = _MOVING.get(locale, _MOVING["en"])
+                verb = ("has" if moved == 1 else "have") if locale != "es" else (
+                    "se ha" if moved == 1 else "se han")
+                some = words["some_moved"].format(n=moved, verb=verb)
+                detail = f"{detail} {some}" if detail else some
         return {
             "kind": kind,
             "name": clean_text(customer.name, max_len=_MAX_NAME),

@@ -660,3 +660,22 @@ def test_a_package_told_when_it_moved_on_late_is_said_to_move(
     assert ("su paquete PKG-1 estuvo detenido" in r.text) == (locale == "es")
     assert r.subject in ("Your package PKG-1 was held up at CHICAGO IL NDC",
                          "Su paquete PKG-1 estuvo detenido en CHICAGO IL NDC")
+
+
+@pytest.mark.parametrize(("locale", "said"), [
+    ("en", "1 of them has been scanned again since."),
+    ("es", "1 de ellos se ha escaneado de nuevo desde entonces."),
+])
+def test_a_message_of_held_and_moved_packages_says_how_many_moved(
+    composer: MessageComposer, locale: str, said: str
+) -> None:
+    grouper = MessageGrouper(hold_seconds=3600)
+    grouper.add(detector_alert("incident_delay", "PKG-1", incident_key="NDC-CHI:weather:1",
+                               recipient_ref="r-0001"), "fold")
+    grouper.add(detector_alert("incident_delay", "PKG-2", incident_key="NDC-CHI:weather:1",
+                               recipient_ref="r-0001", moving=True), "fold")
+    [message] = grouper.flush(0)
+    assert (message["moving"], message["moved_count"], message["package_count"]) == (
+        False, 1, 2)
+    r = composer.render(message, customer(1, locale=locale))
+    assert said in r.text and said in r.html
