@@ -208,7 +208,7 @@ class MessageGrouper:
                                              + self.hold_seconds))
                     if all(a.get("moving") for a in group.alerts):
                         # told when they had moved on: that message said so; no all-clear
-                        self._close(key, group, now)
+                        self._close(key, now)
                         continue
                 else:
                     continue
@@ -217,7 +217,7 @@ class MessageGrouper:
                 if resolved is not None and resolved <= now:
                     out.append(self._message(group, "back_on_track",
                                              max(resolved, group.moved_ts)))
-                    self._close(key, group, now)
+                    self._close(key, now)
                     continue
             if now - group.first_ts > self.retention_seconds:
                 del self._groups[key]
@@ -233,10 +233,10 @@ class MessageGrouper:
             del episodes[pid]
         return out
 
-    def _close(self, key: str, group: _Group, now: int) -> None:
+    def _close(self, key: str, now: int) -> None:
         del self._groups[key]
-        told = group.key.rsplit(":", 1)[-1] if group.key != key else "1"
-        self._closed[key] = (int(told), now)
+        groups = self._closed.get(key, (0, 0))[0]  # closed before this one
+        self._closed[key] = (groups + 1, now)
 
     def flush(
         self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None
@@ -248,7 +248,7 @@ class MessageGrouper:
                 group.sent = True
                 out.append(self._message(group, "incident_delay", max(now, group.first_ts)))
                 if all(a.get("moving") for a in group.alerts):
-                    self._close(key, group, now)
+                    self._close(key, now)
         return out + self.advance(now, resolved_at)
 
     def _message(self, group: _Group, kind: str, at: int) -> dict[str, Any]:
