@@ -105,6 +105,13 @@ class IncidentSettings(BaseModel):
     hold_seconds: int = Field(
         2 * 3600, ge=0, description="an incident message waits this long (event time) for "
         "more packages of the same customer")
+    max_auto_facilities: int = Field(
+        2000, ge=1, description="without a facility list, the most facilities that get "
+        "incident statistics (those seen with a plant's scan code, first come first kept; "
+        "~0.5 MB and 12 metric series each): a feed that codes thousands of delivery units "
+        "as plants cannot exhaust the memory. Scans at the others are counted in "
+        "delaywatch_facility_scans_over_cap and a warning is logged once. Each shard keeps "
+        "its own list")
     write_facility_windows: bool = Field(
         True, description="write each monitored facility's figures and scores per window to "
         "RUNDIR/facility_windows.jsonl and the delaywatch_facility_* metrics (~460 bytes "

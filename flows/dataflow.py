@@ -32,6 +32,7 @@ its events in input order and in the same batches, so alerts are the same, in th
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ from notifiers.grouping import MessageGrouper
 
 __all__ = ["DeadLetter", "FlowContext", "Progress", "build_flow"]
 
+log = logging.getLogger("delaywatch")
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -85,6 +88,7 @@ class FlowContext:
     hubs: frozenset[str] | None = None  # facilities with incident statistics; None: "auto"
     trackers: dict[str, PackageTracker] = field(default_factory=dict)
     network: NetworkDesk | None = None  # the network step's, once the flow built it
+    _over_cap: int = 0  # over_cap scans already counted in the metric
 
     def new_tracker(self) -> PackageTracker:
         st = self.settings.stall
@@ -96,7 +100,8 @@ class FlowContext:
         inc = self.settings.incidents
         # without a facility list: the facilities that scan like a plant (not post offices)
         hubs = "auto" if self.hubs is None else self.hubs
-        stats = (FacilityStats(inc.window_seconds, facilities=hubs)
+        stats = (FacilityStats(inc.window_seconds, facilities=hubs,
+                               max_facilities=inc.max_auto_facilities)
                  if inc.enabled else None)
         # one shard sees every package: it assesses its windows itself, so that packages held
         # at a facility hear of an incident the moment it opens (see PackageTracker._hold)
@@ -151,6 +156,20 @@ class FlowContext:
         m.watermark.set(wm)
         m.event_time_lag.set(max(0.0, time.time() - wm))
         m.stage_keys.set(sum(t.detector.n_stages for t in ts))
+        stats = [t.facility_stats for t in ts if t.facility_stats is not None]
+        if stats:
+            m.facilities_monitored.set(len(set().union(*(s.facilities or () for s in stats))))
+            over = sum(s.over_cap for s in stats)
+            if over > self._over_cap:
+                if not self._over_cap:
+                    log.warning(
+                        "%d facilities keep incident statistics, the most "
+                        "incidents.max_auto_facilities allows; plant-code scans at further "
+                        "facilities are not monitored (delaywatch_facility_scans_over_cap). "
+                        "Give the flow a facility list (--facilities).",
+                        max(len(s.facilities or ()) for s in stats))
+                m.facility_scans_over_cap.inc(over - self._over_cap)
+                self._over_cap = over
         if self.network is not None:
             by_kind = self.network.folder.open_by_kind()
             for kind in INCIDENT_KINDS:

@@ -31,6 +31,8 @@ class FlowMetrics:
     open_episodes: Gauge
     alerts: Counter
     stage_keys: Gauge
+    facilities_monitored: Gauge
+    facility_scans_over_cap: Counter
     incidents_open: Gauge
     incidents: Counter
     alerts_suppressed: Counter
@@ -99,6 +101,14 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
         alerts=Counter("delaywatch_alerts", "Alerts raised by kind.", ["kind"], **kw),
         stage_keys=Gauge("delaywatch_detector_stage_keys", "Stage keys the detectors hold.",
                          **kw),
+        facilities_monitored=Gauge(
+            "delaywatch_facilities_monitored", "Facilities that keep incident statistics: "
+            "the hubs of the facility list, or without one those seen with a plant's scan "
+            "code, at most incidents.max_auto_facilities.", **kw),
+        facility_scans_over_cap=Counter(
+            "delaywatch_facility_scans_over_cap", "Plant-code scans at facilities left "
+            "without incident statistics because incidents.max_auto_facilities was reached "
+            "(no facility list): give the flow one.", **kw),
         incidents_open=Gauge("delaywatch_incidents_open", "Facility incidents open now.",
                              ["kind"], **kw),
         incidents=Counter("delaywatch_incidents", "Facility incidents by kind and status "

@@ -103,6 +103,13 @@ class FacilityStats:
         list: post offices (acceptance, delivery) are left out, so the monitor's memory
         (~0.5 MB per facility) follows the few hundred hubs, not tens of thousands of
         delivery units. Calls for other facilities return at once.
+    max_facilities
+        With ``"auto"``: the most facilities kept (each costs ~0.5 MB in the monitor and a
+        dozen metric series). A feed that gives hub codes to far more facilities than a
+        network has hubs (a carrier coding its delivery units as plants) then cannot exhaust
+        the memory: the first ``max_facilities`` are kept, and hub-code scans at any other
+        facility are counted in ``over_cap`` (a facility list, ``facilities=...``, avoids
+        the guesswork).
     max_age_seconds
         A package in a backlog for this long is dropped from it (lost, or its departure and
         every later scan were missed); they are counted in ``expired``.
@@ -127,8 +134,11 @@ class FacilityStats:
         window_seconds: int = 900,
         *,
         facilities: Iterable[str] | str | None = None,
+        max_facilities: int = 2000,
         max_age_seconds: int = 7 * 86400,
     ) -> None:
+        if max_facilities < 1:
+            raise ValueError(f"max_facilities must be at least 1, not {max_facilities}")
         self.window_seconds = window_seconds
         self.auto = facilities == "auto"
         self.facilities: set[str] | frozenset[str] | None
@@ -138,6 +148,8 @@ class FacilityStats:
             raise ValueError(f"facilities must be a collection, None or 'auto', not {facilities!r}")
         else:
             self.facilities = None if facilities is None else frozenset(facilities)
+        self.max_facilities = max_facilities
+        self.over_cap = 0  # hub-code scans at facilities left out by max_facilities ("auto")
         self.max_age_seconds = max_age_seconds
         self._state: dict[str, _Facility] = {}
         self._closed = -1  # windows with index <= this are closed
@@ -145,6 +157,8 @@ class FacilityStats:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("auto", False)  # snapshots from before "auto"
+        state.setdefault("max_facilities", 2000)  # ... and before the cap
+        state.setdefault("over_cap", 0)
         self.__dict__.update(state)
 
     # -- per event -------------------------------------------------------------------------
@@ -267,7 +281,12 @@ class FacilityStats:
         if facility is None:
             return
         if self.auto and code in HUB_CODES:
-            self.facilities.add(facility)  # type: ignore[union-attr]
+            keep: set[str] = self.facilities  # type: ignore[assignment]
+            if facility not in keep:
+                if len(keep) < self.max_facilities:
+                    keep.add(facility)
+                else:
+                    self.over_cap += 1
         if code in _ARRIVED:
             self.arrival(facility, ts)
         elif code in _DEPARTED:

@@ -252,6 +252,29 @@ def test_auto_keeps_the_facilities_that_scan_like_a_plant_not_the_post_offices()
         FacilityStats(W, facilities="P1")  # a lone id is not a collection
 
 
+def test_auto_keeps_at_most_max_facilities_and_counts_the_scans_it_leaves_out():
+    """A feed that codes many delivery units as plants cannot grow the monitor without bound:
+    the first ``max_facilities`` hub-coded facilities are kept, later ones are not, and their
+    hub-code scans are counted; the cap survives a snapshot, and one from before it loads."""
+    stats = FacilityStats(W, facilities="auto", max_facilities=2)
+    for i, facility in enumerate(["P1", "N1", "P2", "P3", "P2", "P1"]):
+        stats.observe(facility, "A1", MONDAY + 60 * i)
+    stats.observe("O9", "07", MONDAY + 500)  # not a hub code: neither kept nor counted
+    assert stats.facilities == {"P1", "N1"}
+    assert stats.over_cap == 3  # P2 twice, P3 once
+    windows = stats.close(MONDAY + W)
+    assert sorted((w.facility, w.arrivals) for w in windows) == [("N1", 1), ("P1", 2)]
+    restored = pickle.loads(pickle.dumps(stats))
+    restored.observe("P4", "10", MONDAY + W + 10)
+    assert restored.facilities == {"P1", "N1"} and restored.over_cap == 4
+    old = pickle.loads(pickle.dumps(stats))
+    del old.__dict__["max_facilities"], old.__dict__["over_cap"]  # as pickled before the cap
+    again = pickle.loads(pickle.dumps(old))
+    assert (again.max_facilities, again.over_cap) == (2000, 0)
+    with pytest.raises(ValueError, match="max_facilities"):
+        FacilityStats(W, facilities="auto", max_facilities=0)
+
+
 def test_a_package_stuck_longer_than_max_age_leaves_the_backlog():
     stats = FacilityStats(W, max_age_seconds=2 * H)
     stats.arrival("P1", MONDAY)

@@ -174,6 +174,47 @@ def test_facility_windows_can_be_turned_off(tmp_path: Path, demo_data: Path) -> 
     assert not (run / "facility_windows.jsonl").exists()
 
 
+def test_without_a_facility_list_the_monitored_facilities_are_capped(
+        tmp_path: Path, demo_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No facility list: the facilities scanning a plant's code are monitored, at most
+    ``max_auto_facilities`` of them; scans at the others are counted, a warning says so once
+    (no facility id in it), and the gauge shows how many are monitored."""
+    from prometheus_client import REGISTRY
+
+    import flows.run
+
+    flows.run._metrics()  # the process-wide metrics exist before the first reading
+
+    def over() -> float:
+        return REGISTRY.get_sample_value("delaywatch_facility_scans_over_cap_total") or 0.0
+
+    def monitored(run: Path) -> set[str]:
+        return {r["facility_id"] for r in _jsonl(run / "facility_windows.jsonl")
+                if r["subject"] == "facility"}
+
+    free = tmp_path / "free"
+    before = over()
+    replay(JsonLinesSource(demo_data / "events.jsonl"), free,
+           load_settings(epoch_interval_seconds=0.05), with_metrics=True)
+    hubs = monitored(free)
+    assert len(hubs) > 3 and over() == before  # the default cap leaves the demo's hubs alone
+    assert REGISTRY.get_sample_value("delaywatch_facilities_monitored") == len(hubs)
+    assert "max_auto_facilities" not in caplog.text
+
+    capped = tmp_path / "capped"
+    with caplog.at_level("WARNING", logger="delaywatch"):
+        replay(JsonLinesSource(demo_data / "events.jsonl"), capped,
+               load_settings(epoch_interval_seconds=0.05,
+                             incidents={"max_auto_facilities": 3}), with_metrics=True)
+    kept = monitored(capped)
+    assert len(kept) == 3 and kept < hubs
+    assert REGISTRY.get_sample_value("delaywatch_facilities_monitored") == 3
+    assert over() > before
+    warnings = [r for r in caplog.records if "max_auto_facilities" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not any(f in warnings[0].getMessage() for f in hubs)
+
+
 def test_revised_estimates_beat_the_original_promise(incident_data: Path, demo_run: Path) -> None:
     """The new estimate in a delay message, against when the package was really delivered
     (ground truth): nearly every message has one, it is closer than the promise it replaces,
