@@ -40,6 +40,7 @@ from notifiers.errors import (
     TransientDeliveryError,
     redact,
 )
+from notifiers.grouping import customer_digest
 from notifiers.message import MessageComposer
 from notifiers.metrics import NotifierMetrics
 from notifiers.outbox import Outbox, OutboxRow
@@ -439,7 +440,8 @@ async def _deliver(
         return
     customer = customers.get(row.recipient_ref)
     if customer is None:
-        log.error("drain: alert %s: recipient_ref %s not in customer table", key, row.recipient_ref)
+        log.error("drain: alert %s: customer %s (digest of its recipient_ref) not in the "
+                  "customer table", key, customer_digest(row.recipient_ref))
         outbox.mark_failed(key, NO_CUSTOMER_CODE)
         _count_failure(metrics, "permanent")
         report.failed_permanent += 1
@@ -477,7 +479,8 @@ async def _deliver(
         suppressed_now.add(row.recipient_ref)
         _count_failure(metrics, "permanent")
         report.failed_permanent += 1
-        log.warning("drain: %s; recipient %s suppressed", exc, row.recipient_ref)
+        log.warning("drain: %s; customer %s (digest of its recipient_ref) suppressed", exc,
+                    customer_digest(row.recipient_ref))
         return
     except TransientDeliveryError as exc:
         _count_attempt(metrics)

@@ -28,6 +28,7 @@ from notifiers.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from notifiers.grouping import customer_digest
 from notifiers.message import MessageComposer
 from notifiers.metrics import NotifierMetrics
 from notifiers.outbox import Outbox
@@ -293,20 +294,41 @@ async def test_error_hierarchy_from_the_sender(smtp_server, composer: MessageCom
 
 
 async def test_unknown_customer_and_unusable_address_fail_without_sending(
-    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = smtp_server()
     broken = Customer("r-broken", "N", "not an address", "en", "UTC")
     outbox.enqueue(make_alert("PKG-1"), "r-missing", now=T0)
     outbox.enqueue(make_alert("PKG-2"), "r-broken", now=T0)
-    report = await drain(
-        outbox, {"r-broken": broken}, sender_for(server), composer=composer, now_fn=clock,
-        quiet_hours=None,
-    )  # fmt: skip
+    with caplog.at_level("DEBUG"):
+        report = await drain(
+            outbox, {"r-broken": broken}, sender_for(server), composer=composer, now_fn=clock,
+            quiet_hours=None,
+        )  # fmt: skip
     assert report.failed_permanent == 2
     assert outbox.get("PKG-1:stall:1").last_error_code == 550
     assert outbox.get("PKG-2:stall:1").last_error_code == 553
     assert count_by_alert_key(maildir) == {}
+    # the log names the alert and a digest of the customer, never the reference itself
+    assert "PKG-1:stall:1" in caplog.text and customer_digest("r-missing") in caplog.text
+    assert "r-missing" not in caplog.text and "r-broken" not in caplog.text
+
+
+async def test_a_bounce_is_logged_without_the_customer(
+    outbox: Outbox, composer: MessageComposer, smtp_server, clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    c = customer(1)
+    server = smtp_server(f"{c.email}=550")
+    outbox.enqueue(make_alert("PKG-1"), c.recipient_ref, now=T0)
+    with caplog.at_level("DEBUG"):
+        report = await drain(outbox, {c.recipient_ref: c}, sender_for(server),
+                             composer=composer, now_fn=clock, quiet_hours=None)
+    assert report.failed_permanent == 1 and outbox.is_suppressed(c.recipient_ref)
+    assert "suppressed" in caplog.text and customer_digest(c.recipient_ref) in caplog.text
+    for private in (c.recipient_ref, c.email, c.name):
+        assert private not in caplog.text
 
 
 async def test_drain_forever_stops_when_asked(
