@@ -12,7 +12,9 @@ the records of :class:`detectors.incidents.IncidentManager`) and decides, for ea
     explanation (the package's own evidence is kept after it).
 ``suppress``
     a ``feed_outage`` incident covered it: the scans are missing, not the package; nobody is
-    told (operations see the feed outage incident).
+    told (operations see the feed outage incident). So does a delay incident that was later
+    *reclassified* as a feed outage (its resolving record says ``reclassified_as``): over
+    its whole interval.
 ``keep``
     nothing covered it: an ordinary stall alert.
 
@@ -124,6 +126,10 @@ class IncidentFolder:
         head.affected = int(record.get("affected_packages") or head.affected)
         if status == "resolved":
             head.resolved = _ts(record.get("resolved_at")) or head.resolved
+            if record.get("reclassified_as") == "feed_outage":
+                # it was the feed all along: packages silent then were not held by anything
+                # (those told already were told; nobody else is)
+                head.kind = "feed_outage"
         for name in sorted(names - head.names):
             self._by_facility.setdefault(name, []).append(head)
         head.names = head.names | names

@@ -26,8 +26,10 @@ Keys
 Reclassification
     A facility with an open delay incident whose kind turns into ``feed_outage`` (the scans
     that were missing arrive late: it was the feed, not the facility) gets the delay incident
-    resolved with that explanation and a ``feed_outage`` incident opened at once. Other kind
-    changes keep the incident (its kind is fixed at opening).
+    resolved with that explanation and ``reclassified_as: "feed_outage"`` (the folder then
+    treats its whole interval as the feed outage it was: no customer is told because of it),
+    and a ``feed_outage`` incident opened at once, whatever its score. Other kind changes keep
+    the incident (its kind is fixed at opening).
 
 Everything is plain data: the manager pickles with its open incidents.
 """
@@ -164,21 +166,24 @@ class IncidentManager:
         out: list[dict[str, Any]] = []
         if s.key is not None:
             if kind == "feed_outage" and s.kind in _DELAY:
-                out.append(
-                    self._record(
-                        s,
-                        facility,
-                        lane_to,
-                        "resolved",
-                        window_end_ts,
-                        score,
-                        affected,
-                        "Reclassified: the missing scans were a data "
-                        "feed problem, not a delay. " + evidence,
-                    )
+                closing = self._record(
+                    s,
+                    facility,
+                    lane_to,
+                    "resolved",
+                    window_end_ts,
+                    score,
+                    affected,
+                    "Reclassified: the missing scans were a data "
+                    "feed problem, not a delay. " + evidence,
                 )
+                closing["reclassified_as"] = kind  # what its interval really was
+                out.append(closing)
                 self._close(s)
-                s.over = self.for_windows  # the evidence is decisive: open at once
+                # the evidence is decisive: the feed outage opens at once, whatever its score
+                out.append(self._open(s, facility, lane_to, window_end_ts, score, kind,
+                                      evidence, affected, facilities))
+                return out
             else:
                 s.facilities.update(facilities)
                 s.peak = max(s.peak, score)
@@ -213,16 +218,23 @@ class IncidentManager:
                 return out
         s.over = s.over + 1 if score >= self.open_threshold else 0
         if s.over >= self.for_windows and kind is not None:
-            subject = facility if lane_to is None else f"{facility}>{lane_to}"
-            s.key = f"{subject}:{kind}:{_compact(window_end_ts)}"
-            s.kind, s.opened_at, s.under, s.peak = kind, window_end_ts, 0, score
-            s.affected = affected
-            s.facilities = set(facilities) if kind == "weather" else {facility}
-            self.opened += 1
-            out.append(self._record(s, facility, lane_to, "open", None, score, affected, evidence))
+            out.append(self._open(s, facility, lane_to, window_end_ts, score, kind, evidence,
+                                  affected, facilities))
         elif s.over == 0 and s.key is None:
             del self._subjects[subject_key]
         return out
+
+    def _open(self, s: _Subject, facility: str, lane_to: str | None, window_end_ts: int,
+              score: float, kind: str, evidence: str, affected: int,
+              facilities: tuple[str, ...] | list[str]) -> dict[str, Any]:
+        subject = facility if lane_to is None else f"{facility}>{lane_to}"
+        s.key = f"{subject}:{kind}:{_compact(window_end_ts)}"
+        s.kind, s.opened_at, s.under, s.peak = kind, window_end_ts, 0, score
+        s.over = max(s.over, self.for_windows)
+        s.affected = affected
+        s.facilities = set(facilities) if kind == "weather" else {facility}
+        self.opened += 1
+        return self._record(s, facility, lane_to, "open", None, score, affected, evidence)
 
     def _close(self, s: _Subject) -> None:
         s.key, s.kind, s.under, s.peak = None, None, 0, 0.0

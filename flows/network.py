@@ -346,6 +346,11 @@ class NetworkDesk:
         for record in records:
             self.folder.observe(record)
             out.append(("incident", record))
+            if record.get("reclassified_as") == "feed_outage":
+                # it was the feed: messages still held for it go to nobody
+                withdrawn = self.grouper.withdraw(record["incident_key"])
+                if withdrawn and m is not None:
+                    m.alerts_suppressed.labels("feed_outage").inc(withdrawn)
             if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
                 out += self._fold_watched(record)
             if m is not None and record["status"] in ("open", "resolved"):

@@ -15,7 +15,9 @@ the messages that go to the outbox:
   package of that message has moved again (listing them, with the latest of their new
   estimates);
 * an alert the caller *suppressed* (a feed outage: the scans are missing, not the package)
-  produces no message, and neither does the back-on-track that closes it.
+  produces no message, and neither does the back-on-track that closes it; an incident
+  reclassified as a feed outage while its messages were held has them withdrawn
+  (:meth:`MessageGrouper.withdraw`).
 
 * an ``incident_delay`` alert with ``moving`` (the package was told only when it moved on,
   late): gathered the same way; a message of such packages only says they were held and are
@@ -192,6 +194,24 @@ class MessageGrouper:
         group.waiting.add(pid)
         self._episodes[pid] = (key, at)
         return []
+
+    def withdraw(self, incident_key: str) -> int:
+        """The incident turned out to be a feed outage: its messages not sent yet are dropped
+        (their packages' episodes count as suppressed: the all-clear that closes them tells
+        nobody). Returns how many packages were withdrawn. Messages already sent stay sent;
+        their all-clear still follows."""
+        withdrawn = 0
+        for key, group in list(self._groups.items()):
+            if group.incident_key != incident_key or group.sent:
+                continue
+            del self._groups[key]
+            for alert in group.alerts:
+                pid = str(alert.get("package_id"))
+                told = self._episodes.get(pid)
+                if told is not None and told[0] == key:
+                    self._episodes[pid] = ("suppress", told[1])
+                    withdrawn += 1
+        return withdrawn
 
     def advance(
         self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None

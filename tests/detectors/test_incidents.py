@@ -95,7 +95,27 @@ def test_a_delay_turning_out_to_be_a_feed_outage_is_reclassified_at_once():
     ]
     assert records[1]["resolved_at"] == "2026-11-09T01:00:00+00:00"
     assert records[1]["evidence"].startswith("Reclassified")
+    assert records[1]["reclassified_as"] == "feed_outage"  # the folder reads this
+    assert "reclassified_as" not in records[0] and "reclassified_as" not in records[2]
     assert records[2]["incident_key"] == "N03:feed_outage:20261109T0100Z"
+
+
+def test_a_reclassified_delay_opens_its_feed_outage_whatever_the_score():
+    """The late scans are decisive: with a stricter open threshold than the feed score
+    reached, the delay still closes and the feed outage still opens (nothing is left
+    without an incident), then resolves like any other."""
+    manager = IncidentManager(open_threshold=1.5, close_threshold=0.5, clear_windows=2)
+    records = feed(manager, [1.6, 1.6], kind="facility_slowdown", facility="N03")
+    records += manager.update("N03", T0 + 3 * W, 1.2, "feed_outage", "scans arrive late", 66)
+    for i in (4, 5):  # two quiet windows resolve it
+        records += manager.update("N03", T0 + i * W, 0.1, "feed_outage", "scans on time", 66)
+    assert [(r["status"], r["kind"]) for r in records] == [
+        ("open", "facility_slowdown"),
+        ("resolved", "facility_slowdown"),
+        ("open", "feed_outage"),
+        ("resolved", "feed_outage"),
+    ]
+    assert manager.open_incidents == 0 and (manager.opened, manager.resolved) == (2, 2)
 
 
 def test_other_kind_changes_keep_the_open_incident():

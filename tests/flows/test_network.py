@@ -153,6 +153,69 @@ def test_a_feed_outage_suppresses_the_stall_and_tells_nobody() -> None:
     assert [tag for tag, _ in desk.finish()] == []
 
 
+def _reclassified(opened: int, at: int) -> dict[str, Any]:
+    """The resolving record of a slowdown at P1 that turned out to be a feed outage."""
+    return incident("facility_slowdown", "P1", opened) | {
+        "status": "resolved", "resolved_at": iso(at), "reclassified_as": "feed_outage",
+        "evidence": "Reclassified: the missing scans were a data feed problem, not a delay."}
+
+
+def test_a_delay_reclassified_as_a_feed_outage_tells_nobody_afterwards() -> None:
+    """A slowdown opens at P1, then its missing scans arrive late: a feed outage. A package
+    silent at P1 over that time is not held by anything: no incident message, no stall
+    message (the scans are missing), and its back-on-track closes silently."""
+    registry = CollectorRegistry()
+    desk = new_desk(metrics=make_flow_metrics(registry))
+    slow = incident("facility_slowdown", "P1", T0 + 1 * H)
+    out = feed(desk, [[("0", record("s", T0 + 8 * H)),
+                       ("0", progress(T0 + 9 * H, T0 + 10 * H, [
+                           (T0 + 1 * H, [slow]),
+                           (T0 + 3 * H, [_reclassified(T0 + 1 * H, T0 + 3 * H),
+                                         incident("feed_outage", "P1", T0 + 3 * H)])]))]])
+    assert [tag for tag, _ in out] == ["incident", "incident", "incident"]
+    assert desk.folder.suppressed == 1 and desk.folder.folded == 0
+    out = feed(desk, [[("0", record("s", T0 + 11 * H, kind="back_on_track")),
+                       ("0", progress(T0 + 12 * H, T0 + 13 * H))]])
+    assert out == [] and desk.finish() == []
+    assert registry.get_sample_value("delaywatch_alerts_suppressed_total",
+                                     {"reason": "feed_outage"}) == 1
+
+
+def test_a_reclassification_withdraws_the_messages_still_held_for_the_delay() -> None:
+    """Package ``h`` is folded into the slowdown and its message held for ``hold_seconds``
+    (2 h, longer than the 1 h grace, as by default); before it goes out, the slowdown is
+    reclassified as a feed outage: the message is withdrawn. Package ``t``'s message went
+    out before: it stays sent, and its all-clear follows when it moves again."""
+    registry = CollectorRegistry()
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H),
+                       metrics=make_flow_metrics(registry))
+    slow = incident("facility_slowdown", "P1", T0 + 1 * H)
+    out = feed(desk, [[("0", record("t", T0 + 2 * H)),
+                       ("0", progress(T0 + 2 * H, T0 + 4 * H, [(T0 + 1 * H, [slow])]))],
+                      [("0", record("h", T0 + 5 * H)),
+                       ("0", progress(T0 + 5 * H, T0 + 6 * H))]])
+    assert [(tag, r["kind"], r["package_id"]) for tag, r in out if tag != "incident"] == [
+        ("alert", "incident_delay", "t"),
+        ("message", "incident_delay", "t"),  # held 2 h, sent
+        ("alert", "incident_delay", "h")]  # held until 7 h
+    out = feed(desk, [[("0", progress(T0 + 6 * H + 1800, T0 + 6 * H + 1800, [
+        (T0 + 6 * H + 1800, [_reclassified(T0 + 1 * H, T0 + 6 * H + 1800),
+                             incident("feed_outage", "P1", T0 + 6 * H + 1800)])]))],
+                      [("0", record("x", T0 + 8 * H, facility="P2")),  # time moves on
+                       ("0", progress(T0 + 9 * H, T0 + 10 * H))]])
+    assert [(tag, r.get("package_id")) for tag, r in out] == [
+        ("incident", None), ("incident", None), ("alert", "x"), ("message", "x")], \
+        "h's message is withdrawn"
+    assert registry.get_sample_value("delaywatch_alerts_suppressed_total",
+                                     {"reason": "feed_outage"}) == 1
+    out = feed(desk, [[("0", record("h", T0 + 10 * H, kind="back_on_track")),
+                       ("0", record("t", T0 + 10 * H, kind="back_on_track")),
+                       ("0", progress(T0 + 11 * H, T0 + 12 * H))]])
+    out += desk.finish()
+    assert [(r["kind"], r.get("packages")) for tag, r in out if tag == "message"] == [
+        ("back_on_track", ["t"])]
+
+
 def _scenario() -> list[list[tuple[str, Any]]]:
     opened = T0 + 3 * H
     return [
