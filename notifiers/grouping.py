@@ -21,7 +21,9 @@ the messages that go to the outbox:
 
 * an ``incident_delay`` alert with ``moving`` (the package was told only when it moved on,
   late): gathered the same way; a message of such packages only says they were held and are
-  moving again, with their new estimate, and needs no all-clear.
+  moving again, with their new estimate, and needs no all-clear. So does a message whose
+  packages all moved again during its hold (its ``back_on_track`` alerts came first): it
+  is not sent as "held" with an all-clear behind it.
 
 So a customer hit by an incident gets at most two messages for it: the delay and the
 all-clear; unless another of their packages is folded into the same incident after that
@@ -91,6 +93,9 @@ class _Group:
     waiting: set[str] = field(default_factory=set)  # packages that have not moved again
     moved_ts: int = 0
     moved_estimate: str | None = None  # the latest new estimate of a package moving again
+    # when its incident resolved, kept here once known: the folder forgets incidents a week
+    # after they resolve, a package may move again later than that
+    resolved_ts: int | None = None
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         # pickled as (None, {slot: value}); a snapshot from before a field was added lacks
@@ -102,6 +107,15 @@ class _Group:
             else:
                 value = f.default_factory() if f.default_factory is not MISSING else f.default
             object.__setattr__(self, f.name, value)
+
+
+def _moved(group: _Group, pid: str, at: int, estimate: str | None) -> None:
+    """Package ``pid`` of ``group`` moved again at ``at`` with a new ``estimate``."""
+    group.waiting.discard(pid)
+    group.moved_ts = max(group.moved_ts, at)
+    if estimate and (group.moved_estimate is None
+                     or _ts(estimate) > _ts(group.moved_estimate)):  # type: ignore[operator]
+        group.moved_estimate = estimate
 
 
 class MessageGrouper:
@@ -167,12 +181,7 @@ class MessageGrouper:
                 return [alert]
             group = self._groups.get(told[0])
             if group is not None:
-                group.waiting.discard(pid)
-                group.moved_ts = max(group.moved_ts, at)
-                estimate = alert.get("new_estimate")
-                if estimate and (group.moved_estimate is None
-                                 or _ts(estimate) > _ts(group.moved_estimate)):
-                    group.moved_estimate = estimate
+                _moved(group, pid, at, alert.get("new_estimate"))
             return []  # suppressed, or said once for the group when all have moved
         if decision == "suppress":
             self._episodes[pid] = ("suppress", at)
@@ -191,7 +200,10 @@ class MessageGrouper:
         else:
             self.grouped += 1
         group.alerts.append(alert)
-        group.waiting.add(pid)
+        if alert.get("moving"):  # told when it moved on: it is not waiting any more
+            _moved(group, pid, at, alert.get("new_estimate"))
+        else:
+            group.waiting.add(pid)
         self._episodes[pid] = (key, at)
         return []
 
@@ -221,19 +233,22 @@ class MessageGrouper:
         time or None while open) and whose packages all moved again."""
         out: list[dict[str, Any]] = []
         for key, group in list(self._groups.items()):
+            if group.resolved_ts is None:
+                group.resolved_ts = resolved_at(group.incident_key)
             if not group.sent:
                 if now >= group.first_ts + self.hold_seconds:
                     group.sent = True
                     out.append(self._message(group, "incident_delay", group.first_ts
                                              + self.hold_seconds))
-                    if all(a.get("moving") for a in group.alerts):
-                        # told when they had moved on: that message said so; no all-clear
+                    if not group.waiting:
+                        # all moved on again by now (told when they moved, or moved during
+                        # the hold): the message said so; no all-clear
                         self._close(key, now)
                         continue
                 else:
                     continue
             if not group.waiting:
-                resolved = resolved_at(group.incident_key)
+                resolved = group.resolved_ts
                 if resolved is not None and resolved <= now:
                     out.append(self._message(group, "back_on_track",
                                              max(resolved, group.moved_ts)))
@@ -267,7 +282,7 @@ class MessageGrouper:
             if not group.sent:
                 group.sent = True
                 out.append(self._message(group, "incident_delay", max(now, group.first_ts)))
-                if all(a.get("moving") for a in group.alerts):
+                if not group.waiting:
                     self._close(key, now)
         return out + self.advance(now, resolved_at)
 
@@ -293,20 +308,28 @@ class MessageGrouper:
         }
         if kind == "incident_delay":
             scans = [a["last_scan_time"] for a in alerts if a.get("last_scan_time")]
+            if group.moved_estimate:  # a package moving again has a fresher estimate
+                estimates.append(group.moved_estimate)
             message |= {
                 "last_scan_time": min(scans, key=_ts) if scans else None,
                 "promised_by": min(promised, key=_ts) if promised else None,
                 "new_estimate": max(estimates, key=_ts) if estimates else None,
                 "evidence": first.get("evidence"),
-                # told when they moved on, late: the message says so (how long they sat)
-                "moving": all(a.get("moving") for a in alerts),
+                # all moved on again by the time the message goes out (told when they moved
+                # on, late, or moved during the hold): the message says so (how long they sat)
+                "moving": not group.waiting,
             }
             if message["moving"]:  # when they moved on (the last of them), how long held
-                message["moved_at"] = max((a["alert_time"] for a in alerts), key=_ts)
+                moved_at = max([group.moved_ts] + [_ts(a["alert_time"]) or 0 for a in alerts
+                                                   if a.get("moving")])
+                message["moved_at"] = datetime.fromtimestamp(moved_at, UTC).isoformat()
                 if len(alerts) == 1:
-                    message["silence_seconds"] = first.get("silence_seconds")
-            else:  # some held, some told when they had moved on: the message says how many
-                moved = len({str(a["package_id"]) for a in alerts if a.get("moving")})
+                    held_since = _ts(first.get("last_scan_time"))
+                    message["silence_seconds"] = (
+                        first.get("silence_seconds") if first.get("moving")
+                        else None if held_since is None else moved_at - held_since)
+            else:  # some held, some moving again: the message says how many moved
+                moved = len(set(packages) - group.waiting)
                 if moved:
                     message["moved_count"] = moved
         else:

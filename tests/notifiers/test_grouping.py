@@ -174,3 +174,50 @@ def test_a_package_folded_after_its_group_closed_gets_a_follow_up_not_a_lost_mes
     restored = pickle.loads(pickle.dumps(g))
     del restored.__dict__["_closed"]  # as pickled before follow-up groups
     assert pickle.loads(pickle.dumps(restored)).advance(ts(23)) == []
+
+
+def test_packages_that_moved_during_the_hold_get_one_moving_message_not_held_and_clear() -> None:
+    """A folded package moves again before its customer's message leaves the hold: the
+    message says it was held up and is moving again (when, after how long, its new
+    estimate), and no all-clear follows it, however the incident goes on."""
+    g = MessageGrouper(hold_seconds=2 * H)
+    g.add(alert("A", "incident_delay", 5), "fold")  # silent since hour -15
+    g.add(alert("A", "back_on_track", 5.5, new_estimate=at(90)), "keep")
+    [message] = g.advance(ts(7), resolved_at=lambda key: ts(6))
+    assert (message["kind"], message["packages"], message["moving"]) == (
+        "incident_delay", ["A"], True)
+    assert message["moved_at"] == at(5.5)
+    assert message["silence_seconds"] == 20.5 * H  # from its last scan to the move
+    assert message["new_estimate"] == at(90)  # the estimate from the scan after the hold
+    assert g.advance(ts(40), resolved_at=lambda key: ts(6)) == [] and g.pending == 0
+    # one of two moved during the hold: a "held" message that says one moved since
+    g.add(alert("B", "incident_delay", 50, incident="INC2"), "fold")
+    g.add(alert("C", "incident_delay", 50, incident="INC2"), "fold")
+    g.add(alert("B", "back_on_track", 51, incident="INC2"), "keep")
+    [held] = g.advance(ts(52))
+    assert (held["moving"], held["moved_count"], held["package_count"]) == (False, 1, 2)
+    g.add(alert("C", "back_on_track", 53, incident="INC2"), "keep")
+    [clear] = g.advance(ts(54), resolved_at=lambda key: ts(52.5))
+    assert clear["kind"] == "back_on_track" and clear["packages"] == ["B", "C"]
+
+
+def test_the_all_clear_comes_even_after_the_folder_forgot_the_incident() -> None:
+    """The folder keeps a resolved incident for a week; a package may move again later
+    than that: the group keeps the resolution time it saw and still sends the all-clear."""
+    g = MessageGrouper(hold_seconds=H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    g.advance(ts(11))
+    known = {"INC": ts(20)}
+    g.advance(ts(21), resolved_at=known.get)  # resolved; A has not moved yet
+    del known["INC"]  # a week later the folder has pruned it
+    g.add(alert("A", "back_on_track", 10 + 8 * 24), "keep")
+    [clear] = g.advance(ts(10 + 8 * 24), resolved_at=known.get)
+    assert clear["kind"] == "back_on_track" and clear["alert_time"] == at(10 + 8 * 24)
+    assert g.pending == 0
+    old = MessageGrouper(hold_seconds=H)
+    old.add(alert("B", "incident_delay", 10), "fold")
+    group = next(iter(old._groups.values()))
+    state = group.__getstate__()
+    del state[1]["resolved_ts"]  # a group pickled before it kept the time
+    group.__setstate__(state)
+    assert group.resolved_ts is None
