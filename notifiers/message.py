@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, tzinfo
 from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ _REGISTRY = HeaderRegistry()
 for _name in ("list-unsubscribe", "list-unsubscribe-post", "x-delaywatch-alert-key"):
     _REGISTRY.map_to_type(_name, _VerbatimHeader)
 _POLICY = email_policy.default.clone(header_factory=_REGISTRY)
+_PARSER = BytesParser(policy=email_policy.default)
 
 
 def _display_name(value: object) -> str:
@@ -99,6 +101,31 @@ def _display_name(value: object) -> str:
     need them.
     """
     return clean_text(str(value or "").replace('"', "'").replace("\\", "/"), max_len=_MAX_NAME)
+
+
+_SPECIALS = frozenset('()<>[]:;@\\,."')  # RFC 5322: a display name with these is quoted
+
+
+def _address(display_name: str, username: str, domain: str) -> Address:
+    """``Address(display_name, username, domain)``, without the display name if the header,
+    as the standard library folds and parses it back, would not name exactly that address.
+
+    A long display name full of specials (``<<<<...``: a fuzzed customer name) is folded with
+    its quoting lost, and the recipient no longer parses back; such a name is dropped (the
+    address alone still reaches the customer). Names without specials need no check.
+    """
+    address = Address(display_name=display_name, username=username, domain=domain)
+    if not display_name or _SPECIALS.isdisjoint(display_name):
+        return address
+    probe = EmailMessage(policy=_POLICY)
+    probe["To"] = address
+    try:
+        back = _PARSER.parsebytes(probe.as_bytes())["To"].addresses
+    except Exception:  # noqa: BLE001 - any parse failure means: not safe to send
+        back = ()
+    if [a.addr_spec for a in back] == [address.addr_spec]:
+        return address
+    return Address(username=username, domain=domain)
 
 
 def _verbatim(value: str) -> str:
@@ -483,11 +510,8 @@ class MessageComposer:
             sender = validate_address(parsed.addr_spec)
         except (InvalidRecipientError, ValueError, IndexError, TypeError):
             raise ValueError("from_address must be 'Name <addr@domain>' or 'addr@domain'") from None
-        self.from_address = Address(
-            display_name=_display_name(parsed.display_name),
-            username=sender.username,
-            domain=sender.domain,
-        )
+        self.from_address = _address(_display_name(parsed.display_name), sender.username,
+                                     sender.domain)
         self._unsubscribe_base = unsubscribe_url
         self._secret = unsubscribe_secret
         # Fail at start-up, not at the first message, if the URL or secret is unusable.
@@ -668,11 +692,8 @@ class MessageComposer:
         rendered = self.render(alert, customer)
         msg = EmailMessage(policy=_POLICY)
         msg["From"] = self.from_address
-        msg["To"] = Address(
-            display_name=_display_name(customer.name),
-            username=recipient.username,
-            domain=recipient.domain,
-        )
+        msg["To"] = _address(_display_name(customer.name), recipient.username,
+                             recipient.domain)
         msg["Subject"] = rendered.subject
         msg["Date"] = format_datetime(when)
         msg["Message-ID"] = self.message_id(key)
