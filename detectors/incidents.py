@@ -343,13 +343,25 @@ class IncidentDesk:
         records: list[dict[str, Any]] = []
         assessments = self.monitor.assess(windows)
         for a in assessments:
-            if warm_up and end - first.get(a.facility, end) < warm_up:
+            if warm_up and self._learning(a, end):
                 continue  # still learning this facility (its windows were learned)
             records += manager.update(a.facility, a.window_end, a.score, a.kind, a.evidence,
                                       a.affected, lane_to=a.lane_to, facilities=a.facilities)
         if self.keep_figures:
             self._rows.append((end, self._figure_rows(end, windows, assessments)))
         return records + manager.finish(end)
+
+    def _learning(self, a: Any, end: int) -> bool:
+        """The subject of assessment ``a`` is still in its warm-up at ``end``: a facility or a
+        lane by its own first window, a region (``weather``) by those of the hubs it names
+        (its subject id is the region's first hub in the facility list, which may never
+        scan: a hub listed before it goes live)."""
+        warm_up, first = self.warm_up_seconds, self._first
+        if not warm_up:
+            return False
+        if a.kind == "weather":
+            return any(end - first.get(f, end) < warm_up for f in a.facilities)
+        return end - first.get(a.facility, end) < warm_up
 
     def take_figures(self) -> list[tuple[int, list[dict[str, Any]]]]:
         """``(window end, rows)`` kept since the last call (with ``keep_figures``), in
@@ -361,7 +373,6 @@ class IncidentDesk:
                      assessments: list[Any]) -> list[dict[str, Any]]:
         by_facility = {w.facility: w for w in windows}
         width = windows[0].end - windows[0].start if windows else 0
-        warm_up, first = self.warm_up_seconds, self._first
         rows = []
         times: dict[int, tuple[str, str]] = {}  # window end -> (start, end) as text
         for a in assessments:
@@ -384,7 +395,7 @@ class IncidentDesk:
                 "window_end": span[1],
                 "kind": a.kind,
                 "score": a.score,
-                "learning": bool(warm_up) and end - first.get(a.facility, end) < warm_up,
+                "learning": self._learning(a, end),
             }
             if w is not None:
                 row.update(self.monitor.figures(w) or {})

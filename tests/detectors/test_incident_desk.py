@@ -49,3 +49,25 @@ def test_a_facility_counts_only_after_its_warm_up_and_each_has_its_own() -> None
     # P1 was first seen at the end of its first window (900 s): it counts from 6 h after
     # that, and a slowdown opens after two windows that count
     assert got[0][0] == 900 + 6 * 3600 + 900
+
+
+class _Stormy:
+    """A monitor that finds region R (hubs P1, P2; its subject A0, the region's first hub
+    in the facility list, never scans) under weather, always."""
+
+    def assess(self, windows: list[FacilityWindow]) -> list[Assessment]:
+        end = windows[0].end
+        return [Assessment("A0", end, 2.0, "weather", "storm", 20, None, ("P1", "P2"))]
+
+
+def test_a_region_warms_up_with_the_hubs_it_names_not_its_subject_id() -> None:
+    """Review finding: the region's subject is its first hub by id, which may never scan (a
+    hub listed before it goes live); its warm-up is that of the hubs it names, else weather
+    would never open there."""
+    desk = IncidentDesk(_Stormy(), IncidentManager(for_windows=2), warm_up_seconds=3600,
+                        keep_figures=True)
+    got = opened(desk.assess_closed(windows(3, ("P1", "P2"))))
+    assert got == [(900 + 3600 + 900, "A0:weather:20260924T0130Z")]
+    rows = [row for _, rs in desk.take_figures() for row in rs]
+    assert [r["learning"] for r in rows[:4]] == [True] * 4  # as the region's assessment
+    assert rows[-1]["subject"] == "region" and rows[-1]["learning"] is False
