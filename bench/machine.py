@@ -7,9 +7,9 @@ sorting: the kind of work the flow's hot path does per event; it does not import
 so it does not move when the code does) ``--runs`` times and prints the fastest, the median
 and the slowest run. Run it before and after a benchmark:
 
-* the spread within one call says how steady the machine is at the moment (on an idle 2-core
-  VM a few per cent; 2x between consecutive runs has been seen here, with nothing else of
-  ours running);
+* the spread within one call says how steady the machine is at the moment (2026-11-23 09:30
+  UTC, one replay running on the other core: fastest 0.181 s, slowest 0.373 s, 2.06x
+  between runs a second apart, on either core when pinned with ``taskset``);
 * the median, next to a benchmark's events per second, makes figures from different hours
   comparable as ``events/s x median seconds`` (roughly: a long replay averages over minutes,
   the reference over seconds). Comparing two commits is still done by interleaving their
