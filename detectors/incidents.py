@@ -353,15 +353,32 @@ class IncidentDesk:
 
     def _learning(self, a: Any, end: int) -> bool:
         """The subject of assessment ``a`` is still in its warm-up at ``end``: a facility or a
-        lane by its own first window, a region (``weather``) by those of the hubs it names
-        (its subject id is the region's first hub in the facility list, which may never
-        scan: a hub listed before it goes live)."""
+        lane by its own first window; a region (``weather``) until every hub of it that has
+        scanned is past its warm-up (a region-wide comparison needs all their models; an NDC
+        scans a day after its plants while a national network fills up, and the plants' first
+        nights then look like weather everywhere). Its subject id, the region's first hub in
+        the facility list, may never scan (a hub listed before it goes live): it does not
+        count."""
         warm_up, first = self.warm_up_seconds, self._first
         if not warm_up:
             return False
         if a.kind == "weather":
-            return any(end - first.get(f, end) < warm_up for f in a.facilities)
+            members = self._members(a)
+            return any(end - first[f] < warm_up for f in members if f in first)
         return end - first.get(a.facility, end) < warm_up
+
+    def _members(self, a: Any) -> list[str]:
+        """The hubs of a region assessment's region (from the monitor's ``regions``), else
+        the ones it names."""
+        regions = getattr(self.monitor, "regions", None) or {}
+        region = regions.get(a.facility)
+        if region is None:
+            return list(a.facilities)
+        cache = self.__dict__.setdefault("_region_members", {})
+        members = cache.get(region)
+        if members is None:
+            members = cache[region] = sorted(f for f, r in regions.items() if r == region)
+        return members
 
     def take_figures(self) -> list[tuple[int, list[dict[str, Any]]]]:
         """``(window end, rows)`` kept since the last call (with ``keep_figures``), in

@@ -71,3 +71,20 @@ def test_a_region_warms_up_with_the_hubs_it_names_not_its_subject_id() -> None:
     rows = [row for _, rs in desk.take_figures() for row in rs]
     assert [r["learning"] for r in rows[:4]] == [True] * 4  # as the region's assessment
     assert rows[-1]["subject"] == "region" and rows[-1]["learning"] is False
+
+
+class _StormyRegion(_Stormy):
+    regions = {"A0": "R", "P1": "R", "P2": "R", "N9": "R"}
+
+
+def test_a_region_warms_up_once_every_hub_of_it_that_scans_has() -> None:
+    """N9 (the region's NDC) scans from 30 min after the plants: the region's weather counts
+    only once N9 too is past its warm-up; A0, listed but never scanning, does not hold it
+    back."""
+    desk = IncidentDesk(_StormyRegion(), IncidentManager(for_windows=2), warm_up_seconds=3600)
+    plants = windows(0.5, ("P1", "P2"))
+    later = [FacilityWindow(f, T0 + 900 * i, T0 + 900 * (i + 1))
+             for i in range(2, 16) for f in ("P1", "P2", "N9")]
+    got = opened(desk.assess_closed(plants) + desk.assess_closed(later))
+    # N9's first window ends at 45 min: warm from 1 h 45 min, open after two windows
+    assert got == [(3 * 900 + 3600 + 900, "A0:weather:20260924T0200Z")]
