@@ -333,6 +333,7 @@ class IncidentDesk:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("keep_figures", False)  # snapshots from before the figures
         state.setdefault("_rows", [])
+        state.pop("_region_members", None)  # a cache of the monitor's regions: rebuilt
         self.__dict__.update(state)
 
     def assess(self, end: int, windows: list[Any]) -> list[dict[str, Any]]:
