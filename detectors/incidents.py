@@ -137,6 +137,11 @@ class IncidentManager:
         """Incidents open now (for a gauge)."""
         return sum(1 for s in self._subjects.values() if s.key is not None)
 
+    def is_open(self, facility: str, lane_to: str | None = None, weather: bool = False) -> bool:
+        """The subject (as :meth:`update` names it) has an incident open now."""
+        s = self._subjects.get((facility, lane_to, weather))
+        return s is not None and s.key is not None
+
     def update(
         self,
         facility: str,
@@ -359,11 +364,15 @@ class IncidentDesk:
         scans a day after its plants while a national network fills up, and the plants' first
         nights then look like weather everywhere). Its subject id, the region's first hub in
         the facility list, may never scan (a hub listed before it goes live): it does not
-        count."""
+        count. A region with a weather incident open is never learning: a hub of it that
+        scans for the first time then (one going live mid-run) must not make the incident
+        look over; it only holds back *new* weather there for its own warm-up."""
         warm_up, first = self.warm_up_seconds, self._first
         if not warm_up:
             return False
         if a.kind == "weather":
+            if self.manager.is_open(a.facility, None, True):
+                return False
             members = self._members(a)
             return any(end - first[f] < warm_up for f in members if f in first)
         return end - first.get(a.facility, end) < warm_up

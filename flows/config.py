@@ -111,7 +111,8 @@ class IncidentSettings(BaseModel):
         "~0.5 MB and 12 metric series each): a feed that codes thousands of delivery units "
         "as plants cannot exhaust the memory. Scans at the others are counted in "
         "delaywatch_facility_scans_over_cap and a warning is logged once. Each shard keeps "
-        "its own list")
+        "its own list: with several shards, up to shards x this many, and a facility kept "
+        "by only some shards is assessed on part of its volume")
     write_facility_windows: bool = Field(
         True, description="write each monitored facility's figures and scores per window to "
         "RUNDIR/facility_windows.jsonl and the delaywatch_facility_* metrics (~460 bytes "

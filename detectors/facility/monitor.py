@@ -164,9 +164,10 @@ class FacilityMonitor:
       windows, and at least ``stop_burst_share`` of the arrivals usually seen during the
       silence (the held inflow comes back at once);
     * ``feed``: late scans (whose window had closed) over the last hour, against
-      ``feed_late`` or ``feed_share`` of the scans of the last ``feed_windows`` windows (6 h:
-      the volume late scans come from), whichever is larger; and packages seen downstream
-      without a departure scan from here over the last hour, against ``feed_missing`` or
+      ``feed_late`` or ``feed_share`` of the scans of the last ``feed_windows`` windows (24:
+      6 h of 15-min windows, the volume late scans come from; at most 96), whichever is
+      larger; and packages seen downstream without a departure scan from here over the last
+      hour, against ``feed_missing`` or
       ``feed_missing_share`` of all the packages seen downstream from here in that hour
       (normally ~3 % lack the departure scan, in an outage nearly all do);
     * the kind by :func:`classify`. Facilities of one region (``regions``) whose delays (a

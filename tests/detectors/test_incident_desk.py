@@ -88,3 +88,17 @@ def test_a_region_warms_up_once_every_hub_of_it_that_scans_has() -> None:
     got = opened(desk.assess_closed(plants) + desk.assess_closed(later))
     # N9's first window ends at 45 min: warm from 1 h 45 min, open after two windows
     assert got == [(3 * 900 + 3600 + 900, "A0:weather:20260924T0200Z")]
+
+
+def test_a_hub_going_live_mid_incident_does_not_end_the_regions_weather() -> None:
+    """Review finding: N9 scans for the first time while the region's weather is open; the
+    region must not turn "learning" (its incident would resolve as no longer observed and
+    reopen under a new key a warm-up later)."""
+    desk = IncidentDesk(_StormyRegion(), IncidentManager(for_windows=2),
+                        warm_up_seconds=3 * 3600)
+    early = windows(4, ("P1", "P2"))  # weather opens at 3 h 30 min
+    later = [FacilityWindow(f, T0 + 900 * i, T0 + 900 * (i + 1))
+             for i in range(16, 48) for f in ("P1", "P2", "N9")]  # N9 from 4 h on
+    records = [r for _, rs in desk.assess_closed(early) + desk.assess_closed(later) for r in rs]
+    assert [(r["status"], r["incident_key"]) for r in records
+            if r["status"] != "update"] == [("open", "A0:weather:20260924T0330Z")]
