@@ -171,56 +171,37 @@ class IncidentManager:
         out: list[dict[str, Any]] = []
         if s.key is not None:
             if kind == "feed_outage" and s.kind in _DELAY:
-                closing = self._record(
-                    s,
-                    facility,
-                    lane_to,
-                    "resolved",
-                    window_end_ts,
-                    score,
-                    affected,
-                    "Reclassified: the missing scans were a data "
-                    "feed problem, not a delay. " + evidence,
+                closing = self._resolve(
+                    s, facility, lane_to, window_end_ts, score, affected,
+                    "Reclassified: the missing scans were a data feed problem, not a delay. "
+                    + evidence,
                 )
                 closing["reclassified_as"] = kind  # what its interval really was
                 out.append(closing)
-                self._close(s)
                 # the evidence is decisive: the feed outage opens at once, whatever its score
                 out.append(self._open(s, facility, lane_to, window_end_ts, score, kind,
                                       evidence, affected, facilities))
                 return out
+            s.facilities.update(facilities)
+            s.peak = max(s.peak, score)
+            if score < self.close_threshold:
+                s.under += 1
+                if s.under >= self.clear_windows:
+                    out.append(self._resolve(s, facility, lane_to, window_end_ts, score,
+                                             affected, evidence))
+                    s.over = 0
+                    return out
             else:
-                s.facilities.update(facilities)
-                s.peak = max(s.peak, score)
-                if score < self.close_threshold:
-                    s.under += 1
-                    if s.under >= self.clear_windows:
-                        out.append(
-                            self._record(
-                                s,
-                                facility,
-                                lane_to,
-                                "resolved",
-                                window_end_ts,
-                                score,
-                                affected,
-                                evidence,
-                            )
-                        )
-                        self._close(s)
-                        s.over = 0
-                        return out
-                else:
-                    s.under = 0
-                moved = abs(affected - s.affected)
-                if moved >= self.update_min and moved >= self.update_ratio * max(s.affected, 1):
-                    s.affected = affected
-                    out.append(
-                        self._record(
-                            s, facility, lane_to, "update", None, score, affected, evidence
-                        )
+                s.under = 0
+            moved = abs(affected - s.affected)
+            if moved >= self.update_min and moved >= self.update_ratio * max(s.affected, 1):
+                s.affected = affected
+                out.append(
+                    self._record(
+                        s, facility, lane_to, "update", None, score, affected, evidence
                     )
-                return out
+                )
+            return out
         s.over = s.over + 1 if score >= self.open_threshold else 0
         if s.over >= self.for_windows and kind is not None:
             out.append(self._open(s, facility, lane_to, window_end_ts, score, kind, evidence,
@@ -240,6 +221,14 @@ class IncidentManager:
         s.facilities = set(facilities) if kind == "weather" else {facility}
         self.opened += 1
         return self._record(s, facility, lane_to, "open", None, score, affected, evidence)
+
+    def _resolve(self, s: _Subject, facility: str, lane_to: str | None, window_end_ts: int,
+                 score: float, affected: int, evidence: str) -> dict[str, Any]:
+        """The ``resolved`` record of the subject's open incident, which is then closed."""
+        record = self._record(s, facility, lane_to, "resolved", window_end_ts, score, affected,
+                              evidence)
+        self._close(s)
+        return record
 
     def _close(self, s: _Subject) -> None:
         s.key, s.kind, s.under, s.peak = None, None, 0, 0.0
@@ -334,12 +323,13 @@ class IncidentDesk:
         self.keep_figures = keep_figures
         self._first: dict[str, int] = {}  # facility -> end of its first window seen
         self._rows: list[tuple[int, list[dict[str, Any]]]] = []  # (window end, rows), untaken
+        self._region_members: dict[str, list[str]] = {}  # region -> its hubs (cache)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("keep_figures", False)  # snapshots from before the figures
         state.setdefault("_rows", [])
-        state.pop("_region_members", None)  # a cache of the monitor's regions: rebuilt
         self.__dict__.update(state)
+        self._region_members = {}  # a cache of the monitor's regions: rebuilt, not restored
 
     def assess(self, end: int, windows: list[Any]) -> list[dict[str, Any]]:
         """Records for the windows (one per facility) that end at ``end``."""
@@ -384,10 +374,10 @@ class IncidentDesk:
         region = regions.get(a.facility)
         if region is None:
             return list(a.facilities)
-        cache = self.__dict__.setdefault("_region_members", {})
-        members = cache.get(region)
+        members = self._region_members.get(region)
         if members is None:
-            members = cache[region] = sorted(f for f, r in regions.items() if r == region)
+            members = self._region_members[region] = sorted(
+                f for f, r in regions.items() if r == region)
         return members
 
     def take_figures(self) -> list[tuple[int, list[dict[str, Any]]]]:
