@@ -119,6 +119,9 @@ _WATCHED = 2  # flag: the current silence passed the watch deadline (a "watch" w
 _TRANSIT = 4
 _PREV_ARRIVED = 8
 _PREV_DEPARTED = 16
+# flag: a deadline of the current silence came while the promise was more than
+# ``tell_horizon`` away, so the package is told later, with a stall (no watch), if still silent
+_LATER = 32
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
 _OPEN_END = 1 << 62  # an incident still open
@@ -145,6 +148,7 @@ class TrackerStats:
     holds: int = 0  # overdue packages at a facility when a delay incident opened there
     early: int = 0  # watches at the hold point (``hold_early``: several shards)
     late_moves: int = 0  # ``moved_late`` records (``late_move_p``)
+    deferred: int = 0  # watch or stall deadlines put off until ``tell_horizon`` (first time)
     finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
 
@@ -203,6 +207,15 @@ class PackageTracker:
         estimate made after it moved on. None: off. (A package due later than
         ``hold_horizon`` when the incident opened is not told then: whether it ends up late
         depends on how long the incident lasts, which is known when it moves.)
+    tell_horizon
+        Seconds. A watch or stall deadline that comes while the package's promise is more
+        than this far off is put off until ``promise - tell_horizon``; if the package is
+        still silent then, it gets its stall alert (a watch, being only an earlier stall,
+        is skipped). A package with days to spare usually moves again in time: on the
+        simulator's national replay most alerts on packages that arrived on time came more
+        than a day before their promise (bench/RESULTS.md). A put-off package that moves
+        on is nobody's yet, so ``late_move_p`` still applies to it. None: no horizon
+        (without a promise there is none either).
     """
 
     def __init__(
@@ -226,6 +239,7 @@ class PackageTracker:
         hold_horizon: int = 12 * 3600,
         hold_early: bool = False,
         late_move_p: float | None = None,
+        tell_horizon: int | None = None,
     ) -> None:
         if not 0.0 <= watch_fraction < 1.0:
             raise ValueError(f"watch_fraction must be in [0, 1), got {watch_fraction}")
@@ -283,6 +297,7 @@ class PackageTracker:
         self.hold_early = hold_early
         self._early: dict[int, array] = {}  # bucket -> (slot, last scan ts) * watches due
         self.late_move_p = late_move_p
+        self.tell_horizon = tell_horizon
         # facility -> end of the last delay incident known here to cover it (_OPEN_END while
         # open): with ``incidents`` (one shard) only packages such an incident may have held
         # are checked for a late move (a dict lookup instead of two model lookups per scan)
@@ -432,6 +447,8 @@ class PackageTracker:
                             and last_fac == ev.facility:
                         duplicate += 1
                         continue
+                    if flags & _LATER:  # the silence it was put off for is over
+                        flags_col[slot] = flags = flags & ~_LATER
                     service_in = ev.service
                     if service_in is not None and packed <= _SLOT:  # header late (no ref yet)
                         svc_col[slot] = _SVC.get(service_in, 0)
@@ -726,7 +743,7 @@ class PackageTracker:
             if early:
                 self._fired_through = min(self._fired_through, min(early) - 1)
         deadline, flags, wheel = self._deadline, self._flags, self._wheel
-        watch = self.watch_fraction
+        watch, tell, promised_col = self.watch_fraction, self.tell_horizon, self._promised
         for bucket in range(self._fired_through + 1, through + 1):
             if early:
                 due = early.pop(bucket, None)
@@ -741,7 +758,22 @@ class PackageTracker:
                     continue
                 if d // self.bucket_seconds > bucket:
                     continue  # rescheduled to a later bucket (slot reused)
-                if watch and not flags[slot] & _WATCHED:
+                if tell is not None:
+                    promised = promised_col[slot]
+                    if promised >= 0 and promised - wm > tell:
+                        # time enough to make up for the silence: ask again `tell` before
+                        # the promise, with a stall if it is still silent then
+                        if not flags[slot] & _LATER:
+                            flags[slot] |= _LATER
+                            self.stats.deferred += 1
+                        d = deadline[slot] = promised - tell
+                        later = max(d // self.bucket_seconds, bucket + 1)
+                        entry = wheel.get(later)
+                        if entry is None:
+                            entry = wheel[later] = array("i")
+                        entry.append(slot)
+                        continue
+                if watch and not flags[slot] & (_WATCHED | _LATER):
                     # the watch deadline: say so, then wait for the stall deadline
                     flags[slot] |= _WATCHED
                     self._episode[slot] += 1  # the watch opens the episode a stall continues
@@ -971,6 +1003,7 @@ class PackageTracker:
         state.setdefault("_early", {})
         state.setdefault("late_move_p", None)  # snapshots from before the late moves
         state.setdefault("_delayed_until", {})
+        state.setdefault("tell_horizon", None)  # snapshots from before the tell horizon
         ids: list[int | str | None] = [None] * len(state["_last_ts"])
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)
@@ -986,6 +1019,7 @@ class PackageTracker:
             self.hold_horizon = 12 * 3600
             self.hold_early, self._early = False, {}
             self.late_move_p, self._delayed_until = None, {}
+            self.tell_horizon = None
             return
         state["_recent"] = set(array("Q", state["_recent"]))
         state["_frozen"] = np.frombuffer(state["_frozen"], np.uint64)  # read-only: never

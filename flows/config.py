@@ -45,6 +45,11 @@ class StallSettings(BaseModel):
         3.0, ge=0, le=10, description="remember delivered/returned packages this long: their "
         "header seen again is ignored, not a new package (0 = off)")
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
+    tell_horizon_hours: float | None = Field(
+        24.0, ge=0, description="a silent package whose promise is further off than this is "
+        "not told yet: its alert waits until this many hours before the promise, and goes out "
+        "only if it is still silent then (null: told as soon as it stalls, whatever its "
+        "promise; bench/RESULTS.md, \"Telling a package with days to spare later\")")
     holidays: tuple[date, ...] = Field(
         (), description="days without delivery (YYYY-MM-DD): waits over them are not stalls")
 

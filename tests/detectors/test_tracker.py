@@ -619,3 +619,61 @@ def test_a_package_moving_again_gets_the_usual_estimate_from_its_new_scan() -> N
                if a["package_id"] == "P1"]
     assert moved["kind"] == "back_on_track"
     assert ts_of(moved["new_estimate"]) == T0 + 4 * H + 20 * H
+
+
+def _horizon_tracker(tell: int | None, watch: float = 0.0) -> PackageTracker:
+    detector = StallDetector(prior_hours={"A1": (1, 2)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    return PackageTracker(detector, allowed_lateness=0, bucket_seconds=600,
+                          watch_fraction=watch, tell_horizon=tell)
+
+
+def _due_in(pid: str, ts: int, hours: float) -> ScanEvent:
+    return ScanEvent(pid, "GX", "O-1", ts, ts, service="ground",
+                     promised_by_ts=ts + int(hours * H), recipient_ref=f"C-{pid}")
+
+
+@pytest.mark.parametrize("watch", [0.0, 0.5])
+def test_a_package_with_days_to_spare_is_told_only_when_its_promise_is_near(
+        watch: float) -> None:
+    """``tell_horizon``: the 2 h stall of a package promised 3 days later waits until 24 h
+    before the promise (one stall then, no watch); one that moves on before is never told
+    and is not watched; one promised within the horizon is told at its deadline as without
+    one; no horizon: told at the deadline."""
+    t = _horizon_tracker(24 * H, watch)
+    for pid, due in (("FAR", 72), ("MOVES", 72), ("NEAR", 12)):
+        t.process(_due_in(pid, T0, due))
+        t.process(scan(pid, "A1", T0 + 60))
+    early = t.advance(T0 + 5 * H)  # every deadline passed (watch 1 h or stall 2 h)
+    assert {a["package_id"] for a in early} == {"NEAR"}
+    assert t.stats.deferred == 2
+    assert t.process(scan("MOVES", "T1", T0 + 10 * H)) == []  # nobody told: no moved record
+    assert t.advance(T0 + 48 * H - 600) == []  # not before promise - 24 h ...
+    late = t.advance(T0 + 48 * H + 600)  # ... then a stall, the episode's first alert
+    assert [(a["package_id"], a["kind"], a["episode"]) for a in late] == [("FAR", "stall", 1)]
+    assert ts_of(late[0]["alert_time"]) >= T0 + 48 * H
+    assert late[0]["silence_seconds"] > 40 * H  # the silence it waited through
+    assert t.stats.deferred == 2  # counted once per package
+    # a new silence after the put-off one is judged afresh
+    [back] = t.process(scan("FAR", "T1", T0 + 50 * H))
+    assert back["kind"] == "back_on_track"
+    off = _horizon_tracker(None, watch)
+    off.process(_due_in("FAR", T0, 72))
+    off.process(scan("FAR", "A1", T0 + 60))
+    assert [a["kind"] for a in off.advance(T0 + 5 * H)] == (
+        ["watch", "stall"] if watch else ["stall"])
+
+
+def test_the_horizon_survives_a_snapshot_and_an_old_snapshot_has_none() -> None:
+    t = _horizon_tracker(24 * H)
+    t.process(_due_in("FAR", T0, 72))
+    t.process(scan("FAR", "A1", T0 + 60))
+    t.advance(T0 + 5 * H)
+    restored = pickle.loads(pickle.dumps(t))
+    assert restored.tell_horizon == 24 * H
+    assert [a["kind"] for a in restored.advance(T0 + 49 * H)] == ["stall"]
+    state = t.__getstate__()
+    del state["tell_horizon"]
+    old = PackageTracker.__new__(PackageTracker)
+    old.__setstate__(state)
+    assert old.tell_horizon is None

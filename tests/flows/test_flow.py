@@ -216,3 +216,22 @@ def test_the_weather_bar_is_a_setting_that_reaches_the_monitor(
     assert bar(load_settings(incidents={"weather_delay": 1.0})) == 1.0
     monkeypatch.setenv("DELAYWATCH_INCIDENTS__WEATHER_DELAY", "0.8")
     assert bar(load_settings()) == 0.8
+
+
+def test_the_tell_horizon_is_a_setting_that_reaches_the_tracker_and_a_resumed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.dataflow import FlowContext, _Shard
+
+    def horizon(settings, resume=None):  # type: ignore[no-untyped-def]
+        ctx = FlowContext(settings=settings, run_dir=tmp_path)
+        return _Shard(ctx, "0", resume).tracker.tell_horizon
+
+    assert horizon(load_settings()) == 24 * 3600
+    assert horizon(load_settings(stall={"tell_horizon_hours": None})) is None
+    monkeypatch.setenv("DELAYWATCH_STALL__TELL_HORIZON_HOURS", "36")
+    assert horizon(load_settings()) == 36 * 3600
+    # a snapshot taken under another setting resumes under today's
+    old = FlowContext(settings=load_settings(stall={"tell_horizon_hours": None}),
+                      run_dir=tmp_path).new_tracker()
+    assert horizon(load_settings(), resume=old) == 36 * 3600

@@ -63,7 +63,8 @@ def alerts(result: tuple[list[Any], bool]) -> list[dict[str, Any]]:
 
 
 def label(pid: str, ts: int) -> ScanEvent:
-    return ScanEvent(pid, "GX", "O-1", ts, ts, service="ground", promised_by_ts=ts + 3 * 86400,
+    # due within the stall settings' tell_horizon_hours (24): told as soon as it stalls
+    return ScanEvent(pid, "GX", "O-1", ts, ts, service="ground", promised_by_ts=ts + 12 * 3600,
                      recipient_ref=f"C-{pid}")
 
 
