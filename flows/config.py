@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,18 @@ from pydantic_settings import (
 )
 
 __all__ = ["IncidentSettings", "Settings", "StallSettings", "SmtpSettings", "load_settings"]
+
+
+def _off(value: Any) -> Any:
+    """``"off"`` turns an optional knob off: TOML has no null, and an environment variable
+    is a string (``tell_horizon_hours = "off"``, ``DELAYWATCH_INCIDENTS__LATE_MOVE_P=off``)."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "null", "none"):
+        return None
+    return value
+
+
+#: a number, or off (``None``; ``"off"`` in a TOML file or the environment)
+OptionalFloat = Annotated[float | None, BeforeValidator(_off)]
 
 
 class StallSettings(BaseModel):
@@ -45,10 +57,10 @@ class StallSettings(BaseModel):
         3.0, ge=0, le=10, description="remember delivered/returned packages this long: their "
         "header seen again is ignored, not a new package (0 = off)")
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
-    tell_horizon_hours: float | None = Field(
+    tell_horizon_hours: OptionalFloat = Field(
         24.0, ge=0, description="a silent package whose promise is further off than this is "
         "not told yet: its alert waits until this many hours before the promise, and goes out "
-        "only if it is still silent then (null: told as soon as it stalls, whatever its "
+        "only if it is still silent then (\"off\": told as soon as it stalls, whatever its "
         "promise; bench/RESULTS.md, \"Telling a package with days to spare later\")")
     holidays: tuple[date, ...] = Field(
         (), description="days without delivery (YYYY-MM-DD): waits over them are not stalls")
@@ -94,7 +106,7 @@ class IncidentSettings(BaseModel):
         12.0, ge=0, description="...and due within this many hours (a package with time to "
         "spare will most likely still arrive on time: telling it would be a false alarm; demo "
         "seeds 1-3, hold_factor 1: precision 0.67/0.60/0.79 at 24 h, 0.99/0.97/0.98 at 12 h)")
-    late_move_p: float | None = Field(
+    late_move_p: OptionalFloat = Field(
         0.9, ge=0, le=1, description="a package nobody was told about that moves on after "
         "hold_factor x its stage's usual silence at a facility, a lane or a region with a "
         "delay incident, and whose usual estimate from the new scan misses its promise with "
@@ -103,7 +115,7 @@ class IncidentSettings(BaseModel):
         "whether it ends up late depends on how long the incident lasts). On demo seeds "
         "1-6, 0.9 told more of the incident-late packages on 5 of 6 (e.g. 0.21 -> 0.32, "
         "0.38 -> 0.86) for at most 0.35 more false alerts per 1,000; 0.7 cost up to 8 per "
-        "1,000 (bench/RESULTS.md); null: off")
+        "1,000 (bench/RESULTS.md); \"off\": never")
     grace_seconds: int = Field(
         3600, ge=0, description="an incident opened this long after a stall alert still "
         "claims it (the alert waits for the incidents up to then)")

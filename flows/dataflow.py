@@ -241,12 +241,13 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         m = self.ctx.metrics
         if m is None:
             return
-        s = self.tracker.stats
-        after = (s.accepted, s.duplicate, s.out_of_order, s.no_header)
+        after = self._snapshot_counts()
         for outcome, a, b in zip(("accepted", "duplicate", "out_of_order", "no_header"),
-                                 after, before, strict=True):
+                                 after[:4], before[:4], strict=True):
             if a != b:
                 m.scan_events.labels(outcome).inc(a - b)
+        if after[4] != before[4]:
+            m.stalls_deferred.inc(after[4] - before[4])
         if alerts:
             kinds: dict[str, int] = {}
             for alert in alerts:
@@ -286,7 +287,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
 
     def _snapshot_counts(self) -> tuple[int, ...]:
         s = self.tracker.stats
-        return (s.accepted, s.duplicate, s.out_of_order, s.no_header)
+        return (s.accepted, s.duplicate, s.out_of_order, s.no_header, s.deferred)
 
     def on_eof(self) -> tuple[list[Any], bool]:
         self.ctx.observe()

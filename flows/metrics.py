@@ -29,6 +29,7 @@ class FlowMetrics:
     event_time_lag: Gauge
     in_flight: Gauge
     open_episodes: Gauge
+    stalls_deferred: Counter
     alerts: Counter
     stage_keys: Gauge
     facilities_monitored: Gauge
@@ -98,6 +99,10 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
         in_flight=Gauge("delaywatch_packages_in_flight", "Packages tracked.", **kw),
         open_episodes=Gauge("delaywatch_open_stall_episodes",
                             "Packages with an open stall episode.", **kw),
+        stalls_deferred=Counter(
+            "delaywatch_stalls_deferred", "Silent packages whose alert was put off because "
+            "their promise was more than stall.tell_horizon_hours away (once per package; "
+            "told then only if still silent).", **kw),
         alerts=Counter("delaywatch_alerts", "Alerts raised by kind.", ["kind"], **kw),
         stage_keys=Gauge("delaywatch_detector_stage_keys", "Stage keys the detectors hold.",
                          **kw),

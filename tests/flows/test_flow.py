@@ -235,3 +235,22 @@ def test_the_tell_horizon_is_a_setting_that_reaches_the_tracker_and_a_resumed_on
     old = FlowContext(settings=load_settings(stall={"tell_horizon_hours": None}),
                       run_dir=tmp_path).new_tracker()
     assert horizon(load_settings(), resume=old) == 36 * 3600
+
+
+def test_an_optional_knob_is_turned_off_by_off_in_a_toml_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TOML has no null and an environment variable is a string: ``"off"`` is how an
+    operator turns the tell horizon or the late-move rule off."""
+    toml = tmp_path / "off.toml"
+    toml.write_text('[stall]\ntell_horizon_hours = "off"\n[incidents]\nlate_move_p = "off"\n')
+    settings = load_settings(toml)
+    assert settings.stall.tell_horizon_hours is None
+    assert settings.incidents.late_move_p is None
+    toml.write_text("[stall]\ntell_horizon_hours = 12\n")
+    assert load_settings(toml).stall.tell_horizon_hours == 12
+    monkeypatch.setenv("DELAYWATCH_INCIDENTS__LATE_MOVE_P", "OFF")
+    assert load_settings().incidents.late_move_p is None
+    monkeypatch.setenv("DELAYWATCH_INCIDENTS__LATE_MOVE_P", "of")
+    with pytest.raises(ValueError, match="late_move_p"):
+        load_settings()

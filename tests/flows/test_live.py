@@ -141,3 +141,26 @@ def test_replay_mode_asks_for_no_timer(tmp_path: Path, wall: WallClock) -> None:
     assert s.notify_at() is None  # the engine never calls on_notify: only events move time
     s.on_batch([[label("P1", T0), arrived("P1", T0 + 10)]])
     assert s.notify_at() is None
+
+
+def test_a_stall_put_off_by_the_tell_horizon_is_counted_once_and_told_a_day_before_the_promise(
+        tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    s = shard(tmp_path, a1_threshold_hours=1.0, metrics=make_flow_metrics(registry),
+              mode="replay")
+    promise = T0 + 72 * H  # three days to spare: more than the settings' 24 h
+    s.on_batch([[ScanEvent("P1", "GX", "O-1", T0, T0, service="ground", promised_by_ts=promise,
+                           recipient_ref="C-P1"), arrived("P1", T0 + 10)]])
+    out = []
+    for hour in range(2, 40):  # another package's scans move event time past P1's deadline
+        out += alerts(s.on_batch([[label(f"Q{hour}", T0 + hour * H)]]))
+    assert [a for a in out if a["package_id"] == "P1"] == []
+    assert registry.get_sample_value("delaywatch_stalls_deferred_total") == 1
+    for hour in range(40, 50):  # a day before the promise P1 is still silent: told now
+        out += alerts(s.on_batch([[label(f"Q{hour}", T0 + hour * H)]]))
+    told = [a for a in out if a["package_id"] == "P1"]
+    assert [a["alert_key"] for a in told] == ["P1:stall:1"]
+    # at the first watermark past promise - 24 h (event time moves an hour per batch here)
+    assert promise - 24 * H <= datetime.fromisoformat(told[0]["alert_time"]).timestamp() \
+        <= promise - 24 * H + H
+    assert registry.get_sample_value("delaywatch_stalls_deferred_total") == 1
