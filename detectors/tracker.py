@@ -122,6 +122,9 @@ _PREV_DEPARTED = 16
 # flag: a deadline of the current silence came while the promise was more than
 # ``tell_horizon`` away, so the package is told later, with a stall (no watch), if still silent
 _LATER = 32
+# flag (with _LATER): the current silence passed its stall deadline while put off; it is not
+# learned when the package moves on (nor is a told stall's)
+_PAST = 64
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
 _OPEN_END = 1 << 62  # an incident still open
@@ -148,7 +151,7 @@ class TrackerStats:
     holds: int = 0  # overdue packages at a facility when a delay incident opened there
     early: int = 0  # watches at the hold point (``hold_early``: several shards)
     late_moves: int = 0  # ``moved_late`` records (``late_move_p``)
-    deferred: int = 0  # watch or stall deadlines put off until ``tell_horizon`` (first time)
+    deferred: int = 0  # silences put off by ``tell_horizon`` (once per silence)
     finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
 
@@ -209,13 +212,17 @@ class PackageTracker:
         depends on how long the incident lasts, which is known when it moves.)
     tell_horizon
         Seconds. A watch or stall deadline that comes while the package's promise is more
-        than this far off is put off until ``promise - tell_horizon``; if the package is
-        still silent then, it gets its stall alert (a watch, being only an earlier stall,
-        is skipped). A package with days to spare usually moves again in time: on the
-        simulator's national replay most alerts on packages that arrived on time came more
-        than a day before their promise (bench/RESULTS.md). A put-off package that moves
-        on is nobody's yet, so ``late_move_p`` still applies to it. None: no horizon
-        (without a promise there is none either).
+        than this far off is put off: the watch is skipped (it is only an earlier stall),
+        and the stall waits until ``promise - tell_horizon``, or its own deadline if that is
+        later; if the package is still silent then, it gets its stall alert. A package with
+        days to spare usually moves again in time: on the simulator's national replay most
+        alerts on packages that arrived on time came more than a day before their promise
+        (bench/RESULTS.md). A put-off package that moves on is nobody's yet, so
+        ``late_move_p`` still applies to it, and a silence that passed its stall deadline
+        is not learned, as a told stall's is not. Put-off packages are not held by an
+        incident (:meth:`_hold`). None: no horizon (without a promise there is none either);
+        a package put off under a horizon, restored from a snapshot with none, keeps its
+        put-off deadline.
     """
 
     def __init__(
@@ -447,8 +454,9 @@ class PackageTracker:
                             and last_fac == ev.facility:
                         duplicate += 1
                         continue
+                    past = flags & _PAST
                     if flags & _LATER:  # the silence it was put off for is over
-                        flags_col[slot] = flags = flags & ~_LATER
+                        flags_col[slot] = flags = flags & ~(_LATER | _PAST)
                     service_in = ev.service
                     if service_in is not None and packed <= _SLOT:  # header late (no ref yet)
                         svc_col[slot] = _SVC.get(service_in, 0)
@@ -474,8 +482,9 @@ class PackageTracker:
                                "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
                     elif prev_code not in PRE_SHIPMENT:
                         prev_ts = last_col[slot]
-                        learn({"facility": last_fac, "code": prev_code,
-                               "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
+                        if not past:  # past its stall deadline: not a usual silence
+                            learn({"facility": last_fac, "code": prev_code,
+                                   "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
                         if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
                                 last_fac is not None
                                 and (monitored is None or last_fac in monitored)
@@ -661,7 +670,7 @@ class PackageTracker:
         slowdown or a stop, whose last scan at the facility was not a departure; for a lane,
         those that departed from it; for weather, all of them. A package already watched,
         stalled or in transit is left alone (it is told, or will be, by its own watch or
-        stall)."""
+        stall), and so is one put off by ``tell_horizon``."""
         kind = record["kind"]
         lane, weather = record.get("lane_to") is not None, kind == "weather"
         names = str(record.get("facilities") or "").split() or [str(record["facility_id"])]
@@ -674,8 +683,8 @@ class PackageTracker:
             found = np.flatnonzero(np.frombuffer(self._fac, dtype=np.int32) == number).tolist()
             for slot in found:
                 flags = flags_col[slot]
-                if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _TRANSIT):
-                    continue
+                if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _TRANSIT | _LATER):
+                    continue  # told, or to be told by its own watch or stall, or put off
                 code = codes[self._code[slot]]
                 if code in PRE_SHIPMENT or ((code in DEPARTURE_CODES) != lane and not weather):
                     continue
@@ -721,8 +730,8 @@ class PackageTracker:
         for i in range(0, len(entries), 2):
             slot, last = entries[i], entries[i + 1]
             if ids[slot] is None or last_col[slot] != last \
-                    or flags[slot] & (_OPEN | _WATCHED | _TRANSIT):
-                continue  # scanned again since (or gone), or told already
+                    or flags[slot] & (_OPEN | _WATCHED | _TRANSIT | _LATER):
+                continue  # scanned again since (or gone), told already, or put off
             self.stats.early += 1
             self._watch_now(slot, bucket)
             out.append(self._alert(slot, "watch", wm, None))
@@ -761,12 +770,19 @@ class PackageTracker:
                 if tell is not None:
                     promised = promised_col[slot]
                     if promised >= 0 and promised - wm > tell:
-                        # time enough to make up for the silence: ask again `tell` before
-                        # the promise, with a stall if it is still silent then
-                        if not flags[slot] & _LATER:
-                            flags[slot] |= _LATER
+                        # time enough to make up for the silence: no watch; a stall only if
+                        # it is still silent `tell` before the promise, and not before its
+                        # stall deadline
+                        f = flags[slot]
+                        if not f & _LATER:
                             self.stats.deferred += 1
-                        d = deadline[slot] = promised - tell
+                        if watch and not f & (_WATCHED | _LATER):  # the watch deadline
+                            last = self._last_ts[slot]
+                            d = deadline[slot] = last + int((d - last) / watch)
+                            flags[slot] = f | _LATER
+                        else:  # the stall deadline
+                            d = deadline[slot] = promised - tell
+                            flags[slot] = f | _LATER | _PAST
                         later = max(d // self.bucket_seconds, bucket + 1)
                         entry = wheel.get(later)
                         if entry is None:

@@ -58,10 +58,12 @@ class StallSettings(BaseModel):
         "header seen again is ignored, not a new package (0 = off)")
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
     tell_horizon_hours: OptionalFloat = Field(
-        24.0, ge=0, description="a silent package whose promise is further off than this is "
-        "not told yet: its alert waits until this many hours before the promise, and goes out "
-        "only if it is still silent then (\"off\": told as soon as it stalls, whatever its "
-        "promise; bench/RESULTS.md, \"Telling a package with days to spare later\")")
+        24.0, gt=0, description="a silent package whose promise is further off than this is "
+        "not told yet: its alert waits until this many hours before the promise (and never "
+        "comes before its stall threshold), and goes out only if it is still silent then "
+        "(\"off\": told as soon as it stalls, whatever its promise; packages already put off "
+        "when a snapshot is resumed with \"off\" keep their put-off deadline; "
+        "bench/RESULTS.md, \"Telling a package with days to spare later\")")
     holidays: tuple[date, ...] = Field(
         (), description="days without delivery (YYYY-MM-DD): waits over them are not stalls")
 

@@ -101,7 +101,7 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
                             "Packages with an open stall episode.", **kw),
         stalls_deferred=Counter(
             "delaywatch_stalls_deferred", "Silent packages whose alert was put off because "
-            "their promise was more than stall.tell_horizon_hours away (once per package; "
+            "their promise was more than stall.tell_horizon_hours away (once per silence; "
             "told then only if still silent).", **kw),
         alerts=Counter("delaywatch_alerts", "Alerts raised by kind.", ["kind"], **kw),
         stage_keys=Gauge("delaywatch_detector_stage_keys", "Stage keys the detectors hold.",

@@ -653,7 +653,7 @@ def test_a_package_with_days_to_spare_is_told_only_when_its_promise_is_near(
     assert [(a["package_id"], a["kind"], a["episode"]) for a in late] == [("FAR", "stall", 1)]
     assert ts_of(late[0]["alert_time"]) >= T0 + 48 * H
     assert late[0]["silence_seconds"] > 40 * H  # the silence it waited through
-    assert t.stats.deferred == 2  # counted once per package
+    assert t.stats.deferred == 2  # counted once per silence (FAR's has not ended)
     # a new silence after the put-off one is judged afresh
     [back] = t.process(scan("FAR", "T1", T0 + 50 * H))
     assert back["kind"] == "back_on_track"
@@ -677,3 +677,62 @@ def test_the_horizon_survives_a_snapshot_and_an_old_snapshot_has_none() -> None:
     old = PackageTracker.__new__(PackageTracker)
     old.__setstate__(state)
     assert old.tell_horizon is None
+
+
+def _silence_40h(tell: int | None) -> list[tuple[int, str]]:
+    """A1: stall threshold 40 h, watch at 0.85 (34 h); promise 60 h after the scan, so the
+    stall deadline falls within a 24 h horizon and the watch deadline does not."""
+    detector = StallDetector(prior_hours={"A1": (20, 40)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600, watch_fraction=0.85,
+                       tell_horizon=tell)
+    t.process_batch([_due_in("P", T0 - 60, 60 + 1 / 60), scan("P", "A1", T0)])
+    return [(h, a["kind"]) for h in range(1, 60) for a in t.advance(T0 + h * H)]
+
+
+def test_a_put_off_watch_does_not_bring_the_stall_before_its_threshold() -> None:
+    """Review finding: the watch deadline (34 h) was put off to promise - 24 h (36 h) and
+    then fired as a stall, before the 40 h threshold and earlier than without a horizon."""
+    assert _silence_40h(None) == [(35, "watch"), (41, "stall")]
+    assert _silence_40h(24 * H) == [(41, "stall")]  # no watch (it was far), stall on time
+
+
+def test_a_silence_past_its_stall_deadline_is_not_learned_when_put_off() -> None:
+    """A told stall's silence is not learned (an unusual one would raise the thresholds);
+    a put-off one must not be either. A silence that moves on before its stall deadline is
+    learned, as without the horizon (a watched package's is)."""
+    def learned(tell: int | None, moves_after: int) -> list[int]:
+        detector = StallDetector(prior_hours={"A1": (4, 20)}, default_prior_hours=None,
+                                 min_threshold=0, min_samples=NEVER)
+        gaps: list[int] = []
+        learn = detector.learn_one
+        detector.learn_one = lambda x: (gaps.append(x["gap"]), learn(x))  # type: ignore[method-assign]
+        t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600,
+                           watch_fraction=0.85, tell_horizon=tell)
+        t.process_batch([_due_in("P", T0 - 60, 100), scan("P", "A1", T0)])
+        t.advance(T0 + moves_after)
+        t.process(scan("P", "T1", T0 + moves_after))
+        return [g for g in gaps if g > H]
+
+    assert learned(None, 30 * H) == [] == learned(24 * H, 30 * H)  # past the 20 h stall
+    assert learned(None, 18 * H) == [18 * H] == learned(24 * H, 18 * H)  # past the watch only
+
+
+def test_an_incident_does_not_hold_a_put_off_package() -> None:
+    """Review finding: with a horizon shorter than the hold horizon, an incident opening
+    held a put-off package and scaled its put-off deadline as if it were a watch deadline,
+    pushing its stall past the promise. Put off, it is told at promise - tell_horizon."""
+    from detectors.facility import FacilityStats
+    from tests.detectors.test_tracker_facility import _OneIncident
+
+    detector = StallDetector(prior_hours={"A1": (4, 20)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600, watch_fraction=0.85,
+                       facility_stats=FacilityStats(900, facilities=["P1", "P2"]),
+                       facility_lateness=0, incidents=_OneIncident(at=T0 + 90 * H),  # type: ignore[arg-type]
+                       hold_factor=1.0, hold_horizon=12 * H, tell_horizon=6 * H)
+    t.process_batch([_due_in("P", T0 - 60, 100 + 1 / 60), scan("P", "A1", T0, "P1")])
+    told = [(h, a["kind"]) for h in range(1, 120)
+            for a in t.process(scan(f"X{h}", "A1", T0 + h * H, "P2")) if a["package_id"] == "P"]
+    assert t.stats.deferred == 1 and t.stats.holds == 0
+    assert told == [(95, "stall")]  # promise (100 h) - 6 h, at the first step past its bucket
