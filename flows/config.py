@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +32,16 @@ def _off(value: Any) -> Any:
 
 #: a number, or off (``None``; ``"off"`` in a TOML file or the environment)
 OptionalFloat = Annotated[float | None, BeforeValidator(_off)]
+
+
+def _divides_a_day(hours: int | None) -> int | None:
+    if hours is not None and (hours < 1 or 24 % hours):
+        raise ValueError(f"must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24), got {hours}")
+    return hours
+
+
+#: hours that divide a day, or off
+DayPhase = Annotated[int | None, BeforeValidator(_off), AfterValidator(_divides_a_day)]
 
 
 class StallSettings(BaseModel):
@@ -57,6 +67,11 @@ class StallSettings(BaseModel):
         3.0, ge=0, le=10, description="remember delivered/returned packages this long: their "
         "header seen again is ignored, not a new package (0 = off)")
     eta_sample_every: int = Field(8, ge=0, description="1 in N packages teach the ETA model")
+    eta_phase_hours: DayPhase = Field(
+        3, description="the ETA model learns the time to delivery per time of day of the "
+        "scan, in phases this many hours wide (a divisor of 24), at plants and distribution "
+        "centres (whether a package catches tonight's sort); \"off\": over the whole day. "
+        "A snapshot keeps the phases it was taken with")
     tell_horizon_hours: OptionalFloat = Field(
         24.0, gt=0, description="a silent package whose promise is further off than this is "
         "not told yet: its alert waits until this many hours before the promise (and never "

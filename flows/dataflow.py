@@ -107,7 +107,8 @@ class FlowContext:
         # at a facility hear of an incident the moment it opens (see PackageTracker._hold)
         desk = self.new_desk() if inc.enabled and self.settings.shards == 1 else None
         return PackageTracker(
-            detector, DeliveryEstimator(), allowed_lateness=st.allowed_lateness_seconds,
+            detector, DeliveryEstimator(phase_hours=st.eta_phase_hours),
+            allowed_lateness=st.allowed_lateness_seconds,
             bucket_seconds=st.bucket_seconds, ttl_seconds=int(st.ttl_days * 86400),
             eta_sample_every=st.eta_sample_every, names=self.names,
             finished_retention_seconds=int(st.finished_retention_days * 86400),

@@ -258,3 +258,88 @@ def test_a_snapshot_from_before_the_overdue_model_loads():
     restored.__setstate__(state)
     assert restored.estimate_overdue(at(2 * H)) == old.estimate_overdue(at(2 * H))
     restored.learn_overdue(overdue(30, 40))  # and it learns
+
+
+def plant_arrivals(seed, n=800):
+    """Arrivals at plant P1: those at 02:00-03:00 UTC catch the night sort and are delivered
+    8-12 h later, those at 14:00-15:00 wait for the next night: 28-32 h."""
+    rng = random.Random(seed)
+    for i in range(n):
+        day = T0 + rng.randrange(20) * 86400
+        t, low = (day + 2 * H, 8) if i % 2 else (day + 14 * H, 28)
+        t += rng.randrange(H)
+        yield {"service": "express", "delivered_ts": t + rng.uniform(low, low + 4) * H,
+               "scans": [("P1", "A1", t)]}
+
+
+@pytest.mark.parametrize("plant", ["P1", "P-new"])
+def test_a_plant_scan_is_estimated_from_its_time_of_day(plant):
+    """An arrival just before the night sort is fast, one after it waits a day: a package
+    arriving at 02:30 with 20 h to its promise is not late, one arriving at 14:30 is. Without
+    phases both get the day's mixture (half of it past 20 h). A plant with too few
+    deliveries of its own is estimated from every plant at that time of day."""
+    phased, pooled = DeliveryEstimator(), DeliveryEstimator(phase_hours=None)
+    for x in plant_arrivals(1):
+        phased.learn_one(x)
+        pooled.learn_one(x)
+
+    def estimate(estimator, hour):
+        t = T0 + 30 * 86400 + hour * H + H // 2
+        eta, p_late = estimator.estimate({"facility": plant, "code": "A1", "service": "express",
+                                          "last_ts": t, "silence": 0, "promised_by_ts": t + 20 * H})
+        return (eta - t) / H, p_late
+
+    early, late = estimate(phased, 2), estimate(phased, 14)
+    assert early[0] == pytest.approx(10, abs=1) and early[1] < 0.05
+    assert late[0] == pytest.approx(30, abs=1) and late[1] > 0.9
+    mixed = estimate(pooled, 2)
+    assert mixed == estimate(pooled, 14)
+    assert 0.3 < mixed[1] < 0.7
+
+
+def test_phases_are_for_plant_scans_only():
+    """Delivery units keep one key per (facility, code, service): tens of thousands of them
+    times eight phases would not fit; a plant's scans get a key per phase."""
+    estimator = trained()
+    for x in plant_arrivals(2, n=100):
+        estimator.learn_one(x)
+    assert set(estimator._stages) == {
+        ("PO-1", "07", "ground"), ("PO-1", "OF", "ground"),  # a delivery unit: no phases
+        ("P1", "A1", "express", 0), ("P1", "A1", "express", 4),  # 02 h and 14 h
+        ("P1", "A1", "express")}  # and the whole day's, for overdue packages
+
+
+@pytest.mark.parametrize("hours", [0, 5, 25])
+def test_a_phase_must_divide_the_day(hours):
+    with pytest.raises(ValueError, match="phase_hours"):
+        DeliveryEstimator(phase_hours=hours)
+
+
+def test_a_snapshot_from_before_the_phases_estimates_as_it_did():
+    old = DeliveryEstimator(phase_hours=None)
+    for x in plant_arrivals(3):
+        old.learn_one(x)
+    state = old.__dict__.copy()
+    del state["phase_hours"]
+    restored = DeliveryEstimator.__new__(DeliveryEstimator)
+    restored.__setstate__(state)
+    probe = {"facility": "P1", "code": "A1", "service": "express", "last_ts": T0 + 2 * H,
+             "silence": 0, "promised_by_ts": T0 + 22 * H}
+    assert restored.phase_hours is None
+    assert restored.estimate(probe) == old.estimate(probe) != (None, None)
+
+
+
+def test_an_overdue_package_is_estimated_over_the_whole_day():
+    """One time of day's distribution is narrow: its tail would say "nearly there" for a
+    package that missed its sort long ago. Overdue, with nothing overdue to learn from, a
+    package gets the estimate without phases (``phased=False``), as before them."""
+    phased, pooled = DeliveryEstimator(), DeliveryEstimator(phase_hours=None)
+    for x in plant_arrivals(4):
+        phased.learn_one(x)
+        pooled.learn_one(x)
+    last = T0 + 30 * 86400 + 2 * H + H // 2  # arrived 02:30: usually delivered 8-12 h later
+    x = {"facility": "P1", "code": "A1", "service": "express", "last_ts": last,
+         "silence": 20 * H, "promised_by_ts": last + 24 * H}
+    assert phased.estimate_overdue(x) == pooled.estimate_overdue(x)
+    assert phased.estimate(x) != pooled.estimate(x)

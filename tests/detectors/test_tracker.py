@@ -736,3 +736,32 @@ def test_an_incident_does_not_hold_a_put_off_package() -> None:
             for a in t.process(scan(f"X{h}", "A1", T0 + h * H, "P2")) if a["package_id"] == "P"]
     assert t.stats.deferred == 1 and t.stats.holds == 0
     assert told == [(95, "stall")]  # promise (100 h) - 6 h, at the first step past its bucket
+
+
+@pytest.mark.parametrize("phase_hours", [3, None])
+def test_the_all_clear_estimates_from_the_time_of_day_of_the_new_scan(
+        phase_hours: int | None) -> None:
+    """A stalled package arrives at plant P1 at 02:30, in time for the night sort (those
+    arrivals are delivered 8-12 h later; the 14:00 ones 28-32 h later): its back-on-track
+    message says ~10 h; the whole day's mixture (half 8-12 h, half 28-32 h) says much
+    later (its median falls at the edge of one of the two modes)."""
+    from tests.detectors.test_eta import plant_arrivals
+
+    estimator = DeliveryEstimator(phase_hours=phase_hours)
+    for x in plant_arrivals(5):
+        estimator.learn_one(x)
+    detector = StallDetector(prior_hours={"T1": (1, 2)}, default_prior_hours=None,
+                             min_threshold=0, min_samples=NEVER)
+    t = PackageTracker(detector, estimator, allowed_lateness=0, bucket_seconds=600)
+    start = T0 + 40 * DAY + 20 * H
+    t.process_batch([ScanEvent("P", "GX", "O-1", start, start, service="express",
+                               promised_by_ts=start + 72 * H, recipient_ref="C-P"),
+                     scan("P", "T1", start + 60, "P0")])
+    assert [a["kind"] for a in t.advance(start + 3 * H)] == ["stall"]
+    back_at = T0 + 41 * DAY + 2 * H + 30 * 60
+    [back] = t.process(scan("P", "A1", back_at, "P1"))
+    hours = (ts_of(back["new_estimate"]) - back_at) / H
+    if phase_hours:
+        assert hours == pytest.approx(10, abs=1)
+    else:
+        assert hours > 14

@@ -254,3 +254,20 @@ def test_an_optional_knob_is_turned_off_by_off_in_a_toml_file_or_the_environment
     monkeypatch.setenv("DELAYWATCH_INCIDENTS__LATE_MOVE_P", "of")
     with pytest.raises(ValueError, match="late_move_p"):
         load_settings()
+
+
+def test_the_eta_phase_is_a_setting_that_reaches_the_estimator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.dataflow import FlowContext
+
+    def phase(settings) -> int | None:  # type: ignore[no-untyped-def]
+        return FlowContext(settings=settings, run_dir=tmp_path).new_tracker().estimator.phase_hours
+
+    assert phase(load_settings()) == 3
+    assert phase(load_settings(stall={"eta_phase_hours": 6})) == 6
+    monkeypatch.setenv("DELAYWATCH_STALL__ETA_PHASE_HOURS", "off")
+    assert phase(load_settings()) is None
+    monkeypatch.setenv("DELAYWATCH_STALL__ETA_PHASE_HOURS", "5")
+    with pytest.raises(ValueError, match="must divide 24"):
+        load_settings()
