@@ -121,7 +121,8 @@ class DeliveryEstimator(base.Base):
 
     For each stage it tracks, with P² estimators (``river.stats.Quantile``), a few quantiles
     of the remaining time from that scan to the delivery scan, at two levels: (facility, code,
-    service) once it holds ``min_samples`` deliveries, else (code, service). A package that has
+    service) once it holds ``min_samples`` deliveries, else (code, service) (and per time of
+    day, below). A package that has
     been silent ``silence`` seconds since its last scan is known not to have been delivered in
     that time, so the estimate conditions on it: with ``S`` the survival function of the
     remaining time ``R`` (piecewise linear between the tracked quantiles, exponential tail),
@@ -138,14 +139,16 @@ class DeliveryEstimator(base.Base):
     national replay, express packages arriving at one plant between 03:00 and 06:00 UTC were
     delivered within 21.5 h in 72 % of cases, those arriving between 12:00 and 15:00 in none,
     and 2.5 % over the whole day. So with ``phase_hours`` the stages are also split by the
-    time of day of the scan (UTC hour // ``phase_hours``; a facility's sorts keep the same UTC
-    hours): (facility, code, service, phase) for the scans of processing plants and
-    distribution centres (:data:`~detectors.facility.stats.HUB_CODES`: a few hundred
-    facilities, where an incident holds packages), then (code, service, phase), then the
-    keys without a phase; delivery-unit scans, tens of thousands of facilities each
+    time of day of the scan (UTC hour // ``phase_hours``): (facility, code, service, phase)
+    for the scans of processing plants and distribution centres
+    (:data:`~detectors.facility.stats.HUB_CODES`: a few hundred facilities, where an
+    incident holds packages), then (facility, code, service), then (code, service, phase),
+    then (code, service); delivery-unit scans, tens of thousands of facilities each
     delivering within its day, get (facility, code, service), (code, service, phase),
     (code, service). An overdue package is estimated without the phase (its scan's time
     of day says little once it has missed the sort it was due for). ``None``: no phase.
+    Limit: phases are UTC hours and the quantiles do not forget, so across a daylight
+    saving change a phase that straddles a facility's sort mixes both sides of it.
 
     **Overdue packages.** The quantiles above describe every package; a package silent far
     beyond its stage's usual time is not an ordinary one (it was lost and found, missent, or
@@ -160,9 +163,10 @@ class DeliveryEstimator(base.Base):
     ``R``, matters: a package that moved on after 12 h and was delivered 40 h after the scan
     says nothing about one that has been silent for 30 h.
 
-    Cost (CPU time, 2-core CI-class VM under load): ``learn_one`` ~21 us for a delivery with 8
-    earlier scans (2 levels x 3 quantiles per scan), so a caller may teach it from a sample of
-    packages; ``estimate`` ~8 us, ``estimate_overdue`` up to ~35 us with a full window (it
+    Cost (CPU time, 2-core CI-class VM under load): ``learn_one`` ~39 us for a delivery with 8
+    earlier scans without phases (2 levels x 3 quantiles per scan), ~73 us with them (3-4
+    levels; ``bench/eta_cost.py``), so a caller may teach it from a sample of packages;
+    ``estimate`` ~8 us, ``estimate_overdue`` up to ~35 us with a full window (it
     sorts the remaining times of the packages silent longer), both meant for packages being
     alerted on, not for every event.
 
@@ -244,9 +248,9 @@ class DeliveryEstimator(base.Base):
         if width is None or not phased:
             return plain
         phase = int(ts) // 3600 % 24 // width
-        if code in HUB_CODES:
-            return ((self._stages, (facility, code, service, phase)),
-                    (self._network, (code, service, phase)), *plain)
+        if code in HUB_CODES:  # the facility's own data first, then the network's
+            return ((self._stages, (facility, code, service, phase)), plain[0],
+                    (self._network, (code, service, phase)), plain[1])
         return plain[0], (self._network, (code, service, phase)), plain[1]
 
     def learn_one(self, x: Mapping[str, Any]) -> None:

@@ -218,6 +218,23 @@ def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
     return parse
 
 
+def _resume_phases(tracker: PackageTracker, hours: int | None) -> None:
+    """The setting ``stall.eta_phase_hours`` on a snapshot's delivery estimator. Off, or on
+    where the snapshot had none, is safe (the whole-day stages are always learned, and new
+    phase stages are used once they hold enough deliveries); another width is not (the
+    learned stages would be read as the new width's), so the snapshot's stays, with a
+    warning."""
+    estimator = tracker.estimator
+    if estimator is None or estimator.phase_hours == hours:
+        return
+    if hours is None or estimator.phase_hours is None:
+        estimator.phase_hours = hours
+    else:
+        log.warning("stall.eta_phase_hours is %d but the snapshot's estimator learned %d-hour "
+                    "phases: it keeps them (start without the snapshot to change the width)",
+                    hours, estimator.phase_hours)
+
+
 class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]):
     """One shard's tracker. Snapshot: the tracker itself (compact columns pickle fast)."""
 
@@ -230,6 +247,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
             resume.late_move_p = inc.late_move_p if inc.enabled else None
             horizon = ctx.settings.stall.tell_horizon_hours
             resume.tell_horizon = None if horizon is None else int(horizon * 3600)
+            _resume_phases(resume, ctx.settings.stall.eta_phase_hours)
             if resume.incidents is not None:  # the setting now, not the snapshot's
                 resume.incidents.keep_figures = inc.enabled and inc.write_facility_windows
         ctx.trackers[key] = self.tracker

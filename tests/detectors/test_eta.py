@@ -343,3 +343,21 @@ def test_an_overdue_package_is_estimated_over_the_whole_day():
          "silence": 20 * H, "promised_by_ts": last + 24 * H}
     assert phased.estimate_overdue(x) == pooled.estimate_overdue(x)
     assert phased.estimate(x) != pooled.estimate(x)
+
+
+def test_a_plant_with_its_own_history_is_not_estimated_from_the_network_at_that_hour():
+    """Review finding: the network's (code, service, phase) stage, pooled over every plant,
+    came before a plant's own whole-day stage. A remote plant that always takes 60-70 h, with
+    too few deliveries per phase but plenty over the day, got the other plants' 30 h."""
+    estimator = DeliveryEstimator()
+    for x in plant_arrivals(6, n=2000):  # plant P1: 10 h or 30 h by time of day
+        estimator.learn_one(x | {"scans": [("P1", "A1", x["scans"][0][2])]})
+    rng = random.Random(7)
+    for _ in range(120):  # remote plant PR: 60-70 h whatever the hour, 15 per 3-hour phase
+        t = T0 + rng.randrange(20 * 86400)
+        estimator.learn_one({"service": "express", "delivered_ts": t + rng.uniform(60, 70) * H,
+                             "scans": [("PR", "A1", t)]})
+    t = T0 + 30 * 86400 + 14 * H
+    eta, p_late = estimator.estimate({"facility": "PR", "code": "A1", "service": "express",
+                                      "last_ts": t, "silence": 0, "promised_by_ts": t + 48 * H})
+    assert (eta - t) / H == pytest.approx(65, abs=2) and p_late > 0.9

@@ -271,3 +271,22 @@ def test_the_eta_phase_is_a_setting_that_reaches_the_estimator(
     monkeypatch.setenv("DELAYWATCH_STALL__ETA_PHASE_HOURS", "5")
     with pytest.raises(ValueError, match="must divide 24"):
         load_settings()
+
+
+def test_a_resumed_estimator_takes_the_phase_setting_unless_it_would_misread_its_stages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows.dataflow import FlowContext, _Shard
+
+    def resumed(snapshot_hours, hours):  # type: ignore[no-untyped-def]
+        old = FlowContext(settings=load_settings(stall={"eta_phase_hours": snapshot_hours}),
+                          run_dir=tmp_path).new_tracker()
+        ctx = FlowContext(settings=load_settings(stall={"eta_phase_hours": hours}),
+                          run_dir=tmp_path)
+        return _Shard(ctx, "0", old).tracker.estimator.phase_hours
+
+    assert resumed(3, None) is None  # off: the whole-day stages are always learned
+    assert resumed(None, 3) == 3  # on: new stages are used once they have enough data
+    assert caplog.records == []
+    assert resumed(3, 6) == 3  # 3-hour stages read as 6-hour ones would be wrong
+    assert "keeps them" in caplog.text
