@@ -711,14 +711,23 @@ class PackageTracker:
         self._episode[slot] += 1
         d = self._deadline[slot]
         if self.watch_fraction and d != _NO_DEADLINE:  # the wheel has the watch's
-            last = self._last_ts[slot]
-            d = self._deadline[slot] = last + int((d - last) / self.watch_fraction)
-            bucket = max(d // self.bucket_seconds,
-                         (self._fired_through if after is None else after) + 1)
-            entry = self._wheel.get(bucket)
-            if entry is None:
-                entry = self._wheel[bucket] = array("i")
-            entry.append(slot)
+            self._reschedule(slot, self._stall_deadline(slot, d),
+                             self._fired_through if after is None else after)
+
+    def _stall_deadline(self, slot: int, watch_deadline: int) -> int:
+        """The stall deadline of the silence whose watch deadline is ``watch_deadline``."""
+        last = self._last_ts[slot]
+        return last + int((watch_deadline - last) / self.watch_fraction)
+
+    def _reschedule(self, slot: int, d: int, after: int) -> None:
+        """Give the package the deadline ``d``, in the wheel's bucket of ``d`` or, if that
+        is not later than ``after`` (fired already), the next one."""
+        self._deadline[slot] = d
+        bucket = max(d // self.bucket_seconds, after + 1)
+        entry = self._wheel.get(bucket)
+        if entry is None:
+            entry = self._wheel[bucket] = array("i")
+        entry.append(slot)
 
     def _fire_early(self, entries: array, bucket: int, wm: int,
                     out: list[dict[str, Any]]) -> None:
@@ -777,17 +786,11 @@ class PackageTracker:
                         if not f & _LATER:
                             self.stats.deferred += 1
                         if watch and not f & (_WATCHED | _LATER):  # the watch deadline
-                            last = self._last_ts[slot]
-                            d = deadline[slot] = last + int((d - last) / watch)
                             flags[slot] = f | _LATER
+                            self._reschedule(slot, self._stall_deadline(slot, d), bucket)
                         else:  # the stall deadline
-                            d = deadline[slot] = promised - tell
                             flags[slot] = f | _LATER | _PAST
-                        later = max(d // self.bucket_seconds, bucket + 1)
-                        entry = wheel.get(later)
-                        if entry is None:
-                            entry = wheel[later] = array("i")
-                        entry.append(slot)
+                            self._reschedule(slot, promised - tell, bucket)
                         continue
                 if watch and not flags[slot] & (_WATCHED | _LATER):
                     # the watch deadline: say so, then wait for the stall deadline
@@ -795,16 +798,9 @@ class PackageTracker:
                     self._episode[slot] += 1  # the watch opens the episode a stall continues
                     self.stats.watches += 1
                     out.append(self._alert(slot, "watch", wm, None))
-                    last = self._last_ts[slot]
-                    d = deadline[slot] = last + int((d - last) / watch)
-                    later = d // self.bucket_seconds
+                    d = deadline[slot] = self._stall_deadline(slot, d)
                     if d > wm:
-                        if later <= bucket:
-                            later = bucket + 1
-                        entry = wheel.get(later)
-                        if entry is None:
-                            entry = wheel[later] = array("i")
-                        entry.append(slot)
+                        self._reschedule(slot, d, bucket)
                         continue
                 if not flags[slot] & _WATCHED:
                     self._episode[slot] += 1
