@@ -137,6 +137,11 @@ class IncidentManager:
         """Incidents open now (for a gauge)."""
         return sum(1 for s in self._subjects.values() if s.key is not None)
 
+    def lanes(self) -> set[tuple[str, str]]:
+        """The lanes ``(origin, receiving facility)`` with an incident open or pending: the
+        ones whose every window still matters, whatever their score."""
+        return {(f, to) for f, to, _ in self._subjects if to is not None}
+
     def is_open(self, facility: str, lane_to: str | None = None, weather: bool = False) -> bool:
         """The subject (as :meth:`update` names it) has an incident open now."""
         s = self._subjects.get((facility, lane_to, weather))
@@ -287,7 +292,7 @@ class IncidentDesk:
     windows in, incident records out, one window end at a time.
 
     ``monitor`` is a :class:`detectors.facility.FacilityMonitor` (anything with
-    ``assess(windows) -> assessments``). Feed :meth:`assess_closed` the windows one
+    ``assess(windows, lanes=...) -> assessments``). Feed :meth:`assess_closed` the windows one
     ``FacilityStats.close`` (or :func:`detectors.facility.merge`) returned: they are grouped
     by window end, in order, and each end gives the records of its assessments and of the
     subjects that stopped reporting. Picklable.
@@ -337,7 +342,8 @@ class IncidentDesk:
         for w in windows:
             first.setdefault(w.facility, end)
         records: list[dict[str, Any]] = []
-        assessments = self.monitor.assess(windows)
+        # a lane scoring 0 with no incident open or pending would change nothing here
+        assessments = self.monitor.assess(windows, lanes=manager.lanes())
         for a in assessments:
             if warm_up and self._learning(a, end):
                 continue  # still learning this facility (its windows were learned)

@@ -60,6 +60,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
@@ -68,6 +69,13 @@ from typing import Any
 __all__ = ["MessageGrouper"]
 
 _LIST_LIMIT = 50  # packages listed in one message (the composer shows "and N more")
+# how often (event time) every group notes whether its incident resolved; far under the
+# folder's retention of resolved incidents (a week), after which it would not know any more
+_SWEEP_SECONDS = 3600
+
+
+def _first(item: tuple[int, Any]) -> int:
+    return item[0]
 
 
 def _ts(value: Any) -> int | None:
@@ -96,6 +104,7 @@ class _Group:
     # when its incident resolved, kept here once known: the folder forgets incidents a week
     # after they resolve, a package may move again later than that
     resolved_ts: int | None = None
+    seq: int = 0  # opening order, for the order of messages due together
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         # pickled as (None, {slot: value}); a snapshot from before a field was added lacks
@@ -141,10 +150,25 @@ class MessageGrouper:
         # same customer and incident folded after its group closed gets a new group, whose
         # message keys carry ":2", ":3" (the outbox would drop a repeated key unsent)
         self._closed: dict[str, tuple[int, int]] = {}
+        self._opened = 0  # groups opened so far (their ``seq``)
+        # (hold ends, seq, key, group): groups not sent yet; (retention ends, ...): sent
+        # groups still waiting; key -> (seq, group): sent groups all moved, not yet resolved
+        self._held: list[tuple[int, int, str, _Group]] = []
+        self._expiry: list[tuple[int, int, str, _Group]] = []
+        self._armed: dict[str, tuple[int, _Group]] = {}
+        self._next_sweep = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_closed", {})  # snapshots from before the follow-up groups
         self.__dict__.update(state)
+        if "_held" not in state:  # a snapshot from before the queues: rebuild them
+            self._closed = dict(sorted(self._closed.items(), key=lambda kv: kv[1][1]))
+            self._held, self._expiry, self._armed = [], [], {}
+            self._next_sweep = 0
+            for seq, (key, group) in enumerate(self._groups.items()):
+                group.seq = seq
+                self._queue(key, group)
+            self._opened = len(self._groups)
 
     @property
     def pending(self) -> int:
@@ -182,6 +206,7 @@ class MessageGrouper:
             group = self._groups.get(told[0])
             if group is not None:
                 _moved(group, pid, at, alert.get("new_estimate"))
+                self._arm(told[0], group)
             return []  # suppressed, or said once for the group when all have moved
         if decision == "suppress":
             self._episodes[pid] = ("suppress", at)
@@ -196,12 +221,15 @@ class MessageGrouper:
         if group is None:
             closed = self._closed.get(key)
             name = key if closed is None else f"{key}:{closed[0] + 1}"
-            group = self._groups[key] = _Group(name, incident, str(ref), at)
+            group = self._groups[key] = _Group(name, incident, str(ref), at, seq=self._opened)
+            self._opened += 1
+            self._queue(key, group)
         else:
             self.grouped += 1
         group.alerts.append(alert)
         if alert.get("moving"):  # told when it moved on: it is not waiting any more
             _moved(group, pid, at, alert.get("new_estimate"))
+            self._arm(key, group)
         else:
             group.waiting.add(pid)
         self._episodes[pid] = (key, at)
@@ -230,48 +258,84 @@ class MessageGrouper:
     ) -> list[dict[str, Any]]:
         """Messages due at event time ``now``: held incident messages whose hold has passed,
         and all-clear messages of groups whose incident resolved (``resolved_at(key)``, event
-        time or None while open) and whose packages all moved again."""
-        out: list[dict[str, Any]] = []
-        for key, group in list(self._groups.items()):
+        time or None while open) and whose packages all moved again.
+
+        Called at every step of the flow, so it only looks at what can be due: the held
+        groups in order of their hold's end, the sent groups whose packages all moved again
+        (waiting for their incident to resolve), and, once per ``_SWEEP_SECONDS`` of event
+        time, every group (to note when its incident resolved before the folder forgets it).
+        Messages come out in the order their groups were opened."""
+        due: list[tuple[int, dict[str, Any]]] = []
+        groups, retention = self._groups, self.retention_seconds
+        held = self._held
+        while held and held[0][0] <= now:
+            _, seq, key, group = heapq.heappop(held)
+            if groups.get(key) is not group or group.sent:
+                continue  # withdrawn, or sent by flush
+            group.sent = True
+            due.append((seq, self._message(group, "incident_delay",
+                                           group.first_ts + self.hold_seconds)))
+            if not group.waiting:
+                # all moved on again by now (told when they moved, or moved during the
+                # hold): the message said so; no all-clear
+                self._close(key, now)
+            elif now - group.first_ts > retention:
+                del groups[key]
+            else:
+                self._queue(key, group)  # sent, waiting for its packages to move again
+        for key, (seq, group) in list(self._armed.items()):
+            if groups.get(key) is not group:
+                del self._armed[key]
+                continue
             if group.resolved_ts is None:
                 group.resolved_ts = resolved_at(group.incident_key)
-            if not group.sent:
-                if now >= group.first_ts + self.hold_seconds:
-                    group.sent = True
-                    out.append(self._message(group, "incident_delay", group.first_ts
-                                             + self.hold_seconds))
-                    if not group.waiting:
-                        # all moved on again by now (told when they moved, or moved during
-                        # the hold): the message said so; no all-clear
-                        self._close(key, now)
-                        continue
-                else:
-                    continue
-            if not group.waiting:
-                resolved = group.resolved_ts
-                if resolved is not None and resolved <= now:
-                    out.append(self._message(group, "back_on_track",
-                                             max(resolved, group.moved_ts)))
-                    self._close(key, now)
-                    continue
-            if now - group.first_ts > self.retention_seconds:
-                del self._groups[key]
-        for key in [k for k, (_, at) in self._closed.items()
-                    if at < now - self.retention_seconds]:
-            del self._closed[key]
-        cutoff = now - self.retention_seconds
-        episodes = self._episodes
-        while episodes:  # insertion order is alert order: the oldest come first
-            pid, (_, at) = next(iter(episodes.items()))
-            if at >= cutoff:
-                break
-            del episodes[pid]
-        return out
+            resolved = group.resolved_ts
+            if resolved is not None and resolved <= now:
+                due.append((seq, self._message(group, "back_on_track",
+                                               max(resolved, group.moved_ts))))
+                self._close(key, now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_SECONDS
+            for group in groups.values():
+                if group.resolved_ts is None:
+                    group.resolved_ts = resolved_at(group.incident_key)
+        expiry = self._expiry
+        while expiry and expiry[0][0] < now:
+            _, _, key, group = heapq.heappop(expiry)
+            if groups.get(key) is group:
+                del groups[key]
+                self._armed.pop(key, None)
+        cutoff = now - retention
+        for ordered in (self._closed, self._episodes):  # insertion order is time order
+            while ordered:
+                key, (_, at) = next(iter(ordered.items()))
+                if at >= cutoff:
+                    break
+                del ordered[key]
+        due.sort(key=_first)
+        return [message for _, message in due]
 
     def _close(self, key: str, now: int) -> None:
         del self._groups[key]
-        groups = self._closed.get(key, (0, 0))[0]  # closed before this one
-        self._closed[key] = (groups + 1, now)
+        self._armed.pop(key, None)
+        groups = self._closed.pop(key, (0, 0))[0]  # closed before this one
+        self._closed[key] = (groups + 1, now)  # at the end: the dict stays in time order
+
+    def _queue(self, key: str, group: _Group) -> None:
+        """Put a group where :meth:`advance` will find it when something is due."""
+        if not group.sent:
+            heapq.heappush(self._held, (group.first_ts + self.hold_seconds, group.seq, key,
+                                        group))
+            return
+        heapq.heappush(self._expiry, (group.first_ts + self.retention_seconds, group.seq, key,
+                                      group))
+        self._arm(key, group)
+
+    def _arm(self, key: str, group: _Group) -> None:
+        """A sent group whose packages all moved again: its all-clear waits for the
+        incident to resolve (:meth:`advance` looks at these groups at every step)."""
+        if group.sent and not group.waiting and key not in self._armed:
+            self._armed[key] = (group.seq, group)
 
     def flush(
         self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None
@@ -284,6 +348,8 @@ class MessageGrouper:
                 out.append(self._message(group, "incident_delay", max(now, group.first_ts)))
                 if not group.waiting:
                     self._close(key, now)
+                else:
+                    self._queue(key, group)
         return out + self.advance(now, resolved_at)
 
     def _message(self, group: _Group, kind: str, at: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import itertools
 import math
 from array import array
 from bisect import insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from detectors.facility.classify import Assessment, _lane_assessment, classify
@@ -318,8 +318,18 @@ class FacilityMonitor:
     def _name(self, facility: str) -> str:
         return self.names.get(facility, facility)
 
-    def assess(self, windows: Iterable[FacilityWindow]) -> list[Assessment]:
-        """Assess the windows of one window time (one per facility, merged over shards)."""
+    def assess(
+        self,
+        windows: Iterable[FacilityWindow],
+        lanes: Container[tuple[str, str]] | None = None,
+    ) -> list[Assessment]:
+        """Assess the windows of one window time (one per facility, merged over shards).
+
+        ``lanes``: None assesses every lane with recent traffic; else only those with a slow
+        package among their recent arrivals (the only ones that can score above 0) and the
+        ``(origin, receiving facility)`` pairs named (a caller's open or pending incidents,
+        which must see their lanes go quiet). At national volume most of the thousands of
+        active lanes score 0 in every window; their assessments would change nothing."""
         out: list[Assessment] = []
         end = None
         delays: dict[str, float] = {}
@@ -336,7 +346,7 @@ class FacilityMonitor:
                     self._started[window.facility] = window.end  # a new delay episode
                 self._delayed[window.facility] = window.end
             delays[window.facility] = max(delay, found.score if found.kind else 0.0)
-            out.extend(self._assess_lanes(window))
+            out.extend(self._assess_lanes(window, lanes))
         if end is None or not self.regions:
             return out
         return self._weather(out, end, delays)
@@ -662,7 +672,9 @@ class FacilityMonitor:
             )
         return f"{name}: nothing unusual."
 
-    def _assess_lanes(self, window: FacilityWindow) -> list[Assessment]:
+    def _assess_lanes(
+        self, window: FacilityWindow, wanted: Container[tuple[str, str]] | None = None
+    ) -> list[Assessment]:
         lanes = self._lanes.get(window.facility)
         if lanes is None:
             if not window.lanes:
@@ -697,6 +709,8 @@ class FacilityMonitor:
                 if not lane.recent:
                     quiet = True
                     continue
+            if wanted is not None and not lane.slow and (facility, lane.to) not in wanted:
+                continue  # scores 0, and nobody waits for it
             said = lane.said
             if said is None:
                 said = lane.said = self._lane_said(facility, lane)

@@ -9,12 +9,13 @@ from detectors.facility import Assessment, FacilityWindow
 from detectors.incidents import IncidentDesk, IncidentManager
 
 T0 = 1_790_208_000  # a window boundary
+H = 3600
 
 
 class _Alarmed:
     """A monitor that finds every facility slow, always (to see what the desk lets through)."""
 
-    def assess(self, windows: list[FacilityWindow]) -> list[Assessment]:
+    def assess(self, windows: list[FacilityWindow], lanes: object = None) -> list[Assessment]:
         return [Assessment(w.facility, w.end, 3.0, "facility_slowdown", "slow", 10)
                 for w in windows]
 
@@ -55,7 +56,7 @@ class _Stormy:
     """A monitor that finds region R (hubs P1, P2; its subject A0, the region's first hub
     in the facility list, never scans) under weather, always."""
 
-    def assess(self, windows: list[FacilityWindow]) -> list[Assessment]:
+    def assess(self, windows: list[FacilityWindow], lanes: object = None) -> list[Assessment]:
         end = windows[0].end
         return [Assessment("A0", end, 2.0, "weather", "storm", 20, None, ("P1", "P2"))]
 
@@ -102,3 +103,61 @@ def test_a_hub_going_live_mid_incident_does_not_end_the_regions_weather() -> Non
     records = [r for _, rs in desk.assess_closed(early) + desk.assess_closed(later) for r in rs]
     assert [(r["status"], r["incident_key"]) for r in records
             if r["status"] != "update"] == [("open", "A0:weather:20260924T0330Z")]
+
+
+class _EveryLane:
+    """A FacilityMonitor that assesses every lane with recent traffic, as before the desk
+    named the lanes it needs."""
+
+    def __init__(self) -> None:
+        from detectors.facility import FacilityMonitor
+
+        self.monitor = FacilityMonitor()
+
+    def assess(self, windows: list[FacilityWindow], lanes: object = None) -> list[Assessment]:
+        return self.monitor.assess(windows)
+
+
+def lane_windows() -> list[FacilityWindow]:
+    """P1 sends a package an hour to N1 and to N2 (3 h transit); 40 h in, the trucks to N1
+    take 30 h for 6 h, then the lane is normal again."""
+    out = []
+    for i in range(4 * 96):
+        lanes = {}
+        if i % 4 == 0:
+            slow = 160 <= i < 184
+            lanes = {"N1": (3, 3 * 30 * H if slow else 3 * 3 * H, 30 * H if slow else 3 * H),
+                     "N2": (2, 2 * 3 * H, 3 * H)}
+        out.append(FacilityWindow("P1", T0 + 900 * i, T0 + 900 * (i + 1), lanes=lanes))
+    return out
+
+
+def test_lanes_scoring_0_are_left_out_only_where_they_change_nothing() -> None:
+    """The desk asks the monitor only for lanes that can score or that it tracks: the
+    incident records are those of a monitor that assesses every lane (the lane's own
+    evidence on its resolved record, not "No longer observed")."""
+    from detectors.facility import FacilityMonitor
+
+    # resolving takes 16 h: the lane's slow packages have left its 12 h of recent arrivals
+    desk = IncidentDesk(FacilityMonitor(), IncidentManager(clear_windows=64))
+    every = IncidentDesk(_EveryLane(), IncidentManager(clear_windows=64))
+    got = desk.assess_closed(lane_windows())
+    assert got == every.assess_closed(lane_windows())
+    lane = [(r["status"], r["lane_to"], r["evidence"]) for _, rs in got for r in rs]
+    assert {to for _, to, _ in lane} == {"N1"}  # the lane to N2 stays normal
+    assert (lane[0][0], lane[-1][0]) == ("open", "resolved")
+    assert lane[-1][2].startswith("0 of the last packages from P1 to N1 took")
+
+
+def test_the_monitor_leaves_out_quiet_lanes_nobody_names() -> None:
+    from detectors.facility import FacilityMonitor
+
+    def lanes(monitor: FacilityMonitor, named: set[tuple[str, str]] | None) -> list[str]:
+        out = []
+        for w in lane_windows()[:40]:
+            out = [a.lane_to for a in monitor.assess([w], lanes=named) if a.lane_to]
+        return out
+
+    assert lanes(FacilityMonitor(), None) == ["N1", "N2"]
+    assert lanes(FacilityMonitor(), set()) == []
+    assert lanes(FacilityMonitor(), {("P1", "N2")}) == ["N2"]
