@@ -151,24 +151,34 @@ class MessageGrouper:
         # message keys carry ":2", ":3" (the outbox would drop a repeated key unsent)
         self._closed: dict[str, tuple[int, int]] = {}
         self._opened = 0  # groups opened so far (their ``seq``)
-        # (hold ends, seq, key, group): groups not sent yet; (retention ends, ...): sent
-        # groups still waiting; key -> (seq, group): sent groups all moved, not yet resolved
-        self._held: list[tuple[int, int, str, _Group]] = []
-        self._expiry: list[tuple[int, int, str, _Group]] = []
-        self._armed: dict[str, tuple[int, _Group]] = {}
+        # What :meth:`advance` looks at, derived from the groups (not in snapshots):
+        # (hold ends, seq, key) of groups not sent yet; (retention ends, seq, key) of sent
+        # groups (an entry whose group has gone or is another by now is skipped); and the
+        # sent groups whose packages all moved again, waiting for their incident to resolve
+        self._held: list[tuple[int, int, str]] = []
+        self._expiry: list[tuple[int, int, str]] = []
+        self._armed: dict[str, _Group] = {}
         self._next_sweep = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for derived in ("_held", "_expiry", "_armed", "_next_sweep"):
+            state.pop(derived, None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_closed", {})  # snapshots from before the follow-up groups
         self.__dict__.update(state)
-        if "_held" not in state:  # a snapshot from before the queues: rebuild them
-            self._closed = dict(sorted(self._closed.items(), key=lambda kv: kv[1][1]))
-            self._held, self._expiry, self._armed = [], [], {}
-            self._next_sweep = 0
-            for seq, (key, group) in enumerate(self._groups.items()):
-                group.seq = seq
-                self._queue(key, group)
-            self._opened = len(self._groups)
+        # the queues are rebuilt from the groups, whoever wrote the snapshot: the groups are
+        # in opening order (a dict), so their order numbers can be given again; ``_closed``
+        # is pruned from its front, so it must be in closing-time order
+        self._closed = dict(sorted(self._closed.items(), key=lambda kv: kv[1][1]))
+        self._held, self._expiry, self._armed = [], [], {}
+        self._next_sweep = 0
+        for seq, (key, group) in enumerate(self._groups.items()):
+            group.seq = seq
+            self._queue(key, group)
+        self._opened = len(self._groups)
 
     @property
     def pending(self) -> int:
@@ -269,8 +279,9 @@ class MessageGrouper:
         groups, retention = self._groups, self.retention_seconds
         held = self._held
         while held and held[0][0] <= now:
-            _, seq, key, group = heapq.heappop(held)
-            if groups.get(key) is not group or group.sent:
+            _, seq, key = heapq.heappop(held)
+            group = groups.get(key)
+            if group is None or group.seq != seq or group.sent:
                 continue  # withdrawn, or sent by flush
             group.sent = True
             due.append((seq, self._message(group, "incident_delay",
@@ -283,10 +294,11 @@ class MessageGrouper:
                 del groups[key]
             else:
                 self._queue(key, group)  # sent, waiting for its packages to move again
-        for key, (seq, group) in list(self._armed.items()):
-            if groups.get(key) is not group:
-                del self._armed[key]
-                continue
+        for key, group in list(self._armed.items()):
+            if groups.get(key) is not group or group.waiting:
+                del self._armed[key]  # gone, or waits again for a package folded in since
+                continue  # (armed again when that one moves)
+            seq = group.seq
             if group.resolved_ts is None:
                 group.resolved_ts = resolved_at(group.incident_key)
             resolved = group.resolved_ts
@@ -301,8 +313,9 @@ class MessageGrouper:
                     group.resolved_ts = resolved_at(group.incident_key)
         expiry = self._expiry
         while expiry and expiry[0][0] < now:
-            _, _, key, group = heapq.heappop(expiry)
-            if groups.get(key) is group:
+            _, seq, key = heapq.heappop(expiry)
+            group = groups.get(key)
+            if group is not None and group.seq == seq:
                 del groups[key]
                 self._armed.pop(key, None)
         cutoff = now - retention
@@ -324,18 +337,16 @@ class MessageGrouper:
     def _queue(self, key: str, group: _Group) -> None:
         """Put a group where :meth:`advance` will find it when something is due."""
         if not group.sent:
-            heapq.heappush(self._held, (group.first_ts + self.hold_seconds, group.seq, key,
-                                        group))
+            heapq.heappush(self._held, (group.first_ts + self.hold_seconds, group.seq, key))
             return
-        heapq.heappush(self._expiry, (group.first_ts + self.retention_seconds, group.seq, key,
-                                      group))
+        heapq.heappush(self._expiry, (group.first_ts + self.retention_seconds, group.seq, key))
         self._arm(key, group)
 
     def _arm(self, key: str, group: _Group) -> None:
         """A sent group whose packages all moved again: its all-clear waits for the
         incident to resolve (:meth:`advance` looks at these groups at every step)."""
         if group.sent and not group.waiting and key not in self._armed:
-            self._armed[key] = (group.seq, group)
+            self._armed[key] = group
 
     def flush(
         self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None

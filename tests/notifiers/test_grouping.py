@@ -258,3 +258,31 @@ def test_a_snapshot_from_before_the_queues_goes_on_as_it_would_have() -> None:
         said += [(hours, m["kind"], m["packages"]) for m in messages]
     assert said == [(13, "incident_delay", ["B"]), (14, "back_on_track", ["A"])]
     assert live.pending == restored.pending == 2  # B and C still wait for their packages
+
+
+def test_a_package_folded_after_the_others_moved_holds_the_all_clear_back() -> None:
+    """Review finding (helper-26): a sent group whose packages had all moved waited for its
+    incident; a package of the same customer folded into it then must be waited for too."""
+    g = MessageGrouper(hold_seconds=H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    assert [m["kind"] for m in g.advance(ts(11))] == ["incident_delay"]
+    g.add(alert("A", "back_on_track", 11.5), "keep")  # all moved: waits for the incident
+    assert g.advance(ts(12)) == []  # incident still open
+    g.add(alert("B", "incident_delay", 12.5), "fold")  # same customer and incident
+    resolved = {"INC": ts(13)}
+    assert g.advance(ts(14), resolved.get) == []  # resolved, but B is still held
+    g.add(alert("B", "back_on_track", 15), "keep")
+    [m] = g.advance(ts(16), resolved.get)
+    assert (m["kind"], m["packages"], m["alert_time"]) == ("back_on_track", ["A", "B"], at(15))
+
+
+def test_a_snapshot_holds_the_groups_not_the_queues_derived_from_them() -> None:
+    g = MessageGrouper(hold_seconds=H)
+    for hours in range(100):  # groups closed long ago leave nothing behind in a snapshot
+        g.add(alert(f"P{hours}", "incident_delay", hours, ref=f"C{hours}"), "fold")
+        g.advance(ts(hours + 1))
+        g.add(alert(f"P{hours}", "back_on_track", hours + 1.5), "keep")
+        g.advance(ts(hours + 2), resolved_at=lambda key: ts(0))
+    state = g.__getstate__()
+    assert g.pending == 0 and not {"_held", "_expiry", "_armed"} & set(state)
+    assert len(pickle.dumps(g)) < 20_000
