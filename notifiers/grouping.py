@@ -64,6 +64,7 @@ import heapq
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 __all__ = ["MessageGrouper"]
@@ -72,10 +73,6 @@ _LIST_LIMIT = 50  # packages listed in one message (the composer shows "and N mo
 # how often (event time) every group notes whether its incident resolved; far under the
 # folder's retention of resolved incidents (a week), after which it would not know any more
 _SWEEP_SECONDS = 3600
-
-
-def _first(item: tuple[int, Any]) -> int:
-    return item[0]
 
 
 def _ts(value: Any) -> int | None:
@@ -290,21 +287,18 @@ class MessageGrouper:
                 # all moved on again by now (told when they moved, or moved during the
                 # hold): the message said so; no all-clear
                 self._close(key, now)
-            elif now - group.first_ts > retention:
-                del groups[key]
-            else:
-                self._queue(key, group)  # sent, waiting for its packages to move again
+            else:  # sent, waiting for its packages to move again (or expiring below)
+                self._queue(key, group)
         for key, group in list(self._armed.items()):
             if groups.get(key) is not group or group.waiting:
                 del self._armed[key]  # gone, or waits again for a package folded in since
                 continue  # (armed again when that one moves)
-            seq = group.seq
             if group.resolved_ts is None:
                 group.resolved_ts = resolved_at(group.incident_key)
             resolved = group.resolved_ts
             if resolved is not None and resolved <= now:
-                due.append((seq, self._message(group, "back_on_track",
-                                               max(resolved, group.moved_ts))))
+                message = self._message(group, "back_on_track", max(resolved, group.moved_ts))
+                due.append((group.seq, message))
                 self._close(key, now)
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_SECONDS
@@ -325,7 +319,7 @@ class MessageGrouper:
                 if at >= cutoff:
                     break
                 del ordered[key]
-        due.sort(key=_first)
+        due.sort(key=itemgetter(0))
         return [message for _, message in due]
 
     def _close(self, key: str, now: int) -> None:
