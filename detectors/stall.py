@@ -87,6 +87,7 @@ def _local_day(tz: str, slot: int) -> int:
 
 
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+_BUCKET_CACHE: Final = 1 << 17  # (facility, slot) entries before the cache starts afresh
 
 
 class StallDetector(base.AnomalyDetector):
@@ -261,6 +262,27 @@ class StallDetector(base.AnomalyDetector):
             else (default_prior_hours[0] * 3600.0, default_prior_hours[1] * 3600.0)
         )
         self._levels: tuple[dict[Any, _Gaps], ...] = ({}, {}, {})
+        # (facility, 15-minute UTC slot) -> weekday bucket: derived, not pickled (_bucket is
+        # ~1 us with a time zone and holidays, and runs twice per scan in the flow)
+        self._bucket_of: dict[tuple[str | None, int], int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_bucket_of", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bucket_of = {}
+
+    def _cached_bucket(self, facility: str | None, ts: float) -> int:
+        """:meth:`_bucket`, remembered per facility and 15-minute UTC slot (exact: local
+        dates change on quarter hours, see ``_local_day``)."""
+        cache = self._bucket_of
+        if len(cache) >= _BUCKET_CACHE:
+            cache.clear()
+        bucket = cache[facility, ts // 900] = self._bucket(facility, ts)
+        return bucket
 
     def _bucket(self, facility: str | None, ts: int) -> int:
         tz_of = self.tz_of
@@ -291,22 +313,27 @@ class StallDetector(base.AnomalyDetector):
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
         """Learn one observed gap: ``x`` has facility, code, service, last_ts, gap (seconds)."""
-        code = x["code"]
-        gap = x["gap"]
+        self.learn_gap(x["facility"], x["code"], x.get("service"), x["last_ts"], x["gap"])
+
+    def learn_gap(
+        self, facility: str | None, code: str, service: str | None, last_ts: float, gap: float
+    ) -> None:
+        """:meth:`learn_one` with the fields as arguments (the flow's hot path: no dict)."""
         if code in TERMINAL_CODES or code in EXCEPTION_CODES or gap < 0:
             return
-        facility, service = x["facility"], x.get("service")
         if self._plain_days:  # inlined _bucket
-            bucket = self.weekday_buckets[(int(x["last_ts"]) // 86400 + 3) % 7]
+            bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
-            bucket = self._bucket(facility, x["last_ts"])
+            bucket = self._bucket_of.get((facility, last_ts // 900))
+            if bucket is None:
+                bucket = self._cached_bucket(facility, last_ts)
         fine = self._levels[0]
         key = (facility, code, service, bucket)
         gaps = fine.get(key)
         if gaps is None:
             gaps = fine[key] = self._new_fine(code, service, bucket)
         if gaps.n == 0:
-            gaps.since = x["last_ts"]
+            gaps.since = last_ts
         gaps.n += 1
         gaps.hi.update(gap)
         gaps.mid.update(gap)
@@ -314,24 +341,29 @@ class StallDetector(base.AnomalyDetector):
         for parent in gaps.parents:
             n = parent.n = parent.n + 1
             if n == 1:
-                parent.since = x["last_ts"]
+                parent.since = last_ts
             if n <= full or n % every == 0:
                 parent.hi.update(gap)
                 parent.mid.update(gap)
 
     def _find(self, x: Mapping[str, Any]) -> tuple[int, _Gaps | None, float, float] | None:
         """(level, node, threshold, expected) of the level that applies (3: prior), or None."""
-        code = x["code"]
+        return self._find_at(x["facility"], x["code"], x.get("service"), x["last_ts"])
+
+    def _find_at(
+        self, facility: str | None, code: str, service: str | None, last_ts: float
+    ) -> tuple[int, _Gaps | None, float, float] | None:
         if code in TERMINAL_CODES:
             return None
-        facility, service = x["facility"], x.get("service")
         if self._plain_days:  # inlined _bucket
-            bucket = self.weekday_buckets[(int(x["last_ts"]) // 86400 + 3) % 7]
+            bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
-            bucket = self._bucket(facility, x["last_ts"])
+            bucket = self._bucket_of.get((facility, last_ts // 900))
+            if bucket is None:
+                bucket = self._cached_bucket(facility, last_ts)
         min_samples = self.min_samples
         # a key must have seen min_span of event time (off when 0)
-        seen_since = x["last_ts"] - self.min_span if self.min_span else _ALWAYS
+        seen_since = last_ts - self.min_span if self.min_span else _ALWAYS
         level, gaps = 0, self._levels[0].get((facility, code, service, bucket))
         if gaps is None or gaps.n < min_samples or gaps.since > seen_since:
             if gaps is None:  # a facility never seen at this stage: look the network levels up
@@ -360,7 +392,13 @@ class StallDetector(base.AnomalyDetector):
 
         None for terminal codes, and in warm-up when no level and no prior applies.
         """
-        found = self._find(x)
+        return self.threshold_at(x["facility"], x["code"], x.get("service"), x["last_ts"])
+
+    def threshold_at(
+        self, facility: str | None, code: str, service: str | None, last_ts: float
+    ) -> tuple[float, float] | None:
+        """:meth:`threshold` with the fields as arguments (the flow's hot path: no dict)."""
+        found = self._find_at(facility, code, service, last_ts)
         return None if found is None else (found[2], found[3])
 
     def score_one(self, x: Mapping[str, Any]) -> float:

@@ -382,7 +382,7 @@ class PackageTracker:
         codes, code_no_get = self._codes, self._code_no.get
         history_map = self._history
         detector = self.detector
-        learn, threshold = detector.learn_one, detector.threshold
+        learn, threshold = detector.learn_gap, detector.threshold_at
         wheel = self._wheel
         bucket_s, lateness = self.bucket_seconds, self.allowed_lateness
         sample = self.eta_sample_every
@@ -478,13 +478,11 @@ class PackageTracker:
                         self._silence_ends(slot, ts)
                         out.append(self._moved(slot, ts, ev))
                         prev_ts = last_col[slot]
-                        learn({"facility": last_fac, "code": prev_code,
-                               "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
+                        learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
                     elif prev_code not in PRE_SHIPMENT:
                         prev_ts = last_col[slot]
                         if not past:  # past its stall deadline: not a usual silence
-                            learn({"facility": last_fac, "code": prev_code,
-                                   "service": service, "last_ts": prev_ts, "gap": ts - prev_ts})
+                            learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
                         if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
                                 last_fac is not None
                                 and (monitored is None or last_fac in monitored)
@@ -550,8 +548,7 @@ class PackageTracker:
                 last_col[slot] = ts
                 deadline = _NO_DEADLINE
                 if code not in PRE_SHIPMENT:
-                    found = threshold({"facility": facility, "code": code, "service": service,
-                                       "last_ts": ts})
+                    found = threshold(facility, code, service, ts)
                     if found is not None:
                         # with a watch, the first deadline is the watch's (see _fire_due)
                         deadline = ts + int(found[0] * watch if watch else found[0])

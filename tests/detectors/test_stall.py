@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import pickle
 import random
+from collections import Counter
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -452,3 +453,27 @@ def test_min_span_waits_for_a_whole_cycle_before_trusting_a_key() -> None:
     later = {**evening, "last_ts": monday + 2 * 86400}
     patient.learn_one({**later, "gap": 2 * 3600.0})
     assert patient.explain(later)["level"] == "L0"
+
+
+def test_the_remembered_weekday_bucket_is_the_one_computed(monkeypatch) -> None:
+    """The hot path remembers each (facility, 15-minute slot)'s bucket; across a DST switch,
+    a half-hour offset, a holiday and a cleared cache it keys the same stages as ``_bucket``."""
+    import detectors.stall as stall
+
+    monkeypatch.setattr(stall, "_BUCKET_CACHE", 500)  # clears several times below
+    tz_of = {"NY": "America/New_York", "IN": "Asia/Kolkata"}
+    detector = StallDetector(tz_of=tz_of, holidays=["2026-11-26"])
+    start = 1793500000  # 2026-10-31, before the US DST switch and Thanksgiving week
+    expected: Counter[tuple[str | None, str, str, int]] = Counter()
+    for ts in range(start, start + 30 * 86400, 450):
+        for facility in ("NY", "IN", "UTC-only", None):
+            detector.learn_gap(facility, "A1", "ground", ts, 3600.0)
+            expected[facility, "A1", "ground", detector._bucket(facility, ts)] += 1
+            assert len(detector._bucket_of) <= 500
+    assert {key: gaps.n for key, gaps in detector._levels[0].items()} == expected
+    assert len({key[3] for key in expected}) == 4  # weekdays, Friday, Saturday, Sunday
+    x = {"facility": "NY", "code": "A1", "service": "ground", "last_ts": start + 26 * 86400}
+    restored = pickle.loads(pickle.dumps(detector))
+    assert restored._bucket_of == {}  # derived: not in the snapshot
+    assert restored.threshold(x) == detector.threshold(x) == detector.threshold_at(
+        "NY", "A1", "ground", x["last_ts"])

@@ -705,8 +705,8 @@ def test_a_silence_past_its_stall_deadline_is_not_learned_when_put_off() -> None
         detector = StallDetector(prior_hours={"A1": (4, 20)}, default_prior_hours=None,
                                  min_threshold=0, min_samples=NEVER)
         gaps: list[int] = []
-        learn = detector.learn_one
-        detector.learn_one = lambda x: (gaps.append(x["gap"]), learn(x))  # type: ignore[method-assign]
+        learn = detector.learn_gap  # what the tracker calls
+        detector.learn_gap = lambda *a: (gaps.append(a[4]), learn(*a))  # type: ignore[method-assign]
         t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600,
                            watch_fraction=0.85, tell_horizon=tell)
         t.process_batch([_due_in("P", T0 - 60, 100), scan("P", "A1", T0)])
