@@ -87,7 +87,7 @@ def _local_day(tz: str, slot: int) -> int:
 
 
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
-_BUCKET_CACHE: Final = 1 << 17  # (facility, slot) entries before the cache starts afresh
+_BUCKET_CACHE: Final = 1 << 16  # (zone, slot) entries before the cache starts afresh
 
 
 class StallDetector(base.AnomalyDetector):
@@ -262,9 +262,9 @@ class StallDetector(base.AnomalyDetector):
             else (default_prior_hours[0] * 3600.0, default_prior_hours[1] * 3600.0)
         )
         self._levels: tuple[dict[Any, _Gaps], ...] = ({}, {}, {})
-        # (facility, 15-minute UTC slot) -> weekday bucket: derived, not pickled (_bucket is
+        # (time zone, 15-minute UTC slot) -> weekday bucket: derived, not pickled (_bucket is
         # ~1 us with a time zone and holidays, and runs twice per scan in the flow)
-        self._bucket_of: dict[tuple[str | None, int], int] = {}
+        self._bucket_of: dict[tuple[str | None, float], int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -275,13 +275,15 @@ class StallDetector(base.AnomalyDetector):
         self.__dict__.update(state)
         self._bucket_of = {}
 
-    def _cached_bucket(self, facility: str | None, ts: float) -> int:
-        """:meth:`_bucket`, remembered per facility and 15-minute UTC slot (exact: local
-        dates change on quarter hours, see ``_local_day``)."""
+    def _cached_bucket(self, key: tuple[str | None, float], facility: str | None,
+                       ts: float) -> int:
+        """:meth:`_bucket`, remembered under ``key``: the facility's time zone and the
+        15-minute UTC slot (exact: local dates change on quarter hours, see ``_local_day``;
+        keyed by zone, not facility, so that a few thousand facilities share a few entries)."""
         cache = self._bucket_of
         if len(cache) >= _BUCKET_CACHE:
             cache.clear()
-        bucket = cache[facility, ts // 900] = self._bucket(facility, ts)
+        bucket = cache[key] = self._bucket(facility, ts)
         return bucket
 
     def _bucket(self, facility: str | None, ts: int) -> int:
@@ -324,9 +326,11 @@ class StallDetector(base.AnomalyDetector):
         if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
-            bucket = self._bucket_of.get((facility, last_ts // 900))
+            tz_of = self.tz_of
+            key = (None if tz_of is None else tz_of.get(facility), last_ts // 900)
+            bucket = self._bucket_of.get(key)
             if bucket is None:
-                bucket = self._cached_bucket(facility, last_ts)
+                bucket = self._cached_bucket(key, facility, last_ts)
         fine = self._levels[0]
         key = (facility, code, service, bucket)
         gaps = fine.get(key)
@@ -358,9 +362,11 @@ class StallDetector(base.AnomalyDetector):
         if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
-            bucket = self._bucket_of.get((facility, last_ts // 900))
+            tz_of = self.tz_of
+            key = (None if tz_of is None else tz_of.get(facility), last_ts // 900)
+            bucket = self._bucket_of.get(key)
             if bucket is None:
-                bucket = self._cached_bucket(facility, last_ts)
+                bucket = self._cached_bucket(key, facility, last_ts)
         min_samples = self.min_samples
         # a key must have seen min_span of event time (off when 0)
         seen_since = last_ts - self.min_span if self.min_span else _ALWAYS

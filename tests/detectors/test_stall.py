@@ -456,7 +456,7 @@ def test_min_span_waits_for_a_whole_cycle_before_trusting_a_key() -> None:
 
 
 def test_the_remembered_weekday_bucket_is_the_one_computed(monkeypatch) -> None:
-    """The hot path remembers each (facility, 15-minute slot)'s bucket; across a DST switch,
+    """The hot path remembers each (time zone, 15-minute slot)'s bucket; across a DST switch,
     a half-hour offset, a holiday and a cleared cache it keys the same stages as ``_bucket``."""
     import detectors.stall as stall
 
