@@ -170,24 +170,31 @@ def _feed(tracker: object, events: list) -> list:
 
 
 class _Recorder:
-    """Stands in for a tracker's detector or estimator: records each call, then delegates."""
+    """Stands in for a tracker's detector or estimator: records each call (as ``(label,
+    args)``, the label ``prefix + name``), then delegates."""
 
-    def __init__(self, inner: object, calls: list, methods: tuple[str, ...]) -> None:
+    def __init__(self, inner: object, calls: list, prefix: str, methods: tuple[str, ...]) -> None:
         self._inner = inner
         for name in methods:
             method = getattr(inner, name)
-            setattr(self, name, self._wrap(name, method, calls))
+            setattr(self, name, self._wrap(prefix + name, method, calls))
 
     @staticmethod
-    def _wrap(name: str, method: object, calls: list) -> object:
-        def call(x: object) -> object:
-            calls.append((name, x))
-            return method(x)  # type: ignore[operator]
+    def _wrap(label: str, method: object, calls: list) -> object:
+        def call(*args: object) -> object:
+            calls.append((label, args))
+            return method(*args)  # type: ignore[operator]
 
         return call
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
+
+
+# what the tracker calls on its models (the hot loop: learn_gap, threshold_at; elsewhere the
+# dict API): every one is recorded, none passes through unseen
+_DETECTOR_CALLS = ("learn_gap", "threshold_at", "learn_one", "threshold")
+_ESTIMATOR_CALLS = ("learn_one", "estimate")
 
 
 def _models_alone(ctx: object, keyed: list, batch: int, shards: int) -> dict:
@@ -198,25 +205,21 @@ def _models_alone(ctx: object, keyed: list, batch: int, shards: int) -> dict:
     calls: dict[str, list] = {}
     for key, tracker in trackers.items():
         log = calls[key] = []
-        tracker.detector = _Recorder(tracker.detector, log, ("learn_one", "threshold"))
-        tracker.estimator = _Recorder(tracker.estimator, log, ("learn_one", "estimate"))
+        tracker.detector = _Recorder(tracker.detector, log, "detector.", _DETECTOR_CALLS)
+        tracker.estimator = _Recorder(tracker.estimator, log, "estimator.", _ESTIMATOR_CALLS)
     for i in range(0, len(keyed), batch):
         per: dict[str, list] = {}
         for key, ev in keyed[i:i + batch]:
             per.setdefault(key, []).append(ev)
         for key, values in per.items():
             _feed(trackers[key], values)
-    # label each call once: the estimator is asked learn_one with "delivered_ts", estimate
-    tagged: dict[str, list] = {
-        key: [(("estimator." if "delivered_ts" in x or "silence" in x else "detector.") + name, x)
-              for name, x in log] for key, log in calls.items()}
-    del calls, trackers
+    del trackers
     counts: dict[str, int] = {}
-    for log in tagged.values():
+    for log in calls.values():
         for label, _ in log:
             counts[label] = counts.get(label, 0) + 1
 
-    fresh = {key: ctx.new_tracker() for key in tagged}  # type: ignore[attr-defined]
+    fresh = {key: ctx.new_tracker() for key in calls}  # type: ignore[attr-defined]
     clock = time.perf_counter_ns
     spent: dict[str, int] = dict.fromkeys(counts, 0)
     empty = []  # the cost of timing a call that does nothing, to subtract
@@ -225,14 +228,14 @@ def _models_alone(ctx: object, keyed: list, batch: int, shards: int) -> dict:
         _noop(None)
         empty.append(clock() - t0)
     overhead = sorted(empty)[len(empty) // 2]
-    for key, log in tagged.items():
-        det, est = fresh[key].detector, fresh[key].estimator
-        bound = {"detector.learn_one": det.learn_one, "detector.threshold": det.threshold,
-                 "estimator.learn_one": est.learn_one, "estimator.estimate": est.estimate}
-        for label, x in log:
+    for key, log in calls.items():
+        models = {"detector": fresh[key].detector, "estimator": fresh[key].estimator}
+        bound = {label: getattr(models[label.split(".")[0]], label.split(".")[1])
+                 for label in counts}
+        for label, args in log:
             fn = bound[label]
             t0 = clock()
-            fn(x)
+            fn(*args)
             spent[label] += clock() - t0 - overhead
     return {label: (spent[label] / 1e9, counts[label]) for label in sorted(spent)}
 

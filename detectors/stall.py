@@ -264,7 +264,7 @@ class StallDetector(base.AnomalyDetector):
         self._levels: tuple[dict[Any, _Gaps], ...] = ({}, {}, {})
         # (time zone, 15-minute UTC slot) -> weekday bucket: derived, not pickled (_bucket is
         # ~1 us with a time zone and holidays, and runs twice per scan in the flow)
-        self._bucket_of: dict[tuple[str | None, float], int] = {}
+        self._bucket_of: dict[tuple[str | None, int], int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -275,7 +275,7 @@ class StallDetector(base.AnomalyDetector):
         self.__dict__.update(state)
         self._bucket_of = {}
 
-    def _cached_bucket(self, key: tuple[str | None, float], facility: str | None,
+    def _cached_bucket(self, key: tuple[str | None, int], facility: str | None,
                        ts: float) -> int:
         """:meth:`_bucket`, remembered under ``key``: the facility's time zone and the
         15-minute UTC slot (exact: local dates change on quarter hours, see ``_local_day``;
@@ -315,7 +315,10 @@ class StallDetector(base.AnomalyDetector):
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
         """Learn one observed gap: ``x`` has facility, code, service, last_ts, gap (seconds)."""
-        self.learn_gap(x["facility"], x["code"], x.get("service"), x["last_ts"], x["gap"])
+        code, gap = x["code"], x["gap"]
+        if code in TERMINAL_CODES or code in EXCEPTION_CODES or gap < 0:
+            return  # (read first: such an x needs no facility or time)
+        self.learn_gap(x["facility"], code, x.get("service"), x["last_ts"], gap)
 
     def learn_gap(
         self, facility: str | None, code: str, service: str | None, last_ts: float, gap: float
@@ -327,7 +330,8 @@ class StallDetector(base.AnomalyDetector):
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
             tz_of = self.tz_of
-            key = (None if tz_of is None else tz_of.get(facility), last_ts // 900)
+            key = (None if tz_of is None or facility is None else tz_of.get(facility),
+                   int(last_ts) // 900)  # as _bucket reads them
             bucket = self._bucket_of.get(key)
             if bucket is None:
                 bucket = self._cached_bucket(key, facility, last_ts)
@@ -352,7 +356,10 @@ class StallDetector(base.AnomalyDetector):
 
     def _find(self, x: Mapping[str, Any]) -> tuple[int, _Gaps | None, float, float] | None:
         """(level, node, threshold, expected) of the level that applies (3: prior), or None."""
-        return self._find_at(x["facility"], x["code"], x.get("service"), x["last_ts"])
+        code = x["code"]
+        if code in TERMINAL_CODES:
+            return None  # (read first: such an x needs no facility or time)
+        return self._find_at(x["facility"], code, x.get("service"), x["last_ts"])
 
     def _find_at(
         self, facility: str | None, code: str, service: str | None, last_ts: float
@@ -363,7 +370,8 @@ class StallDetector(base.AnomalyDetector):
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
             tz_of = self.tz_of
-            key = (None if tz_of is None else tz_of.get(facility), last_ts // 900)
+            key = (None if tz_of is None or facility is None else tz_of.get(facility),
+                   int(last_ts) // 900)  # as _bucket reads them
             bucket = self._bucket_of.get(key)
             if bucket is None:
                 bucket = self._cached_bucket(key, facility, last_ts)
@@ -398,7 +406,8 @@ class StallDetector(base.AnomalyDetector):
 
         None for terminal codes, and in warm-up when no level and no prior applies.
         """
-        return self.threshold_at(x["facility"], x["code"], x.get("service"), x["last_ts"])
+        found = self._find(x)
+        return None if found is None else (found[2], found[3])
 
     def threshold_at(
         self, facility: str | None, code: str, service: str | None, last_ts: float

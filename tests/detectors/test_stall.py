@@ -477,3 +477,34 @@ def test_the_remembered_weekday_bucket_is_the_one_computed(monkeypatch) -> None:
     assert restored._bucket_of == {}  # derived: not in the snapshot
     assert restored.threshold(x) == detector.threshold(x) == detector.threshold_at(
         "NY", "A1", "ground", x["last_ts"])
+
+
+def test_a_terminal_code_needs_no_other_field() -> None:
+    detector = StallDetector()
+    assert detector.threshold({"code": "01"}) is None
+    assert detector.score_one({"code": "01", "silence": 5}) == 0.0
+    detector.learn_one({"code": "01", "gap": 5})  # nothing to learn, nothing else read
+    detector.learn_one({"code": "08", "gap": 5})  # an exception code: never learned
+    assert detector.n_stages == 0
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_the_remembered_bucket_does_not_depend_on_the_order_of_calls(order: int) -> None:
+    """The cache keys what ``_bucket`` reads: ``int(ts)`` (toward zero, also before 1970)
+    and no zone for a facility of None, even where ``tz_of`` maps None."""
+    def learned(detector: StallDetector, xs: list[tuple[str | None, float]]) -> Counter:
+        for facility, ts in xs[::order]:
+            detector.learn_gap(facility, "A1", "ground", ts, 10.0)
+        return Counter({key: gaps.n for key, gaps in detector._levels[0].items()})
+
+    holiday = StallDetector(holidays=["1970-01-01"])  # Thursday: Wednesday is its eve
+    xs: list[tuple[str | None, float]] = [(None, ts) for ts in (-0.5, -1, -899.5, -900.5)]
+    assert learned(holiday, xs) == Counter(
+        (None, "A1", "ground", holiday._bucket(None, ts)) for _, ts in xs)
+    assert len({holiday._bucket(None, ts) for _, ts in xs}) == 2  # the eve and the holiday
+    zoned = StallDetector(tz_of={None: "Asia/Kolkata", "IN": "Asia/Kolkata"})
+    saturday_20h = 1793500000 - 1793500000 % 86400 + 20 * 3600  # Sunday 01:30 in Kolkata
+    xs = [(None, saturday_20h), ("IN", saturday_20h)]
+    assert learned(zoned, xs) == Counter(
+        (f, "A1", "ground", zoned._bucket(f, ts)) for f, ts in xs)
+    assert zoned._bucket(None, saturday_20h) != zoned._bucket("IN", saturday_20h)
