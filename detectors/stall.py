@@ -275,15 +275,19 @@ class StallDetector(base.AnomalyDetector):
         self.__dict__.update(state)
         self._bucket_of = {}
 
-    def _cached_bucket(self, key: tuple[str | None, int], facility: str | None,
-                       ts: float) -> int:
-        """:meth:`_bucket`, remembered under ``key``: the facility's time zone and the
-        15-minute UTC slot (exact: local dates change on quarter hours, see ``_local_day``;
-        keyed by zone, not facility, so that a few thousand facilities share a few entries)."""
+    def _remembered_bucket(self, facility: str | None, ts: float) -> int:
+        """:meth:`_bucket`, remembered per time zone and 15-minute UTC slot (exact: local
+        dates change on quarter hours, see ``_local_day``; keyed by zone, not facility, so
+        that thousands of facilities share a few entries; keyed on what ``_bucket`` reads)."""
+        tz_of = self.tz_of
+        key = (None if tz_of is None or facility is None else tz_of.get(facility),
+               int(ts) // 900)
         cache = self._bucket_of
-        if len(cache) >= _BUCKET_CACHE:
-            cache.clear()
-        bucket = cache[key] = self._bucket(facility, ts)
+        bucket = cache.get(key)
+        if bucket is None:
+            if len(cache) >= _BUCKET_CACHE:
+                cache.clear()
+            bucket = cache[key] = self._bucket(facility, ts)  # type: ignore[arg-type]
         return bucket
 
     def _bucket(self, facility: str | None, ts: int) -> int:
@@ -329,12 +333,7 @@ class StallDetector(base.AnomalyDetector):
         if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
-            tz_of = self.tz_of
-            key = (None if tz_of is None or facility is None else tz_of.get(facility),
-                   int(last_ts) // 900)  # as _bucket reads them
-            bucket = self._bucket_of.get(key)
-            if bucket is None:
-                bucket = self._cached_bucket(key, facility, last_ts)
+            bucket = self._remembered_bucket(facility, last_ts)
         fine = self._levels[0]
         key = (facility, code, service, bucket)
         gaps = fine.get(key)
@@ -369,12 +368,7 @@ class StallDetector(base.AnomalyDetector):
         if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
         else:
-            tz_of = self.tz_of
-            key = (None if tz_of is None or facility is None else tz_of.get(facility),
-                   int(last_ts) // 900)  # as _bucket reads them
-            bucket = self._bucket_of.get(key)
-            if bucket is None:
-                bucket = self._cached_bucket(key, facility, last_ts)
+            bucket = self._remembered_bucket(facility, last_ts)
         min_samples = self.min_samples
         # a key must have seen min_span of event time (off when 0)
         seen_since = last_ts - self.min_span if self.min_span else _ALWAYS
