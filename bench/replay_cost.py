@@ -1,7 +1,8 @@
 """CPU time of one replay of the real flow, and what the facility rows and late moves cost in it.
 
     .venv/bin/python bench/replay_cost.py --data /tmp/nat2m4d_3m [--lines 1000000] \
-        [--settings '{"incidents": {"late_move_p": null}}'] [--attribute]
+        [--settings '{"incidents": {"late_move_p": null}}'] [--attribute] \
+        [--progress 1000000] [--gc cli] [--out RUNDIR]
 
 One ``flows.run.replay`` of ``DATA/events.jsonl`` (its first ``--lines`` lines) with
 ``load_settings(facilities=DATA/facilities.csv, **SETTINGS)`` and metrics on, as the daemon
@@ -11,6 +12,10 @@ per call, the pieces the fourth session added to the flow: building the facility
 (``NetworkDesk._facility_rows``), writing them as JSON lines (``flows.dataflow._record_line``,
 every output line is counted) and checking a package that left a hold (``PackageTracker.
 _late_move``). The timers add their own cost: compare totals without ``--attribute``.
+``--progress N`` prints a line every N events (CPU since the last line, of it closing facility
+windows, packages in flight): where a long replay's time per event grows. ``--gc cli`` uses
+the collector thresholds ``delaywatch replay`` sets; ``--out`` keeps the outputs, so that two
+commits' can be compared byte for byte.
 
 On a shared VM whose speed drifts, compare two commits by running this script alternately
 from two exports, e.g. ``git archive REV | tar -x -C /tmp/old`` and
@@ -48,13 +53,61 @@ def _timed(owner: Any, name: str, acc: dict[str, list[float]]) -> None:
     setattr(owner, name, wrapper)
 
 
+def _progress_every(n: int) -> None:
+    """Print, every ``n`` events the trackers take, the CPU seconds since the last line, the
+    part of them spent closing facility windows, the packages in flight and the event time."""
+    from detectors.tracker import PackageTracker
+
+    state = {"events": 0, "next": n, "cpu": time.process_time(), "closing": 0.0}
+    process_batch, close = PackageTracker.process_batch, PackageTracker._close_facility
+
+    def timed_close(self: PackageTracker, *args: Any) -> Any:
+        t0 = time.process_time()
+        try:
+            return close(self, *args)
+        finally:
+            state["closing"] += time.process_time() - t0
+
+    def counted(self: PackageTracker, events: Any) -> Any:
+        events = list(events)
+        out = process_batch(self, events)
+        state["events"] += len(events)
+        if state["events"] >= state["next"]:
+            now = time.process_time()
+            print(json.dumps({"events": state["events"], "cpu_s": round(now - state["cpu"], 2),
+                              "closing_windows_s": round(state["closing"], 2),
+                              "in_flight": self.in_flight, "event_ts": self.max_event_ts}),
+                  flush=True)
+            state.update(next=state["next"] + n, cpu=now, closing=0.0)
+        return out
+
+    PackageTracker._close_facility = timed_close  # type: ignore[method-assign]
+    PackageTracker.process_batch = counted  # type: ignore[method-assign]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, required=True, help="simulator output directory")
     ap.add_argument("--lines", type=int, default=0, help="only the first N lines (0: all)")
     ap.add_argument("--settings", type=json.loads, default={}, help="settings to change, JSON")
     ap.add_argument("--attribute", action="store_true", help="time the added pieces")
+    ap.add_argument("--progress", type=int, default=0, metavar="N",
+                    help="every N events, a JSON line: CPU since the last, of it closing "
+                         "facility windows (the per-window part), packages in flight (the first "
+                         "line includes start-up)")
+    ap.add_argument("--gc", choices=("default", "cli"), default="default",
+                    help="collector thresholds: Python's, or those `delaywatch replay` sets")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="keep the run's outputs in this directory (to compare two commits)")
     args = ap.parse_args()
+    if args.gc == "cli":
+        import gc
+
+        from flows.cli import GC_THRESHOLDS
+
+        gc.set_threshold(*GC_THRESHOLDS)
+    if args.progress:
+        _progress_every(args.progress)
 
     acc: dict[str, list[float]] = {}
     if args.attribute:
@@ -81,7 +134,8 @@ def main() -> None:
             events = work / "events.jsonl"
         settings = load_settings(facilities=args.data / "facilities.csv", **args.settings)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        summary = replay(JsonLinesSource(events), work / "run", settings, with_metrics=True)
+        run_dir = args.out if args.out is not None else work / "run"
+        summary = replay(JsonLinesSource(events), run_dir, settings, with_metrics=True)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         shutil.rmtree(work, ignore_errors=True)
