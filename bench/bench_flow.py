@@ -230,8 +230,8 @@ def _models_alone(ctx: object, keyed: list, batch: int, shards: int) -> dict:
     overhead = sorted(empty)[len(empty) // 2]
     for key, log in calls.items():
         models = {"detector": fresh[key].detector, "estimator": fresh[key].estimator}
-        bound = {label: getattr(models[label.split(".")[0]], label.split(".")[1])
-                 for label in counts}
+        bound = {label: getattr(models[owner], name)
+                 for label in counts for owner, _, name in [label.partition(".")]}
         for label, args in log:
             fn = bound[label]
             t0 = clock()

@@ -287,10 +287,10 @@ class StallDetector(base.AnomalyDetector):
         if bucket is None:
             if len(cache) >= _BUCKET_CACHE:
                 cache.clear()
-            bucket = cache[key] = self._bucket(facility, ts)  # type: ignore[arg-type]
+            bucket = cache[key] = self._bucket(facility, ts)
         return bucket
 
-    def _bucket(self, facility: str | None, ts: int) -> int:
+    def _bucket(self, facility: str | None, ts: float) -> int:
         tz_of = self.tz_of
         tz = None if tz_of is None or facility is None else tz_of.get(facility)
         if tz is None:
