@@ -87,7 +87,7 @@ def _local_day(tz: str, slot: int) -> int:
 
 
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
-_BUCKET_CACHE: Final = 1 << 16  # (zone, slot) entries before the cache starts afresh
+_BUCKET_CACHE: Final = 1 << 16  # slots per zone (facilities) remembered before starting afresh
 
 
 class StallDetector(base.AnomalyDetector):
@@ -262,33 +262,48 @@ class StallDetector(base.AnomalyDetector):
             else (default_prior_hours[0] * 3600.0, default_prior_hours[1] * 3600.0)
         )
         self._levels: tuple[dict[Any, _Gaps], ...] = ({}, {}, {})
-        # (time zone, 15-minute UTC slot) -> weekday bucket: derived, not pickled (_bucket is
-        # ~1 us with a time zone and holidays, and runs twice per scan in the flow)
-        self._bucket_of: dict[tuple[str | None, int], int] = {}
+        # facility -> its time zone's {15-minute UTC slot: weekday bucket}: derived, not
+        # pickled (_bucket is ~1 us with a time zone and holidays, and runs twice per scan in
+        # the flow; an int-keyed dict per zone costs no tuple per call)
+        self._slots_of: dict[str | None, dict[int, int]] = {}
+        self._zone_slots: dict[str | None, dict[int, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.pop("_bucket_of", None)
+        for derived in ("_slots_of", "_zone_slots"):
+            state.pop(derived, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._bucket_of = {}
+        self._slots_of, self._zone_slots = {}, {}
 
     def _remembered_bucket(self, facility: str | None, ts: float) -> int:
         """:meth:`_bucket`, remembered per time zone and 15-minute UTC slot (exact: local
-        dates change on quarter hours, see ``_local_day``; keyed by zone, not facility, so
-        that thousands of facilities share a few entries; keyed on what ``_bucket`` reads)."""
-        tz_of = self.tz_of
-        key = (None if tz_of is None or facility is None else tz_of.get(facility),
-               int(ts) // 900)
-        cache = self._bucket_of
-        bucket = cache.get(key)
+        dates change on quarter hours, see ``_local_day``). Each facility points at its
+        zone's table of slots, so thousands of facilities share a few tables; ``tz_of`` is
+        read once per facility (what ``_bucket`` reads: no zone for a facility of None)."""
+        slot = int(ts) // 900
+        slots = self._slots_of.get(facility)
+        if slots is None:
+            slots = self._zone_table(facility)
+        bucket = slots.get(slot)
         if bucket is None:
-            if len(cache) >= _BUCKET_CACHE:
-                cache.clear()
-            bucket = cache[key] = self._bucket(facility, ts)
+            if len(slots) >= _BUCKET_CACHE:
+                slots.clear()
+            bucket = slots[slot] = self._bucket(facility, ts)
         return bucket
+
+    def _zone_table(self, facility: str | None) -> dict[int, int]:
+        tz_of = self.tz_of
+        zone = None if tz_of is None or facility is None else tz_of.get(facility)
+        slots = self._zone_slots.get(zone)
+        if slots is None:
+            slots = self._zone_slots[zone] = {}
+        if len(self._slots_of) >= _BUCKET_CACHE:  # facility ids come from the data
+            self._slots_of.clear()
+        self._slots_of[facility] = slots
+        return slots
 
     def _bucket(self, facility: str | None, ts: float) -> int:
         tz_of = self.tz_of

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate, count, islice
 from pathlib import Path
 
 import msgspec
@@ -53,23 +54,17 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
     def next_batch(self) -> Iterable[Item]:
         if self._pending:
             return self._paced([])
-        out: list[tuple[int, bytes, int]] = []  # (line number, line, offset where it starts)
-        readline = self._f.readline
-        for _ in range(self._batch):
-            start = self._offset
-            line = readline()
-            if not line:
-                break
-            self._offset += len(line)
-            self._line += 1
-            line = line.rstrip(b"\r\n")
-            if line:
-                out.append((self._line, line, start))
-        if not out:
+        lines = list(islice(self._f, self._batch))  # the file's own readline loop, in C
+        if not lines:
             raise StopIteration
-        if self._speed > 0:
-            return self._paced(out)
-        return [(n, line) for n, line, _ in out]
+        first, start = self._line + 1, self._offset
+        self._line += len(lines)
+        self._offset += sum(map(len, lines))
+        if self._speed > 0:  # (line number, line, offset where it starts), blank lines left out
+            starts = accumulate(map(len, lines), initial=start)
+            return self._paced([(n, s, at) for n, line, at in zip(count(first), lines, starts)
+                                if (s := line.rstrip(b"\r\n"))])
+        return [(n, s) for n, line in enumerate(lines, first) if (s := line.rstrip(b"\r\n"))]
 
     def _paced(self, fresh: list[tuple[int, bytes, int]]) -> list[Item]:
         """Release lines once wall time x speed has caught up with their event time."""

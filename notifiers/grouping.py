@@ -151,15 +151,19 @@ class MessageGrouper:
         # What :meth:`advance` looks at, derived from the groups (not in snapshots):
         # (hold ends, seq, key) of groups not sent yet; (retention ends, seq, key) of sent
         # groups (an entry whose group has gone or is another by now is skipped); and the
-        # sent groups whose packages all moved again, waiting for their incident to resolve
+        # sent groups whose packages all moved again: per incident while it is not known to
+        # have resolved (one ``resolved_at`` call per incident and step, however many
+        # customers wait on it), then ready, waiting for the resolve time to pass. An entry
+        # whose group has gone or waits again is dropped when its incident resolves.
         self._held: list[tuple[int, int, str]] = []
         self._expiry: list[tuple[int, int, str]] = []
-        self._armed: dict[str, _Group] = {}
+        self._armed: dict[str, dict[str, _Group]] = {}
+        self._ready: dict[str, _Group] = {}
         self._next_sweep = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for derived in ("_held", "_expiry", "_armed", "_next_sweep"):
+        for derived in ("_held", "_expiry", "_armed", "_ready", "_next_sweep"):
             state.pop(derived, None)
         return state
 
@@ -170,7 +174,7 @@ class MessageGrouper:
         # in opening order (a dict), so their order numbers can be given again; ``_closed``
         # is pruned from its front, so it must be in closing-time order
         self._closed = dict(sorted(self._closed.items(), key=lambda kv: kv[1][1]))
-        self._held, self._expiry, self._armed = [], [], {}
+        self._held, self._expiry, self._armed, self._ready = [], [], {}, {}
         self._next_sweep = 0
         for seq, (key, group) in enumerate(self._groups.items()):
             group.seq = seq
@@ -289,14 +293,19 @@ class MessageGrouper:
                 self._close(key, now)
             else:  # sent, waiting for its packages to move again (or expiring below)
                 self._queue(key, group)
-        for key, group in list(self._armed.items()):
+        armed, ready = self._armed, self._ready
+        for incident, resolved in [(i, r) for i in armed if (r := resolved_at(i)) is not None]:
+            for key, group in armed.pop(incident).items():
+                if groups.get(key) is group and not group.waiting:  # else gone, or waits
+                    if group.resolved_ts is None:  # again (armed again when it moves)
+                        group.resolved_ts = resolved
+                    ready[key] = group
+        for key, group in list(ready.items()):
             if groups.get(key) is not group or group.waiting:
-                del self._armed[key]  # gone, or waits again for a package folded in since
-                continue  # (armed again when that one moves)
-            if group.resolved_ts is None:
-                group.resolved_ts = resolved_at(group.incident_key)
+                del ready[key]  # gone, or waits again for a package folded in since
+                continue
             resolved = group.resolved_ts
-            if resolved is not None and resolved <= now:
+            if resolved <= now:  # type: ignore[operator]  (known once ready)
                 message = self._message(group, "back_on_track", max(resolved, group.moved_ts))
                 due.append((group.seq, message))
                 self._close(key, now)
@@ -311,7 +320,7 @@ class MessageGrouper:
             group = groups.get(key)
             if group is not None and group.seq == seq:
                 del groups[key]
-                self._armed.pop(key, None)
+                self._disarm(key, group)
         cutoff = now - retention
         for ordered in (self._closed, self._episodes):  # insertion order is time order
             while ordered:
@@ -323,8 +332,7 @@ class MessageGrouper:
         return [message for _, message in due]
 
     def _close(self, key: str, now: int) -> None:
-        del self._groups[key]
-        self._armed.pop(key, None)
+        self._disarm(key, self._groups.pop(key))
         groups = self._closed.pop(key, (0, 0))[0]  # closed before this one
         self._closed[key] = (groups + 1, now)  # at the end: the dict stays in time order
 
@@ -339,8 +347,20 @@ class MessageGrouper:
     def _arm(self, key: str, group: _Group) -> None:
         """A sent group whose packages all moved again: its all-clear waits for the
         incident to resolve (:meth:`advance` looks at these groups at every step)."""
-        if group.sent and not group.waiting and key not in self._armed:
-            self._armed[key] = group
+        if not group.sent or group.waiting:
+            return
+        if group.resolved_ts is not None:
+            self._ready[key] = group
+        else:
+            self._armed.setdefault(group.incident_key, {})[key] = group
+
+    def _disarm(self, key: str, group: _Group) -> None:
+        self._ready.pop(key, None)
+        armed = self._armed.get(group.incident_key)
+        if armed is not None and armed.get(key) is group:
+            del armed[key]
+            if not armed:
+                del self._armed[group.incident_key]
 
     def flush(
         self, now: int, resolved_at: Callable[[str], int | None] = lambda key: None

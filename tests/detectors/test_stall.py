@@ -456,7 +456,7 @@ def test_min_span_waits_for_a_whole_cycle_before_trusting_a_key() -> None:
 
 
 def test_the_remembered_weekday_bucket_is_the_one_computed(monkeypatch) -> None:
-    """The hot path remembers each (time zone, 15-minute slot)'s bucket; across a DST switch,
+    """The hot path remembers each time zone's 15-minute slots' buckets; across a DST switch,
     a half-hour offset, a holiday and a cleared cache it keys the same stages as ``_bucket``."""
     import detectors.stall as stall
 
@@ -469,12 +469,12 @@ def test_the_remembered_weekday_bucket_is_the_one_computed(monkeypatch) -> None:
         for facility in ("NY", "IN", "UTC-only", None):
             detector.learn_gap(facility, "A1", "ground", ts, 3600.0)
             expected[facility, "A1", "ground", detector._bucket(facility, ts)] += 1
-            assert len(detector._bucket_of) <= 500
+            assert all(len(slots) <= 500 for slots in detector._zone_slots.values())
     assert {key: gaps.n for key, gaps in detector._levels[0].items()} == expected
     assert len({key[3] for key in expected}) == 4  # weekdays, Friday, Saturday, Sunday
     x = {"facility": "NY", "code": "A1", "service": "ground", "last_ts": start + 26 * 86400}
     restored = pickle.loads(pickle.dumps(detector))
-    assert restored._bucket_of == {}  # derived: not in the snapshot
+    assert restored._zone_slots == restored._slots_of == {}  # derived: not in the snapshot
     assert restored.threshold(x) == detector.threshold(x) == detector.threshold_at(
         "NY", "A1", "ground", x["last_ts"])
 
@@ -508,3 +508,23 @@ def test_the_remembered_bucket_does_not_depend_on_the_order_of_calls(order: int)
     assert learned(zoned, xs) == Counter(
         (f, "A1", "ground", zoned._bucket(f, ts)) for f, ts in xs)
     assert zoned._bucket(None, saturday_20h) != zoned._bucket("IN", saturday_20h)
+
+
+def test_the_remembered_bucket_survives_more_facilities_than_it_keeps(monkeypatch) -> None:
+    """Facility ids come from the data: past the cache's size the facility -> zone map
+    starts afresh, and every gap still lands on ``_bucket``'s stage."""
+    import detectors.stall as stall
+
+    monkeypatch.setattr(stall, "_BUCKET_CACHE", 50)
+    zones = ("America/New_York", "America/Los_Angeles", "Asia/Kolkata", None)
+    tz_of = {f"F{i}": zones[i % 4] for i in range(300) if zones[i % 4] is not None}
+    detector = StallDetector(tz_of=tz_of)
+    expected: Counter[tuple[str | None, str, str, int]] = Counter()
+    start = 1793500000  # the night of the US DST switch is in range
+    for k in range(3000):
+        facility, ts = f"F{(k * 7) % 300}", start + k * 1170
+        detector.learn_gap(facility, "A1", "ground", ts, 3600.0)
+        expected[facility, "A1", "ground", detector._bucket(facility, ts)] += 1
+        assert len(detector._slots_of) <= 50
+    assert {key: gaps.n for key, gaps in detector._levels[0].items()} == expected
+    assert len(detector._zone_slots) == 4

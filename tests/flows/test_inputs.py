@@ -259,6 +259,16 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_those_of_the_file(
                                                                  (6, "bad_json")]
 
 
+def test_a_batch_of_only_blank_lines_does_not_end_the_input(
+        tmp_path: Path, demo_data: Path) -> None:
+    good = (demo_data / "events.jsonl").read_bytes().split(b"\n")[:20]
+    data = b"\n".join([*good[:10], *[b""] * 250, *good[10:]]) + b"\n"
+    summary = _replay_file(tmp_path, demo_data, data, batch_size=50)
+    assert summary.events == 20
+    assert summary.accepted + summary.no_header + summary.duplicates + summary.out_of_order == 20
+    assert (tmp_path / "run" / "dead_letters.jsonl").read_bytes() == b""
+
+
 def test_crlf_line_endings(tmp_path: Path, demo_data: Path, clean_run: Path) -> None:
     data = (demo_data / "events.jsonl").read_bytes().replace(b"\n", b"\r\n")
     summary = _replay_file(tmp_path, demo_data, data)

@@ -286,3 +286,29 @@ def test_a_snapshot_holds_the_groups_not_the_queues_derived_from_them() -> None:
     state = g.__getstate__()
     assert g.pending == 0 and not {"_held", "_expiry", "_armed"} & set(state)
     assert len(pickle.dumps(g)) < 20_000
+
+
+def test_customers_waiting_on_an_open_incident_cost_one_lookup_per_step() -> None:
+    """At national scale one incident can hold thousands of customers whose packages all
+    moved again: each step asks once whether that incident resolved, not once per customer,
+    and when it does every one of them gets the all-clear."""
+    g = MessageGrouper(hold_seconds=H)
+    for i in range(1000):
+        g.add(alert(f"P{i}", "incident_delay", 10, ref=f"C{i}"), "fold")
+    assert len(g.advance(ts(11))) == 1000
+    for i in range(1000):
+        g.add(alert(f"P{i}", "back_on_track", 11.2), "keep")
+    asked: list[str] = []
+    resolved: dict[str, int] = {}
+
+    def resolved_at(key: str) -> int | None:
+        asked.append(key)
+        return resolved.get(key)
+
+    for hours in (11.4, 11.6, 11.8):  # (the hourly sweep over all groups is at 12)
+        assert g.advance(ts(hours), resolved_at) == []  # open
+    assert asked == ["INC", "INC", "INC"]
+    resolved["INC"] = ts(11.9)
+    clear = g.advance(ts(12), resolved_at)
+    assert len(clear) == 1000 and {m["kind"] for m in clear} == {"back_on_track"}
+    assert g.pending == 0
