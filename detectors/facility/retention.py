@@ -123,6 +123,42 @@ class CohortRetention(base.AnomalyDetector):
         get = cohorts.get
         held = expected = variance = 0.0
         gone = None
+        if score and learn:  # update_one, the monitor's call: the loop below, specialised
+            for arrived, (n0, i0, i1) in known.items():
+                age = now - arrived
+                if age >= horizon or age < 0:
+                    if age >= 0:
+                        if gone is None:
+                            gone = []
+                        gone.append(arrived)
+                    continue
+                age *= 3
+                i0 += age
+                i1 += age
+                n = get(arrived, 0)
+                c0, c1 = t[i0 + 2], t[i1 + 2]
+                if c0 >= minimum:
+                    share = t[i0] / t[i0 + 1]
+                elif c1 >= minimum:
+                    share = t[i1] / t[i1 + 1]
+                else:
+                    share = -1.0
+                if share >= 0.0:
+                    held += n
+                    part = n0 * share
+                    expected += part
+                    variance += part * (1.0 - share)
+                if n:
+                    t[i0] += n
+                    t[i1] += n
+                t[i0 + 1] += n0
+                t[i0 + 2] = c0 + 1
+                t[i1 + 1] += n0
+                t[i1 + 2] = c1 + 1
+            if gone is not None:
+                for arrived in gone:
+                    del initial[arrived]
+            return held, expected, variance
         for arrived, (n0, i0, i1) in known.items():
             age = now - arrived
             if not 0 <= age < horizon:

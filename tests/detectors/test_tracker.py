@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from bisect import bisect_left
 from collections import defaultdict
 from copy import deepcopy
 from dataclasses import asdict
@@ -20,7 +21,7 @@ import pytest
 
 from detectors import DeliveryEstimator, ScanEvent, StallDetector, parse_batch
 from detectors.events import TERMINAL_CODES
-from detectors.tracker import PRE_SHIPMENT, PackageTracker
+from detectors.tracker import PRE_SHIPMENT, PackageTracker, _pack_id
 
 H = 3600
 DAY = 86400
@@ -276,6 +277,31 @@ def test_the_finished_memory_survives_pickling() -> None:
         deliver(copy, "LATER", T0 + 13 * H)  # rotates: the restored arrays are replaced
         assert is_remembered(copy, "LATER", T0 + 14 * H) and is_remembered(
             copy, "NEW", T0 + 14 * H)
+
+
+def test_the_frozen_generations_bitmap_misses_no_finished_package(monkeypatch) -> None:
+    """Every frozen fingerprint passes the bitmap (none is forgotten early), and most ids
+    that never finished are ruled out by it without a binary search."""
+    import detectors.tracker as tracker_module
+
+    tracker = finishing_tracker(retention=2 * DAY, generation=6 * H)
+    for i in range(3000):
+        deliver(tracker, f"D{i}", T0 + i)
+    tracker.process(header("CLOCK", T0 + 7 * H))  # the next generation: all 3,000 frozen
+    assert len(tracker._frozen) == 3000 and not tracker._recent
+    searched = 0
+
+    def counting(*args: Any) -> int:
+        nonlocal searched
+        searched += 1
+        return bisect_left(*args)
+
+    monkeypatch.setattr(tracker_module, "bisect_left", counting)
+    for copy in (tracker, pickle.loads(pickle.dumps(tracker))):
+        assert all(copy._was_finished(_pack_id(f"D{i}")) for i in range(3000))
+        searched = 0
+        assert not any(copy._was_finished(_pack_id(f"N{i}")) for i in range(3000))
+        assert searched < 3000 // 4  # 1 in 8 expected (8 bits an entry)
 
 
 def test_a_snapshot_without_the_finished_memory_still_loads() -> None:
