@@ -123,20 +123,20 @@ class CohortRetention(base.AnomalyDetector):
         get = cohorts.get
         held = expected = variance = 0.0
         gone = None
-        if score and learn:  # update_one, the monitor's call: the loop below, specialised
-            for arrived, (n0, i0, i1) in known.items():
-                age = now - arrived
-                if age >= horizon or age < 0:
-                    if age >= 0:
-                        if gone is None:
-                            gone = []
-                        gone.append(arrived)
-                    continue
-                age *= 3
-                i0 += age
-                i1 += age
-                n = get(arrived, 0)
-                c0, c1 = t[i0 + 2], t[i1 + 2]
+        for arrived, (n0, i0, i1) in known.items():
+            age = now - arrived
+            if age >= horizon or age < 0:
+                if age >= 0:
+                    if gone is None:
+                        gone = []
+                    gone.append(arrived)
+                continue
+            age *= 3
+            i0 += age
+            i1 += age
+            n = get(arrived, 0)
+            c0, c1 = t[i0 + 2], t[i1 + 2]  # each cell's count, read once
+            if score:
                 if c0 >= minimum:
                     share = t[i0] / t[i0 + 1]
                 elif c1 >= minimum:
@@ -148,48 +148,14 @@ class CohortRetention(base.AnomalyDetector):
                     part = n0 * share
                     expected += part
                     variance += part * (1.0 - share)
-                if n:
+            if learn:
+                if n:  # (a drained cohort adds to the sizes and counts only)
                     t[i0] += n
                     t[i1] += n
                 t[i0 + 1] += n0
                 t[i0 + 2] = c0 + 1
                 t[i1 + 1] += n0
                 t[i1 + 2] = c1 + 1
-            if gone is not None:
-                for arrived in gone:
-                    del initial[arrived]
-            return held, expected, variance
-        for arrived, (n0, i0, i1) in known.items():
-            age = now - arrived
-            if not 0 <= age < horizon:
-                if age >= horizon:
-                    if gone is None:
-                        gone = []
-                    gone.append(arrived)
-                continue
-            n = get(arrived, 0)
-            age *= 3
-            i0 += age
-            i1 += age
-            if score:
-                if t[i0 + 2] >= minimum:
-                    share = t[i0] / t[i0 + 1]
-                elif t[i1 + 2] >= minimum:
-                    share = t[i1] / t[i1 + 1]
-                else:
-                    share = -1.0
-                if share >= 0.0:
-                    held += n
-                    part = n0 * share
-                    expected += part
-                    variance += part * (1.0 - share)
-            if learn:
-                t[i0] += n
-                t[i0 + 1] += n0
-                t[i0 + 2] += 1
-                t[i1] += n
-                t[i1 + 1] += n0
-                t[i1 + 2] += 1
         if learn and gone is not None:
             for arrived in gone:
                 del initial[arrived]
@@ -208,5 +174,8 @@ class CohortRetention(base.AnomalyDetector):
         self._pass(x, score=False, learn=True)
 
     def update_one(self, x: Mapping[str, Any]) -> tuple[float, float, float]:
-        """:meth:`expected_one` then :meth:`learn_one` in one pass (half the cost)."""
+        """:meth:`expected_one` then :meth:`learn_one` in one pass (half the cost). Not quite
+        the same where a cohort falls back to its hour of the day (a time-of-day cell with
+        fewer than ``min_cohorts``): that cell can already hold what a cohort of the same
+        hour learned earlier in the pass."""
         return self._pass(x, score=True, learn=True)
