@@ -146,7 +146,8 @@ class StallDetector(base.AnomalyDetector):
     weekday_buckets
         Bucket id of each weekday, Monday first (7 entries).
     tz_of
-        Facility id -> IANA time zone, for facility-local weekdays. ``None``: UTC.
+        Facility id -> IANA time zone, for facility-local weekdays. ``None``: UTC. Copied:
+        a later change to the caller's mapping is not seen.
     holidays
         Dates (``"YYYY-MM-DD"`` or ``datetime.date``) with no delivery: a holiday counts as a
         Sunday and the day before it as a Saturday, so the wait over a holiday is not a stall.
@@ -242,7 +243,8 @@ class StallDetector(base.AnomalyDetector):
         self.min_threshold = min_threshold
         self.min_samples = min_samples
         self.weekday_buckets = weekday_buckets
-        self.tz_of = tz_of
+        # a copy: the bucket cache reads a facility's zone once (see _remembered_bucket)
+        self.tz_of = dict(tz_of) if tz_of is not None else None
         self.holidays = holidays
         self._holidays = frozenset(
             (h if isinstance(h, dt.date) else dt.date.fromisoformat(h)).toordinal()

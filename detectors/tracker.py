@@ -49,7 +49,7 @@ Memory
     set, so the memory costs ``(10 * retention + 80 * generation) / T`` bytes per in-flight
     package (days, with the bitmap at its mean): 7.1 + 0-1.6 bytes at the defaults (3 days,
     2 h) and the simulator's ``T`` = 4.2 days. A rotation (every generation) merges the set
-    into the array and redraws the bitmap: ~10 ms at 1 M in flight.
+    into the array (~10 ms at 1 M in flight) and redraws the bitmap (~17 ms at 1 M frozen).
 
 Speed
     :meth:`process_batch` is the hot path: the columns, tables and the detector's methods are
@@ -842,10 +842,10 @@ class PackageTracker:
             return
         bits = max(6, (8 * len(frozen) - 1).bit_length())
         at = ((frozen >> np.uint64(_TAG_BITS)) * np.uint64(_MIX)) >> np.uint64(64 - bits)
-        bitmap = np.zeros(1 << (bits - 3), np.uint8)
-        np.bitwise_or.at(bitmap, at >> np.uint64(3),
-                         np.left_shift(1, at & np.uint64(7)).astype(np.uint8))
-        self._frozen_bits, self._frozen_shift = bitmap.tobytes(), 64 - bits
+        flags = np.zeros(1 << bits, np.bool_)
+        flags[at] = True
+        self._frozen_bits = np.packbits(flags, bitorder="little").tobytes()
+        self._frozen_shift = 64 - bits
 
     def _remember_finished(self, key: int | str, now: int) -> None:
         if now // self.finished_generation_seconds > self._generation:

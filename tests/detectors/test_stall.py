@@ -528,3 +528,16 @@ def test_the_remembered_bucket_survives_more_facilities_than_it_keeps(monkeypatc
         assert len(detector._slots_of) <= 50
     assert {key: gaps.n for key, gaps in detector._levels[0].items()} == expected
     assert len(detector._zone_slots) == 4
+
+
+def test_the_time_zones_are_copied_so_the_remembered_bucket_cannot_go_stale() -> None:
+    """Review finding (helper-28): the bucket cache reads a facility's zone once, so the
+    detector keeps its own copy of ``tz_of``."""
+    zones = {"F": "America/Los_Angeles"}
+    detector = StallDetector(tz_of=zones)
+    friday_evening = 1_795_233_600  # 2026-11-20 20:00 in Los Angeles, Saturday in Tokyo
+    before = detector._remembered_bucket("F", friday_evening)
+    zones["F"] = "Asia/Tokyo"
+    assert detector._bucket("F", friday_evening) == before
+    assert detector._remembered_bucket("F", friday_evening) == before
+    assert StallDetector(tz_of=zones)._bucket("F", friday_evening) != before

@@ -346,3 +346,17 @@ def test_with_several_shards_customers_hear_of_an_incident_as_with_one(
     for name in ("alerts.jsonl", "incidents.jsonl"):
         assert sorted((again / name).read_text().splitlines()) == sorted(
             (sharded_run / name).read_text().splitlines()), name
+
+
+def test_every_output_line_is_what_json_dumps_writes(demo_run: Path) -> None:
+    """The output files are encoded with msgspec for speed; every line of a whole demo run
+    (alerts, incidents, facility windows) is byte for byte what json.dumps(ensure_ascii=False,
+    compact) writes for it, so the records hold only plain JSON types (no unrounded tiny
+    floats, no numpy scalars) and earlier runs' files compare equal."""
+    lines = 0
+    for name in ("alerts.jsonl", "incidents.jsonl", "facility_windows.jsonl"):
+        for line in (demo_run / name).read_text().splitlines():
+            assert json.dumps(json.loads(line), ensure_ascii=False,
+                              separators=(",", ":")) == line, (name, line[:200])
+            lines += 1
+    assert lines > 1000
