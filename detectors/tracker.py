@@ -488,9 +488,9 @@ class PackageTracker:
                         if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
                                 last_fac is not None
                                 and (monitored is None or last_fac in monitored)
-                                and promised_col[slot] >= 0
                                 and (delayed_until is None
-                                     or delayed_until(last_fac, -1) >= prev_ts)):
+                                     or delayed_until(last_fac, -1) >= prev_ts)
+                                and promised_col[slot] >= 0):  # (last: a column, a miss)
                             late = self._late_move(slot, ts, ev, service, last_fac, prev_code)
                             if late is not None:
                                 out.append(late)
