@@ -153,8 +153,9 @@ class MessageGrouper:
         # groups (an entry whose group has gone or is another by now is skipped); and the
         # sent groups whose packages all moved again: per incident while it is not known to
         # have resolved (one ``resolved_at`` call per incident and step, however many
-        # customers wait on it), then ready, waiting for the resolve time to pass. An entry
-        # whose group has gone or waits again is dropped when its incident resolves.
+        # customers wait on it), then ready, waiting for the resolve time to pass. A closed
+        # or expired group leaves at once; one waiting again stays until its incident
+        # resolves, then is dropped.
         self._held: list[tuple[int, int, str]] = []
         self._expiry: list[tuple[int, int, str]] = []
         self._armed: dict[str, dict[str, _Group]] = {}
@@ -296,8 +297,10 @@ class MessageGrouper:
         armed, ready = self._armed, self._ready
         for incident, resolved in [(i, r) for i in armed if (r := resolved_at(i)) is not None]:
             for key, group in armed.pop(incident).items():
-                if groups.get(key) is group and not group.waiting:  # else gone, or waits
-                    if group.resolved_ts is None:  # again (armed again when it moves)
+                # (a group waiting again for a package folded in since is armed again when
+                # that one moves)
+                if groups.get(key) is group and not group.waiting:
+                    if group.resolved_ts is None:
                         group.resolved_ts = resolved
                     ready[key] = group
         for key, group in list(ready.items()):
