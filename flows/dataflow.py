@@ -31,7 +31,6 @@ its events in input order and in the same batches, so alerts are the same, in th
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -73,7 +72,7 @@ class DeadLetter:
     raw: str
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+        return _encode(self.__dict__).decode()  # as every output line (_record_line)
 
 
 @dataclass

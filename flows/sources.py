@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from itertools import accumulate, count, islice
+from itertools import accumulate, islice
 from pathlib import Path
 
 import msgspec
@@ -61,8 +61,9 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
         self._line += len(lines)
         self._offset += sum(map(len, lines))
         if self._speed > 0:  # (line number, line, offset where it starts), blank lines left out
-            starts = accumulate(map(len, lines), initial=start)
-            return self._paced([(n, s, at) for n, line, at in zip(count(first), lines, starts)
+            starts = accumulate(map(len, lines), initial=start)  # (one more: the next line's)
+            return self._paced([(n, s, at) for n, (line, at)
+                                in enumerate(zip(lines, starts, strict=False), first)
                                 if (s := line.rstrip(b"\r\n"))])
         return [(n, s) for n, line in enumerate(lines, first) if (s := line.rstrip(b"\r\n"))]
 
