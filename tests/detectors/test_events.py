@@ -369,9 +369,47 @@ def test_event_time_round_trip(when, timespec, lag):
     assert event.event_ts == int(expected)
 
 
-@given(st.lists(st.one_of(st.binary(max_size=60), st.just(line()), st.just(line(**HEADER)))))
+# strict RFC 3339, lenient ISO 8601 (the retry), no offset, not a time, not a string
+times = st.sampled_from([
+    "2024-11-20T06:13:31Z", "2024-11-20T06:13:31+00:00", "2024-11-20T01:13:31-05:00",
+    "2024-11-20T06:13:31.999+05:30", "2024-11-20t06:13:31z", "2024-11-20 06:13:31Z",
+    "2024-11-20T06:13+01:00", "2024-11-20T06:13:31", "2024-11-20", "1999-12-31T23:59:59Z",
+    "2024-11-20T06:13:3\\u0031Z", "", "later", 1732083211, None,
+])
+timed_lines = st.builds(
+    lambda event, ingest, promised, header: line(**(
+        (HEADER | {"promised_by": promised} if header else {})
+        | {"event_time": event, "ingest_time": ingest})).replace(b"\\\\u", b"\\u"),
+    times, times, times, st.booleans())
+
+
+@given(st.lists(st.one_of(st.binary(max_size=60), st.just(line()), st.just(line(**HEADER)),
+                          timed_lines), max_size=40))
 def test_parse_batch_agrees_with_parse_line(lines):
+    """parse_batch remembers converted time texts: every line, whatever its times and
+    whatever came before it (a text seen as good, bad or lenient), gives parse_line's result."""
     events, invalids = parse_batch(lines)
     singles = [parse_line(raw) for raw in lines]
     assert events == [r for r in singles if isinstance(r, ScanEvent)]
     assert invalids == [(i, r) for i, r in enumerate(singles) if isinstance(r, Invalid)]
+
+
+def test_parse_batch_leaves_the_time_cache_where_times_do_not_repeat():
+    """Past the probe, a batch of ever-new times (the synthetic lines') is parsed without the
+    cache, one of repeated times with it; both give parse_line's results, dead letters
+    included, at the right indexes."""
+    from detectors import events as module
+
+    fresh = _synthetic_lines(3 * module._PROBE, seed=7, invalid_rate=0.05)
+    repeated = [line(package_id=f"P{i}", event_time=f"2024-11-20T06:13:{i % 7:02d}Z")
+                for i in range(3 * module._PROBE)] + [b"{", line(event_time="later")]
+    for batch in (fresh, repeated):
+        module._EPOCHS.clear()
+        events, invalids = parse_batch(batch)
+        singles = [parse_line(raw) for raw in batch]
+        assert events == [r for r in singles if isinstance(r, ScanEvent)]
+        assert invalids == [(i, r) for i, r in enumerate(singles) if isinstance(r, Invalid)]
+        assert len(invalids) >= 2
+        if batch is fresh:  # the probe's lines bring 2-3 new texts each, the rest none
+            assert len(module._EPOCHS) <= 3 * module._PROBE < 2 * len(batch)
+    assert len(module._EPOCHS) == 8  # 7 event times and the one ingest time
