@@ -33,7 +33,7 @@ Memory
     About 200-240 bytes per in-flight package (``bench/bench_flow.py memory``, results in
     ``bench/RESULTS.md``): the id as the int of its bytes (48 bytes for 22 digits, not a
     72-byte str) keying a dict (~35-42 bytes an entry), one int holding the slot and the
-    recipient reference (40 bytes), ~35 bytes of columns, the slot -> id list (8), a wheel
+    recipient reference (40 bytes), ~36 bytes of columns, the slot -> id list (8), a wheel
     entry (4), and for one package in ``eta_sample_every`` its scans (24 bytes each) to teach
     the estimator. Packages silent for ``ttl_seconds`` are dropped. A snapshot (pickle) holds
     the index's ints and the columns as raw bytes, about 85 bytes per package.
@@ -127,6 +127,9 @@ _LATER = 32
 # flag (with _LATER): the current silence passed its stall deadline while put off; it is not
 # learned when the package moves on (nor is a told stall's)
 _PAST = 64
+# flag: the package keeps its scan history (``_history``, one in ``eta_sample_every``): the
+# flag spares the other packages a lookup in that dict per scan
+_KEPT = 128
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
 _OPEN_END = 1 << 62  # an incident still open
@@ -282,7 +285,7 @@ class PackageTracker:
         self._fac = array("i")
         self._code = array("h")
         self._svc = array("b")
-        self._flags = array("b")
+        self._flags = array("h")
         self._episode = array("h")
         self._free: list[int] = []
         self._facilities: list[str | None] = [None]
@@ -439,6 +442,7 @@ class PackageTracker:
                     promised_col[slot] = promised if promised is not None else -1
                     if sample and (self._eta_warm > 0 or hash_id(pid) % sample == 0):
                         history_map[slot] = array("q")
+                        flags_col[slot] = _KEPT
                         self._eta_warm -= 1
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
@@ -505,7 +509,7 @@ class PackageTracker:
                                 last_col[slot] - 60 * pgap_col[slot])
                     else:
                         observe(facility, code, ts, last_fac, prev_code, last_col[slot])
-                history = history_map.get(slot) if history_map else None
+                history = history_map[slot] if flags_col[slot] & _KEPT else None
                 if code in TERMINAL_CODES:
                     if self.estimator is not None and code == "01":
                         if history is not None:
@@ -1033,6 +1037,11 @@ class PackageTracker:
                 history[slot] = data[pos:pos + n]
                 pos += n
             state["_history"] = history
+        flags = state["_flags"]
+        if flags.typecode != "h":  # before _KEPT: 8-bit flags
+            flags = state["_flags"] = array("h", flags)
+        for slot in state["_history"]:
+            flags[slot] |= _KEPT
         state.setdefault("_overdue", {})  # snapshots from before the overdue estimates
         state.setdefault("_eta_warm", 0)
         state.setdefault("hold_early", False)  # snapshots from before the early watches

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from array import array
 from bisect import bisect_left
 from collections import defaultdict
 from copy import deepcopy
@@ -118,6 +119,26 @@ def test_pickled_tracker_continues_like_the_original(stream: list[ScanEvent], cu
     assert original.stats.expired > expired_at_cut  # the TTL sweep ran after the snapshot too
     assert restored.in_flight == original.in_flight
     assert restored.detector.n_stages == original.detector.n_stages
+
+
+def test_a_snapshot_with_8_bit_flags_loads_and_keeps_the_sampled_histories(
+        stream: list[ScanEvent]) -> None:
+    """Snapshots from before the kept-history flag (8-bit flags, no such bit): the flag is
+    derived from the histories kept, and the tracker goes on as the original does."""
+    from detectors.tracker import _KEPT
+
+    n = len(stream) // 2
+    original = learning_tracker()
+    original.process_batch(stream[:n])
+    state = pickle.loads(pickle.dumps(original.__getstate__()))  # (a copy: nothing shared)
+    assert state["_flags"].typecode == "h"
+    state["_flags"] = array("b", [f & ~_KEPT for f in state["_flags"]])
+    old = PackageTracker.__new__(PackageTracker)
+    old.__setstate__(state)
+    kept = {slot for slot, f in enumerate(old._flags) if f & _KEPT}
+    assert kept == set(old._history) and len(kept) > 100
+    assert old.process_batch(stream[n:]) == original.process_batch(stream[n:])
+    assert old._history == original._history  # every kept history grew, no other
 
 
 def test_restored_from_a_snapshot_at_every_batch(stream: list[ScanEvent]) -> None:
