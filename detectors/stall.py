@@ -349,8 +349,11 @@ class StallDetector(base.AnomalyDetector):
             return
         if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
-        else:
-            bucket = self._remembered_bucket(facility, last_ts)
+        else:  # _remembered_bucket, its usual case inlined
+            slots = self._slots_of.get(facility)
+            bucket = None if slots is None else slots.get(int(last_ts) // 900)
+            if bucket is None:
+                bucket = self._remembered_bucket(facility, last_ts)
         fine = self._levels[0]
         key = (facility, code, service, bucket)
         gaps = fine.get(key)
@@ -384,8 +387,11 @@ class StallDetector(base.AnomalyDetector):
             return None
         if self._plain_days:  # inlined _bucket
             bucket = self.weekday_buckets[(int(last_ts) // 86400 + 3) % 7]
-        else:
-            bucket = self._remembered_bucket(facility, last_ts)
+        else:  # _remembered_bucket, its usual case inlined
+            slots = self._slots_of.get(facility)
+            bucket = None if slots is None else slots.get(int(last_ts) // 900)
+            if bucket is None:
+                bucket = self._remembered_bucket(facility, last_ts)
         min_samples = self.min_samples
         # a key must have seen min_span of event time (off when 0)
         seen_since = last_ts - self.min_span if self.min_span else _ALWAYS
