@@ -1,6 +1,6 @@
 """The delay-alert dataflow.
 
-    scans (line_no, bytes) --parse--> (shard, [ScanEvent, ...]) | DeadLetter
+    scans (first line_no, [bytes]) --parse--> (shard, [ScanEvent, ...]) | DeadLetter
         invalid -> dead_letters.jsonl                       (exactly-once with recovery)
         valid   -> grouped by shard (crc32(package) % shards), one item per shard and batch
                 -> track: one PackageTracker per shard (stateful_batch): stall alerts, and
@@ -180,40 +180,51 @@ class FlowContext:
 
 
 Shard = tuple[str, list[ScanEvent]]  # (shard key, its events of one source batch, in order)
+Lines = tuple[int, list[bytes]]  # a source batch: (number of its first line, lines as read)
 
 
-def _parser(ctx: FlowContext) -> Callable[[list[tuple[int, bytes]]], list[Any]]:
+def _parser(ctx: FlowContext) -> Callable[[list[Lines]], list[Any]]:
     m = ctx.metrics
     shards = ctx.settings.shards
     keys = [str(k) for k in range(shards)]  # the shard key: str(hash_id(package) % shards)
 
-    def parse(batch: list[tuple[int, bytes]]) -> list[Shard | DeadLetter]:
-        events, invalids = parse_batch([line for _, line in batch])
-        out: list[Shard | DeadLetter]
-        if shards == 1:
-            out = [(keys[0], events)] if events else []
-        else:
-            per: dict[str, list[ScanEvent]] = {}
-            for ev in events:
-                key = keys[hash_id(ev.package_id) % shards]
-                group = per.get(key)
-                if group is None:
-                    per[key] = [ev]
-                else:
-                    group.append(ev)
-            out = list(per.items())
-        for index, bad in invalids:
-            n, raw = batch[index]
-            out.append(DeadLetter("parse", bad.reason, bad.detail, n,
-                                  raw[:2000].decode("utf-8", "replace")))
+    def parse(items: list[Lines]) -> list[Shard | DeadLetter]:
+        """One Bytewax batch (usually one source batch): a list of events per shard, in
+        input order, then the dead letters."""
+        per: dict[str, list[ScanEvent]] = {}
+        letters: list[Shard | DeadLetter] = []
+        for first, lines in items:
+            events, invalids = parse_batch(lines)
+            if shards == 1:
+                if events:
+                    group = per.get(keys[0])
+                    if group is None:
+                        per[keys[0]] = events
+                    else:
+                        group += events
+            else:
+                for ev in events:
+                    key = keys[hash_id(ev.package_id) % shards]
+                    group = per.get(key)
+                    if group is None:
+                        per[key] = [ev]
+                    else:
+                        group.append(ev)
+            for index, bad in invalids:
+                raw = lines[index].rstrip(b"\r\n")
+                if not raw:
+                    continue  # a blank line: no event, no dead letter
+                letters.append(DeadLetter("parse", bad.reason, bad.detail, first + index,
+                                          raw[:2000].decode("utf-8", "replace")))
+                if m is not None:
+                    m.dead_letters.labels(bad.reason).inc()
             if m is not None:
-                m.dead_letters.labels(bad.reason).inc()
-        if m is not None:
-            if invalids:
-                m.scan_events.labels("invalid").inc(len(invalids))
-            for ev in events[::64]:  # a sample keeps the histogram cheap
-                m.ingest_lag.observe(max(0, ev.ingest_ts - ev.event_ts))
-        return out
+                for ev in events[::64]:  # a sample keeps the histogram cheap
+                    m.ingest_lag.observe(max(0, ev.ingest_ts - ev.event_ts))
+        if m is not None and letters:
+            m.scan_events.labels("invalid").inc(len(letters))
+        out: list[Shard | DeadLetter] = list(per.items())
+        return out + letters if letters else out
 
     return parse
 
@@ -387,7 +398,7 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
         (run_dir / "facility_windows.jsonl").touch()
 
     flow = Dataflow("delay_alerts")
-    raw = op.input("scans", flow, source)  # (line_no, bytes)
+    raw = op.input("scans", flow, source)  # (first line_no, [bytes]) per source batch
     parsed = op.flat_map_batch("parse", raw, _parser(ctx))  # (shard, [ScanEvent]) | DeadLetter
     split = op.branch("valid", parsed, lambda x: x.__class__ is tuple)
     dead = op.map("dead_letter_json", split.falses, lambda d: ("dl", d.to_json()))  # (key, str)

@@ -1,8 +1,11 @@
 """Bytewax sources of raw scan-event lines.
 
-Both sources emit ``(line_number, bytes)`` items in batches (Bytewax costs ~10 us per batch,
-so never one item at a time) and are resumable: their snapshot is the position of the next
-line, so after a crash Bytewax resumes reading where the last completed epoch ended.
+Both sources emit one item per batch of lines read, ``(number of its first line, [lines])``:
+Bytewax costs ~10 us per batch and ~0.1-0.2 us per item it moves, so neither one line at a time
+nor one item per line. The lines are as read (line ending included, blank lines kept, so line
+``first + i`` is ``lines[i]``); the parse step skips the blank ones. Both are resumable: their
+snapshot is the position of the next line, so after a crash Bytewax resumes reading where the
+last completed epoch ended.
 Delivery guarantee: at-least-once downstream of a resume (events after the snapshot are read
 again); every later step tolerates repeats (duplicate scans are ignored, alert keys are
 unique).
@@ -13,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from itertools import accumulate, islice
+from itertools import islice
 from pathlib import Path
 
 import msgspec
@@ -21,7 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 __all__ = ["JsonLinesSource", "SimulatorSource"]
 
-Item = tuple[int, bytes]
+Item = tuple[int, list[bytes]]  # (number of the first line, the lines, as read)
 
 
 class _EventTime(msgspec.Struct):
@@ -60,18 +63,21 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
         first, start = self._line + 1, self._offset
         self._line += len(lines)
         self._offset += sum(map(len, lines))
-        if self._speed > 0:  # (line number, line, offset where it starts), blank lines left out
-            starts = accumulate(map(len, lines), initial=start)  # (one more: the next line's)
-            return self._paced([(n, s, at) for n, (line, at)
-                                in enumerate(zip(lines, starts, strict=False), first)
-                                if (s := line.rstrip(b"\r\n"))])
-        return [(n, s) for n, line in enumerate(lines, first) if (s := line.rstrip(b"\r\n"))]
+        if self._speed > 0:  # (line number, line, offset where it starts)
+            fresh = []
+            for n, line in enumerate(lines, first):
+                fresh.append((n, line, start))
+                start += len(line)
+            return self._paced(fresh)
+        return [(first, lines)]
 
     def _paced(self, fresh: list[tuple[int, bytes, int]]) -> list[Item]:
-        """Release lines once wall time x speed has caught up with their event time."""
+        """Release lines once wall time x speed has caught up with their event time (a line
+        without one, blank or bad, at once)."""
         self._pending.extend(fresh)
         now = time.monotonic()
-        ready: list[Item] = []
+        ready: list[bytes] = []
+        first = self._pending[0][0] if self._pending else 0
         while self._pending:
             ts = _event_ts(self._pending[0][1])
             if ts is not None:
@@ -81,11 +87,10 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
                 if due > now:
                     self._awake = datetime.now(UTC) + timedelta(seconds=min(due - now, 1.0))
                     break
-            n, line, _ = self._pending.pop(0)
-            ready.append((n, line))
+            ready.append(self._pending.pop(0)[1])
         else:
             self._awake = None
-        return ready
+        return [(first, ready)] if ready else []
 
     def next_awake(self) -> datetime | None:
         return self._awake if self._pending else None
@@ -131,7 +136,7 @@ class _SimPartition(StatefulSourcePartition[Item, int]):
         if self._i >= len(self._lines):
             raise StopIteration
         j = min(self._i + self._batch, len(self._lines))
-        out = [(n + 1, self._lines[n]) for n in range(self._i, j)]
+        out = [(self._i + 1, self._lines[self._i:j])]
         self._i = j
         return out
 
