@@ -31,6 +31,10 @@ simulator's national replay, 400 K lines each in the flow's batches of 2,000, wh
 events share their seconds as a busy feed's do: 2.8 / 2.0 / 1.7 us a line became 2.3 / 1.4 /
 1.2 us. On the synthetic lines above, whose times never repeat, a batch drops the cache
 after its first 200 lines: 2.1 us became 2.2-2.3 us (``_bench`` now parses in such batches).
+One thing changed with it: a time key given twice counts with its last value, as any other
+key does; its earlier values are no longer checked (msgspec checked every value of a
+``datetime`` field). Lines with a key twice are not what a feed sends; what matters is that
+a line's result never depends on the batch it comes in, with or without the cache.
 
 Timestamps: ``event_time``/``ingest_time``/``promised_by`` must carry a UTC offset (``Z`` or
 ``+hh:mm``); they become integer epoch seconds (UTC, fractions truncated). Strict RFC 3339 is
@@ -462,7 +466,19 @@ def parse_line(line: bytes | str) -> ScanEvent | Invalid:
     Invalid(reason='unknown_code', detail="Invalid enum value 'ZZ' - at `$.event_code`")
     >>> parse_line(b'{"package_id": ').reason
     'bad_json'
+
+    A key given twice counts with its last value, as in :mod:`json`; a time's earlier
+    values are not checked (other fields' are, by msgspec).
     """  # noqa: E501
+    events, invalids = parse_batch((line,))
+    return events[0] if events else invalids[0][1]
+
+
+def _parse_strict(line: bytes | str) -> ScanEvent | Invalid:
+    """One line decoded with the times as ``datetime`` (:class:`_Wire`), errors mapped to
+    reasons: the reference :func:`parse_batch` falls back on for a line with any error,
+    which therefore gets the dead letter this gives. (It also checks the earlier values of
+    a time key given twice, which :func:`parse_line` does not.)"""
     try:
         wire = _DECODE(line)
     except _DecodeError as error:
@@ -470,10 +486,15 @@ def parse_line(line: bytes | str) -> ScanEvent | Invalid:
     return _from_wire(wire)
 
 
-def _epoch(text: str) -> int:
+def _strict_epoch(text: str) -> int:
     """A time as :class:`_Wire` reads it (strict RFC 3339 with an offset, else
-    ``msgspec.DecodeError``), in epoch seconds, remembered in ``_EPOCHS``."""
-    value = int(_DECODE_TIME(_ENCODE(text)).timestamp())
+    ``msgspec.DecodeError``), in epoch seconds."""
+    return int(_DECODE_TIME(_ENCODE(text)).timestamp())
+
+
+def _epoch(text: str) -> int:
+    """:func:`_strict_epoch`, remembered in ``_EPOCHS``."""
+    value = _strict_epoch(text)
     if len(_EPOCHS) >= _EPOCHS_MAX:
         _EPOCHS.clear()
     _EPOCHS[text] = value
@@ -488,10 +509,10 @@ def parse_batch(
     The same results as :func:`parse_line` on each line, faster where time texts repeat:
     the times are decoded as text and looked up in a cache of texts already converted
     (a feed's events of one second share their ``event_time``; at national volume ~20 K
-    events a second do). A line whose times are new converts them with the same strict
-    decoder as :func:`parse_line` (then remembered); a line with any error, or a time
-    that needs the lenient retry, is handed to :func:`parse_line` whole, so its dead
-    letter is the same. Where the first ``_PROBE`` lines of a batch bring more than one new
+    events a second do). A line whose times are new converts them with the strict
+    decoder (then remembered); a line with any error, or a time that needs the lenient
+    retry, is decoded again whole by :func:`_parse_strict`, which maps the error to its
+    dead letter. Where the first ``_PROBE`` lines of a batch bring more than one new
     time text per two lines (times with milliseconds, say), the rest of the batch is
     parsed line by line without the cache, which would only cost there.
 
@@ -520,15 +541,30 @@ def parse_batch(
 _PROBE: Final = 200  # lines of a batch that decide whether the rest uses the time cache
 
 
+def _parse_text(line: bytes | str) -> ScanEvent | Invalid:
+    """One line with the times as text, each converted by the strict decoder, not
+    remembered (the last value of a time key given twice counts, as with the cache); a
+    line with any error goes to :func:`_parse_strict`."""
+    try:
+        wire = _DECODE_TEXT(line)
+        event_ts, ingest_ts = _strict_epoch(wire.event_time), _strict_epoch(wire.ingest_time)
+        promised = wire.promised_by
+        promised_by_ts = None if promised is None else _strict_epoch(promised)
+    except _DecodeError:
+        return _parse_strict(line)
+    return _finish(wire, event_ts, ingest_ts, promised_by_ts)
+
+
 def _parse_each(lines: list[bytes | str], first: int, events: list[ScanEvent],
                 invalids: list[tuple[int, Invalid]]) -> None:
-    """:func:`parse_batch`'s loop without the time cache: :func:`parse_line`, inlined."""
+    """:func:`parse_batch`'s loop without the time cache: the times decoded as ``datetime``
+    (a line that fails so, :func:`_parse_text`: the same results as with the cache)."""
     decode, finish = _DECODE, _finish
     for index, line in enumerate(lines, first):
         try:
             wire = decode(line)
-        except _DecodeError as error:
-            result = _invalid_from_error(line, error)
+        except _DecodeError:
+            result = _parse_text(line)
         else:
             promised_by = wire.promised_by
             result = finish(
@@ -566,7 +602,7 @@ def _parse_cached(lines: list[bytes | str], first: int, events: list[ScanEvent],
                 if promised_by_ts is None:
                     promised_by_ts = epoch(text)
         except _DecodeError:  # (a ValidationError too) the reference path, error mapping and all
-            result = parse_line(line)
+            result = _parse_strict(line)
         else:
             result = finish(wire, event_ts, ingest_ts, promised_by_ts)
         if result.__class__ is ScanEvent:

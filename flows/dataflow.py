@@ -47,7 +47,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 
 from detectors import DeliveryEstimator, ScanEvent, StallDetector
-from detectors.events import parse_batch
+from detectors.events import Invalid, parse_batch, parse_line
 from detectors.facility import FacilityMonitor, FacilityStats
 from detectors.folding import IncidentFolder
 from detectors.incidents import IncidentDesk, IncidentManager
@@ -193,6 +193,7 @@ def _parser(ctx: FlowContext) -> Callable[[list[Lines]], list[Any]]:
         input order, then the dead letters."""
         per: dict[str, list[ScanEvent]] = {}
         letters: list[Shard | DeadLetter] = []
+        skip = 0  # events to pass before the next one sampled (the sample spans the items)
         for first, lines in items:
             events, invalids = parse_batch(lines)
             if shards == 1:
@@ -214,13 +215,19 @@ def _parser(ctx: FlowContext) -> Callable[[list[Lines]], list[Any]]:
                 raw = lines[index].rstrip(b"\r\n")
                 if not raw:
                     continue  # a blank line: no event, no dead letter
+                # msgspec words some errors differently before a line ending (a line cut off
+                # in a string: "malformed", not "truncated"): the detail of the line itself
+                again = parse_line(raw)
+                if again.__class__ is Invalid:
+                    bad = again
                 letters.append(DeadLetter("parse", bad.reason, bad.detail, first + index,
                                           raw[:2000].decode("utf-8", "replace")))
                 if m is not None:
                     m.dead_letters.labels(bad.reason).inc()
-            if m is not None:
-                for ev in events[::64]:  # a sample keeps the histogram cheap
+            if m is not None:  # a sample keeps the histogram cheap: every 64th event
+                for ev in events[skip::64]:
                     m.ingest_lag.observe(max(0, ev.ingest_ts - ev.event_ts))
+                skip = (skip - len(events)) % 64
         if m is not None and letters:
             m.scan_events.labels("invalid").inc(len(letters))
         out: list[Shard | DeadLetter] = list(per.items())

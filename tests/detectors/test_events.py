@@ -18,7 +18,9 @@ from detectors.events import (
     TERMINAL_CODES,
     Invalid,
     ScanEvent,
+    _parse_strict,
     _synthetic_lines,
+    epoch_seconds,
     parse_batch,
     parse_line,
 )
@@ -387,9 +389,11 @@ timed_lines = st.builds(
                           timed_lines), max_size=40))
 def test_parse_batch_agrees_with_parse_line(lines):
     """parse_batch remembers converted time texts: every line, whatever its times and
-    whatever came before it (a text seen as good, bad or lenient), gives parse_line's result."""
+    whatever came before it (a text seen as good, bad or lenient), gives the result of the
+    plain strict decoder (these lines have no key twice), and parse_line's."""
     events, invalids = parse_batch(lines)
-    singles = [parse_line(raw) for raw in lines]
+    singles = [_parse_strict(raw) for raw in lines]
+    assert singles == [parse_line(raw) for raw in lines]
     assert events == [r for r in singles if isinstance(r, ScanEvent)]
     assert invalids == [(i, r) for i, r in enumerate(singles) if isinstance(r, Invalid)]
 
@@ -406,10 +410,65 @@ def test_parse_batch_leaves_the_time_cache_where_times_do_not_repeat():
     for batch in (fresh, repeated):
         module._EPOCHS.clear()
         events, invalids = parse_batch(batch)
-        singles = [parse_line(raw) for raw in batch]
+        remembered = len(module._EPOCHS)
+        singles = [_parse_strict(raw) for raw in batch]
         assert events == [r for r in singles if isinstance(r, ScanEvent)]
         assert invalids == [(i, r) for i, r in enumerate(singles) if isinstance(r, Invalid)]
         assert len(invalids) >= 2
         if batch is fresh:  # the probe's lines bring 2-3 new texts each, the rest none
-            assert len(module._EPOCHS) <= 3 * module._PROBE < 2 * len(batch)
-    assert len(module._EPOCHS) == 8  # 7 event times and the one ingest time
+            assert remembered <= 3 * module._PROBE < 2 * len(batch)
+    assert remembered == 8  # 7 event times and the one ingest time
+
+
+def _twice(line: bytes, key: str, first: object) -> bytes:
+    """``line`` with ``key`` given twice: ``first``, then the line's own value."""
+    return line.replace(b"{", b"{" + json.dumps({key: first}).encode()[1:-1] + b", ", 1)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_a_key_given_twice_counts_with_its_last_value(cached):
+    """As in json: the last value of a key counts, for times too (their earlier values are
+    not checked), with the time cache or without (a batch that left it): a line's result
+    never depends on the batch it came in."""
+    from detectors import events as module
+
+    lines = [
+        _twice(line(), "event_time", "2024-11-20T06:13:31"),  # no offset, then good
+        _twice(line(), "event_time", "yesterday"),
+        _twice(line(), "ingest_time", 12),  # a number: not a string, checked by msgspec
+        line().replace(b'"ingest_time"', b'"event_time": "2024-11-20T06:13:31Z", '
+                       b'"event_time": "2024-11-20T06:13:31", "ingest_time"'),  # good, none
+        _twice(line(**HEADER), "promised_by", "soon"),
+        _twice(line(), "facility_id", 7),  # not a time: every value checked
+    ]
+    module._EPOCHS.clear()
+    # all-new times first: the batch leaves the cache after its probe
+    before = [] if cached else _synthetic_lines(2 * module._PROBE, invalid_rate=0.0)
+    events, invalids = parse_batch(before + lines)
+    if not cached:
+        assert len(module._EPOCHS) <= 3 * module._PROBE
+    bad = {i - len(before): r for i, r in invalids if i >= len(before)}
+    ours = iter(e for e in events if e.package_id == BASE["package_id"])
+    got = [bad[i] if i in bad else next(ours) for i in range(len(lines))]
+    assert got == [parse_line(raw) for raw in lines]
+    first, second, third, fourth, fifth, sixth = (parse_line(raw) for raw in lines)
+    assert first.event_ts == second.event_ts == T_EVENT  # the last value
+    assert third.reason == "wrong_type"
+    assert fourth.reason == "no_offset"  # the last value has none
+    assert fifth.promised_by_ts == epoch_seconds(HEADER["promised_by"])
+    assert sixth.reason == "wrong_type"
+
+
+def test_the_time_cache_clears_when_full_and_str_lines_parse_alike(monkeypatch):
+    from detectors import events as module
+
+    monkeypatch.setattr(module, "_EPOCHS_MAX", 5)
+    module._EPOCHS.clear()
+    lines = [line(event_time=f"2024-11-20T06:{m:02d}:31Z", ingest_time=f"2024-11-20T07:{m:02d}:00Z")
+             for m in range(30)] * 2
+    lines += [raw.decode() for raw in lines[:10]]  # str lines, as parse_line takes them
+    events, invalids = parse_batch(lines)
+    assert not invalids
+    assert events == [_parse_strict(raw) for raw in lines]
+    assert len({e.event_ts for e in events}) == 30
+    assert len(module._EPOCHS) <= 5

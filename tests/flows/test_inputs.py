@@ -240,6 +240,57 @@ def test_a_one_megabyte_line_between_valid_ones(tmp_path: Path, demo_data: Path)
     assert len(letters[101]["detail"]) <= 200
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_a_dead_letter_says_what_is_wrong_with_the_line_itself(
+        tmp_path: Path, demo_data: Path, newline: bytes) -> None:
+    """The source hands on lines with their endings; a line cut off in a string, a literal or
+    a number gets the detail of the line as written, not of the line and its newline
+    (msgspec words those errors differently)."""
+    from detectors.events import parse_line
+
+    cut = [_line()[:40], b'"abc'.decode(), "tru", "-", '{"package_id": "P1']
+    data = newline.join(line.encode() for line in cut) + newline
+    _replay_file(tmp_path, demo_data, data)
+    letters = sorted(_jsonl(tmp_path / "run" / "dead_letters.jsonl"), key=lambda d: d["line"])
+    assert [d["raw"] for d in letters] == cut
+    assert [d["detail"] for d in letters] == [parse_line(c.encode()).detail for c in cut]
+    assert any("truncated" in d["detail"] for d in letters)
+
+
+def test_the_parse_step_reads_several_batches_as_one(demo_data: Path) -> None:
+    """Bytewax may hand the parse step several source batches at once: the same events per
+    shard, in input order, dead letters with their file's line numbers, and the same ingest
+    lag sample (every 64th event) as one batch of the same lines."""
+    from prometheus_client import CollectorRegistry
+
+    from flows.dataflow import FlowContext, _parser
+    from flows.metrics import make_flow_metrics
+
+    good = (demo_data / "events.jsonl").read_bytes().splitlines(keepends=True)[:500]
+    lines = good[:100] + [b"\n", BAD["bad_json"].encode() + b"\n"] + good[100:] + [b"{"]
+    for shards in (1, 3):
+        results = []
+        for sizes in ([len(lines)], [1, 99, 64, 3, 200, 100, 36]):
+            registry = CollectorRegistry()
+            settings = load_settings(facilities=demo_data / "facilities.csv", shards=shards)
+            ctx = FlowContext(settings=settings, run_dir=Path("."),
+                              metrics=make_flow_metrics(registry))
+            items, first = [], 1
+            for size in sizes:
+                items.append((first, lines[first - 1:first - 1 + size]))
+                first += size
+            assert first - 1 == len(lines)
+            out = _parser(ctx)(items)
+            lag = registry.get_sample_value("delaywatch_ingest_lag_seconds_count")
+            results.append((sorted(x for x in out if x.__class__ is tuple),
+                            [x for x in out if x.__class__ is not tuple], lag))
+        assert results[0] == results[1]
+        shards_out, letters, lag = results[0]
+        assert sum(len(events) for _, events in shards_out) == 500
+        assert [(d.line, d.reason) for d in letters] == [(102, "bad_json"), (503, "bad_json")]
+        assert lag == len(range(0, 500, 64))
+
+
 def test_an_empty_file(tmp_path: Path, demo_data: Path) -> None:
     summary = _replay_file(tmp_path, demo_data, b"")
     assert summary.events == 0
