@@ -32,9 +32,10 @@ events share their seconds as a busy feed's do: 2.8 / 2.0 / 1.7 us a line became
 1.2 us. On the synthetic lines above, whose times never repeat, a batch drops the cache
 after its first 200 lines: 2.1 us became 2.2-2.3 us (``_bench`` now parses in such batches).
 One thing changed with it: a time key given twice counts with its last value, as any other
-key does; its earlier values are no longer checked (msgspec checked every value of a
-``datetime`` field). Lines with a key twice are not what a feed sends; what matters is that
-a line's result never depends on the batch it comes in, with or without the cache.
+key does, and its earlier values are no longer checked when the last is strict RFC 3339
+(msgspec checked every value of a ``datetime`` field). Lines with a key twice are not what a
+feed sends; what matters is that a line's result never depends on the batch it comes in,
+with or without the cache.
 
 Timestamps: ``event_time``/``ingest_time``/``promised_by`` must carry a UTC offset (``Z`` or
 ``+hh:mm``); they become integer epoch seconds (UTC, fractions truncated). Strict RFC 3339 is
@@ -467,8 +468,9 @@ def parse_line(line: bytes | str) -> ScanEvent | Invalid:
     >>> parse_line(b'{"package_id": ').reason
     'bad_json'
 
-    A key given twice counts with its last value, as in :mod:`json`; a time's earlier
-    values are not checked (other fields' are, by msgspec).
+    A key given twice counts with its last value, as in :mod:`json`. A time key's earlier
+    values are not checked when its last one is strict RFC 3339 (other fields' always are,
+    by msgspec); when it is not, the first bad value names the error.
     """  # noqa: E501
     events, invalids = parse_batch((line,))
     return events[0] if events else invalids[0][1]
