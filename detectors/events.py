@@ -289,6 +289,7 @@ _EPOCHS: dict[str, int] = {}
 _EPOCHS_MAX: Final = 1 << 16
 _ValidationError = msgspec.ValidationError
 _DecodeError = msgspec.DecodeError
+_UNREADABLE = (_DecodeError, UnicodeEncodeError)  # what the fast paths leave to _parse_strict
 
 _HEADER: Final = frozenset(
     {"service", "promised_date", "promised_by", "destination", "recipient_ref"}
@@ -485,6 +486,8 @@ def _parse_strict(line: bytes | str) -> ScanEvent | Invalid:
         wire = _DECODE(line)
     except _DecodeError as error:
         return _invalid_from_error(line, error)
+    except UnicodeEncodeError:  # a str line with a lone surrogate (bytes are checked by msgspec)
+        return Invalid("bad_json", "the line is not valid UTF-8 text")
     return _from_wire(wire)
 
 
@@ -552,7 +555,7 @@ def _parse_text(line: bytes | str) -> ScanEvent | Invalid:
         event_ts, ingest_ts = _strict_epoch(wire.event_time), _strict_epoch(wire.ingest_time)
         promised = wire.promised_by
         promised_by_ts = None if promised is None else _strict_epoch(promised)
-    except _DecodeError:
+    except _UNREADABLE:
         return _parse_strict(line)
     return _finish(wire, event_ts, ingest_ts, promised_by_ts)
 
@@ -565,7 +568,7 @@ def _parse_each(lines: list[bytes | str], first: int, events: list[ScanEvent],
     for index, line in enumerate(lines, first):
         try:
             wire = decode(line)
-        except _DecodeError:
+        except _UNREADABLE:
             result = _parse_text(line)
         else:
             promised_by = wire.promised_by
@@ -603,7 +606,7 @@ def _parse_cached(lines: list[bytes | str], first: int, events: list[ScanEvent],
                 promised_by_ts = known(text)
                 if promised_by_ts is None:
                     promised_by_ts = epoch(text)
-        except _DecodeError:  # (a ValidationError too) the reference path, error mapping and all
+        except _UNREADABLE:  # (a ValidationError too) the reference path, errors and all
             result = _parse_strict(line)
         else:
             result = finish(wire, event_ts, ingest_ts, promised_by_ts)

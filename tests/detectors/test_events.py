@@ -472,3 +472,11 @@ def test_the_time_cache_clears_when_full_and_str_lines_parse_alike(monkeypatch):
     assert events == [_parse_strict(raw) for raw in lines]
     assert len({e.event_ts for e in events}) == 30
     assert len(module._EPOCHS) <= 5
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1,
+               max_size=3), st.sampled_from(list(BASE) + ["other"]))
+def test_a_str_line_with_a_lone_surrogate_is_a_dead_letter_not_an_exception(bad, field):
+    raw = json.dumps(BASE | {field: bad}, ensure_ascii=False)  # str: no UTF-8 form
+    for result in (parse_line(raw), parse_batch([raw] * 250)[1][-1][1]):
+        assert result == Invalid("bad_json", "the line is not valid UTF-8 text")
