@@ -284,7 +284,8 @@ _DECODE_TEXT = msgspec.json.Decoder(_WireText).decode
 _DECODE_TIME = msgspec.json.Decoder(_Time).decode
 _ENCODE = msgspec.json.encode
 
-# time text -> epoch seconds, for texts _Time accepts (parse_batch's cache; see _epoch)
+# time text -> epoch seconds, for texts _Time accepts (parse_batch's cache; see _epoch):
+# ~9 MB when full (65,536 texts of 32 characters, measured with tracemalloc)
 _EPOCHS: dict[str, int] = {}
 _EPOCHS_MAX: Final = 1 << 16
 _ValidationError = msgspec.ValidationError
