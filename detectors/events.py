@@ -533,11 +533,11 @@ def parse_batch(
     events: list[ScanEvent] = []
     invalids: list[tuple[int, Invalid]] = []
     lines = lines if isinstance(lines, list) else list(lines)
-    known = len(_EPOCHS)
+    remembered = len(_EPOCHS)
     _parse_cached(lines[:_PROBE], 0, events, invalids)
     rest = lines[_PROBE:]
     if rest:
-        if len(_EPOCHS) - known <= _PROBE // 2:  # (a cache cleared meanwhile counts as few)
+        if len(_EPOCHS) - remembered <= _PROBE // 2:  # (a cache cleared meanwhile counts as few)
             _parse_cached(rest, _PROBE, events, invalids)
         else:
             _parse_each(rest, _PROBE, events, invalids)

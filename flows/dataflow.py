@@ -56,6 +56,7 @@ from flows.config import Settings
 from flows.metrics import INCIDENT_KINDS, FlowMetrics
 from flows.network import NetworkDesk, Out, Progress
 from flows.sinks import OutboxSink
+from flows.sources import Item as Lines  # a source batch: (first line's number, lines)
 from notifiers.grouping import MessageGrouper
 
 __all__ = ["DeadLetter", "FlowContext", "Progress", "build_flow"]
@@ -180,7 +181,6 @@ class FlowContext:
 
 
 Shard = tuple[str, list[ScanEvent]]  # (shard key, its events of one source batch, in order)
-Lines = tuple[int, list[bytes]]  # a source batch: (number of its first line, lines as read)
 
 
 def _parser(ctx: FlowContext) -> Callable[[list[Lines]], list[Any]]:
