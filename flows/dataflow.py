@@ -390,8 +390,9 @@ _encode = msgspec.json.Encoder().encode
 
 def _record_line(item: tuple[str, Out]) -> tuple[str, str]:
     key, (_, record) = item
-    public = {k: v for k, v in record.items() if k != "recipient_ref"}
-    return key, _encode(public).decode()
+    if "recipient_ref" in record:
+        record = {k: v for k, v in record.items() if k != "recipient_ref"}
+    return key, _encode(record).decode()
 
 
 def build_flow(ctx: FlowContext, source: Source) -> Dataflow:

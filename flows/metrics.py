@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 __all__ = ["FlowMetrics", "make_flow_metrics"]
 
 OUTCOMES = ("accepted", "duplicate", "out_of_order", "no_header", "invalid")
+_SIGNALS = ("delay", "silence", "feed")  # facility_score's signal label
 INCIDENT_KINDS = ("facility_slowdown", "facility_stop", "weather", "lane_delay", "feed_outage")
 
 
@@ -47,39 +48,47 @@ class FlowMetrics:
     facility_dwell: Gauge
     facility_score: Gauge
     facility_incident_score: Gauge
-    # facility -> its labelled series (``labels()`` costs ~3 us a call; a row sets eleven)
+    # facility -> its labelled series (``labels()`` costs ~3 us a call; a row sets eleven),
+    # then the values last set on them
     _children: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def facility(self, row: dict[str, Any]) -> None:
         """One facility window's figures (a ``facility_windows.jsonl`` row) into the
-        per-facility series: counters add the window's counts, gauges take its state."""
+        per-facility series: counters add the window's counts, gauges take its state.
+
+        A gauge is set only when its value changes (a hub's quiet windows repeat theirs: ~0.6
+        us a ``set``, eleven a row, for each of a few hundred hubs every window)."""
         f = row["facility_id"]
         series = self._children.get(f)
         if series is None:
-            series = self._children[f] = (
-                self.facility_arrivals.labels(f), self.facility_departures.labels(f),
-                self.facility_backlog.labels(f), self.facility_waiting.labels(f),
-                self.facility_held.labels(f), self.facility_held_usual.labels(f),
-                self.facility_incident_score.labels(f),
-                {s: self.facility_score.labels(f, s) for s in ("delay", "silence", "feed")})
-        arrivals, departures, backlog, waiting, held, usual, incident, scores = series
-        arrivals.inc(row["arrivals"])
-        departures.inc(row["departures"])
-        backlog.set(row["backlog"])
-        waiting.set(row["waiting_12h"])
-        held.set(row["held"])
-        usual.set(row["held_usual"])
-        incident.set(row["score"] if row["kind"] else 0.0)
-        for signal, score in row["scores"].items():
-            scores[signal].set(score)
+            gauges = (self.facility_backlog.labels(f), self.facility_waiting.labels(f),
+                      self.facility_held.labels(f), self.facility_held_usual.labels(f),
+                      self.facility_incident_score.labels(f),
+                      *(self.facility_score.labels(f, s) for s in _SIGNALS))
+            # the gauges start at 0; the dwell series is absent until a value comes
+            last = [0.0] * len(gauges) + [None]
+            series = self._children[f] = (self.facility_arrivals.labels(f),
+                                          self.facility_departures.labels(f), gauges, last)
+        arrivals, departures, gauges, last = series
+        if row["arrivals"]:
+            arrivals.inc(row["arrivals"])
+        if row["departures"]:
+            departures.inc(row["departures"])
+        scores = row["scores"]
+        values = (row["backlog"], row["waiting_12h"], row["held"], row["held_usual"],
+                  row["score"] if row["kind"] else 0.0,
+                  *(scores[s] for s in _SIGNALS))
+        for i, value in enumerate(values):
+            if value != last[i]:
+                gauges[i].set(value)
+                last[i] = value
         dwell = row["dwell_p90_hours"]
-        if dwell is not None:
-            self.facility_dwell.labels(f).set(dwell * 3600)
-        else:  # no departure in 6 h: no series (a NaN would poison sums and alert rules)
-            try:
+        if dwell != last[-1]:
+            if dwell is not None:
+                self.facility_dwell.labels(f).set(dwell * 3600)
+            else:  # no departure in 6 h: no series (a NaN would poison sums and alert rules)
                 self.facility_dwell.remove(f)
-            except KeyError:
-                pass
+            last[-1] = dwell
 
 
 def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetrics:

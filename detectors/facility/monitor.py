@@ -15,7 +15,7 @@ from detectors.facility.drift import DwellDrift
 from detectors.facility.hst import WindowHST
 from detectors.facility.retention import CohortRetention
 from detectors.facility.seasonal import SeasonalBaseline, _median
-from detectors.facility.windows import _N_DWELL, FacilityWindow, _hist_quantile
+from detectors.facility.windows import _N_DWELL, _NO_DWELL, FacilityWindow, _hist_quantile
 
 __all__ = ["DETECTORS", "FacilityMonitor"]
 
@@ -35,6 +35,7 @@ class _Track:
         self.day: collections.deque = collections.deque()  # scans per window, last day
         self.week: collections.deque = collections.deque()  # scans per window, last week
         self.day_sum = self.week_sum = 0
+        self.level = 1.0  # the last day's volume against the last week's, set by roll
         self.last_scan_end: int | None = None
         self.silence_peak = 0.0
         self.missed = 0.0
@@ -113,11 +114,14 @@ class _Track:
             sums[3] -= old[3]
             sums[4] -= old[4]
             sums[5] -= old[5]
-        self.dwell.append(window.dwell_hist)
-        self.dwell_sum = [a + b for a, b in zip(self.dwell_sum, window.dwell_hist, strict=True)]
+        hist = window.dwell_hist
+        self.dwell.append(hist)
+        if hist != _NO_DWELL:  # (most windows of a quiet hub have no departure)
+            self.dwell_sum = [a + b for a, b in zip(self.dwell_sum, hist, strict=True)]
         if len(self.dwell) > 2 * self.n:
             old_hist = self.dwell.popleft()
-            self.dwell_sum = [a - b for a, b in zip(self.dwell_sum, old_hist, strict=True)]
+            if old_hist != _NO_DWELL:
+                self.dwell_sum = [a - b for a, b in zip(self.dwell_sum, old_hist, strict=True)]
         self.day.append(window.scans)
         self.week.append(window.scans)
         self.day_sum += window.scans
@@ -126,6 +130,10 @@ class _Track:
             self.day_sum -= self.day.popleft()
         if len(self.week) > 7 * 96:
             self.week_sum -= self.week.popleft()
+        # the volume of the last day relative to the last week (capped at 1.5): scales the
+        # usual arrivals in the silence tests (a network emptying out is no silence)
+        week = self.week_sum * 96 / len(self.week)
+        self.level = min(self.day_sum / week, 1.5) if week > 0 else 1.0
         return tuple(sums)
 
 
@@ -481,7 +489,7 @@ class FacilityMonitor:
             resume = track.resume
             resume[0] -= 1
             resume[3] += window.arrivals
-            resume[4] += self._level(track) * (track.arrivals_now.mean(x) or 0.0)
+            resume[4] += track.level * (track.arrivals_now.mean(x) or 0.0)
             stopped_hours, stop_silence = resume[1], resume[2]
             # the inflow held during the stop, scanned at once: fresh arrivals beyond the usual,
             # at least ``stop_burst_share`` of those missed during the silence (a feed outage
@@ -581,11 +589,6 @@ class FacilityMonitor:
             },
         }
 
-    def _level(self, track: _Track) -> float:
-        """The facility's volume of the last day relative to its last week (capped at 1.5)."""
-        week = track.week_sum * 96 / max(len(track.week), 1)
-        return min(track.day_sum / week, 1.5) if week > 0 else 1.0
-
     def _missed(self, track: _Track, window: FacilityWindow, x: dict[str, Any]) -> float:
         """How much the facility's arrivals have gone quiet: 1 or more is too quiet to trust.
 
@@ -593,7 +596,7 @@ class FacilityMonitor:
 
         * arrivals missed since the last one was seen, over ``silence_arrivals``: each window
           without an arrival adds the arrivals usually seen in a window at this hour (the mean
-          at the same hour of the week or day) scaled by :meth:`_level`; a window with an
+          at the same hour of the week or day) scaled by :attr:`_Track.level`; a window with an
           arrival resets it. In an evening peak one silent window is already news;
         * the time since the last arrival, over ``alive_hours``.
 
@@ -606,12 +609,12 @@ class FacilityMonitor:
             track.missed = track.surprise = 0.0
             track.last_arrival_end = window.end
             return 0.0
-        busy = track.busy_now.mean({"ts": x["ts"]})
+        busy = track.busy_now.mean(x)  # (reads only x["ts"])
         if busy:  # batches at this hour ~ Poisson(-log(1 - busy)), scaled by the volume level
-            track.surprise -= self._level(track) * math.log(1.0 - min(busy, self.stop_busy_cap))
-        usual = track.arrivals_now.mean({"ts": x["ts"]})
+            track.surprise -= track.level * math.log(1.0 - min(busy, self.stop_busy_cap))
+        usual = track.arrivals_now.mean(x)
         if usual is not None:
-            track.missed += self._level(track) * usual
+            track.missed += track.level * usual
         quiet = 0.0
         if track.last_arrival_end is not None:
             quiet = (window.end - track.last_arrival_end) / 3600 / self.alive_hours
@@ -619,13 +622,14 @@ class FacilityMonitor:
 
     def _silence(self, track: _Track, x: dict[str, Any]) -> float:
         """Low-side robust z of the arrivals of the last hours against the same hour, scaled by
-        :meth:`_level` (a network emptying out, or a holiday, is no silence), over ``z_open``."""
+        :attr:`_Track.level` (a network emptying out, or a holiday, is no silence), over
+        ``z_open``."""
         found = track.arrivals.baseline(x)
         if found is None:
             x["arrivals_usual"] = None
             return 0.0
         median, scale = found
-        level = self._level(track)
+        level = track.level
         x["arrivals_usual"] = level * median  # for :meth:`figures`: what was compared
         gap = level * median - x["arrivals"]
         if gap <= 0:

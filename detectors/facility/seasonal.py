@@ -113,9 +113,30 @@ class SeasonalBaseline(base.AnomalyDetector):
         # [k * window, (k + 1) * window)) and the values each slot has seen; made on first use
         self._rings: list[array | None] = [None] * len(seasons)
         self._seen: list[array | None] = [None] * len(seasons)
+        # and each slot's sum, for :meth:`mean`, while every value learned is a whole number
+        # (counts: their sums are exact, the same as adding the slot's values up each time)
+        self._sums: list[array | None] = [None] * len(seasons)
+        self._whole = window <= _MAX_WINDOW
         self._recent: collections.deque = collections.deque(maxlen=window)
         self._keys_of: Any = None  # the last time seen by _keys, and its keys
         self._last_keys: list[int] | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_sums" not in state:  # snapshots from before the sums: add the rings up
+            rings, window = self._rings, self.window
+            self._whole = window <= _MAX_WINDOW and all(
+                v.is_integer() and abs(v) < _WHOLE
+                for ring in rings
+                if ring is not None
+                for v in ring
+            )
+            self._sums = [  # a ring's slots beyond the values seen hold 0.0
+                None if ring is None else array(
+                    "d", (sum(ring[k : k + window]) for k in range(0, len(ring), window))
+                )
+                for ring in rings
+            ]
 
     def _keys(self, x: Mapping[str, Any]) -> list[int] | None:
         ts = x.get(self.time_key) if self.time_key else None
@@ -154,6 +175,15 @@ class SeasonalBaseline(base.AnomalyDetector):
     def mean(self, x: Mapping[str, Any]) -> float | None:
         """Mean of the values of the level that applies to ``x`` (e.g. an expected count), or
         None in warm-up."""
+        if self._whole:
+            keys = self._keys(x)
+            if keys is not None:
+                window, minimum = self.window, self.min_samples
+                for sums, seen, key in zip(self._sums, self._seen, keys, strict=True):
+                    if seen is not None:
+                        n = min(seen[key], window)
+                        if n >= minimum:
+                            return sums[key] / n  # type: ignore[index]
         values = self._values(x)
         return None if values is None else sum(values) / len(values)  # type: ignore[arg-type]
 
@@ -191,15 +221,25 @@ class SeasonalBaseline(base.AnomalyDetector):
         window = self.window
         if window <= 0:
             return
+        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
+            self._whole = False
         for level, key in enumerate(keys):
             seen = self._seen[level]
             if seen is None:
                 buckets = self.seasons[level][1]
                 self._rings[level] = array("d", bytes(8 * buckets * window))
+                self._sums[level] = array("d", bytes(8 * buckets))
                 seen = self._seen[level] = array("q", bytes(8 * buckets))
             n = seen[key]
-            self._rings[level][key * window + n % window] = value  # type: ignore[index]
+            ring, i = self._rings[level], key * window + n % window
+            self._sums[level][key] += value - ring[i]  # type: ignore[index]
+            ring[i] = value  # type: ignore[index]
             seen[key] = n + 1
+
+
+#: Whole numbers below ``_WHOLE`` add up exactly in a slot's sum of up to ``_MAX_WINDOW`` values
+#: (below 2**53).
+_WHOLE, _MAX_WINDOW = float(2**40), 2**12
 
 
 def _median(ordered: list[float]) -> float:

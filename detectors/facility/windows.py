@@ -21,6 +21,7 @@ AGE_EDGES_HOURS: tuple[int, ...] = (0, 4, 8, 12, 24, 48)
 _ARRIVED = ARRIVAL_CODES
 _DEPARTED = DEPARTURE_CODES
 _N_DWELL = len(DWELL_EDGES_SECONDS) + 1
+_NO_DWELL = (0,) * _N_DWELL  # no departure with a known arrival
 
 
 @dataclass(slots=True)
@@ -49,7 +50,7 @@ class FacilityWindow:
     handoffs: int = 0
     backlog: int = 0
     cohorts: dict[int, int] = field(default_factory=dict)
-    dwell_hist: tuple[int, ...] = (0,) * _N_DWELL
+    dwell_hist: tuple[int, ...] = _NO_DWELL
     lanes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property

@@ -727,6 +727,53 @@ def test_seasonal_slots_hold_the_last_window_values_in_the_order_seen():
     assert clone.baseline({"ts": MONDAY}) == detector.baseline({"ts": MONDAY})
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 40), min_size=1, max_size=120),
+    spoiler=st.none()
+    | st.tuples(
+        st.integers(0, 120),
+        st.integers(-(2**45), 2**45) | st.floats(-1e3, 1e3, allow_nan=False),
+    ),
+    old_at=st.integers(0, 120),
+)
+def test_seasonal_means_of_counts_from_running_sums_equal_the_slots_added_up(
+    counts, spoiler, old_at
+):
+    """:meth:`SeasonalBaseline.mean` keeps each slot's sum while every value is a whole
+    number (counts); it must give what adding the slot's values up gives, bit for bit, also
+    after a fraction or a huge value comes, and after loading a snapshot made before the
+    sums (rebuilt from the rings)."""
+    from collections import deque
+
+    detector = SeasonalBaseline(seasons=((DAY, 8), (DAY, 2)), window=3, min_samples=2)
+    plain: list[dict[int, deque]] = [defaultdict(lambda: deque(maxlen=3)) for _ in range(2)]
+    recent: deque = deque(maxlen=3)
+    values = [float(n) for n in counts]
+    if spoiler is not None:  # a fraction, or a whole number too large for exact sums
+        values.insert(spoiler[0], float(spoiler[1]))
+    for i, value in enumerate(values):
+        if i == old_at:  # as pickled before the sums existed
+            del detector.__dict__["_sums"], detector.__dict__["_whole"]
+            detector = pickle.loads(pickle.dumps(detector))
+        ts = MONDAY + i * 5 * H
+        detector.learn_one({"value": value, "ts": ts})
+        recent.append(value)
+        for level, slots in enumerate(plain):
+            slots[(ts - MONDAY) % DAY * (8, 2)[level] // DAY].append(value)
+        query = ts + 3 * H
+        expected = None
+        for level, slots in enumerate(plain):
+            slot = slots[(query - MONDAY) % DAY * (8, 2)[level] // DAY]
+            if len(slot) >= 2:
+                expected = sum(slot) / len(slot)
+                break
+        else:
+            if len(recent) >= 2:
+                expected = sum(recent) / len(recent)
+        assert detector.mean({"ts": query}) == expected
+
+
 def test_lane_assessments_equal_plainly_made_ones():
     from detectors.facility.classify import Assessment, _lane_assessment
 

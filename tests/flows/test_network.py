@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import pickle
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -432,6 +433,45 @@ def test_one_shard_sends_its_figures_and_the_desk_passes_them_on_once() -> None:
                                      {"facility": "P9"}) == 0.0  # no kind: nothing opens
     assert registry.get_sample_value("delaywatch_facility_dwell_p90_seconds",
                                      {"facility": "P9"}) is None  # no departure: no series
+
+
+def test_facility_gauges_follow_every_row_though_only_changes_are_set() -> None:
+    """``FlowMetrics.facility`` sets a gauge only when its value changes: after each row of
+    a run of repeats, changes, zero counts and a dwell coming and going, every series reads
+    what setting all of them from that row reads."""
+    registry = CollectorRegistry()
+    metrics = make_flow_metrics(registry)
+    rng = random.Random(3)
+    arrivals = departures = 0
+    for step in range(300):
+        row = {"subject": "facility", "facility_id": "P1",
+               "kind": rng.choice([None, None, "facility_slowdown"]),
+               "score": rng.choice([0.0, 1.5]), "arrivals": rng.choice([0, 0, 4]),
+               "departures": rng.choice([0, 2]), "backlog": rng.choice([0, 3, 3, 7]),
+               "waiting_12h": rng.choice([0, 1]), "held": rng.choice([0, 2]),
+               "held_usual": rng.choice([0.0, 1.5]),
+               "dwell_p90_hours": rng.choice([None, None, 2.0, 3.5]),
+               "scores": {s: rng.choice([0.0, 0.0, 0.8]) for s in ("delay", "silence", "feed")}}
+        metrics.facility(row)
+        arrivals += row["arrivals"]
+        departures += row["departures"]
+
+        def sample(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, {"facility": "P1", **labels})
+
+        assert sample("delaywatch_facility_arrivals_total") == arrivals, step
+        assert sample("delaywatch_facility_departures_total") == departures, step
+        assert sample("delaywatch_facility_backlog_packages") == row["backlog"]
+        assert sample("delaywatch_facility_waiting_12h_packages") == row["waiting_12h"]
+        assert sample("delaywatch_facility_held_packages") == row["held"]
+        assert sample("delaywatch_facility_held_usual_packages") == row["held_usual"]
+        assert sample("delaywatch_facility_incident_score") == (
+            row["score"] if row["kind"] else 0.0)
+        for signal, score in row["scores"].items():
+            assert sample("delaywatch_facility_score", signal=signal) == score
+        dwell = row["dwell_p90_hours"]
+        assert sample("delaywatch_facility_dwell_p90_seconds") == (
+            None if dwell is None else dwell * 3600)
 
 
 def test_desks_pickled_before_the_figures_resume() -> None:
