@@ -113,17 +113,28 @@ def replay(
         facilities = events.parent / "facilities.csv"
     settings = _settings(config, facilities=facilities, shards=shards, speed=speed,
                          metrics_port=metrics_port)
+    server = None
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        try:
+            server, _ = start_http_server(settings.metrics_port, addr="127.0.0.1")
+        except OSError as err:
+            _fail(f"cannot serve metrics on 127.0.0.1:{settings.metrics_port} "
+                  f"({err.strerror}; another delaywatch running?): pass --metrics-port with a "
+                  "free port, or 0 for no metrics server")
         console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
-    if recovery is not None:
-        _init_recovery(recovery)
-    source = JsonLinesSource(events, batch_size=settings.batch_size, speed=settings.speed)
-    _collect_rarely()
-    with console.status(f"replaying {events}"):
-        summary = run_replay(source, out, settings, recovery_dir=recovery)
+    try:
+        if recovery is not None:
+            _init_recovery(recovery)
+        source = JsonLinesSource(events, batch_size=settings.batch_size, speed=settings.speed)
+        _collect_rarely()
+        with console.status(f"replaying {events}"):
+            summary = run_replay(source, out, settings, recovery_dir=recovery)
+    finally:
+        if server is not None:  # the port is free again (a caller in the same process)
+            server.shutdown()
+            server.server_close()
     typer.echo(json.dumps(summary.as_dict()))
 
 
