@@ -113,9 +113,11 @@ def replay(
         facilities = events.parent / "facilities.csv"
     settings = _settings(config, facilities=facilities, shards=shards, speed=speed,
                          metrics_port=metrics_port)
-    server = None
+    server = outbox_gauges = None
     if settings.metrics_port:
-        from prometheus_client import start_http_server
+        from prometheus_client import REGISTRY, start_http_server
+
+        from notifiers import OutboxCollector
 
         try:
             server, _ = start_http_server(settings.metrics_port, addr="127.0.0.1")
@@ -123,6 +125,10 @@ def replay(
             _fail(f"cannot serve metrics on 127.0.0.1:{settings.metrics_port} "
                   f"({err.strerror}; another delaywatch running?): pass --metrics-port with a "
                   "free port, or 0 for no metrics server")
+        # the outbox's depth and oldest pending age, read at each scrape: messages piling up
+        # there mean that `delaywatch send` is not running or cannot reach the relay
+        outbox_gauges = OutboxCollector(out / "outbox.sqlite")
+        REGISTRY.register(outbox_gauges)
         console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
     try:
         if recovery is not None:
@@ -135,6 +141,7 @@ def replay(
         if server is not None:  # the port is free again (a caller in the same process)
             server.shutdown()
             server.server_close()
+            REGISTRY.unregister(outbox_gauges)
     typer.echo(json.dumps(summary.as_dict()))
 
 
@@ -223,14 +230,33 @@ def send(
     customers: Annotated[Path, typer.Option(help="customers.csv")],
     host: Annotated[str | None, typer.Option(help="SMTP relay host")] = None,
     port: Annotated[int | None, typer.Option(help="SMTP relay port")] = None,
+    metrics_textfile: Annotated[Path | None, typer.Option(
+        help="also write the e-mail counters and outbox gauges there, in Prometheus text "
+             "format (for node_exporter's textfile collector; a run from cron exits)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Send every due message in the outbox (once; retries stay queued)."""
+    """Send every due message in the outbox (once; retries stay queued).
+
+    Relay: --host/--port, else the settings' smtp.host and smtp.port (127.0.0.1:8025, the
+    demo's local server, unless a --config says otherwise). Prints the drain report as JSON;
+    messages held by quiet hours count as ``deferred`` and go on a later run."""
     from flows.run import send_outbox
 
     settings = _settings(config)
-    typer.echo(json.dumps(send_outbox(outbox, customers, settings, host=host, port=port),
-                          default=str))
+    metrics = registry = None
+    if metrics_textfile is not None:
+        from prometheus_client import CollectorRegistry
+
+        from notifiers import make_notifier_metrics
+
+        registry = CollectorRegistry()
+        metrics = make_notifier_metrics(registry)
+    report = send_outbox(outbox, customers, settings, host=host, port=port, metrics=metrics)
+    if registry is not None:
+        from prometheus_client import write_to_textfile
+
+        write_to_textfile(str(metrics_textfile), registry)  # written whole, then renamed
+    typer.echo(json.dumps(report, default=str))
 
 
 @app.command()

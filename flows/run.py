@@ -27,7 +27,7 @@ from bytewax.testing import run_main
 from flows.config import Settings
 from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
-from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
+from notifiers import MessageComposer, NotifierMetrics, Outbox, SmtpSender, drain, load_customers
 
 __all__ = ["Reference", "ReplaySummary", "incident_states", "read_facilities", "read_reference",
            "replay", "send_outbox"]
@@ -219,8 +219,10 @@ def send_outbox(
     port: int | None = None,
     quiet_hours: bool | None = None,
     now_fn: Callable[[], datetime] | None = None,
+    metrics: NotifierMetrics | None = None,
 ) -> dict[str, Any]:
-    """Drain every due outbox row to the SMTP relay once; returns the drain report."""
+    """Drain every due outbox row to the SMTP relay once; returns the drain report
+    (``metrics``: counts the e-mails and sets the outbox gauges there too)."""
     smtp = settings.smtp
     composer = MessageComposer(
         from_address=smtp.sender, unsubscribe_url=smtp.unsubscribe_url,
@@ -241,6 +243,6 @@ def send_outbox(
             now_fn=now_fn or (lambda: datetime.now(UTC)),
             max_attempts=smtp.max_attempts, backoff_base=smtp.backoff_base_seconds,
             backoff_max=smtp.backoff_max_seconds,
-            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
+            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None, metrics=metrics,
         ))
     return dataclasses.asdict(report)

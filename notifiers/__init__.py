@@ -31,7 +31,7 @@ from notifiers.errors import (
     TransientDeliveryError,
 )
 from notifiers.message import MessageComposer
-from notifiers.metrics import NotifierMetrics, make_notifier_metrics
+from notifiers.metrics import NotifierMetrics, OutboxCollector, make_notifier_metrics
 from notifiers.outbox import EnqueueResult, Outbox, OutboxRow
 from notifiers.policy import QuietHours, backoff_delay
 from notifiers.unsubscribe import make_token, verify_unsubscribe_token
@@ -52,6 +52,7 @@ __all__ = [
     "MessageComposer",
     "NotifierError",
     "NotifierMetrics",
+    "OutboxCollector",
     "Outbox",
     "OutboxRow",
     "PermanentDeliveryError",

@@ -12,6 +12,9 @@ a name or a package id.
 * ``delaywatch_outbox_oldest_pending_age_seconds`` - age of the oldest such row.
 * ``delaywatch_outbox_duplicates_total`` - enqueues ignored because the alert key was present.
 
+The two outbox gauges are also what :class:`OutboxCollector` reads from the outbox file at
+each scrape, for the flow daemon, which fills the outbox but does not send.
+
 >>> from prometheus_client import CollectorRegistry
 >>> registry = CollectorRegistry()
 >>> m = make_notifier_metrics(registry)
@@ -24,18 +27,24 @@ a name or a package id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from notifiers.outbox import Outbox
 
-__all__ = ["FAILURE_REASONS", "NotifierMetrics", "make_notifier_metrics"]
+__all__ = ["FAILURE_REASONS", "NotifierMetrics", "OutboxCollector", "make_notifier_metrics"]
 
 FAILURE_REASONS = ("transient", "permanent")
+_DEPTH_HELP = "Outbox rows pending or being sent."
+_AGE_HELP = "Seconds since the oldest unsent outbox row was enqueued."
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,47 @@ class NotifierMetrics:
         """Set the two outbox gauges from the outbox itself (the source of truth)."""
         self.depth.set(outbox.depth())
         self.oldest_pending_age.set(outbox.oldest_pending_age(now))
+
+
+class OutboxCollector(Collector):
+    """``delaywatch_outbox_depth`` and ``delaywatch_outbox_oldest_pending_age_seconds`` read
+    from the outbox file at each scrape, for a process that fills the outbox but does not
+    send (the flow daemon): messages piling up there mean the sender is not running or
+    cannot reach the relay. Nothing is exported while the file does not exist.
+
+    Register it instead of :func:`make_notifier_metrics`'s two gauges (same names), e.g.
+    ``registry.register(OutboxCollector(run_dir / "outbox.sqlite"))``.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from prometheus_client import CollectorRegistry
+    >>> from notifiers.outbox import Outbox
+    >>> path = Path(tempfile.mkdtemp()) / "outbox.sqlite"
+    >>> registry = CollectorRegistry()
+    >>> registry.register(OutboxCollector(path))
+    >>> registry.get_sample_value("delaywatch_outbox_depth") is None  # no outbox yet
+    True
+    >>> with Outbox(path) as outbox:
+    ...     outbox.enqueue({"alert_key": "p1:stall:1", "kind": "stall"}, "c1")
+    True
+    >>> registry.get_sample_value("delaywatch_outbox_depth")
+    1.0
+    """
+
+    def __init__(self, path: Path | str,
+                 now_fn: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.path = Path(path)
+        self.now_fn = now_fn
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from notifiers.outbox import Outbox
+
+        found = Outbox.read_unfinished(self.path, self.now_fn()) if self.path.exists() else None
+        if found is None:
+            return
+        yield GaugeMetricFamily("delaywatch_outbox_depth", _DEPTH_HELP, value=float(found[0]))
+        yield GaugeMetricFamily("delaywatch_outbox_oldest_pending_age_seconds", _AGE_HELP,
+                                value=found[1])
 
 
 def make_notifier_metrics(registry: CollectorRegistry | None = REGISTRY) -> NotifierMetrics:
@@ -77,12 +127,12 @@ def make_notifier_metrics(registry: CollectorRegistry | None = REGISTRY) -> Noti
         ),
         depth=Gauge(
             "delaywatch_outbox_depth",
-            "Outbox rows pending or being sent.",
+            _DEPTH_HELP,
             registry=registry,
         ),
         oldest_pending_age=Gauge(
             "delaywatch_outbox_oldest_pending_age_seconds",
-            "Seconds since the oldest unsent outbox row was enqueued.",
+            _AGE_HELP,
             registry=registry,
         ),
         duplicates=Counter(

@@ -105,6 +105,14 @@ class OutboxRow:
     last_error_code: int | None
 
 
+def _unfinished(conn: sqlite3.Connection) -> tuple[int, float | None]:
+    """(rows pending or sending, the oldest one's ``created_at`` or None)."""
+    n, oldest = conn.execute(
+        "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE status IN ('pending', 'sending')"
+    ).fetchone()
+    return int(n), oldest
+
+
 def _ts(when: datetime) -> float:
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("outbox times must be timezone-aware datetimes")
@@ -411,17 +419,31 @@ class Outbox:
 
     def depth(self) -> int:
         """Rows not yet finished (pending or sending)."""
-        (n,) = self._conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sending')"
-        ).fetchone()
-        return int(n)
+        return _unfinished(self._conn)[0]
 
     def oldest_pending_age(self, now: datetime) -> float:
         """Seconds since the oldest unfinished row was enqueued (0.0 if none)."""
-        (oldest,) = self._conn.execute(
-            "SELECT MIN(created_at) FROM outbox WHERE status IN ('pending', 'sending')"
-        ).fetchone()
+        oldest = _unfinished(self._conn)[1]
         return 0.0 if oldest is None else max(0.0, _ts(now) - oldest)
+
+    @staticmethod
+    def read_unfinished(path: str | Path, now: datetime) -> tuple[int, float] | None:
+        """:meth:`depth` and :meth:`oldest_pending_age` of the outbox at ``path``, read
+        through a read-only connection (no write lock: a process that only watches the
+        outbox, such as a metrics scrape, never delays its writer); None while it does not
+        exist yet or cannot be read."""
+        try:
+            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
+                                   timeout=1.0)
+        except sqlite3.Error:
+            return None
+        try:
+            depth, oldest = _unfinished(conn)
+        except sqlite3.Error:  # not created yet, or locked beyond the timeout
+            return None
+        finally:
+            conn.close()
+        return depth, 0.0 if oldest is None else max(0.0, _ts(now) - oldest)
 
     def stats(self) -> dict[str, int]:
         """Row counts by status (every status present, zero if none)."""

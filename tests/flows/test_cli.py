@@ -66,3 +66,37 @@ def test_replay_with_its_metrics_port_taken_says_so_and_writes_nothing(
     assert f"127.0.0.1:{port}" in done.output and "--metrics-port" in done.output
     assert "Traceback" not in done.output
     assert not (tmp_path / "run").exists()
+
+
+def test_send_writes_its_counters_for_the_textfile_collector(
+    demo_data: Path, tmp_path: Path, thresholds: None
+) -> None:
+    """`delaywatch send --metrics-textfile` (a one-shot run, e.g. from cron): the e-mails
+    the real SMTP server received, the counters in the file and the JSON report agree, and
+    the outbox gauge says what is left."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from notifiers.smtpd import SmtpServerProcess, count_by_alert_key
+
+    run = tmp_path / "run"
+    done = CliRunner().invoke(app, ["replay", str(demo_data / "events.jsonl"), "--out", str(run),
+                                    "--metrics-port", "0"])
+    assert done.exit_code == 0, done.output
+    config = tmp_path / "send.toml"
+    config.write_text("[smtp]\nquiet_hours = false\n")  # whatever the hour of the test
+    textfile = tmp_path / "delaywatch_send.prom"
+    with SmtpServerProcess(tmp_path / "maildir") as server:
+        sent = CliRunner().invoke(app, [
+            "send", "--outbox", str(run / "outbox.sqlite"),
+            "--customers", str(demo_data / "customers.csv"), "--host", "127.0.0.1",
+            "--port", str(server.port), "--metrics-textfile", str(textfile),
+            "--config", str(config)])
+    assert sent.exit_code == 0, sent.output
+    report = json.loads(sent.output.strip().splitlines()[-1])
+    samples = {s.name: s.value for family in text_string_to_metric_families(textfile.read_text())
+               for s in family.samples}
+    delivered = sum(count_by_alert_key(tmp_path / "maildir").values())
+    assert delivered > 0
+    assert samples["delaywatch_emails_sent_total"] == report["sent"] == delivered
+    assert samples["delaywatch_outbox_depth"] == 0  # every message went
+    assert samples["delaywatch_email_attempts_total"] >= delivered

@@ -233,3 +233,40 @@ def test_two_processes_one_enqueues_while_the_other_drains(tmp_path: Path) -> No
         assert result == {"inserted": n, "duplicates": n - 100}
         assert len(sent) == n == len(set(sent))
         assert box.stats()["sent"] == n
+
+
+def test_the_outbox_collector_reads_what_the_outbox_says_at_each_scrape(tmp_path: Path) -> None:
+    """The flow daemon serves the outbox's depth and oldest pending age from the file itself,
+    read-only at scrape time: the same figures as the outbox's own methods, none before the
+    file exists, and a scrape never holds the writer up."""
+    from prometheus_client import CollectorRegistry
+
+    from notifiers.metrics import OutboxCollector
+
+    path = tmp_path / "outbox.sqlite"
+    now = [T0]
+    registry = CollectorRegistry()
+    registry.register(OutboxCollector(path, now_fn=lambda: now[0]))
+
+    def sample(name: str) -> float | None:
+        return registry.get_sample_value(name)
+
+    assert sample("delaywatch_outbox_depth") is None  # nothing to read yet
+    assert not path.exists()  # and the scrape did not create it
+    with Outbox(path, busy_timeout=0.5) as outbox:
+        outbox.enqueue(make_alert("A"), "r", now=T0)
+        outbox.enqueue(make_alert("B"), "r", now=T0 + timedelta(seconds=100))
+        now[0] = T0 + timedelta(seconds=250)
+        assert sample("delaywatch_outbox_depth") == outbox.depth() == 2
+        assert sample("delaywatch_outbox_oldest_pending_age_seconds") == pytest.approx(250.0)
+        (a,) = outbox.claim_due(now[0], 1)
+        outbox.mark_sent(a.alert_key, now[0])
+        assert sample("delaywatch_outbox_depth") == 1
+        assert sample("delaywatch_outbox_oldest_pending_age_seconds") == pytest.approx(150.0)
+        # a reader in the middle of a scrape does not block the writer (WAL, read-only)
+        reader = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        assert outbox.enqueue(make_alert("C"), "r", now=now[0])
+        reader.close()
+        assert sample("delaywatch_outbox_depth") == 2
