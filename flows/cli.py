@@ -170,6 +170,9 @@ def evaluate(
 
     if not truth.is_dir():
         _fail(f"{truth} is not a directory")
+    for given in (alerts, incidents):  # a mistyped path must not score as "nothing found"
+        if given is not None and not given.is_file():
+            _fail(f"{given} does not exist")
     result = run_eval(alerts, truth, incidents, with_baselines=baselines)
     if outbox is not None:
         result["customer_messages"] = _messages(outbox, truth)

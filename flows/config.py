@@ -11,7 +11,14 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -154,6 +161,15 @@ class IncidentSettings(BaseModel):
         "rotated; a daemon that only needs the metrics can turn the file off)")
 
 
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a file")
+    return path
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing)]
+
+
 class SmtpSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     host: str = "127.0.0.1"
@@ -188,8 +204,10 @@ class Settings(BaseSettings):
         "after the last event, then holds (a silent feed is not a silent network)")
     epoch_interval_seconds: float = Field(10.0, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 = no metrics server")
-    facilities: Path | None = None
-    customers: Path | None = None
+    # a path given must exist: a mistyped one would silently run without names, time zones
+    # and regions (no weather incidents)
+    facilities: ExistingFile | None = None
+    customers: ExistingFile | None = None
     stall: StallSettings = StallSettings()
     incidents: IncidentSettings = IncidentSettings()
     smtp: SmtpSettings = SmtpSettings()

@@ -100,3 +100,22 @@ def test_send_writes_its_counters_for_the_textfile_collector(
     assert samples["delaywatch_emails_sent_total"] == report["sent"] == delivered
     assert samples["delaywatch_outbox_depth"] == 0  # every message went
     assert samples["delaywatch_email_attempts_total"] >= delivered
+
+
+@pytest.mark.parametrize("command", [
+    ["replay", "{events}", "--out", "{tmp}/run", "--facilities", "{tmp}/facilites.csv"],
+    ["evaluate", "--alerts", "{tmp}/alerts.jsonl", "--truth", "{data}"],
+    ["evaluate", "--alerts", "{events}", "--truth", "{data}", "--incidents", "{tmp}/inc.jsonl"],
+])
+def test_a_mistyped_path_is_an_error_not_an_empty_input(
+    command: list[str], demo_data: Path, tmp_path: Path
+) -> None:
+    """Review finding: a facility list or a run file that is not there was read as empty (a
+    replay without regions or names; a score of 0 found). Now it is an error naming it."""
+    args = [a.format(events=demo_data / "events.jsonl", tmp=tmp_path, data=demo_data)
+            for a in command]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2, done.output
+    missing = next(a for a in args if a.startswith(str(tmp_path)) and not a.endswith("/run"))
+    assert Path(missing).name in done.output
+    assert not (tmp_path / "run").exists()
