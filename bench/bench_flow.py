@@ -313,7 +313,8 @@ def _facility_child(events: Path, facilities: Path, mode: str, run_dir: Path) ->
 
     facility.FacilityMonitor.assess = counting  # type: ignore[method-assign]
     incidents = {"enabled": mode != "off"}
-    settings = load_settings(facilities=facilities, incidents=incidents)
+    settings = load_settings(facilities=facilities if facilities.is_file() else None,
+                             incidents=incidents)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     with _Timer() as t:
