@@ -84,6 +84,9 @@ def main() -> None:
     ap.add_argument("--idle-days", type=int, default=7)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    if args.idle_days < 4 or args.busy_days < 1:
+        ap.error("--idle-days must be 4 or more (the idle phase is timed from its fourth day) "
+                 "and --busy-days 1 or more")
     print(json.dumps(run(args.hubs, args.busy_days, args.idle_days, args.seed)))
 
 

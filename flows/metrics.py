@@ -57,7 +57,8 @@ class FlowMetrics:
         per-facility series: counters add the window's counts, gauges take its state.
 
         A gauge is set only when its value changes (a hub's quiet windows repeat theirs: ~0.6
-        us a ``set``, eleven a row, for each of a few hundred hubs every window)."""
+        us a ``set``, eleven a row, for each of a few hundred hubs every window); zero is
+        always 0.0, never the -0.0 a rounded tiny negative score can be in the row."""
         f = row["facility_id"]
         series = self._children.get(f)
         if series is None:
@@ -80,7 +81,7 @@ class FlowMetrics:
                   *(scores[s] for s in _SIGNALS))
         for i, value in enumerate(values):
             if value != last[i]:
-                gauges[i].set(value)
+                gauges[i].set(value + 0.0)  # (a score rounded to -0.0 shows as 0.0)
                 last[i] = value
         dwell = row["dwell_p90_hours"]
         if dwell != last[-1]:

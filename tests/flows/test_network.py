@@ -7,6 +7,7 @@ Package records and ``Progress`` go in as the shards would send them; what comes
 from __future__ import annotations
 
 import doctest
+import math
 import pickle
 import random
 from datetime import UTC, datetime
@@ -451,7 +452,7 @@ def test_facility_gauges_follow_every_row_though_only_changes_are_set() -> None:
                "waiting_12h": rng.choice([0, 1]), "held": rng.choice([0, 2]),
                "held_usual": rng.choice([0.0, 1.5]),
                "dwell_p90_hours": rng.choice([None, None, 2.0, 3.5]),
-               "scores": {s: rng.choice([0.0, 0.0, 0.8]) for s in ("delay", "silence", "feed")}}
+               "scores": {s: rng.choice([0.0, -0.0, 0.8]) for s in ("delay", "silence", "feed")}}
         metrics.facility(row)
         arrivals += row["arrivals"]
         departures += row["departures"]
@@ -468,7 +469,10 @@ def test_facility_gauges_follow_every_row_though_only_changes_are_set() -> None:
         assert sample("delaywatch_facility_incident_score") == (
             row["score"] if row["kind"] else 0.0)
         for signal, score in row["scores"].items():
-            assert sample("delaywatch_facility_score", signal=signal) == score
+            got = sample("delaywatch_facility_score", signal=signal)
+            assert got == score
+            if got == 0:
+                assert math.copysign(1.0, got) == 1.0, step  # never -0.0
         dwell = row["dwell_p90_hours"]
         assert sample("delaywatch_facility_dwell_p90_seconds") == (
             None if dwell is None else dwell * 3600)
