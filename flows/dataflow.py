@@ -290,7 +290,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
             for alert in alerts:
                 kinds[alert["kind"]] = kinds.get(alert["kind"], 0) + 1
             for kind, count in kinds.items():
-                m.alerts.labels(kind).inc(count)
+                m.package_records.labels(kind).inc(count)
 
     def _progress(self, out: list[Any]) -> list[Any]:
         t = self.tracker

@@ -32,6 +32,7 @@ class FlowMetrics:
     open_episodes: Gauge
     stalls_deferred: Counter
     alerts: Counter
+    package_records: Counter
     stage_keys: Gauge
     facilities_monitored: Gauge
     facility_scans_over_cap: Counter
@@ -113,7 +114,13 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
             "delaywatch_stalls_deferred", "Silent packages whose alert was put off because "
             "their promise was more than stall.tell_horizon_hours away (once per silence; "
             "told then only if still silent).", **kw),
-        alerts=Counter("delaywatch_alerts", "Alerts raised by kind.", ["kind"], **kw),
+        alerts=Counter("delaywatch_alerts", "Alerts decided by kind, as written to "
+                       "alerts.jsonl (after folding into incidents and suppression).",
+                       ["kind"], **kw),
+        package_records=Counter(
+            "delaywatch_package_records", "Records the package trackers made by kind, before "
+            "the network step decides them: stall candidates, watched packages (silent where "
+            "an incident may open), moves and late moves.", ["kind"], **kw),
         stage_keys=Gauge("delaywatch_detector_stage_keys", "Stage keys the detectors hold.",
                          **kw),
         facilities_monitored=Gauge(

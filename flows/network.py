@@ -191,12 +191,22 @@ class NetworkDesk:
             return []  # not every shard has spoken yet
         closed = min(c for _, c in self._progress.values())
         wm = min(w for w, _ in self._progress.values())
-        return self._advance(wm, closed)
+        return self._count_alerts(self._advance(wm, closed))
 
     def finish(self) -> list[Out]:
         """End of input: decide everything still held and send every held message."""
         out = self._advance(_END, _END)
-        return out + self._messages(self.grouper.flush(self.now, self.folder.resolved_at))
+        out += self._messages(self.grouper.flush(self.now, self.folder.resolved_at))
+        return self._count_alerts(out)
+
+    def _count_alerts(self, out: list[Out]) -> list[Out]:
+        """``delaywatch_alerts_total{kind}``: the alerts decided, as alerts.jsonl has them."""
+        m = self.metrics
+        if m is not None:
+            for tag, record in out:
+                if tag == "alert":
+                    m.alerts.labels(record["kind"]).inc()
+        return out
 
     # -- steps ------------------------------------------------------------------------------
     def _advance(self, wm: int, closed: int) -> list[Out]:

@@ -7,6 +7,7 @@ uses (``flows.run._metrics()``), shared with other tests: only differences are c
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import random
@@ -52,6 +53,9 @@ def _counters() -> dict[tuple[str, str], float]:
               for r in REASONS}
     values |= {("outcome", o): _count("delaywatch_scan_events_total", {"outcome": o})
                for o in OUTCOMES}
+    values |= {("alert", sample.labels["kind"]): sample.value
+               for family in REGISTRY.collect() if family.name == "delaywatch_alerts"
+               for sample in family.samples if sample.name == "delaywatch_alerts_total"}
     return values
 
 
@@ -136,7 +140,7 @@ def bad_run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> BadRun
     before = _counters()
     summary = replay(JsonLinesSource(path, batch_size=700), base / "run", _settings(demo_data))
     after = _counters()
-    delta = {k: after[k] - before[k] for k in before}
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
     return BadRun(path, base / "run", summary, len(out), bad_at, delta)
 
 
@@ -174,6 +178,16 @@ def test_counters_moved_by_the_replay(bad_run: BadRun) -> None:
     assert d["outcome", "out_of_order"] == s.out_of_order
     assert d["outcome", "no_header"] == s.no_header
     assert sum(d["outcome", o] for o in OUTCOMES) == bad_run.lines
+
+
+def test_the_alerts_counter_counts_what_alerts_jsonl_holds(bad_run: BadRun) -> None:
+    """Review finding: ``delaywatch_alerts_total{kind}`` counted the trackers' records
+    (watches, moves, stall candidates later folded into an incident), not the alerts
+    decided; a dashboard showed no incident message while customers were told."""
+    written = collections.Counter(a["kind"] for a in _jsonl(bad_run.run / "alerts.jsonl"))
+    assert written["incident_delay"] and written["stall"]  # the demo has both
+    counted = {kind: n for (what, kind), n in bad_run.delta.items() if what == "alert" and n}
+    assert counted == dict(written)
 
 
 def test_no_personal_data_in_outputs_or_metrics(bad_run: BadRun, demo_data: Path) -> None:

@@ -98,7 +98,7 @@ def test_idle_wall_time_moves_the_clock_and_fires_a_stall_within_the_hold(
     assert fired_at is not None, "the deadline passed within the hold: the stall must fire"
     # not before the watermark (clock - lateness) passed the deadline, at most a bucket after
     assert deadline <= last + fired_at - LATENESS <= deadline + BUCKET
-    assert registry.get_sample_value("delaywatch_alerts_total", {"kind": "stall"}) == 1
+    assert registry.get_sample_value("delaywatch_package_records_total", {"kind": "stall"}) == 1
 
 
 def test_a_silent_feed_holds_the_clock_and_the_alert_fires_when_events_resume(
