@@ -45,7 +45,7 @@ def _collect_rarely() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line: grep, logs
     raise typer.Exit(2)
 
 
@@ -104,6 +104,8 @@ def replay(
 
     Into RUNDIR: alerts.jsonl, incidents.jsonl, facility_windows.jsonl, dead_letters.jsonl
     and outbox.sqlite (docs/schemas.md)."""
+    from bytewax.errors import BytewaxRuntimeError
+
     from flows.run import replay as run_replay
     from flows.sources import JsonLinesSource
 
@@ -137,12 +139,32 @@ def replay(
         _collect_rarely()
         with console.status(f"replaying {events}"):
             summary = run_replay(source, out, settings, recovery_dir=recovery)
+    except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
+        if not _interrupted(exc):
+            raise
+        console.print(
+            "[yellow]interrupted:[/yellow] "
+            + (f"run the same command again (same --recovery {recovery}) to resume from the "
+               "last snapshot; nothing is lost or sent twice" if recovery is not None else
+               f"{out} holds a partial run; with --recovery DIR a run can be resumed"),
+            soft_wrap=True)
+        raise typer.Exit(130) from None
     finally:
         if server is not None:  # the port is free again (a caller in the same process)
             server.shutdown()
             server.server_close()
             REGISTRY.unregister(outbox_gauges)
     typer.echo(json.dumps(summary.as_dict()))
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C (SIGINT) ended the run: Bytewax wraps the KeyboardInterrupt raised in a step."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt) or "KeyboardInterrupt" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _init_recovery(path: Path, partitions: int = 1) -> None:

@@ -119,3 +119,40 @@ def test_a_mistyped_path_is_an_error_not_an_empty_input(
     missing = next(a for a in args if a.startswith(str(tmp_path)) and not a.endswith("/run"))
     assert Path(missing).name in done.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recovery", [True, False])
+def test_ctrl_c_ends_a_replay_with_how_to_resume_and_other_errors_stay_errors(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recovery: bool
+) -> None:
+    """Ctrl-C in a step reaches the CLI as Bytewax's runtime error wrapping the
+    KeyboardInterrupt (measured: `kill -INT` on a replay of the national sample, then the
+    same command resumed to the straight run's outputs). It ends with exit code 130 and what
+    to do next, not a traceback; any other runtime error still propagates."""
+    from bytewax.errors import BytewaxRuntimeError
+
+    import flows.run
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise BytewaxRuntimeError('error calling `StatefulBatchLogic.on_batch` in step '
+                                      '"delay_alerts.track"') from exc
+
+    monkeypatch.setattr(flows.run, "replay", interrupted)
+    args = ["replay", str(demo_data / "events.jsonl"), "--out", str(tmp_path / "run"),
+            "--metrics-port", "0"]
+    if recovery:
+        args += ["--recovery", str(tmp_path / "rec")]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 130, done.output
+    assert "interrupted" in done.output and "Traceback" not in done.output
+    assert ("--recovery" in done.output) and (("to resume" in done.output) == recovery)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise BytewaxRuntimeError("error calling `on_batch`: ValueError")
+
+    monkeypatch.setattr(flows.run, "replay", broken)
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 1 and isinstance(done.exception, BytewaxRuntimeError)
