@@ -276,7 +276,15 @@ def send(
 
         registry = CollectorRegistry()
         metrics = make_notifier_metrics(registry)
-    report = send_outbox(outbox, customers, settings, host=host, port=port, metrics=metrics)
+    from notifiers import CustomerTableError
+
+    for given in (outbox, customers):
+        if not given.is_file():
+            _fail(f"{given} does not exist")
+    try:
+        report = send_outbox(outbox, customers, settings, host=host, port=port, metrics=metrics)
+    except CustomerTableError as exc:  # names the row and column, never the address
+        _fail(str(exc))
     if registry is not None:
         from prometheus_client import write_to_textfile
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gc
 import json
 import socket
@@ -156,3 +157,28 @@ def test_ctrl_c_ends_a_replay_with_how_to_resume_and_other_errors_stay_errors(
     monkeypatch.setattr(flows.run, "replay", broken)
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 1 and isinstance(done.exception, BytewaxRuntimeError)
+
+
+def test_send_with_a_bad_customer_row_names_the_row_not_the_address(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """An unusable address in customers.csv: one line naming the file, line and column (the
+    address itself never appears), before anything is sent; no traceback."""
+    with open(demo_data / "customers.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    address = rows[0]["email"]
+    rows[0]["email"] = "not an address"
+    bad = tmp_path / "customers.csv"
+    with open(bad, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    from notifiers import Outbox
+
+    with Outbox(tmp_path / "outbox.sqlite"):
+        pass
+    done = CliRunner().invoke(app, ["send", "--outbox", str(tmp_path / "outbox.sqlite"),
+                                    "--customers", str(bad), "--port", "9"])
+    assert done.exit_code == 2, done.output
+    assert f"{bad}:2: column email" in done.output and "Traceback" not in done.output
+    assert address not in done.output and "not an address" not in done.output
