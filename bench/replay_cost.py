@@ -127,7 +127,9 @@ def main() -> None:
             with open(events, "rb") as src, open(work / "events.jsonl", "wb") as dst:
                 dst.writelines(itertools.islice(src, args.lines))
             events = work / "events.jsonl"
-        settings = load_settings(facilities=args.data / "facilities.csv", **args.settings)
+        facilities = args.data / "facilities.csv"
+        settings = load_settings(facilities=facilities if facilities.is_file() else None,
+                                 **args.settings)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         run_dir = args.out if args.out is not None else work / "run"
         summary = replay(JsonLinesSource(events), run_dir, settings, with_metrics=True)

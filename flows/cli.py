@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -45,7 +46,8 @@ def _collect_rarely() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line: grep, logs
+    # one line (grep, logs), the message's brackets shown as they are, not taken as markup
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -159,11 +161,13 @@ def replay(
 
 def _interrupted(exc: BaseException) -> bool:
     """Ctrl-C (SIGINT) ended the run: Bytewax wraps the KeyboardInterrupt raised in a step."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt) or "KeyboardInterrupt" in str(seen):
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
             return True
-        seen = seen.__cause__ or seen.__context__
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
     return False
 
 
@@ -252,12 +256,13 @@ def _when(iso: str | None) -> str:
 @app.command()
 def send(
     outbox: Annotated[Path, typer.Option(help="outbox.sqlite of a run")],
-    customers: Annotated[Path, typer.Option(help="customers.csv")],
+    customers: Annotated[Path | None, typer.Option(
+        help="customers.csv (default: the settings' customers)")] = None,
     host: Annotated[str | None, typer.Option(help="SMTP relay host")] = None,
     port: Annotated[int | None, typer.Option(help="SMTP relay port")] = None,
     metrics_textfile: Annotated[Path | None, typer.Option(
-        help="also write the e-mail counters and outbox gauges there, in Prometheus text "
-             "format (for node_exporter's textfile collector; a run from cron exits)")] = None,
+        help="also write this run's figures and the outbox gauges there, in Prometheus text "
+             "format (for node_exporter's textfile collector: a run from cron exits)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Send every due message in the outbox (once; retries stay queued).
@@ -265,30 +270,29 @@ def send(
     Relay: --host/--port, else the settings' smtp.host and smtp.port (127.0.0.1:8025, the
     demo's local server, unless a --config says otherwise). Prints the drain report as JSON;
     messages held by quiet hours count as ``deferred`` and go on a later run."""
+    from datetime import UTC, datetime
+
     from flows.run import send_outbox
+    from notifiers import CustomerTableError
+    from notifiers.metrics import write_send_textfile
 
     settings = _settings(config)
-    metrics = registry = None
-    if metrics_textfile is not None:
-        from prometheus_client import CollectorRegistry
-
-        from notifiers import make_notifier_metrics
-
-        registry = CollectorRegistry()
-        metrics = make_notifier_metrics(registry)
-    from notifiers import CustomerTableError
-
+    customers = customers or settings.customers
+    if customers is None:
+        _fail("no customer table: pass --customers FILE (or set customers in the settings)")
     for given in (outbox, customers):
         if not given.is_file():
             _fail(f"{given} does not exist")
+    if metrics_textfile is not None and not metrics_textfile.parent.is_dir():
+        _fail(f"{metrics_textfile.parent} (for --metrics-textfile) is not a directory")
     try:
-        report = send_outbox(outbox, customers, settings, host=host, port=port, metrics=metrics)
-    except CustomerTableError as exc:  # names the row and column, never the address
+        report = send_outbox(outbox, customers, settings, host=host, port=port)
+    except CustomerTableError as exc:  # names the line and column, never a value
         _fail(str(exc))
-    if registry is not None:
-        from prometheus_client import write_to_textfile
-
-        write_to_textfile(str(metrics_textfile), registry)  # written whole, then renamed
+    except UnicodeDecodeError as exc:
+        _fail(f"{customers} is not UTF-8 text (byte {exc.start})")
+    if metrics_textfile is not None:
+        write_send_textfile(metrics_textfile, report, outbox, datetime.now(UTC))
     typer.echo(json.dumps(report, default=str))
 
 

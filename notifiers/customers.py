@@ -70,7 +70,9 @@ def load_customers(path: str | Path) -> dict[str, Customer]:
     """Read ``customers.csv`` into ``{recipient_ref: Customer}``.
 
     Every row is validated (address, locale in en|es, IANA zone); a bad row raises
-    :class:`CustomerTableError` naming the file line and the column, never the value.
+    :class:`CustomerTableError` naming the file line and the column, never a value (not even
+    the row's recipient_ref: in a row that lost a field, that column holds a name or an
+    address).
     """
     customers: dict[str, Customer] = {}
     with open(path, newline="", encoding="utf-8") as fh:
@@ -95,19 +97,19 @@ def _parse_row(row: Mapping[str, str | None], *, where: str) -> Customer:
         validate_address(email)
     except InvalidRecipientError:
         raise CustomerTableError(
-            f"{where}: column email is not a plain address (recipient_ref {ref})"
+            f"{where}: column email is not a plain address"
         ) from None
     locale = (row.get("locale") or "").strip().lower()
     if locale not in LOCALES:
         raise CustomerTableError(
-            f"{where}: column locale must be one of {', '.join(LOCALES)} (recipient_ref {ref})"
+            f"{where}: column locale must be one of {', '.join(LOCALES)}"
         )
     tz = (row.get("tz") or "").strip()
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise CustomerTableError(
-            f"{where}: column tz must be an IANA zone name (recipient_ref {ref})"
+            f"{where}: column tz must be an IANA zone name"
         ) from None
     return Customer(
         recipient_ref=ref,

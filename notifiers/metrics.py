@@ -27,11 +27,11 @@ each scrape, for the flow daemon, which fills the outbox but does not send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
@@ -40,7 +40,13 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from notifiers.outbox import Outbox
 
-__all__ = ["FAILURE_REASONS", "NotifierMetrics", "OutboxCollector", "make_notifier_metrics"]
+__all__ = [
+    "FAILURE_REASONS",
+    "NotifierMetrics",
+    "OutboxCollector",
+    "make_notifier_metrics",
+    "write_send_textfile",
+]
 
 FAILURE_REASONS = ("transient", "permanent")
 _DEPTH_HELP = "Outbox rows pending or being sent."
@@ -92,6 +98,11 @@ class OutboxCollector(Collector):
         self.path = Path(path)
         self.now_fn = now_fn
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The two names, known before the outbox exists (a filtered scrape finds them)."""
+        yield GaugeMetricFamily("delaywatch_outbox_depth", _DEPTH_HELP)
+        yield GaugeMetricFamily("delaywatch_outbox_oldest_pending_age_seconds", _AGE_HELP)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from notifiers.outbox import Outbox
 
@@ -101,6 +112,57 @@ class OutboxCollector(Collector):
         yield GaugeMetricFamily("delaywatch_outbox_depth", _DEPTH_HELP, value=float(found[0]))
         yield GaugeMetricFamily("delaywatch_outbox_oldest_pending_age_seconds", _AGE_HELP,
                                 value=found[1])
+
+
+def write_send_textfile(path: Path | str, report: Mapping[str, Any], outbox: Path | str,
+                        now: datetime) -> None:
+    """One ``delaywatch send`` run's figures in Prometheus text format at ``path``, for
+    node_exporter's textfile collector: a run from cron exits, so what it did is exported as
+    gauges of the *last run* (counters would restart at every run and undercount), with its
+    time, so that a job that stopped running shows as a stale timestamp:
+
+    * ``delaywatch_send_last_run_timestamp_seconds``;
+    * ``delaywatch_send_last_run_messages{outcome}``: the drain report's counts (``sent``,
+      ``failed_permanent``, ``deferred`` by quiet hours, ``released`` when the relay could
+      not be reached, ...);
+    * ``delaywatch_send_last_run_relay_error_code``: the relay's reply code when it refused
+      or could not be reached (0: none);
+    * ``delaywatch_outbox_depth`` and ``delaywatch_outbox_oldest_pending_age_seconds`` after
+      the run.
+
+    The file is written whole, then renamed into place.
+
+    >>> import tempfile
+    >>> from datetime import UTC, datetime
+    >>> from pathlib import Path
+    >>> out = Path(tempfile.mkdtemp()) / "send.prom"
+    >>> write_send_textfile(out, {"sent": 3, "deferred": 1, "relay_error_code": None},
+    ...                     out.parent / "missing.sqlite", datetime(2026, 11, 24, tzinfo=UTC))
+    >>> print(out.read_text().splitlines()[2])
+    delaywatch_send_last_run_timestamp_seconds 1.7954784e+09
+    """
+    from prometheus_client import write_to_textfile
+
+    from notifiers.outbox import Outbox
+
+    registry = CollectorRegistry()
+    Gauge("delaywatch_send_last_run_timestamp_seconds", "When the last send run ended.",
+          registry=registry).set(now.timestamp())
+    counts = Gauge("delaywatch_send_last_run_messages",
+                   "Outbox rows the last send run handled, by outcome.", ["outcome"],
+                   registry=registry)
+    for outcome, n in report.items():
+        if outcome != "relay_error_code":
+            counts.labels(outcome).set(n)
+    Gauge("delaywatch_send_last_run_relay_error_code",
+          "The relay's reply code when it refused or could not be reached in the last send "
+          "run (0: none).", registry=registry).set(report.get("relay_error_code") or 0)
+    found = Outbox.read_unfinished(outbox, now)
+    if found is not None:
+        Gauge("delaywatch_outbox_depth", _DEPTH_HELP, registry=registry).set(found[0])
+        Gauge("delaywatch_outbox_oldest_pending_age_seconds", _AGE_HELP,
+              registry=registry).set(found[1])
+    write_to_textfile(str(path), registry)
 
 
 def make_notifier_metrics(registry: CollectorRegistry | None = REGISTRY) -> NotifierMetrics:

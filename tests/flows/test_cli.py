@@ -6,6 +6,7 @@ import csv
 import gc
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,12 +70,12 @@ def test_replay_with_its_metrics_port_taken_says_so_and_writes_nothing(
     assert not (tmp_path / "run").exists()
 
 
-def test_send_writes_its_counters_for_the_textfile_collector(
+def test_send_writes_its_last_run_for_the_textfile_collector(
     demo_data: Path, tmp_path: Path, thresholds: None
 ) -> None:
     """`delaywatch send --metrics-textfile` (a one-shot run, e.g. from cron): the e-mails
-    the real SMTP server received, the counters in the file and the JSON report agree, and
-    the outbox gauge says what is left."""
+    the real SMTP server received, the last run's figures in the file and the JSON report
+    agree, and the outbox gauge says what is left."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from notifiers.smtpd import SmtpServerProcess, count_by_alert_key
@@ -94,13 +95,18 @@ def test_send_writes_its_counters_for_the_textfile_collector(
             "--config", str(config)])
     assert sent.exit_code == 0, sent.output
     report = json.loads(sent.output.strip().splitlines()[-1])
-    samples = {s.name: s.value for family in text_string_to_metric_families(textfile.read_text())
+    samples = {(s.name, s.labels.get("outcome")): s.value
+               for family in text_string_to_metric_families(textfile.read_text())
                for s in family.samples}
     delivered = sum(count_by_alert_key(tmp_path / "maildir").values())
     assert delivered > 0
-    assert samples["delaywatch_emails_sent_total"] == report["sent"] == delivered
-    assert samples["delaywatch_outbox_depth"] == 0  # every message went
-    assert samples["delaywatch_email_attempts_total"] >= delivered
+    # the last run's figures as gauges (counters of a process that exits would restart at
+    # every cron run), with the time of the run
+    assert samples["delaywatch_send_last_run_messages", "sent"] == report["sent"] == delivered
+    assert samples["delaywatch_send_last_run_messages", "failed_permanent"] == 0
+    assert samples["delaywatch_send_last_run_relay_error_code", None] == 0
+    assert abs(samples["delaywatch_send_last_run_timestamp_seconds", None] - time.time()) < 600
+    assert samples["delaywatch_outbox_depth", None] == 0  # every message went
 
 
 @pytest.mark.parametrize("command", [
@@ -151,8 +157,8 @@ def test_ctrl_c_ends_a_replay_with_how_to_resume_and_other_errors_stay_errors(
     assert "interrupted" in done.output and "Traceback" not in done.output
     assert ("--recovery" in done.output) and (("to resume" in done.output) == recovery)
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise BytewaxRuntimeError("error calling `on_batch`: ValueError")
+    def broken(*args: object, **kwargs: object) -> None:  # names it, but is not one
+        raise BytewaxRuntimeError("error calling `on_batch`: unknown zone Bogus/KeyboardInterrupt")
 
     monkeypatch.setattr(flows.run, "replay", broken)
     done = CliRunner().invoke(app, args)
@@ -182,3 +188,18 @@ def test_send_with_a_bad_customer_row_names_the_row_not_the_address(
     assert done.exit_code == 2, done.output
     assert f"{bad}:2: column email" in done.output and "Traceback" not in done.output
     assert address not in done.output and "not an address" not in done.output
+    # a row that lost its first fields: its recipient_ref column holds the address
+    bad.write_text("recipient_ref,name,email,locale,tz\n" + f"{address},es,Europe/Madrid\n",
+                   encoding="utf-8")
+    done = CliRunner().invoke(app, ["send", "--outbox", str(tmp_path / "outbox.sqlite"),
+                                    "--customers", str(bad), "--port", "9"])
+    assert done.exit_code == 2 and f"{bad}:2: column" in done.output, done.output
+    assert address not in done.output
+
+
+def test_an_error_message_shows_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:
+    """Error lines are not rich markup: a path like ``x[/y]`` is shown, not parsed."""
+    path = tmp_path / "x[/y]" / "[blue]outbox.sqlite"
+    done = CliRunner().invoke(app, ["send", "--outbox", str(path), "--customers", str(path)])
+    assert done.exit_code == 2, done.output
+    assert f"{path} does not exist" in done.output

@@ -253,11 +253,15 @@ def test_the_outbox_collector_reads_what_the_outbox_says_at_each_scrape(tmp_path
 
     assert sample("delaywatch_outbox_depth") is None  # nothing to read yet
     assert not path.exists()  # and the scrape did not create it
+    # a filtered scrape (``/metrics?name[]=...``) knows the names before the file exists
+    only_depth = registry.restricted_registry(["delaywatch_outbox_depth"])
     with Outbox(path, busy_timeout=0.5) as outbox:
         outbox.enqueue(make_alert("A"), "r", now=T0)
         outbox.enqueue(make_alert("B"), "r", now=T0 + timedelta(seconds=100))
         now[0] = T0 + timedelta(seconds=250)
         assert sample("delaywatch_outbox_depth") == outbox.depth() == 2
+        assert [(s.name, s.value) for family in only_depth.collect()
+                for s in family.samples] == [("delaywatch_outbox_depth", 2.0)]
         assert sample("delaywatch_outbox_oldest_pending_age_seconds") == pytest.approx(250.0)
         (a,) = outbox.claim_due(now[0], 1)
         outbox.mark_sent(a.alert_key, now[0])
