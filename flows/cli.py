@@ -146,9 +146,10 @@ def replay(
             raise
         console.print(
             "[yellow]interrupted:[/yellow] "
-            + (f"run the same command again (same --recovery {recovery}) to resume from the "
-               "last snapshot; nothing is lost or sent twice" if recovery is not None else
-               f"{out} holds a partial run; with --recovery DIR a run can be resumed"),
+            + escape(f"run the same command again (same --recovery {recovery}) to resume "
+                     "from the last snapshot; nothing is lost or sent twice"
+                     if recovery is not None else
+                     f"{out} holds a partial run; with --recovery DIR a run can be resumed"),
             soft_wrap=True)
         raise typer.Exit(130) from None
     finally:
