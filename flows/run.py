@@ -221,7 +221,8 @@ def send_outbox(
     now_fn: Callable[[], datetime] | None = None,
     metrics: NotifierMetrics | None = None,
 ) -> dict[str, Any]:
-    """Drain every due outbox row to the SMTP relay once; returns the drain report
+    """Drain every due outbox row to the SMTP relay once; returns the drain report, with
+    ``next_due_at`` (ISO) when the earliest row still pending is next due, or None
     (``metrics``: counts the e-mails and sets the outbox gauges there too)."""
     smtp = settings.smtp
     composer = MessageComposer(
@@ -245,4 +246,6 @@ def send_outbox(
             backoff_max=smtp.backoff_max_seconds,
             quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None, metrics=metrics,
         ))
-    return dataclasses.asdict(report)
+        due = outbox.next_due()
+    # when the rows left pending (deferred by quiet hours, backing off) go, for the operator
+    return dataclasses.asdict(report) | {"next_due_at": None if due is None else due.isoformat()}

@@ -152,7 +152,7 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], outbox: Pat
                    "Outbox rows the last send run handled, by outcome.", ["outcome"],
                    registry=registry)
     for outcome, n in report.items():
-        if outcome != "relay_error_code":
+        if outcome not in ("relay_error_code", "next_due_at"):
             counts.labels(outcome).set(n)
     Gauge("delaywatch_send_last_run_relay_error_code",
           "The relay's reply code when it refused or could not be reached in the last send "

@@ -426,6 +426,14 @@ class Outbox:
         oldest = _unfinished(self._conn)[1]
         return 0.0 if oldest is None else max(0.0, _ts(now) - oldest)
 
+    def next_due(self) -> datetime | None:
+        """When the earliest pending row is next due (after a retry back-off or quiet hours),
+        or None when nothing is pending."""
+        (at,) = self._conn.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'"
+        ).fetchone()
+        return None if at is None else datetime.fromtimestamp(at, UTC)
+
     @staticmethod
     def read_unfinished(path: str | Path, now: datetime) -> tuple[int, float] | None:
         """:meth:`depth` and :meth:`oldest_pending_age` of the outbox at ``path``, read

@@ -107,6 +107,7 @@ def test_send_writes_its_last_run_for_the_textfile_collector(
     assert samples["delaywatch_send_last_run_relay_error_code", None] == 0
     assert abs(samples["delaywatch_send_last_run_timestamp_seconds", None] - time.time()) < 600
     assert samples["delaywatch_outbox_depth", None] == 0  # every message went
+    assert report["next_due_at"] is None  # and nothing waits
 
 
 @pytest.mark.parametrize("command", [

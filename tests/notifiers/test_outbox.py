@@ -274,3 +274,18 @@ def test_the_outbox_collector_reads_what_the_outbox_says_at_each_scrape(tmp_path
         assert outbox.enqueue(make_alert("C"), "r", now=now[0])
         reader.close()
         assert sample("delaywatch_outbox_depth") == 2
+
+
+def test_next_due_is_when_the_earliest_pending_row_goes(outbox: Outbox) -> None:
+    """``delaywatch send`` reports it, so that an operator whose run deferred everything
+    (quiet hours) knows when the messages will go."""
+    assert outbox.next_due() is None
+    outbox.enqueue(make_alert("A"), "r", now=T0)
+    outbox.enqueue(make_alert("B"), "r", now=T0)
+    assert outbox.next_due() == T0  # due at once
+    (a, b) = outbox.claim_due(T0, 2)
+    outbox.defer(a.alert_key, T0 + timedelta(hours=9))  # quiet hours
+    outbox.mark_retry(b.alert_key, 451, T0 + timedelta(minutes=5))  # backing off
+    assert outbox.next_due() == T0 + timedelta(minutes=5)
+    outbox.mark_sent(b.alert_key, T0 + timedelta(minutes=5))
+    assert outbox.next_due() == T0 + timedelta(hours=9)
