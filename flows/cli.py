@@ -293,7 +293,7 @@ def send(
     except UnicodeDecodeError as exc:
         _fail(f"{customers} is not UTF-8 text (byte {exc.start})")
     if metrics_textfile is not None:
-        write_send_textfile(metrics_textfile, report, outbox, datetime.now(UTC))
+        write_send_textfile(metrics_textfile, report, datetime.now(UTC))
     typer.echo(json.dumps(report, default=str))
 
 

@@ -27,7 +27,7 @@ from bytewax.testing import run_main
 from flows.config import Settings
 from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
-from notifiers import MessageComposer, NotifierMetrics, Outbox, SmtpSender, drain, load_customers
+from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
 
 __all__ = ["Reference", "ReplaySummary", "incident_states", "read_facilities", "read_reference",
            "replay", "send_outbox"]
@@ -219,11 +219,10 @@ def send_outbox(
     port: int | None = None,
     quiet_hours: bool | None = None,
     now_fn: Callable[[], datetime] | None = None,
-    metrics: NotifierMetrics | None = None,
 ) -> dict[str, Any]:
-    """Drain every due outbox row to the SMTP relay once; returns the drain report, with
-    ``next_due_at`` (ISO) when the earliest row still pending is next due, or None
-    (``metrics``: counts the e-mails and sets the outbox gauges there too)."""
+    """Drain every due outbox row to the SMTP relay once; returns the drain report and the
+    outbox after it: ``outbox_depth``, ``outbox_oldest_pending_age_seconds`` and
+    ``next_due_at`` (ISO), when the earliest row still pending is next due, or None."""
     smtp = settings.smtp
     composer = MessageComposer(
         from_address=smtp.sender, unsubscribe_url=smtp.unsubscribe_url,
@@ -238,14 +237,18 @@ def send_outbox(
     from notifiers import DEFAULT_QUIET_HOURS
 
     use_quiet = smtp.quiet_hours if quiet_hours is None else quiet_hours
+    now_fn = now_fn or (lambda: datetime.now(UTC))
     with Outbox(outbox_path) as outbox:
         report = asyncio.run(drain(
-            outbox, customers, sender, composer=composer,
-            now_fn=now_fn or (lambda: datetime.now(UTC)),
+            outbox, customers, sender, composer=composer, now_fn=now_fn,
             max_attempts=smtp.max_attempts, backoff_base=smtp.backoff_base_seconds,
             backoff_max=smtp.backoff_max_seconds,
-            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None, metrics=metrics,
+            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
         ))
+        # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()
-    # when the rows left pending (deferred by quiet hours, backing off) go, for the operator
-    return dataclasses.asdict(report) | {"next_due_at": None if due is None else due.isoformat()}
+        return dataclasses.asdict(report) | {
+            "outbox_depth": outbox.depth(),
+            "outbox_oldest_pending_age_seconds": outbox.oldest_pending_age(now_fn()),
+            "next_due_at": None if due is None else due.isoformat(),
+        }

@@ -106,7 +106,7 @@ class OutboxCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from notifiers.outbox import Outbox
 
-        found = Outbox.read_unfinished(self.path, self.now_fn()) if self.path.exists() else None
+        found = Outbox.read_unfinished(self.path, self.now_fn())
         if found is None:
             return
         yield GaugeMetricFamily("delaywatch_outbox_depth", _DEPTH_HELP, value=float(found[0]))
@@ -114,8 +114,7 @@ class OutboxCollector(Collector):
                                 value=found[1])
 
 
-def write_send_textfile(path: Path | str, report: Mapping[str, Any], outbox: Path | str,
-                        now: datetime) -> None:
+def write_send_textfile(path: Path | str, report: Mapping[str, Any], now: datetime) -> None:
     """One ``delaywatch send`` run's figures in Prometheus text format at ``path``, for
     node_exporter's textfile collector: a run from cron exits, so what it did is exported as
     gauges of the *last run* (counters would restart at every run and undercount), with its
@@ -128,7 +127,7 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], outbox: Pat
     * ``delaywatch_send_last_run_relay_error_code``: the relay's reply code when it refused
       or could not be reached (0: none);
     * ``delaywatch_outbox_depth`` and ``delaywatch_outbox_oldest_pending_age_seconds`` after
-      the run.
+      the run, when ``report`` has them (``flows.run.send_outbox``'s does).
 
     The file is written whole, then renamed into place.
 
@@ -137,13 +136,15 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], outbox: Pat
     >>> from pathlib import Path
     >>> out = Path(tempfile.mkdtemp()) / "send.prom"
     >>> write_send_textfile(out, {"sent": 3, "deferred": 1, "relay_error_code": None},
-    ...                     out.parent / "missing.sqlite", datetime(2026, 11, 24, tzinfo=UTC))
+    ...                     datetime(2026, 11, 24, tzinfo=UTC))
     >>> print(out.read_text().splitlines()[2])
     delaywatch_send_last_run_timestamp_seconds 1.7954784e+09
     """
+    from dataclasses import fields
+
     from prometheus_client import write_to_textfile
 
-    from notifiers.outbox import Outbox
+    from notifiers.email import DrainReport
 
     registry = CollectorRegistry()
     Gauge("delaywatch_send_last_run_timestamp_seconds", "When the last send run ended.",
@@ -151,17 +152,17 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], outbox: Pat
     counts = Gauge("delaywatch_send_last_run_messages",
                    "Outbox rows the last send run handled, by outcome.", ["outcome"],
                    registry=registry)
-    for outcome, n in report.items():
-        if outcome not in ("relay_error_code", "next_due_at"):
-            counts.labels(outcome).set(n)
+    for f in fields(DrainReport):
+        if f.name != "relay_error_code" and f.name in report:
+            counts.labels(f.name).set(report[f.name])
     Gauge("delaywatch_send_last_run_relay_error_code",
           "The relay's reply code when it refused or could not be reached in the last send "
           "run (0: none).", registry=registry).set(report.get("relay_error_code") or 0)
-    found = Outbox.read_unfinished(outbox, now)
-    if found is not None:
-        Gauge("delaywatch_outbox_depth", _DEPTH_HELP, registry=registry).set(found[0])
+    if "outbox_depth" in report:
+        Gauge("delaywatch_outbox_depth", _DEPTH_HELP,
+              registry=registry).set(report["outbox_depth"])
         Gauge("delaywatch_outbox_oldest_pending_age_seconds", _AGE_HELP,
-              registry=registry).set(found[1])
+              registry=registry).set(report["outbox_oldest_pending_age_seconds"])
     write_to_textfile(str(path), registry)
 
 

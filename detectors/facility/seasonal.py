@@ -154,20 +154,29 @@ class SeasonalBaseline(base.AnomalyDetector):
         ]
         return keys
 
-    def _values(self, x: Mapping[str, Any]) -> Iterable[float] | None:
+    def _slot(self, x: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        """``(level, slot, values seen)`` of the finest seasonal level whose slot for ``x``
+        holds ``min_samples`` values; None: the level without seasonality (or warm-up)."""
         keys = self._keys(x)
         if keys is not None:
             window, minimum = self.window, self.min_samples
-            for ring, seen, key in zip(self._rings, self._seen, keys, strict=True):
-                if seen is None:
-                    continue
-                n = seen[key]
-                if min(n, window) >= minimum:
-                    start = key * window
-                    if n <= window:
-                        return ring[start : start + n]  # type: ignore[index]
-                    oldest = start + n % window  # in the order seen, as a deque would hold them
-                    return ring[oldest : start + window] + ring[start:oldest]  # type: ignore[index]
+            for level, (seen, key) in enumerate(zip(self._seen, keys, strict=True)):
+                if seen is not None:
+                    n = seen[key]
+                    if min(n, window) >= minimum:
+                        return level, key, n
+        return None
+
+    def _values(self, x: Mapping[str, Any]) -> Iterable[float] | None:
+        slot = self._slot(x)
+        if slot is not None:
+            level, key, n = slot
+            ring, window = self._rings[level], self.window
+            start = key * window
+            if n <= window:
+                return ring[start : start + n]  # type: ignore[index]
+            oldest = start + n % window  # in the order seen, as a deque would hold them
+            return ring[oldest : start + window] + ring[start:oldest]  # type: ignore[index]
         if len(self._recent) < self.min_samples:
             return None
         return self._recent
@@ -176,14 +185,10 @@ class SeasonalBaseline(base.AnomalyDetector):
         """Mean of the values of the level that applies to ``x`` (e.g. an expected count), or
         None in warm-up."""
         if self._whole:
-            keys = self._keys(x)
-            if keys is not None:
-                window, minimum = self.window, self.min_samples
-                for sums, seen, key in zip(self._sums, self._seen, keys, strict=True):
-                    if seen is not None:
-                        n = min(seen[key], window)
-                        if n >= minimum:
-                            return sums[key] / n  # type: ignore[index]
+            slot = self._slot(x)
+            if slot is not None:
+                level, key, n = slot
+                return self._sums[level][key] / min(n, self.window)  # type: ignore[index]
         values = self._values(x)
         return None if values is None else sum(values) / len(values)  # type: ignore[arg-type]
 
