@@ -3,6 +3,7 @@
     delaywatch demo                                   simulator -> flow -> outbox -> SMTP, scored
     delaywatch simulate --scenario demo --seed 1 --out DIR
     delaywatch replay EVENTS --out RUNDIR             the real dataflow over a JSON-lines file
+    delaywatch replay FEED --out RUNDIR --follow --recovery DIR     ... as a daemon on a live feed
     delaywatch evaluate --alerts FILE --truth DIR [--json]
     delaywatch incidents RUNDIR [--all] [--json]      the run's facility incidents as they stand
     delaywatch send --outbox FILE --customers FILE    drain the outbox to an SMTP relay
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -100,12 +102,18 @@ def replay(
         help="Bytewax recovery directory (created and initialised if missing)")] = None,
     metrics_port: Annotated[int | None, typer.Option(
         help="serve Prometheus metrics on 127.0.0.1:PORT while running (0 = off)")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="run as a daemon: keep reading EVENTS as the feed appends to it and "
+        "rotates it, until stopped (SIGTERM or Ctrl-C); needs --recovery; the clock also "
+        "moves with wall time while the feed is quiet (mode = live) unless the settings "
+        "name a mode")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run the real dataflow over a file; writes alerts, incidents, facility windows, outbox.
 
     Into RUNDIR: alerts.jsonl, incidents.jsonl, facility_windows.jsonl, dead_letters.jsonl
-    and outbox.sqlite (docs/schemas.md)."""
+    and outbox.sqlite (docs/schemas.md). With --follow it runs until stopped; a stop
+    (SIGTERM, as systemd sends) exits 0 and the same command resumes where it stopped."""
     from bytewax.errors import BytewaxRuntimeError
 
     from flows.run import replay as run_replay
@@ -117,10 +125,22 @@ def replay(
         facilities = events.parent / "facilities.csv"
     settings = _settings(config, facilities=facilities, shards=shards, speed=speed,
                          metrics_port=metrics_port)
-    server = outbox_gauges = None
+    if follow:
+        if recovery is None:
+            _fail("--follow runs as a daemon and needs --recovery DIR: without it a restart "
+                  "would read the feed again from its start and write the run anew")
+        if settings.speed > 0:
+            _fail("--follow reads a live feed as it grows; --speed paces a finished file: "
+                  "give one of them")
+        if "mode" not in settings.model_fields_set:  # a daemon's clock moves with wall time
+            settings = settings.model_copy(update={"mode": "live"})
+    source = JsonLinesSource(events, batch_size=settings.batch_size, speed=settings.speed,
+                             follow=follow, poll_seconds=settings.follow_poll_seconds)
+    server = outbox_gauges = feed_gauges = None
     if settings.metrics_port:
         from prometheus_client import REGISTRY, start_http_server
 
+        from flows.metrics import FeedCollector
         from notifiers import OutboxCollector
 
         try:
@@ -133,43 +153,62 @@ def replay(
         # there mean that `delaywatch send` is not running or cannot reach the relay
         outbox_gauges = OutboxCollector(out / "outbox.sqlite")
         REGISTRY.register(outbox_gauges)
+        if follow:  # how far behind the feed the daemon is, and when it last read a line
+            feed_gauges = FeedCollector(lambda: source.partitions)
+            REGISTRY.register(feed_gauges)
         console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if recovery is not None:
             _init_recovery(recovery)
-        source = JsonLinesSource(events, batch_size=settings.batch_size, speed=settings.speed)
         _collect_rarely()
-        with console.status(f"replaying {events}"):
+        with console.status(f"following {events}" if follow else f"replaying {events}"):
             summary = run_replay(source, out, settings, recovery_dir=recovery)
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
-        if not _interrupted(exc):
+        stop = _interrupted(exc)
+        if stop is None:
             raise
+        how = "stopped" if isinstance(stop, _Terminated) else "interrupted"
         console.print(
-            "[yellow]interrupted:[/yellow] "
+            f"[yellow]{how}:[/yellow] "
             + escape(f"run the same command again (same --recovery {recovery}) to resume "
                      "from the last snapshot; nothing is lost or sent twice"
                      if recovery is not None else
                      f"{out} holds a partial run; with --recovery DIR a run can be resumed"),
             soft_wrap=True)
-        raise typer.Exit(130) from None
+        # a requested stop (systemd's SIGTERM) is a clean end; Ctrl-C is the shell's 130
+        raise typer.Exit(0 if isinstance(stop, _Terminated) else 130) from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if server is not None:  # the port is free again (a caller in the same process)
             server.shutdown()
             server.server_close()
             REGISTRY.unregister(outbox_gauges)
+            if feed_gauges is not None:
+                REGISTRY.unregister(feed_gauges)
     typer.echo(json.dumps(summary.as_dict()))
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Ctrl-C (SIGINT) ended the run: Bytewax wraps the KeyboardInterrupt raised in a step."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``systemctl stop``, ``kill``): ends the run as Ctrl-C does, at the next step
+    the engine runs, so that the recovery store resumes it."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _interrupted(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (SIGINT) or SIGTERM that ended the run, if one did: Bytewax wraps the
+    KeyboardInterrupt raised in a step."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, KeyboardInterrupt):
-            return True
+            return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    return False
+    return None
 
 
 def _init_recovery(path: Path, partitions: int = 1) -> None:

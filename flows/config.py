@@ -195,6 +195,9 @@ class Settings(BaseSettings):
     feed_silence_hold_seconds: int = Field(
         600, ge=0, description="live: the clock moves with wall time at most this long "
         "after the last event, then holds (a silent feed is not a silent network)")
+    follow_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="replay --follow: how often to look for new lines, a "
+        "rotation or a truncation while the feed has nothing new")
     epoch_interval_seconds: float = Field(10.0, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 = no metrics server")
     # a path given must exist: a mistyped one would silently run without names, time zones

@@ -9,12 +9,15 @@ notifier's metrics (outbox depth, e-mails) live in ``notifiers.metrics``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["FlowMetrics", "make_flow_metrics"]
+__all__ = ["FeedCollector", "FlowMetrics", "make_flow_metrics"]
 
 OUTCOMES = ("accepted", "duplicate", "out_of_order", "no_header", "invalid")
 _SIGNALS = ("delay", "silence", "feed")  # facility_score's signal label
@@ -185,3 +188,64 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
             m.incidents.labels(kind, status)
     m.alerts_suppressed.labels("feed_outage")
     return m
+
+
+class _Feed(Protocol):
+    rotations: int
+    truncations: int
+    last_read: float
+
+    def bytes_behind(self) -> int: ...
+
+
+_BEHIND_HELP = ("Bytes the feed holds that the flow has not read yet (growing: the flow "
+                "cannot keep up, or is stuck).")
+_LAST_HELP = ("Wall time the flow last read a line of the feed (stale while the feed is "
+              "quiet: alert when it is older than the feed ever goes quiet).")
+_ROTATIONS_HELP = "Feed files finished because the feed was rotated (renamed and recreated)."
+_TRUNCATIONS_HELP = "Feed files truncated in place and read again from their start."
+
+
+class FeedCollector(Collector):
+    """How a followed feed is read (``delaywatch replay --follow``), read at each scrape from
+    the source's partitions: ``delaywatch_feed_bytes_behind``,
+    ``delaywatch_feed_last_read_timestamp_seconds``, ``delaywatch_feed_rotations_total`` and
+    ``delaywatch_feed_truncations_total``. Nothing is exported before the source is built.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> class Part:
+    ...     rotations, truncations, last_read = 1, 0, 1700000000.0
+    ...     def bytes_behind(self): return 42
+    >>> parts = []
+    >>> registry = CollectorRegistry()
+    >>> registry.register(FeedCollector(lambda: parts))
+    >>> registry.get_sample_value("delaywatch_feed_bytes_behind") is None
+    True
+    >>> parts.append(Part())
+    >>> registry.get_sample_value("delaywatch_feed_bytes_behind")
+    42.0
+    >>> registry.get_sample_value("delaywatch_feed_rotations_total")
+    1.0
+    """
+
+    def __init__(self, partitions: Callable[[], Sequence[_Feed]]) -> None:
+        self.partitions = partitions
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("delaywatch_feed_bytes_behind", _BEHIND_HELP)
+        yield GaugeMetricFamily("delaywatch_feed_last_read_timestamp_seconds", _LAST_HELP)
+        yield CounterMetricFamily("delaywatch_feed_rotations", _ROTATIONS_HELP)
+        yield CounterMetricFamily("delaywatch_feed_truncations", _TRUNCATIONS_HELP)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        parts = list(self.partitions())
+        if not parts:
+            return
+        yield GaugeMetricFamily("delaywatch_feed_bytes_behind", _BEHIND_HELP,
+                                value=float(sum(p.bytes_behind() for p in parts)))
+        yield GaugeMetricFamily("delaywatch_feed_last_read_timestamp_seconds", _LAST_HELP,
+                                value=max(p.last_read for p in parts))
+        yield CounterMetricFamily("delaywatch_feed_rotations", _ROTATIONS_HELP,
+                                  value=float(sum(p.rotations for p in parts)))
+        yield CounterMetricFamily("delaywatch_feed_truncations", _TRUNCATIONS_HELP,
+                                  value=float(sum(p.truncations for p in parts)))

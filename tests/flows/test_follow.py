@@ -1,0 +1,342 @@
+"""Following a live feed (`replay --follow`): the source reads what the feed appends, whole
+lines only, through rotations and truncations, and resumes from its snapshot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.sources import JsonLinesSource
+
+
+def _part(path: Path, resume=None, **kw):  # type: ignore[no-untyped-def]
+    source = JsonLinesSource(path, follow=True, poll_seconds=kw.pop("poll_seconds", 0.5), **kw)
+    return source.build_part("scans", path.name, resume)
+
+
+def _lines(batches: list) -> list[tuple[int, bytes]]:  # type: ignore[type-arg]
+    return [(first + i, line) for first, lines in batches for i, line in enumerate(lines)]
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
+def test_appended_lines_are_read_and_a_line_waits_for_its_newline(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b'{"a":1}\n{"a":2}\n{"a":')
+    part = _part(feed)
+    assert _lines(part.next_batch()) == [(1, b'{"a":1}\n'), (2, b'{"a":2}\n')]
+    before = datetime.now(UTC)
+    assert part.next_batch() == []  # the third line is still being written
+    awake = part.next_awake()
+    assert awake is not None  # look again after poll_seconds, not at once (no busy loop)
+    assert (awake - before).total_seconds() == pytest.approx(0.5, abs=0.25)
+    assert part.bytes_behind() == len(b'{"a":')
+    assert part.snapshot()[:2] == (16, 2)  # resumes at the start of the unfinished line
+    _append(feed, b'3}\n{"a":4}\n')
+    assert _lines(part.next_batch()) == [(3, b'{"a":3}\n'), (4, b'{"a":4}\n')]
+    assert part.next_awake() is None  # lines came: read again at once
+    assert part.bytes_behind() == 0
+    assert part.next_batch() == [] and part.next_awake() is not None
+
+
+def test_a_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2\n")
+    part = _part(feed)
+    assert _lines(part.next_batch()) == [(1, b"1\n"), (2, b"2\n")]
+    # the writer adds a line and dies mid-line, logrotate renames, a new writer starts anew
+    _append(feed, b"3\n4-cut")
+    feed.rename(tmp_path / "feed.jsonl.1")
+    feed.write_bytes(b"5\n6\n")
+    assert part.bytes_behind() == len(b"3\n4-cut") + len(b"5\n6\n")
+    assert _lines(part.next_batch()) == [(3, b"3\n")]
+    # the old file's end is all there will be of it: its last piece goes on as it is (the
+    # parser makes it a dead letter), numbered as a line of the old file
+    assert _lines(part.next_batch()) == [(4, b"4-cut")]
+    assert _lines(part.next_batch()) == [(1, b"5\n"), (2, b"6\n")]
+    assert part.rotations == 1
+    st = feed.stat()
+    assert part.snapshot() == (4, 2, st.st_dev, st.st_ino, zlib.crc32(b"5\n6\n"))
+
+
+def test_a_rename_without_a_new_file_yet_waits_for_it(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n")
+    part = _part(feed)
+    part.next_batch()
+    feed.rename(tmp_path / "feed.jsonl.1")
+    assert part.next_batch() == [] and part.bytes_behind() == 0
+    feed.write_bytes(b"2\n")
+    assert part.next_batch() == []  # the switch (nothing left in the old file)
+    assert _lines(part.next_batch()) == [(1, b"2\n")]
+
+
+def test_a_daemon_restarted_after_a_rotation_finishes_the_old_file_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2\n")
+    part = _part(feed)
+    part.next_batch()
+    snapshot = part.snapshot()
+    part.close()
+    # while it was stopped: more lines, a rotation, a new file
+    _append(feed, b"3\n")
+    feed.rename(tmp_path / "feed.jsonl.2026-11-24")
+    feed.write_bytes(b"4\n")
+    (tmp_path / "other.jsonl").write_bytes(b"x\n")
+    with caplog.at_level(logging.INFO, logger="delaywatch"):
+        resumed = _part(feed, snapshot)
+        got = _lines(resumed.next_batch())
+    assert got == [(3, b"3\n")]
+    assert "finishing feed.jsonl.2026-11-24" in caplog.text
+    assert resumed.next_batch() == []  # at its end: on to the new file
+    assert _lines(resumed.next_batch()) == [(1, b"4\n")]
+
+
+def test_a_snapshot_of_a_file_gone_reads_the_feed_from_its_start_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2\n")
+    part = _part(feed)
+    part.next_batch()
+    snapshot = part.snapshot()
+    part.close()
+    (tmp_path / "new").write_bytes(b"3\n")  # made before the old one goes: another inode
+    feed.unlink()
+    (tmp_path / "new").rename(feed)
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        resumed = _part(feed, snapshot)
+    assert "no longer beside feed.jsonl" in caplog.text
+    assert _lines(resumed.next_batch()) == [(1, b"3\n")]
+
+
+def test_a_feed_truncated_in_place_is_read_again_from_its_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2\n")
+    part = _part(feed)
+    part.next_batch()
+    with open(feed, "r+b") as fh:  # logrotate's copytruncate, then the writer goes on
+        fh.truncate(0)
+    _append(feed, b"3\n")
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        assert part.next_batch() == []
+    assert "feed.jsonl was truncated" in caplog.text and part.truncations == 1
+    assert _lines(part.next_batch()) == [(1, b"3\n")]
+    # the same, found at a restart: the snapshot points past the end
+    snapshot = (100, 9, *part.snapshot()[2:])
+    assert _lines(_part(feed, snapshot).next_batch()) == [(1, b"3\n")]
+
+
+def test_a_snapshot_from_before_follow_resumes_in_the_same_file(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2\n3\n")
+    plain = JsonLinesSource(feed).build_part("scans", feed.name, None)
+    plain.next_batch()
+    with pytest.raises(StopIteration):
+        plain.next_batch()
+    assert plain.snapshot() == (6, 3)  # a replay's snapshot is as it was
+    _append(feed, b"4\n")
+    assert _lines(_part(feed, plain.snapshot()).next_batch()) == [(4, b"4\n")]
+
+
+def test_without_follow_the_end_of_the_file_ends_the_input(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2-without-newline")
+    part = JsonLinesSource(feed).build_part("scans", feed.name, None)
+    assert _lines(part.next_batch()) == [(1, b"1\n"), (2, b"2-without-newline")]
+    with pytest.raises(StopIteration):
+        part.next_batch()
+
+
+def test_a_followed_feed_is_not_paced(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot also be paced"):
+        JsonLinesSource(tmp_path / "feed.jsonl", follow=True, speed=60)
+
+
+def test_reading_moves_the_last_read_time(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n")
+    part = _part(feed)
+    part.last_read = 0.0
+    part.next_batch()
+    assert part.last_read > 0
+    part.last_read = 0.0
+    part.next_batch()  # nothing new
+    assert part.last_read == 0.0
+
+
+def test_a_file_with_the_snapshots_inode_but_other_lines_is_another_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deleted feed's inode is often given to the next file: the head checksum tells."""
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n2\n")
+    part = _part(feed)
+    part.next_batch()
+    snapshot = part.snapshot()
+    part.close()
+    _append(feed, b"3\n")  # the same file, grown
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        assert _lines(_part(feed, snapshot).next_batch()) == [(3, b"3\n")]
+        assert caplog.text == ""
+        feed.write_bytes(b"7\n8\n9\n")  # rewritten in place: same inode, other lines
+        other = _part(feed, snapshot)
+    assert "no longer beside feed.jsonl" in caplog.text
+    assert _lines(other.next_batch()) == [(1, b"7\n"), (2, b"8\n"), (3, b"9\n")]
+
+
+# -- the daemon, end to end ------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scanned(port: int) -> float:
+    """Lines the daemon has taken in (every outcome, invalid included), from its metrics."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return -1.0
+    return sum(float(line.rsplit(b" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(b"delaywatch_scan_events_total{"))
+
+
+def _wait_for(port: int, lines: int, daemon: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 120
+    while _scanned(port) != lines:
+        assert daemon.poll() is None, daemon.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the daemon took in {_scanned(port)} of {lines}"
+        time.sleep(0.1)
+
+
+def _outbox_rows(run: Path) -> list[tuple]:  # type: ignore[type-arg]
+    con = sqlite3.connect(run / "outbox.sqlite")
+    try:
+        return con.execute("SELECT id, alert_key, recipient_ref, kind, payload FROM outbox "
+                           "ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def test_the_daemon_follows_a_rotated_feed_stops_on_sigterm_and_resumes_to_a_replays_run(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """`replay --follow` as operations run it (a real process, a real feed): the feed is
+    written in pieces cut mid-line, rotated, given a bad line; SIGTERM stops the daemon
+    (exit 0, how to resume); the same run resumed from its recovery store to the feed's end
+    writes exactly what one replay of the whole feed writes: alerts, incidents, facility
+    windows, outbox rows (same ids), dead letters."""
+    events = (demo_data / "events.jsonl").read_bytes()
+    n = len(events)
+    cut1 = n * 2 // 5 + 7  # mid-line
+    cut2 = events.index(b"\n", n * 3 // 5) + 1
+    cut3 = events.index(b"\n", n * 4 // 5) + 1
+    bad = b'{"package_id": "X1", "this is": "not a scan"}\n'
+    feed_dir = tmp_path / "feed"
+    feed_dir.mkdir()
+    feed = feed_dir / "events.jsonl"
+    port = _free_port()
+    env = dict(os.environ, DELAYWATCH_MODE="replay",  # (live would move the clock when idle)
+               DELAYWATCH_EPOCH_INTERVAL_SECONDS="0.2", DELAYWATCH_FOLLOW_POLL_SECONDS="0.05")
+    args = ["replay", str(feed), "--out", str(tmp_path / "run"), "--recovery",
+            str(tmp_path / "rec"), "--facilities", str(demo_data / "facilities.csv")]
+    feed.write_bytes(events[:cut1])
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", "from flows.cli import app; app()", *args, "--follow",
+         "--metrics-port", str(port)],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        _wait_for(port, events[:cut1].count(b"\n"), daemon)
+        _append(feed, events[cut1:cut2])  # the writer finishes its line, then rotation
+        feed.rename(feed_dir / "events.jsonl.1")
+        feed.write_bytes(events[cut2:cut3] + bad)
+        _wait_for(port, events[:cut3].count(b"\n") + 1, daemon)
+        time.sleep(0.5)  # a snapshot or two after the last line
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0, err[-3000:]
+    assert "stopped: run the same command again" in err
+    _append(feed, events[cut3:])
+    done = CliRunner().invoke(app, [*args, "--metrics-port", "0"])  # to the end, and exit
+    assert done.exit_code == 0, done.output
+
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(events[:cut3] + bad + events[cut3:])
+    done = CliRunner().invoke(app, ["replay", str(whole), "--out", str(tmp_path / "ref"),
+                                    "--facilities", str(demo_data / "facilities.csv"),
+                                    "--metrics-port", "0"])
+    assert done.exit_code == 0, done.output
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    for name in ("alerts.jsonl", "incidents.jsonl", "facility_windows.jsonl"):
+        assert (run / name).read_bytes() == (ref / name).read_bytes(), name
+    assert (ref / "alerts.jsonl").read_bytes().count(b"\n") > 10
+    assert _outbox_rows(run) == _outbox_rows(ref) and len(_outbox_rows(ref)) > 10
+    # dead letters: the same one; its line number is the line of the file it was read from
+    letters = [json.loads(line) for line in (run / "dead_letters.jsonl").open()]
+    expected = [json.loads(line) for line in (ref / "dead_letters.jsonl").open()]
+    assert len(letters) == len(expected) == 1
+    assert letters[0]["line"] == events[cut2:cut3].count(b"\n") + 1
+    assert {k: v for k, v in letters[0].items() if k != "line"} == \
+        {k: v for k, v in expected[0].items() if k != "line"}
+
+
+def test_follow_needs_a_recovery_store_and_no_pacing(demo_data: Path, tmp_path: Path) -> None:
+    base = ["replay", str(demo_data / "events.jsonl"), "--out", str(tmp_path / "run"),
+            "--metrics-port", "0", "--follow"]
+    done = CliRunner().invoke(app, base)
+    assert done.exit_code == 2 and "needs --recovery DIR" in done.output, done.output
+    done = CliRunner().invoke(app, [*base, "--recovery", str(tmp_path / "rec"),
+                                    "--speed", "60"])
+    assert done.exit_code == 2 and "give one of them" in done.output, done.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("env", "mode"), [({}, "live"), ({"DELAYWATCH_MODE": "replay"},
+                                                            "replay")])
+def test_a_followed_feed_runs_in_live_mode_unless_the_settings_name_one(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+    mode: str
+) -> None:
+    import flows.run
+
+    seen = []
+
+    def record(source, run_dir, settings, **kw):  # type: ignore[no-untyped-def]
+        seen.append((settings.mode, source.follow))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flows.run, "replay", record)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = ["replay", str(demo_data / "events.jsonl"), "--out", str(tmp_path / "run"),
+            "--metrics-port", "0", "--recovery", str(tmp_path / "rec")]
+    assert CliRunner().invoke(app, [*args, "--follow"]).exit_code == 130
+    assert CliRunner().invoke(app, args).exit_code == 130
+    assert seen == [(mode, True), (env.get("DELAYWATCH_MODE", "replay"), False)]
