@@ -78,7 +78,7 @@ def main() -> None:
                 break
             if daemon.poll() is not None:
                 raise SystemExit(daemon.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
-            time.sleep(0.2)
+            time.sleep(1.0)  # (a scrape renders ~3,500 series: not too often)
         caught_up_wall = time.perf_counter() - t0
         caught_up_cpu = _cpu(daemon.pid)
         time.sleep(args.idle_seconds)

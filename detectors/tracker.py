@@ -610,6 +610,16 @@ class PackageTracker:
                 for i in range(0, len(history), 3)]
 
     # -- time ------------------------------------------------------------------------------
+    def next_change(self) -> int:
+        """The earliest event time at which :meth:`advance` would do anything: fire the next
+        wheel bucket or close the next facility window (after ``max_event_ts``). Until then,
+        moving the clock only moves the clock: a live flow whose feed is quiet sleeps."""
+        due = (self._fired_through + 2) * self.bucket_seconds + self.allowed_lateness
+        stats = self.facility_stats
+        if stats is not None:
+            due = min(due, stats.closed_through + stats.window_seconds + self.facility_lateness)
+        return max(due, self.max_event_ts + 1)
+
     def advance(self, event_ts: int) -> list[dict[str, Any]]:
         """Move the clock to ``event_ts`` without an event (live mode, idle feed)."""
         out: list[dict[str, Any]] = []

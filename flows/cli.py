@@ -16,6 +16,7 @@ import logging
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -104,22 +105,25 @@ def replay(
         help="serve Prometheus metrics on 127.0.0.1:PORT while running (0 = off)")] = None,
     follow: Annotated[bool, typer.Option(
         "--follow", help="run as a daemon: keep reading EVENTS as the feed appends to it and "
-        "rotates it, until stopped (SIGTERM or Ctrl-C); needs --recovery; the clock also "
-        "moves with wall time while the feed is quiet (mode = live) unless the settings "
-        "name a mode")] = False,
+        "rotates it (waiting for it if it does not exist yet), until stopped (SIGTERM or "
+        "Ctrl-C); needs --recovery; the clock also moves with wall time while the feed is "
+        "quiet (mode = live) unless the settings name a mode")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run the real dataflow over a file; writes alerts, incidents, facility windows, outbox.
 
     Into RUNDIR: alerts.jsonl, incidents.jsonl, facility_windows.jsonl, dead_letters.jsonl
-    and outbox.sqlite (docs/schemas.md). With --follow it runs until stopped; a stop
-    (SIGTERM, as systemd sends) exits 0 and the same command resumes where it stopped."""
+    and outbox.sqlite (docs/schemas.md). With --recovery, SIGTERM (systemd's stop) ends the
+    run with exit code 0 and the same command resumes where it stopped; with --follow it runs
+    until stopped (docs/operations.md)."""
     from bytewax.errors import BytewaxRuntimeError
 
     from flows.run import replay as run_replay
     from flows.sources import JsonLinesSource
 
-    if not events.is_file():
+    if follow and not events.parent.is_dir():
+        _fail(f"{events.parent} (the feed's directory) does not exist")
+    if not follow and not events.is_file():  # (a followed feed may come later: waited for)
         _fail(f"{events} does not exist")
     if facilities is None and (events.parent / "facilities.csv").is_file():
         facilities = events.parent / "facilities.csv"
@@ -135,7 +139,10 @@ def replay(
         if "mode" not in settings.model_fields_set:  # a daemon's clock moves with wall time
             settings = settings.model_copy(update={"mode": "live"})
     source = JsonLinesSource(events, batch_size=settings.batch_size, speed=settings.speed,
-                             follow=follow, poll_seconds=settings.follow_poll_seconds)
+                             follow=follow, poll_seconds=settings.follow_poll_seconds,
+                             grace_seconds=settings.follow_rotate_grace_seconds)
+    if follow:  # a daemon's log: rotations, a feed waited for, resumes (never an address)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = outbox_gauges = feed_gauges = None
     if settings.metrics_port:
         from prometheus_client import REGISTRY, start_http_server
@@ -157,14 +164,20 @@ def replay(
             feed_gauges = FeedCollector(lambda: source.partitions)
             REGISTRY.register(feed_gauges)
         console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous: list[object] = []  # the SIGTERM handler before ours, while ours is installed
     try:
+        # SIGTERM (systemd's stop) ends a resumable run as Ctrl-C does: at the next step, with
+        # how to resume; a run without a recovery store is killed as any process is
+        if recovery is not None and threading.current_thread() is threading.main_thread():
+            previous.append(signal.signal(signal.SIGTERM, _terminate))
         if recovery is not None:
             _init_recovery(recovery)
         _collect_rarely()
         with console.status(f"following {events}" if follow else f"replaying {events}"):
             summary = run_replay(source, out, settings, recovery_dir=recovery)
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
+        if previous:  # a second SIGTERM while saying so stops at once
+            signal.signal(signal.SIGTERM, previous.pop())  # type: ignore[arg-type]
         stop = _interrupted(exc)
         if stop is None:
             raise
@@ -179,7 +192,8 @@ def replay(
         # a requested stop (systemd's SIGTERM) is a clean end; Ctrl-C is the shell's 130
         raise typer.Exit(0 if isinstance(stop, _Terminated) else 130) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous:
+            signal.signal(signal.SIGTERM, previous.pop())  # type: ignore[arg-type]
         if server is not None:  # the port is free again (a caller in the same process)
             server.shutdown()
             server.server_close()

@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     follow_poll_seconds: float = Field(
         1.0, gt=0, le=60, description="replay --follow: how often to look for new lines, a "
         "rotation or a truncation while the feed has nothing new")
+    follow_rotate_grace_seconds: float = Field(
+        5.0, ge=0, le=3600, description="replay --follow: a rotated file is read on until it "
+        "has been unchanged this long (its writer may still finish a line or take a moment "
+        "to move to the new file)")
     epoch_interval_seconds: float = Field(10.0, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 = no metrics server")
     # a path given must exist: a mistyped one would silently run without names, time zones

@@ -20,14 +20,17 @@ unique).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -56,22 +59,11 @@ def _event_ts(line: bytes) -> float | None:
         return None
 
 
-def _head_crc(fd: int, offset: int) -> int:
-    """CRC-32 of a file's first bytes, up to ``offset`` (at most 1 KiB): with its inode, which
-    file a snapshot was reading."""
-    return zlib.crc32(os.pread(fd, min(offset, 1024), 0))
-
-
-class _FilePartition(StatefulSourcePartition[Item, Position]):
-    def __init__(self, path: Path, batch_size: int, speed: float, resume: Position | None,
-                 follow: bool = False, poll_seconds: float = 1.0) -> None:
-        if follow and speed > 0:
-            raise ValueError("a followed feed is live already: it cannot also be paced")
-        self._path = path
-        self._follow = follow
-        self._poll = poll_seconds
-        self._offset, self._line = resume[:2] if resume else (0, 0)
-        self._f = self._open(tuple(resume[2:5]) if resume and len(resume) >= 5 else None)
+class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
+    def __init__(self, path: Path, batch_size: int, speed: float,
+                 resume: tuple[int, int] | None) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._offset, self._line = resume or (0, 0)
         self._f.seek(self._offset)
         self._batch = batch_size
         self._speed = speed
@@ -79,69 +71,16 @@ class _FilePartition(StatefulSourcePartition[Item, Position]):
         self._t0_wall = time.monotonic()
         self._pending: list[tuple[int, bytes, int]] = []
         self._awake: datetime | None = None
-        self._idle_until: datetime | None = None
-        self.rotations = self.truncations = 0
-        self.last_read = time.time()  # wall time a line was last handed on (or the start)
-
-    def _open(self, file_id: tuple[int, ...] | None):  # type: ignore[no-untyped-def]
-        """The file to read: the path, or (following, resumed after a rotation) the file the
-        snapshot was reading, found under its new name in the same directory. A file is the
-        snapshot's when its device, inode and first bytes (up to the offset) are the same:
-        a deleted file's inode can be reused by the next one."""
-        f = open(self._path, "rb")  # noqa: SIM115 - closed in close() or on rotation
-        if not self._follow:
-            return f
-        st = os.fstat(f.fileno())
-        if file_id is None or (st.st_dev, st.st_ino) == file_id[:2]:
-            if st.st_size < self._offset:  # truncated while we were down
-                self._restart(f"{self._path.name} is shorter than where the last run stopped")
-                return f
-            if file_id is None or _head_crc(f.fileno(), self._offset) == file_id[2]:
-                return f
-        else:
-            for entry in os.scandir(self._path.parent):  # rotated while we were down
-                try:
-                    found = entry.stat()
-                except OSError:
-                    continue
-                if (found.st_dev, found.st_ino) != file_id[:2] or not entry.is_file():
-                    continue
-                old = open(entry.path, "rb")  # noqa: SIM115
-                if _head_crc(old.fileno(), self._offset) == file_id[2]:
-                    log.info("feed %s rotated while stopped: finishing %s first",
-                             self._path.name, entry.name)
-                    f.close()
-                    return old
-                old.close()
-        self._restart(f"the file the last run was reading is no longer beside "
-                      f"{self._path.name} (rotated away or deleted)")
-        return f
-
-    def _restart(self, why: str) -> None:
-        log.warning("feed: %s; reading %s from its start (lines in between are not read)",
-                    why, self._path.name)
-        self._offset = self._line = 0
 
     def next_batch(self) -> Iterable[Item]:
         if self._pending:
             return self._paced([])
         lines = list(islice(self._f, self._batch))  # the file's own readline loop, in C
-        if lines and self._follow and not lines[-1].endswith(b"\n"):
-            # a line still being written: read it again once it is whole
-            self._f.seek(self._offset + sum(map(len, lines)) - len(lines[-1]))
-            lines.pop()
         if not lines:
-            if self._follow:
-                return self._idle()
             raise StopIteration
-        return self._emit(lines)
-
-    def _emit(self, lines: list[bytes]) -> list[Item]:
         first, start = self._line + 1, self._offset
         self._line += len(lines)
         self._offset += sum(map(len, lines))
-        self._idle_until = None
-        self.last_read = time.time()
         if self._speed > 0:  # (line number, line, offset where it starts)
             fresh = []
             for n, line in enumerate(lines, first):
@@ -149,48 +88,6 @@ class _FilePartition(StatefulSourcePartition[Item, Position]):
                 start += len(line)
             return self._paced(fresh)
         return [(first, lines)]
-
-    def _idle(self) -> list[Item]:
-        """Following, at the end of what is written: switch files on a rotation, start over
-        on a truncation, else look again in ``poll_seconds``."""
-        try:
-            st = os.stat(self._path)
-        except FileNotFoundError:  # between a rotation's rename and the new file
-            st = None
-        here = os.fstat(self._f.fileno())
-        if st is not None and (st.st_dev, st.st_ino) != (here.st_dev, here.st_ino):
-            # rotated: what the writer added before it moved on, then the new file
-            try:
-                new = open(self._path, "rb")  # noqa: SIM115
-            except FileNotFoundError:  # renamed again meanwhile: look next time
-                return []
-            rest = self._f.read().splitlines(keepends=True)
-            self._f.close()
-            self._f = new
-            self.rotations += 1
-            log.info("feed %s rotated: reading the new file", self._path.name)
-            out = self._emit(rest) if rest else []
-            self._offset = self._line = 0
-            return out
-        if here.st_size < self._offset:  # truncated in place (logrotate's copytruncate)
-            self.truncations += 1
-            self._restart(f"{self._path.name} was truncated")
-            self._f.seek(0)
-            return []
-        self._idle_until = datetime.now(UTC) + timedelta(seconds=self._poll)
-        return []
-
-    def bytes_behind(self) -> int:
-        """Bytes written to the feed and not read yet (a line being written counts)."""
-        try:
-            here = os.fstat(self._f.fileno())
-            st = os.stat(self._path)
-        except (OSError, ValueError):  # closed, or between a rotation's rename and the new file
-            return 0
-        behind = here.st_size - self._offset
-        if (st.st_dev, st.st_ino) != (here.st_dev, here.st_ino):
-            behind += st.st_size  # rotated: the new file is still to read
-        return max(behind, 0)
 
     def _paced(self, fresh: list[tuple[int, bytes, int]]) -> list[Item]:
         """Release lines once wall time x speed has caught up with their event time (a line
@@ -214,21 +111,264 @@ class _FilePartition(StatefulSourcePartition[Item, Position]):
         return [(first, ready)] if ready else []
 
     def next_awake(self) -> datetime | None:
-        return self._awake if self._pending else self._idle_until
+        return self._awake if self._pending else None
 
-    def snapshot(self) -> Position:
+    def snapshot(self) -> tuple[int, int]:
         # lines still pending (paced mode) were read but not emitted: resume at the first one
         if self._pending:
             n, _, start = self._pending[0]
             return start, n - 1
-        if self._follow:  # and which file: device, inode, a checksum of its head
-            fd = self._f.fileno()
-            st = os.fstat(fd)
-            return self._offset, self._line, st.st_dev, st.st_ino, _head_crc(fd, self._offset)
         return self._offset, self._line
 
     def close(self) -> None:
         self._f.close()
+
+
+# what logrotate appends to a rotated file's name: ".1", "-20261124", ".2026-11-24" (not
+# ".gz", ".bak", ".tmp")
+_ROTATED = re.compile(r"[.-][0-9][0-9._-]*")
+
+
+_HEAD = 1024  # bytes at a file's start that tell it from another (with its inode)
+
+
+def _head_crc(fd: int, offset: int) -> int:
+    """CRC-32 of a file's first bytes, up to ``offset`` (at most 1 KiB): with its inode, which
+    file a snapshot was reading (a deleted file's inode is often given to the next one)."""
+    return zlib.crc32(os.pread(fd, min(offset, _HEAD), 0))
+
+
+class _FeedPartition(StatefulSourcePartition[Item, Position]):
+    """A feed followed as it grows (``JsonLinesSource(follow=True)``).
+
+    Lines are handed on whole: a piece without its newline waits. When the feed's path names
+    another file (or none), the file being read was rotated: it is read on until it has not
+    changed for ``grace_seconds`` (a writer may finish its line or take a moment to move to
+    the new file), then its last piece goes on as it is and reading goes on with the next
+    file: a rotated file newer than this one not read yet (a feed rotated twice while the
+    flow was behind or stopped: logrotate's ``.1``, ``.2`` or dated names, which begin with
+    the feed's name; compressed ones are not read), else the path, once it exists. A file
+    that shrank or whose first bytes changed was truncated in place: it is read again from
+    its start. The snapshot is (offset, line, device, inode, head checksum); a resume
+    finds its file by inode and head checksum (the device can change at a remount).
+    """
+
+    def __init__(self, path: Path, batch_size: int, resume: Position | None,
+                 poll_seconds: float, grace_seconds: float, *, until_end: bool = False) -> None:
+        self._path = path
+        self._until_end = until_end  # a replay resuming a followed feed: its end ends it
+        self._ended = False
+        self._batch = batch_size
+        self._poll = poll_seconds
+        self._grace = grace_seconds
+        self._f: Any = None  # None: waiting for the feed to exist
+        self._offset = self._line = 0
+        self._waiting_since_size = -1  # file size when a piece without newline was left
+        self._head = b""  # the current file's first bytes as read (up to 1 KiB)
+        self._done: set[int] = set()  # inodes finished in this run
+        self._idle_until: datetime | None = None
+        self._told_missing = False
+        self.rotations = self.truncations = 0
+        self.last_read = time.time()  # wall time a line was last handed on (or the start)
+        if resume:
+            self._resume(resume)
+        else:
+            self._open(self._path)
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open(self, path: Path | str, offset: int = 0, line: int = 0, *,
+              warn: bool = True) -> bool:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed in close() or when finished
+        except FileNotFoundError:
+            if warn and not self._told_missing:
+                log.warning("feed %s does not exist (yet): waiting for it", self._path.name)
+                self._told_missing = True
+            return False
+        self._told_missing = False
+        self._f, self._offset, self._line = f, offset, line
+        f.seek(offset)
+        self._waiting_since_size = -1
+        # (resumed: the file was recognised by its head, which is as read)
+        self._head = os.pread(f.fileno(), min(offset, _HEAD), 0)
+        return True
+
+    def _resume(self, resume: Position) -> None:
+        offset, line = resume[0], resume[1]
+        if len(resume) < 5:  # a snapshot from before follow: it was the path's file
+            if self._open(self._path, offset, line) and not self._line_starts_at(offset):
+                self._restart(f"{self._path.name} does not match where the last run stopped")
+            return
+        ino, crc = resume[3], resume[4]
+        for entry, st in self._siblings(with_path=True):
+            if st.st_ino != ino or st.st_size < offset:
+                continue
+            with open(entry.path, "rb") as fh:
+                if _head_crc(fh.fileno(), offset) != crc:
+                    continue
+            if entry.name != self._path.name:
+                log.info("feed %s rotated while stopped: finishing %s first",
+                         self._path.name, entry.name)
+            self._open(entry.path, offset, line)
+            return
+        if self._open(self._path):
+            self._restart(f"the file the last run was reading is no longer beside "
+                          f"{self._path.name} (rotated away, deleted or truncated)")
+
+    def _line_starts_at(self, offset: int) -> bool:
+        if offset == 0:
+            return True
+        return os.pread(self._f.fileno(), 1, offset - 1) == b"\n"
+
+    def _restart(self, why: str) -> None:
+        log.warning("feed: %s; reading %s from its start (lines in between are not read)",
+                    why, self._path.name)
+        self._f.seek(0)
+        self._offset = self._line = 0
+        self._waiting_since_size, self._head = -1, b""
+
+    def _siblings(self, *, with_path: bool = False) -> list[tuple[os.DirEntry, os.stat_result]]:  # type: ignore[type-arg]
+        """The feed's rotated files beside it, with their status: the feed's name, then
+        ``.`` or ``-`` and a number or a date (logrotate's ``.1``, ``-20261124``), not
+        compressed."""
+        name = self._path.name
+        out = []
+        for entry in os.scandir(self._path.parent):
+            if entry.name == name:
+                if not with_path:
+                    continue
+            elif not entry.name.startswith(name) or not _ROTATED.fullmatch(
+                    entry.name[len(name):]):
+                continue
+            if not entry.is_file():
+                continue
+            try:
+                out.append((entry, entry.stat()))
+            except OSError:  # gone meanwhile
+                continue
+        return out
+
+    # -- reading ---------------------------------------------------------------------------
+    def next_batch(self) -> Iterable[Item]:
+        if self._ended:
+            raise StopIteration
+        f = self._f
+        if f is None:
+            if not self._open(self._path):
+                if self._until_end:
+                    raise StopIteration
+                return self._wait()
+            f = self._f
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        if self._truncated(fd, size):  # (a pread of 1 KiB a batch)
+            self.truncations += 1
+            self._restart(f"{self._path.name} was truncated")
+        elif size == self._waiting_since_size:
+            return self._idle()  # only the piece without its newline, as before: no re-read
+        lines = list(islice(f, self._batch))  # the file's own readline loop, in C
+        if lines and not lines[-1].endswith(b"\n"):  # a line still being written
+            piece = lines.pop()
+            end = self._offset + sum(map(len, lines))
+            f.seek(end)
+            self._waiting_since_size = end + len(piece)
+        else:
+            self._waiting_since_size = -1
+        if not lines:
+            return self._idle()
+        return self._emit(lines)
+
+    def _emit(self, lines: list[bytes]) -> list[Item]:
+        if len(self._head) < _HEAD:  # (the first batch of a file)
+            for line in lines:
+                self._head += line[:_HEAD - len(self._head)]
+                if len(self._head) == _HEAD:
+                    break
+        first = self._line + 1
+        self._line += len(lines)
+        self._offset += sum(map(len, lines))
+        self._idle_until = None
+        self.last_read = time.time()
+        return [(first, lines)]
+
+    def _wait(self) -> list[Item]:
+        self._idle_until = datetime.now(UTC) + timedelta(seconds=self._poll)
+        return []
+
+    def _idle(self) -> list[Item]:
+        """At the end of what is written: on to the next file after a rotation, or wait."""
+        here = os.fstat(self._f.fileno())
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:  # renamed, the new file not there yet (or deleted)
+            st = None
+        current = st is not None and st.st_ino == here.st_ino and st.st_dev == here.st_dev
+        if self._until_end:  # a rotated file: on to the next; the feed's end: the input's
+            return self._finish(here, last=current)
+        if current or here.st_nlink > 0 and time.time() - here.st_mtime < self._grace:
+            return self._wait()  # (a rotated file is read on while its writer may add to it)
+        return self._finish(here)
+
+    def _truncated(self, fd: int, size: int) -> bool:
+        """Shorter than what was read, or its first bytes are not those read."""
+        head = self._head
+        return size < self._offset or bool(head) and os.pread(fd, len(head), 0) != head
+
+    def _finish(self, here: os.stat_result, *, last: bool = False) -> list[Item]:
+        """The file read so far is done: its last piece (the writer died mid-line) goes on
+        as it is, and reading goes on with the next file (``last``: the input ends)."""
+        f = self._f
+        f.seek(self._offset)
+        rest = io.BytesIO(f.read()).readlines()  # split at b"\n" only, as readline does
+        out = self._emit(rest) if rest else []
+        if last:
+            self._ended = True
+            return out
+        f.close()
+        self._f = None
+        self._done.add(here.st_ino)
+        self.rotations += 1
+        following = [(st.st_mtime_ns, e.path) for e, st in self._siblings()
+                     if st.st_ino not in self._done and st.st_mtime_ns >= here.st_mtime_ns]
+        if following:  # rotated again meanwhile: that file first
+            path = min(following)[1]
+            log.info("feed %s: %s done, reading %s", self._path.name,
+                     os.path.basename(f.name), os.path.basename(path))
+            self._open(path)
+        else:
+            log.info("feed %s rotated: reading the new file", self._path.name)
+            if not self._open(self._path, warn=False):  # (created after the rename)
+                self._wait()
+        return out
+
+    def next_awake(self) -> datetime | None:
+        return self._idle_until
+
+    def snapshot(self) -> Position:
+        if self._f is None:  # waiting for the feed: start it at its beginning
+            return 0, 0
+        fd = self._f.fileno()
+        st = os.fstat(fd)
+        return self._offset, self._line, st.st_dev, st.st_ino, _head_crc(fd, self._offset)
+
+    def bytes_behind(self) -> int:
+        """Bytes written to the feed and not read yet (a line being written counts)."""
+        behind = 0
+        here = None
+        try:
+            if self._f is not None:
+                here = os.fstat(self._f.fileno())
+                behind = max(here.st_size - self._offset, 0)
+            st = os.stat(self._path)
+        except (OSError, ValueError):  # closed, or no file at the path
+            return behind
+        if here is None or (st.st_dev, st.st_ino) != (here.st_dev, here.st_ino):
+            behind += st.st_size  # the new file is still to read
+        return behind
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
 
 
 class JsonLinesSource(FixedPartitionedSource[Item, Position]):
@@ -236,12 +376,14 @@ class JsonLinesSource(FixedPartitionedSource[Item, Position]):
 
     ``speed=0`` reads as fast as possible (backtests, tests); ``speed=60`` replays one hour of
     event time per minute. ``follow=True`` never ends: it reads what the feed appends,
-    looking again every ``poll_seconds`` when there is nothing new, and follows rotations (see
-    the module). Resumable from a byte offset. At-least-once.
+    looking again every ``poll_seconds`` when there is nothing new, and follows rotations
+    (a rotated file is read on until it has been unchanged for ``grace_seconds``; see
+    ``_FeedPartition``). Resumable from a byte offset. At-least-once.
     """
 
     def __init__(self, path: Path | str, *, batch_size: int = 2000, speed: float = 0.0,
-                 follow: bool = False, poll_seconds: float = 1.0) -> None:
+                 follow: bool = False, poll_seconds: float = 1.0,
+                 grace_seconds: float = 5.0) -> None:
         if follow and speed > 0:
             raise ValueError("a followed feed is live already: it cannot also be paced")
         self.path = Path(path)
@@ -249,15 +391,20 @@ class JsonLinesSource(FixedPartitionedSource[Item, Position]):
         self.speed = speed
         self.follow = follow
         self.poll_seconds = poll_seconds
-        self.partitions: list[_FilePartition] = []  # built in this process (for metrics)
+        self.grace_seconds = grace_seconds
+        self.partitions: list[_FeedPartition] = []  # built in this process (for metrics)
 
     def list_parts(self) -> list[str]:
         return [self.path.name]
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: Position | None) -> _FilePartition:
-        part = _FilePartition(self.path, self.batch_size, self.speed, resume_state,
-                              self.follow, self.poll_seconds)
+    def build_part(self, step_id: str, for_part: str, resume_state: Position | None
+                   ) -> _FilePartition | _FeedPartition:
+        followed = resume_state is not None and len(resume_state) >= 5
+        if not self.follow and not followed:
+            return _FilePartition(self.path, self.batch_size, self.speed, resume_state)
+        # (a replay resuming a followed feed finds its file as the daemon would, then ends)
+        part = _FeedPartition(self.path, self.batch_size, resume_state, self.poll_seconds,
+                              self.grace_seconds, until_end=not self.follow)
         self.partitions.append(part)
         return part
 

@@ -318,3 +318,33 @@ def _late_move_tracker(desk: _OneIncident | None) -> PackageTracker:
                           facility_stats=FacilityStats(3600, facilities=["P1", "P2", "P3"]),
                           facility_lateness=0, late_move_p=0.9, eta_sample_every=0,
                           incidents=desk)  # type: ignore[arg-type]
+
+
+def test_next_change_is_the_first_event_time_at_which_advancing_does_anything() -> None:
+    """Before ``next_change()`` moving the clock fires no bucket and closes no window; at it,
+    one of the two happens (a live flow sleeps until then). Stepping from change to change
+    gives the alerts that stepping second by second gives."""
+
+    def fresh() -> PackageTracker:
+        t = tracker(watch=0.5, stats=FacilityStats(900, facilities={"P1"}))
+        t.process_batch([header("P", T0), scan("P", "A1", T0 + 60), header("Q", T0 + 100),
+                         scan("Q", "A1", T0 + 130)])
+        return t
+
+    t = fresh()
+    got = []
+    while t.max_event_ts < T0 + 12 * H:
+        due = t.next_change()
+        assert due > t.max_event_ts
+        before = (t._fired_through, t.facility_through)
+        assert t.advance(due - 1) == []
+        assert (t._fired_through, t.facility_through) == before
+        assert t.next_change() == due
+        got += t.advance(due)
+        assert (t._fired_through, t.facility_through) != before
+    assert kinds(got) == [("watch", "P:watch:1"), ("watch", "Q:watch:1")]
+    every = fresh()
+    seconds = []
+    for ts in range(T0 + 131, t.max_event_ts + 1):  # as a one-second timer would
+        seconds += every.advance(ts)
+    assert seconds == got

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import zlib
@@ -25,7 +26,9 @@ from flows.sources import JsonLinesSource
 
 
 def _part(path: Path, resume=None, **kw):  # type: ignore[no-untyped-def]
-    source = JsonLinesSource(path, follow=True, poll_seconds=kw.pop("poll_seconds", 0.5), **kw)
+    """A followed feed's partition; a rotated file is finished at once unless ``grace``."""
+    source = JsonLinesSource(path, follow=True, poll_seconds=kw.pop("poll_seconds", 0.5),
+                             grace_seconds=kw.pop("grace", 0.0), **kw)
     return source.build_part("scans", path.name, resume)
 
 
@@ -67,6 +70,9 @@ def test_a_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path)
     feed.rename(tmp_path / "feed.jsonl.1")
     feed.write_bytes(b"5\n6\n")
     assert part.bytes_behind() == len(b"3\n4-cut") + len(b"5\n6\n")
+    (tmp_path / "feed.jsonl").unlink()
+    assert part.bytes_behind() == len(b"3\n4-cut")  # (no new file yet)
+    feed.write_bytes(b"5\n6\n")
     assert _lines(part.next_batch()) == [(3, b"3\n")]
     # the old file's end is all there will be of it: its last piece goes on as it is (the
     # parser makes it a dead letter), numbered as a line of the old file
@@ -77,19 +83,88 @@ def test_a_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path)
     assert part.snapshot() == (4, 2, st.st_dev, st.st_ino, zlib.crc32(b"5\n6\n"))
 
 
-def test_a_rename_without_a_new_file_yet_waits_for_it(tmp_path: Path) -> None:
+def test_a_rename_without_a_new_file_yet_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     feed = tmp_path / "feed.jsonl"
     feed.write_bytes(b"1\n")
     part = _part(feed)
     part.next_batch()
     feed.rename(tmp_path / "feed.jsonl.1")
-    assert part.next_batch() == [] and part.bytes_behind() == 0
-    feed.write_bytes(b"2\n")
-    assert part.next_batch() == []  # the switch (nothing left in the old file)
-    assert _lines(part.next_batch()) == [(1, b"2\n")]
+    _append(tmp_path / "feed.jsonl.1", b"2\n")  # the writer's last line, after the rename
+    assert part.bytes_behind() == 2
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        assert _lines(part.next_batch()) == [(2, b"2\n")]
+        assert part.next_batch() == [] and part.next_awake() is not None
+    assert caplog.text == ""  # a rotation's gap is no news
+    feed.write_bytes(b"3\n")
+    assert _lines(part.next_batch()) == [(1, b"3\n")]
 
 
-def test_a_daemon_restarted_after_a_rotation_finishes_the_old_file_first(
+def test_a_rotated_file_is_read_on_while_its_writer_may_still_add_to_it(tmp_path: Path) -> None:
+    """logrotate renames, then the writer reopens on a signal: what it writes before that
+    goes to the old file, after the new one exists. The old file is finished only once it
+    has been unchanged for the grace period."""
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n{\"half")
+    part = _part(feed, grace=60)
+    assert _lines(part.next_batch()) == [(1, b"1\n")]
+    old = tmp_path / "feed.jsonl.1"
+    feed.rename(old)
+    feed.write_bytes(b"new\n")
+    assert part.next_batch() == []  # the old file changed just now: wait for its writer
+    _append(old, b'-rest"}\n2\n')
+    assert _lines(part.next_batch()) == [(2, b'{"half-rest"}\n'), (3, b"2\n")]
+    assert part.next_batch() == [] and part.rotations == 0
+    os.utime(old, (time.time() - 61, time.time() - 61))  # quiet for the grace period
+    assert part.next_batch() == []  # done with it (nothing left)
+    assert part.rotations == 1
+    assert _lines(part.next_batch()) == [(1, b"new\n")]
+
+
+def test_a_feed_rotated_twice_while_behind_reads_every_file_in_order(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"a1\na2\n")
+    part = _part(feed, batch_size=1)
+    assert _lines(part.next_batch()) == [(1, b"a1\n")]
+    # daily rotation, twice, while the daemon is behind (numbered names shift)
+    feed.rename(tmp_path / "feed.jsonl.1")
+    feed.write_bytes(b"b1\nb2\n")
+    _age(tmp_path / "feed.jsonl.1", 7200)
+    _age(feed, 3600)
+    (tmp_path / "feed.jsonl.1").rename(tmp_path / "feed.jsonl.2")
+    feed.rename(tmp_path / "feed.jsonl.1")
+    feed.write_bytes(b"c1\n")
+    (tmp_path / "feed.jsonl.bak").write_bytes(b"not the feed\n")  # not a rotated name
+    (tmp_path / "feed.jsonl.3.gz").write_bytes(b"compressed\n")
+    got = []
+    for _ in range(12):
+        got += _lines(part.next_batch())
+    assert [line for _, line in got] == [b"a2\n", b"b1\n", b"b2\n", b"c1\n"]
+    assert part.rotations == 2
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_feed_that_does_not_exist_yet_is_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        part = _part(feed)
+        assert part.next_batch() == [] and part.next_batch() == []
+    assert caplog.text.count("feed.jsonl does not exist (yet): waiting for it") == 1
+    assert part.next_awake() is not None and part.bytes_behind() == 0
+    assert part.snapshot() == (0, 0)
+    feed.write_bytes(b"1\n")
+    assert part.bytes_behind() == 2
+    assert _lines(part.next_batch()) == [(1, b"1\n")]
+
+
+def test_a_daemon_restarted_after_rotations_finishes_the_old_files_first(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     feed = tmp_path / "feed.jsonl"
@@ -98,18 +173,28 @@ def test_a_daemon_restarted_after_a_rotation_finishes_the_old_file_first(
     part.next_batch()
     snapshot = part.snapshot()
     part.close()
-    # while it was stopped: more lines, a rotation, a new file
+    # while it was stopped (a weekend, daily rotation): more lines, two rotations
     _append(feed, b"3\n")
-    feed.rename(tmp_path / "feed.jsonl.2026-11-24")
+    _age(feed, 2 * 86400)
+    feed.rename(tmp_path / "feed.jsonl-20261121")
     feed.write_bytes(b"4\n")
+    _age(feed, 86400)
+    feed.rename(tmp_path / "feed.jsonl-20261122")
+    feed.write_bytes(b"5\n")
     (tmp_path / "other.jsonl").write_bytes(b"x\n")
     with caplog.at_level(logging.INFO, logger="delaywatch"):
         resumed = _part(feed, snapshot)
-        got = _lines(resumed.next_batch())
-    assert got == [(3, b"3\n")]
-    assert "finishing feed.jsonl.2026-11-24" in caplog.text
-    assert resumed.next_batch() == []  # at its end: on to the new file
-    assert _lines(resumed.next_batch()) == [(1, b"4\n")]
+        got = []
+        for _ in range(6):
+            got += _lines(resumed.next_batch())
+    assert got == [(3, b"3\n"), (1, b"4\n"), (1, b"5\n")]
+    assert "finishing feed.jsonl-20261121 first" in caplog.text
+    # the device is not part of the identity (it can change at a remount)
+    moved = (snapshot[0], snapshot[1], snapshot[2] + 1, *snapshot[3:])
+    _append(feed, b"6\n")
+    assert _lines(_part(feed, resumed.snapshot()).next_batch()) == [(2, b"6\n")]
+    again = _part(tmp_path / "feed.jsonl-20261121", moved)  # (as if it were the feed)
+    assert _lines(again.next_batch()) == [(3, b"3\n")]
 
 
 def test_a_snapshot_of_a_file_gone_reads_the_feed_from_its_start_and_says_so(
@@ -141,12 +226,68 @@ def test_a_feed_truncated_in_place_is_read_again_from_its_start(
         fh.truncate(0)
     _append(feed, b"3\n")
     with caplog.at_level(logging.WARNING, logger="delaywatch"):
-        assert part.next_batch() == []
+        assert _lines(part.next_batch()) == [(1, b"3\n")]
     assert "feed.jsonl was truncated" in caplog.text and part.truncations == 1
-    assert _lines(part.next_batch()) == [(1, b"3\n")]
     # the same, found at a restart: the snapshot points past the end
     snapshot = (100, 9, *part.snapshot()[2:])
     assert _lines(_part(feed, snapshot).next_batch()) == [(1, b"3\n")]
+
+
+def test_a_feed_truncated_and_grown_past_the_offset_between_polls_is_caught_by_its_head(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b'{"a":1}\n{"a":2}\n')
+    part = _part(feed)
+    part.next_batch()
+    feed.write_bytes(b'{"b":10}\n{"b":20}\n{"b":3}\n')  # copytruncate, then more than before
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        got = _lines(part.next_batch())
+    assert part.truncations == 1 and "was truncated" in caplog.text
+    assert got == [(1, b'{"b":10}\n'), (2, b'{"b":20}\n'), (3, b'{"b":3}\n')]
+
+
+def test_a_lone_carriage_return_in_a_rotated_files_last_piece_does_not_split_it(
+    tmp_path: Path
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n")
+    part = _part(feed)
+    part.next_batch()
+    _append(feed, b'{"a":"x\ry"}\n{"cut')
+    feed.rename(tmp_path / "feed.jsonl.1")
+    got = _lines(part.next_batch()) + _lines(part.next_batch())
+    assert got == [(2, b'{"a":"x\ry"}\n'), (3, b'{"cut')]
+
+
+def test_an_old_snapshot_that_does_not_fall_on_a_line_start_reads_from_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"111\n22222\n")  # another file than the one of snapshot (2, 1)
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        part = _part(feed, (2, 1))
+    assert "does not match where the last run stopped" in caplog.text
+    assert _lines(part.next_batch()) == [(1, b"111\n"), (2, b"22222\n")]
+
+
+def test_a_replay_resuming_a_followed_feed_reads_its_files_to_the_end_and_ends(
+    tmp_path: Path
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(b"1\n")
+    part = _part(feed)
+    part.next_batch()
+    snapshot = part.snapshot()
+    _append(feed, b"2\n")
+    feed.rename(tmp_path / "feed.jsonl.1")
+    feed.write_bytes(b"3\n4-without-newline")
+    replay = JsonLinesSource(feed).build_part("scans", feed.name, snapshot)
+    got = []
+    with pytest.raises(StopIteration):
+        for _ in range(10):
+            got += _lines(replay.next_batch())
+    assert got == [(2, b"2\n"), (1, b"3\n"), (2, b"4-without-newline")]
 
 
 def test_a_snapshot_from_before_follow_resumes_in_the_same_file(tmp_path: Path) -> None:
@@ -261,15 +402,17 @@ def test_the_daemon_follows_a_rotated_feed_stops_on_sigterm_and_resumes_to_a_rep
     feed = feed_dir / "events.jsonl"
     port = _free_port()
     env = dict(os.environ, DELAYWATCH_MODE="replay",  # (live would move the clock when idle)
-               DELAYWATCH_EPOCH_INTERVAL_SECONDS="0.2", DELAYWATCH_FOLLOW_POLL_SECONDS="0.05")
+               DELAYWATCH_EPOCH_INTERVAL_SECONDS="0.2", DELAYWATCH_FOLLOW_POLL_SECONDS="0.05",
+               DELAYWATCH_FOLLOW_ROTATE_GRACE_SECONDS="0.3")
     args = ["replay", str(feed), "--out", str(tmp_path / "run"), "--recovery",
             str(tmp_path / "rec"), "--facilities", str(demo_data / "facilities.csv")]
-    feed.write_bytes(events[:cut1])
-    daemon = subprocess.Popen(
+    daemon = subprocess.Popen(  # before the feed exists: it waits for it
         [sys.executable, "-c", "from flows.cli import app; app()", *args, "--follow",
          "--metrics-port", str(port)],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        _wait_for(port, 0, daemon)
+        feed.write_bytes(events[:cut1])
         _wait_for(port, events[:cut1].count(b"\n"), daemon)
         _append(feed, events[cut1:cut2])  # the writer finishes its line, then rotation
         feed.rename(feed_dir / "events.jsonl.1")
@@ -283,6 +426,8 @@ def test_the_daemon_follows_a_rotated_feed_stops_on_sigterm_and_resumes_to_a_rep
             daemon.kill()
     assert daemon.returncode == 0, err[-3000:]
     assert "stopped: run the same command again" in err
+    assert "events.jsonl does not exist (yet): waiting for it" in err
+    assert "feed events.jsonl rotated: reading the new file" in err  # (the log says so)
     _append(feed, events[cut3:])
     done = CliRunner().invoke(app, [*args, "--metrics-port", "0"])  # to the end, and exit
     assert done.exit_code == 0, done.output
@@ -340,3 +485,63 @@ def test_a_followed_feed_runs_in_live_mode_unless_the_settings_name_one(
     assert CliRunner().invoke(app, [*args, "--follow"]).exit_code == 130
     assert CliRunner().invoke(app, args).exit_code == 130
     assert seen == [(mode, True), (env.get("DELAYWATCH_MODE", "replay"), False)]
+
+
+def test_sigterm_stops_only_a_resumable_run_and_the_handler_is_put_back(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --recovery, SIGTERM ends the run as Ctrl-C does but with exit code 0 (systemd's
+    stop is no failure); without it, the process is killed as before (a partial run must
+    not look like a finished one); the handler is the CLI's only while the run is on, and
+    a call from another thread (no signals there) runs without it."""
+    from bytewax.errors import BytewaxRuntimeError
+
+    import flows.cli
+    import flows.run
+
+    seen = []
+
+    def run(source, run_dir, settings, **kw):  # type: ignore[no-untyped-def]
+        seen.append(signal.getsignal(signal.SIGTERM))
+        try:
+            flows.cli._terminate(signal.SIGTERM, None)
+        except KeyboardInterrupt as exc:
+            raise BytewaxRuntimeError("error calling `next_batch`") from exc
+
+    monkeypatch.setattr(flows.run, "replay", run)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["replay", str(demo_data / "events.jsonl"), "--out", str(tmp_path / "run"),
+            "--metrics-port", "0"]
+    done = CliRunner().invoke(app, [*args, "--recovery", str(tmp_path / "rec")])
+    assert done.exit_code == 0 and "stopped: run the same command again" in done.output
+    assert seen.pop() is flows.cli._terminate and signal.getsignal(signal.SIGTERM) is before
+    done = CliRunner().invoke(app, args)  # (here the test raises it; SIGTERM would kill)
+    assert seen.pop() is before and done.exit_code == 0 and "partial run" in done.output
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(CliRunner().invoke(
+        app, [*args, "--recovery", str(tmp_path / "rec2")])))
+    thread.start()
+    thread.join()
+    assert seen.pop() is before and result[0].exit_code == 0, result[0].output
+
+
+def test_a_followed_feed_may_come_later_but_its_directory_must_exist(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.run
+
+    started = []
+
+    def run(source, run_dir, settings, **kw):  # type: ignore[no-untyped-def]
+        started.append(source.path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flows.run, "replay", run)
+    base = ["--out", str(tmp_path / "run"), "--metrics-port", "0", "--recovery",
+            str(tmp_path / "rec"), "--follow"]
+    done = CliRunner().invoke(app, ["replay", str(tmp_path / "later.jsonl"), *base])
+    assert done.exit_code == 130 and started == [tmp_path / "later.jsonl"], done.output
+    done = CliRunner().invoke(app, ["replay", str(tmp_path / "nowhere" / "f.jsonl"), *base])
+    assert done.exit_code == 2 and "the feed's directory) does not exist" in done.output
+    assert len(started) == 1

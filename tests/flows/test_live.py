@@ -164,3 +164,41 @@ def test_a_stall_put_off_by_the_tell_horizon_is_counted_once_and_told_a_day_befo
     assert promise - 24 * H <= datetime.fromisoformat(told[0]["alert_time"]).timestamp() \
         <= promise - 24 * H + H
     assert registry.get_sample_value("delaywatch_stalls_deferred_total") == 1
+
+
+def test_the_shard_sleeps_until_something_is_due_and_gives_what_a_tick_every_second_gives(
+        tmp_path: Path, wall: WallClock) -> None:
+    """Woken only when the clock reaches the next wheel bucket (or the hold), the shard
+    writes the alerts a one-second timer made it write, at the same event times, with a
+    handful of wake-ups instead of one a second, and asks for none once the clock is held
+    (each wake-up costs a snapshot of the shard at the end of the epoch)."""
+
+    def run(every_second: bool) -> tuple[list[dict[str, Any]], int, _Shard]:
+        wall.now = 1000.0
+        s = shard(tmp_path, a1_threshold_hours=0.05)  # P1 and P2 stall 180 s after a scan
+        last = T0 + 10
+        s.on_batch([[label("P1", T0), arrived("P1", last)]])
+        wall.now += 200
+        s.on_batch([[label("P2", T0 + 200), arrived("P2", last + 200)]])
+        got: list[dict[str, Any]] = []
+        wakes = 0
+        stop = wall.now + HOLD + 60
+        while wall.now < stop:
+            if every_second:
+                wall.now += 1
+            else:
+                at = s.notify_at()
+                if at is None:
+                    break
+                wall.now += max((at - datetime.now(UTC)).total_seconds(), 0.0)
+            wakes += 1
+            got += alerts(s.on_notify())
+        return got, wakes, s
+
+    ticked, ticks, _ = run(every_second=True)
+    slept, wakes, s = run(every_second=False)
+    assert [a["alert_key"] for a in ticked] == ["P1:stall:1", "P2:stall:1"]
+    assert slept == ticked  # the same alerts, alert times included
+    assert s.tracker.max_event_ts == T0 + 210 + HOLD  # the clock reached the hold
+    assert s.notify_at() is None
+    assert wakes <= HOLD // BUCKET + 2 < ticks
