@@ -7,8 +7,10 @@ metrics on) on ``DIR/events.jsonl`` (read in place: a followed feed is never wri
 waits until its metrics say every line is taken in and nothing is behind, then leaves it idle
 for ``--idle-seconds`` and stops it with SIGTERM. Prints one JSON object: the CPU seconds
 (user + system, from /proc) and events per CPU second of the catch-up, the CPU share of one
-core while idle (the source looks for new lines every ``follow_poll_seconds``; in live mode
-each shard moves the clock every second), the exit code and the peak resident memory.
+core while idle, minute by minute (the source looks for new lines every
+``follow_poll_seconds``; in live mode the shard wakes when its clock, moving with wall time
+for ``feed_silence_hold_seconds``, reaches something due, and each wake-up costs a snapshot
+at the end of the epoch), the exit code and the peak resident memory.
 The catch-up includes the process's start (imports, ~1-2 s). Compare it with
 ``bench/replay_cost.py --data DIR --gc cli`` (the same flow without follow). Linux only.
 Results go to bench/RESULTS.md by hand.
@@ -81,8 +83,13 @@ def main() -> None:
             time.sleep(1.0)  # (a scrape renders ~3,500 series: not too often)
         caught_up_wall = time.perf_counter() - t0
         caught_up_cpu = _cpu(daemon.pid)
-        time.sleep(args.idle_seconds)
-        idle_cpu = _cpu(daemon.pid) - caught_up_cpu
+        minutes, last, start = [], caught_up_cpu, time.perf_counter()
+        while (left := args.idle_seconds - (time.perf_counter() - start)) > 0:
+            time.sleep(min(60.0, left))
+            now = _cpu(daemon.pid)
+            minutes.append(round(now - last, 2))
+            last = now
+        idle_cpu = last - caught_up_cpu
         peak = _peak_rss_mb(daemon.pid)
         daemon.send_signal(signal.SIGTERM)
         daemon.communicate(timeout=120)
@@ -95,6 +102,7 @@ def main() -> None:
         "events_per_cpu_s": round(lines / caught_up_cpu),
         "idle_seconds": args.idle_seconds, "idle_cpu_s": round(idle_cpu, 3),
         "idle_core_share": round(idle_cpu / args.idle_seconds, 4),
+        "idle_cpu_s_per_minute": minutes,
         "exit_code": daemon.returncode, "peak_rss_mb": round(peak),
         "run_dir": str(work),
     }))

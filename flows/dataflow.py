@@ -158,7 +158,8 @@ class FlowContext:
         m.open_episodes.set(sum(t.stats.stalls - t.stats.resolved for t in ts))
         wm = min(t.watermark for t in ts)
         m.watermark.set(wm)
-        m.event_time_lag.set(max(0.0, time.time() - wm))
+        # read at each scrape: it must grow while the feed is silent and nothing runs
+        m.event_time_lag.set_function(lambda: max(0.0, time.time() - wm))
         m.stage_keys.set(sum(t.detector.n_stages for t in ts))
         stats = [t.facility_stats for t in ts if t.facility_stats is not None]
         if stats:

@@ -202,3 +202,20 @@ def test_the_shard_sleeps_until_something_is_due_and_gives_what_a_tick_every_sec
     assert s.tracker.max_event_ts == T0 + 210 + HOLD  # the clock reached the hold
     assert s.notify_at() is None
     assert wakes <= HOLD // BUCKET + 2 < ticks
+
+
+def test_the_event_time_lag_grows_while_the_feed_is_silent_and_nothing_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sleeping shard updates no gauge: the lag is read at the scrape, so an alert on it
+    still sees a silent feed (it is the operator's signal that scans stopped coming)."""
+    registry = CollectorRegistry()
+    s = shard(tmp_path, a1_threshold_hours=0.05, metrics=make_flow_metrics(registry))
+    now = [float(T0 + 100)]
+    monkeypatch.setattr(flows.dataflow, "time",
+                        SimpleNamespace(monotonic=time.monotonic, time=lambda: now[0]))
+    s.on_batch([[label("P1", T0), arrived("P1", T0 + 10)]])
+    s.ctx.observe()
+    lag = registry.get_sample_value("delaywatch_event_time_lag_seconds")
+    assert lag == T0 + 100 - s.tracker.watermark > 0
+    now[0] += 3600  # an hour without a scan, and without a call into the flow
+    assert registry.get_sample_value("delaywatch_event_time_lag_seconds") == lag + 3600
