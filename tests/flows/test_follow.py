@@ -36,6 +36,23 @@ def _lines(batches: list) -> list[tuple[int, bytes]]:  # type: ignore[type-arg]
     return [(first + i, line) for first, lines in batches for i, line in enumerate(lines)]
 
 
+def _read(tmp_path: Path, data: bytes):  # type: ignore[no-untyped-def]
+    """A feed holding ``data`` and a daemon's partition that has read it."""
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(data)
+    part = _part(feed)
+    part.next_batch()
+    return feed, part
+
+
+def _read_and_stopped(tmp_path: Path, data: bytes) -> tuple[Path, tuple[int, ...]]:
+    """A feed holding ``data``, read to its end by a daemon since stopped: its snapshot."""
+    feed, part = _read(tmp_path, data)
+    snapshot = part.snapshot()
+    part.close()
+    return feed, snapshot
+
+
 def _append(path: Path, data: bytes) -> None:
     with open(path, "ab") as fh:
         fh.write(data)
@@ -86,10 +103,7 @@ def test_a_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path: Path)
 def test_a_rename_without_a_new_file_yet_waits_for_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n")
-    part = _part(feed)
-    part.next_batch()
+    feed, part = _read(tmp_path, b"1\n")
     feed.rename(tmp_path / "feed.jsonl.1")
     _append(tmp_path / "feed.jsonl.1", b"2\n")  # the writer's last line, after the rename
     assert part.bytes_behind() == 2
@@ -167,12 +181,7 @@ def test_a_feed_that_does_not_exist_yet_is_waited_for(
 def test_a_daemon_restarted_after_rotations_finishes_the_old_files_first(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n2\n")
-    part = _part(feed)
-    part.next_batch()
-    snapshot = part.snapshot()
-    part.close()
+    feed, snapshot = _read_and_stopped(tmp_path, b"1\n2\n")
     # while it was stopped (a weekend, daily rotation): more lines, two rotations
     _append(feed, b"3\n")
     _age(feed, 2 * 86400)
@@ -200,12 +209,7 @@ def test_a_daemon_restarted_after_rotations_finishes_the_old_files_first(
 def test_a_snapshot_of_a_file_gone_reads_the_feed_from_its_start_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n2\n")
-    part = _part(feed)
-    part.next_batch()
-    snapshot = part.snapshot()
-    part.close()
+    feed, snapshot = _read_and_stopped(tmp_path, b"1\n2\n")
     (tmp_path / "new").write_bytes(b"3\n")  # made before the old one goes: another inode
     feed.unlink()
     (tmp_path / "new").rename(feed)
@@ -218,10 +222,7 @@ def test_a_snapshot_of_a_file_gone_reads_the_feed_from_its_start_and_says_so(
 def test_a_feed_truncated_in_place_is_read_again_from_its_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n2\n")
-    part = _part(feed)
-    part.next_batch()
+    feed, part = _read(tmp_path, b"1\n2\n")
     with open(feed, "r+b") as fh:  # logrotate's copytruncate, then the writer goes on
         fh.truncate(0)
     _append(feed, b"3\n")
@@ -236,10 +237,7 @@ def test_a_feed_truncated_in_place_is_read_again_from_its_start(
 def test_a_feed_truncated_and_grown_past_the_offset_between_polls_is_caught_by_its_head(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b'{"a":1}\n{"a":2}\n')
-    part = _part(feed)
-    part.next_batch()
+    feed, part = _read(tmp_path, b'{"a":1}\n{"a":2}\n')
     feed.write_bytes(b'{"b":10}\n{"b":20}\n{"b":3}\n')  # copytruncate, then more than before
     with caplog.at_level(logging.WARNING, logger="delaywatch"):
         got = _lines(part.next_batch())
@@ -250,10 +248,7 @@ def test_a_feed_truncated_and_grown_past_the_offset_between_polls_is_caught_by_i
 def test_a_lone_carriage_return_in_a_rotated_files_last_piece_does_not_split_it(
     tmp_path: Path
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n")
-    part = _part(feed)
-    part.next_batch()
+    feed, part = _read(tmp_path, b"1\n")
     _append(feed, b'{"a":"x\ry"}\n{"cut')
     feed.rename(tmp_path / "feed.jsonl.1")
     got = _lines(part.next_batch()) + _lines(part.next_batch())
@@ -274,10 +269,7 @@ def test_an_old_snapshot_that_does_not_fall_on_a_line_start_reads_from_the_start
 def test_a_replay_resuming_a_followed_feed_reads_its_files_to_the_end_and_ends(
     tmp_path: Path
 ) -> None:
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n")
-    part = _part(feed)
-    part.next_batch()
+    feed, part = _read(tmp_path, b"1\n")
     snapshot = part.snapshot()
     _append(feed, b"2\n")
     feed.rename(tmp_path / "feed.jsonl.1")
@@ -332,12 +324,7 @@ def test_a_file_with_the_snapshots_inode_but_other_lines_is_another_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A deleted feed's inode is often given to the next file: the head checksum tells."""
-    feed = tmp_path / "feed.jsonl"
-    feed.write_bytes(b"1\n2\n")
-    part = _part(feed)
-    part.next_batch()
-    snapshot = part.snapshot()
-    part.close()
+    feed, snapshot = _read_and_stopped(tmp_path, b"1\n2\n")
     _append(feed, b"3\n")  # the same file, grown
     with caplog.at_level(logging.WARNING, logger="delaywatch"):
         assert _lines(_part(feed, snapshot).next_batch()) == [(3, b"3\n")]
