@@ -272,6 +272,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         ctx.trackers[key] = self.tracker
         self.live = ctx.settings.mode == "live"
         self.hold = ctx.settings.feed_silence_hold_seconds
+        self.shards = ctx.settings.shards
         self._last_wall = time.monotonic()
         self._last_event_ts = self.tracker.max_event_ts
 
@@ -311,18 +312,23 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
 
     def notify_at(self) -> datetime | None:
         """Live mode: wake when wall time brings the clock to the next event time at which
-        something happens (a wheel bucket fires, a facility window closes), or to the hold;
-        never once the clock is held. A wake-up makes Bytewax snapshot the shard at the end
-        of its epoch (~1.5 s of CPU per million packages in flight), so a quiet feed must not
-        wake it every second for nothing."""
+        something happens (a wheel bucket fires, a facility window closes), if that is
+        within the hold; else sleep until events come. A wake-up makes Bytewax snapshot the
+        shard at the end of its epoch (~1.5 s of CPU per million packages in flight), so a
+        quiet feed must not wake it every second for nothing.
+
+        With several shards the network step waits for the lowest shard clock, and a shard
+        cannot know when another one's events move theirs: each ticks every second within
+        the hold, as a shared clock would move (and sleeps once held)."""
         if not self.live:
             return None
         held = self._last_event_ts + self.hold  # the clock stops here
-        if self.tracker.max_event_ts >= held:
-            return None  # until events come
-        due = min(self.tracker.next_change(), held) - self._last_event_ts
-        wait = due - (time.monotonic() - self._last_wall) + 0.05  # (on_notify rounds down)
-        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
+        due = self.tracker.next_change() if self.shards == 1 else self.tracker.max_event_ts + 1
+        if due > held:
+            return None  # nothing to do until events come
+        wait = due - self._last_event_ts - (time.monotonic() - self._last_wall)
+        return datetime.now(UTC) + timedelta(seconds=max(wait + 0.05, 0.0))  # (on_notify
+        # rounds the idle seconds down)
 
     def on_notify(self) -> tuple[list[dict[str, Any]], bool]:
         """Live mode: move the clock with wall time while the feed is idle, up to the hold."""

@@ -165,9 +165,13 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
         self._offset = self._line = 0
         self._waiting_since_size = -1  # file size when a piece without newline was left
         self._head = b""  # the current file's first bytes as read (up to 1 KiB)
-        self._done: set[int] = set()  # inodes finished in this run
+        # the last files finished, inode -> first bytes (an inode is reused by later files)
+        self._done: dict[int, bytes] = {}
+        self._seen: tuple[int, int] = (-1, -1)  # a rotated file's (size, mtime) last looked at
+        self._seen_at = 0.0  # ... since when (monotonic: a clock step or a future mtime)
         self._idle_until: datetime | None = None
         self._told_missing = False
+        self._rotating = False  # a rotated file finished, the new one not there yet
         self.rotations = self.truncations = 0
         self.last_read = time.time()  # wall time a line was last handed on (or the start)
         if resume:
@@ -181,11 +185,13 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed in close() or when finished
         except FileNotFoundError:
-            if warn and not self._told_missing:
+            if warn and not self._told_missing and not self._rotating:
                 log.warning("feed %s does not exist (yet): waiting for it", self._path.name)
                 self._told_missing = True
             return False
-        self._told_missing = False
+        if self._rotating and str(path) == str(self._path):
+            log.info("feed %s: reading the new file", self._path.name)
+        self._told_missing = self._rotating = False
         self._f, self._offset, self._line = f, offset, line
         f.seek(offset)
         self._waiting_since_size = -1
@@ -200,17 +206,21 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
                 self._restart(f"{self._path.name} does not match where the last run stopped")
             return
         ino, crc = resume[3], resume[4]
-        for entry, st in self._siblings(with_path=True):
-            if st.st_ino != ino or st.st_size < offset:
-                continue
-            with open(entry.path, "rb") as fh:
-                if _head_crc(fh.fileno(), offset) != crc:
+        for _ in range(3):  # (again if a rotation renames a file while we look)
+            for entry, st in self._siblings(with_path=True):
+                if st.st_ino != ino or st.st_size < offset:
                     continue
-            if entry.name != self._path.name:
-                log.info("feed %s rotated while stopped: finishing %s first",
-                         self._path.name, entry.name)
-            self._open(entry.path, offset, line)
-            return
+                try:
+                    with open(entry.path, "rb") as fh:
+                        if _head_crc(fh.fileno(), offset) != crc:
+                            continue
+                except FileNotFoundError:
+                    continue
+                if self._open(entry.path, offset, line, warn=False):
+                    if entry.name != self._path.name:
+                        log.info("feed %s rotated while stopped: finishing %s first",
+                                 self._path.name, entry.name)
+                    return
         if self._open(self._path):
             self._restart(f"the file the last run was reading is no longer beside "
                           f"{self._path.name} (rotated away, deleted or truncated)")
@@ -305,9 +315,18 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
         current = st is not None and st.st_ino == here.st_ino and st.st_dev == here.st_dev
         if self._until_end:  # a rotated file: on to the next; the feed's end: the input's
             return self._finish(here, last=current)
-        if current or here.st_nlink > 0 and time.time() - here.st_mtime < self._grace:
+        if current or here.st_nlink > 0 and not self._quiet(here):
             return self._wait()  # (a rotated file is read on while its writer may add to it)
         return self._finish(here)
+
+    def _quiet(self, here: os.stat_result) -> bool:
+        """A rotated file unchanged for ``grace_seconds``: by its modification time, or, if
+        that is in the future (another host's clock, ours stepped back), since we saw it."""
+        now = time.monotonic()
+        seen = (here.st_size, here.st_mtime_ns)
+        if seen != self._seen:
+            self._seen, self._seen_at = seen, now
+        return time.time() - here.st_mtime >= self._grace or now - self._seen_at >= self._grace
 
     def _truncated(self, fd: int, size: int) -> bool:
         """Shorter than what was read, or its first bytes are not those read."""
@@ -326,20 +345,43 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
             return out
         f.close()
         self._f = None
-        self._done.add(here.st_ino)
+        self._done[here.st_ino] = self._head
+        while len(self._done) > 16:
+            del self._done[next(iter(self._done))]
         self.rotations += 1
-        following = [(st.st_mtime_ns, e.path) for e, st in self._siblings()
-                     if st.st_ino not in self._done and st.st_mtime_ns >= here.st_mtime_ns]
-        if following:  # rotated again meanwhile: that file first
-            path = min(following)[1]
-            log.info("feed %s: %s done, reading %s", self._path.name,
-                     os.path.basename(f.name), os.path.basename(path))
-            self._open(path)
-        else:
-            log.info("feed %s rotated: reading the new file", self._path.name)
-            if not self._open(self._path, warn=False):  # (created after the rename)
-                self._wait()
+        self._rotating = True
+        name = next((e.name for e, st in self._siblings() if st.st_ino == here.st_ino),
+                    os.path.basename(f.name))  # (its name now)
+        for _ in range(3):  # (again if a rotation renames the file chosen while we open it)
+            following = self._following(here.st_mtime_ns)
+            if not following:
+                break
+            if self._open(following[0][2], warn=False):  # rotated again meanwhile: it first
+                log.info("feed %s rotated: %s finished, now %s", self._path.name, name,
+                         following[0][1])
+                return out
+        log.info("feed %s rotated: %s finished", self._path.name, name)
+        if not self._open(self._path, warn=False):  # (created after the rename)
+            self._wait()
         return out
+
+    def _following(self, since_ns: int) -> list[tuple[int, str, str]]:
+        """The rotated files not read yet, modified since ``since_ns``, oldest first, as
+        (mtime, name, path)."""
+        out = []
+        for entry, st in self._siblings():
+            if st.st_mtime_ns < since_ns:
+                continue
+            head = self._done.get(st.st_ino)
+            if head is not None:
+                try:
+                    with open(entry.path, "rb") as fh:
+                        if os.pread(fh.fileno(), len(head), 0) == head:
+                            continue  # finished in this run
+                except FileNotFoundError:
+                    continue
+            out.append((st.st_mtime_ns, entry.name, entry.path))
+        return sorted(out)
 
     def next_awake(self) -> datetime | None:
         return self._idle_until
@@ -347,20 +389,25 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
     def snapshot(self) -> Position:
         if self._f is None:  # waiting for the feed: start it at its beginning
             return 0, 0
-        fd = self._f.fileno()
-        st = os.fstat(fd)
-        return self._offset, self._line, st.st_dev, st.st_ino, _head_crc(fd, self._offset)
+        st = os.fstat(self._f.fileno())  # (the checksum of what was read, not of the file)
+        head = zlib.crc32(self._head[:min(self._offset, _HEAD)])
+        return self._offset, self._line, st.st_dev, st.st_ino, head
 
     def bytes_behind(self) -> int:
         """Bytes written to the feed and not read yet (a line being written counts)."""
+        f, offset = self._f, self._offset  # (a scrape runs in another thread)
         behind = 0
         here = None
         try:
-            if self._f is not None:
-                here = os.fstat(self._f.fileno())
-                behind = max(here.st_size - self._offset, 0)
+            if f is not None:
+                here = os.fstat(f.fileno())
+                behind = max(here.st_size - offset, 0)
+                if not self._until_end:  # rotated files still to read
+                    behind += sum(st.st_size for _, st in self._siblings()
+                                  if st.st_mtime_ns >= here.st_mtime_ns
+                                  and st.st_ino != here.st_ino)
             st = os.stat(self._path)
-        except (OSError, ValueError):  # closed, or no file at the path
+        except (OSError, ValueError):  # closed meanwhile, or no file at the path
             return behind
         if here is None or (st.st_dev, st.st_ino) != (here.st_dev, here.st_ino):
             behind += st.st_size  # the new file is still to read
