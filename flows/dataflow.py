@@ -314,7 +314,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         """Live mode: wake when wall time brings the clock to the next event time at which
         something happens (a wheel bucket fires, a facility window closes), if that is
         within the hold; else sleep until events come. A wake-up makes Bytewax snapshot the
-        shard at the end of its epoch (~1.5 s of CPU per million packages in flight), so a
+        shard at the end of its epoch (~2 s of CPU per million packages in flight), so a
         quiet feed must not wake it every second for nothing.
 
         With several shards the network step waits for the lowest shard clock, and a shard
