@@ -166,11 +166,11 @@ def replay(
         console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
     previous: list[object] = []  # the SIGTERM handler before ours, while ours is installed
     try:
-        # SIGTERM (systemd's stop) ends a resumable run as Ctrl-C does: at the next step, with
-        # how to resume; a run without a recovery store is killed as any process is
-        if recovery is not None and threading.current_thread() is threading.main_thread():
-            previous.append(signal.signal(signal.SIGTERM, _terminate))
         if recovery is not None:
+            # SIGTERM (systemd's stop) ends a resumable run as Ctrl-C does: at the next step,
+            # with how to resume; a run without a recovery store is killed as any process is
+            if threading.current_thread() is threading.main_thread():
+                previous.append(signal.signal(signal.SIGTERM, _terminate))
             _init_recovery(recovery)
         _collect_rarely()
         with console.status(f"following {events}" if follow else f"replaying {events}"):

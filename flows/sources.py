@@ -7,12 +7,11 @@ nor one item per line. The lines are as read (line ending included, blank lines 
 snapshot is the position of the next line, so after a crash Bytewax resumes reading where the
 last completed epoch ended.
 
-``JsonLinesSource(..., follow=True)`` is the daemon's input: it keeps reading the file as the
-feed appends to it (``tail -F``), hands a line on only once its newline is written, and
-follows a rotation (the file renamed and a new one created, as logrotate does): it reads the
-old file to its end, then the new one from its start. Its snapshot also names the file (device,
-inode and a checksum of its first bytes), so a daemon restarted after a rotation finishes the
-old file under its new name before the new one.
+``JsonLinesSource(..., follow=True)`` is the daemon's input (``_FeedPartition``): it keeps
+reading the file as the feed appends to it (``tail -F``), hands a line on only once its
+newline is written, and follows logrotate's rotations and truncations. Its snapshot also
+names the file (inode and a checksum of the first bytes read), so a daemon restarted after
+a rotation finishes the old file, under its new name, before the newer ones.
 Delivery guarantee: at-least-once downstream of a resume (events after the snapshot are read
 again); every later step tolerates repeats (duplicate scans are ignored, alert keys are
 unique).
