@@ -102,7 +102,8 @@ def replay(
     recovery: Annotated[Path | None, typer.Option(
         help="Bytewax recovery directory (created and initialised if missing)")] = None,
     metrics_port: Annotated[int | None, typer.Option(
-        help="serve Prometheus metrics on 127.0.0.1:PORT while running (0 = off)")] = None,
+        help="serve Prometheus metrics on PORT while running (0 = off; the address is the "
+             "setting metrics_host, 127.0.0.1 by default)")] = None,
     follow: Annotated[bool, typer.Option(
         "--follow", help="run as a daemon: keep reading EVENTS as the feed appends to it and "
         "rotates it (waiting for it if it does not exist yet), until stopped (SIGTERM or "
@@ -143,6 +144,9 @@ def replay(
                              grace_seconds=settings.follow_rotate_grace_seconds)
     if follow:  # a daemon's log: rotations, a feed waited for, resumes (never an address)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("delaywatch").info(
+            "following %s into %s (mode %s, %d shard(s), recovery %s)", events, out,
+            settings.mode, settings.shards, recovery)
     server = outbox_gauges = feed_gauges = None
     if settings.metrics_port:
         from prometheus_client import REGISTRY, start_http_server
@@ -150,10 +154,11 @@ def replay(
         from flows.metrics import FeedCollector
         from notifiers import OutboxCollector
 
+        host = settings.metrics_host
         try:
-            server, _ = start_http_server(settings.metrics_port, addr="127.0.0.1")
+            server, _ = start_http_server(settings.metrics_port, addr=host)
         except OSError as err:
-            _fail(f"cannot serve metrics on 127.0.0.1:{settings.metrics_port} "
+            _fail(f"cannot serve metrics on {host}:{settings.metrics_port} "
                   f"({err.strerror}; another delaywatch running?): pass --metrics-port with a "
                   "free port, or 0 for no metrics server")
         # the outbox's depth and oldest pending age, read at each scrape: messages piling up
@@ -163,9 +168,11 @@ def replay(
         if follow:  # how far behind the feed the daemon is, and when it last read a line
             feed_gauges = FeedCollector(lambda: source.partitions)
             REGISTRY.register(feed_gauges)
-        console.print(f"metrics: http://127.0.0.1:{settings.metrics_port}/metrics")
+        console.print(f"metrics: http://{host}:{settings.metrics_port}/metrics")
     previous: list[object] = []  # the SIGTERM handler before ours, while ours is installed
+    lock = None
     try:
+        lock = _lock_run(out)  # one flow per run directory (a second would corrupt both runs)
         if recovery is not None:
             # SIGTERM (systemd's stop) ends a resumable run as Ctrl-C does: at the next step,
             # with how to resume; a run without a recovery store is killed as any process is
@@ -192,6 +199,8 @@ def replay(
         # a requested stop (systemd's SIGTERM) is a clean end; Ctrl-C is the shell's 130
         raise typer.Exit(0 if isinstance(stop, _Terminated) else 130) from None
     finally:
+        if lock is not None:
+            lock.close()
         if previous:
             signal.signal(signal.SIGTERM, previous.pop())  # type: ignore[arg-type]
         if server is not None:  # the port is free again (a caller in the same process)
@@ -201,6 +210,22 @@ def replay(
             if feed_gauges is not None:
                 REGISTRY.unregister(feed_gauges)
     typer.echo(json.dumps(summary.as_dict()))
+
+
+def _lock_run(out: Path):  # type: ignore[no-untyped-def]
+    """An exclusive lock on ``out`` (``RUNDIR/.lock``), held while the flow runs: a second
+    flow writing the same run (and recovery store) is refused with a clear error."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a")  # noqa: SIM115 - closed when the run ends
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        _fail(f"another delaywatch is running on {out} (it holds {out / '.lock'}): stop it "
+              "first, or give this run its own --out and --recovery")
+    return fh
 
 
 class _Terminated(KeyboardInterrupt):

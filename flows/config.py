@@ -204,6 +204,9 @@ class Settings(BaseSettings):
         "to move to the new file)")
     epoch_interval_seconds: float = Field(10.0, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 = no metrics server")
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the metrics server listens on (0.0.0.0: every "
+        "interface, for a Prometheus on another host)")
     # a path given must exist: a mistyped one would silently run without names, time zones
     # and regions (no weather incidents)
     facilities: ExistingFile | None = None

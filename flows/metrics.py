@@ -17,6 +17,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from detectors.events import REASONS
+
 __all__ = ["FeedCollector", "FlowMetrics", "make_flow_metrics"]
 
 OUTCOMES = ("accepted", "duplicate", "out_of_order", "no_header", "invalid")
@@ -179,6 +181,8 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
     )
     for outcome in OUTCOMES:
         m.scan_events.labels(outcome)
+    for reason in sorted(REASONS):  # at 0 from the start: rate() sees a first bad line
+        m.dead_letters.labels(reason)
     for kind in ("stall", "back_on_track", "incident_delay"):
         m.alerts.labels(kind)
         m.messages.labels(kind)
@@ -197,11 +201,15 @@ class _Feed(Protocol):
 
     def bytes_behind(self) -> int: ...
 
+    def modified(self) -> float | None: ...
+
 
 _BEHIND_HELP = ("Bytes the feed holds that the flow has not read yet (growing: the flow "
                 "cannot keep up, or is stuck).")
 _LAST_HELP = ("Wall time the flow last read a line of the feed (stale while the feed is "
               "quiet: alert when it is older than the feed ever goes quiet).")
+_MODIFIED_HELP = ("Modification time of the feed file (the writer's last write, whether or "
+                  "not the flow has read it): stale when the feed writer stopped.")
 _ROTATIONS_HELP = "Feed files finished because the feed was rotated (renamed and recreated)."
 _TRUNCATIONS_HELP = "Feed files truncated in place and read again from their start."
 
@@ -209,13 +217,16 @@ _TRUNCATIONS_HELP = "Feed files truncated in place and read again from their sta
 class FeedCollector(Collector):
     """How a followed feed is read (``delaywatch replay --follow``), read at each scrape from
     the source's partitions: ``delaywatch_feed_bytes_behind``,
-    ``delaywatch_feed_last_read_timestamp_seconds``, ``delaywatch_feed_rotations_total`` and
-    ``delaywatch_feed_truncations_total``. Nothing is exported before the source is built.
+    ``delaywatch_feed_last_read_timestamp_seconds``,
+    ``delaywatch_feed_modified_timestamp_seconds`` (the feed file's modification time),
+    ``delaywatch_feed_rotations_total`` and ``delaywatch_feed_truncations_total``. Nothing is
+    exported before the source is built.
 
     >>> from prometheus_client import CollectorRegistry
     >>> class Part:
     ...     rotations, truncations, last_read = 1, 0, 1700000000.0
     ...     def bytes_behind(self): return 42
+    ...     def modified(self): return 1700000100.0
     >>> parts = []
     >>> registry = CollectorRegistry()
     >>> registry.register(FeedCollector(lambda: parts))
@@ -226,6 +237,8 @@ class FeedCollector(Collector):
     42.0
     >>> registry.get_sample_value("delaywatch_feed_rotations_total")
     1.0
+    >>> registry.get_sample_value("delaywatch_feed_modified_timestamp_seconds")
+    1700000100.0
     """
 
     def __init__(self, partitions: Callable[[], Sequence[_Feed]]) -> None:
@@ -234,6 +247,7 @@ class FeedCollector(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily("delaywatch_feed_bytes_behind", _BEHIND_HELP)
         yield GaugeMetricFamily("delaywatch_feed_last_read_timestamp_seconds", _LAST_HELP)
+        yield GaugeMetricFamily("delaywatch_feed_modified_timestamp_seconds", _MODIFIED_HELP)
         yield CounterMetricFamily("delaywatch_feed_rotations", _ROTATIONS_HELP)
         yield CounterMetricFamily("delaywatch_feed_truncations", _TRUNCATIONS_HELP)
 
@@ -245,6 +259,10 @@ class FeedCollector(Collector):
                                 value=float(sum(p.bytes_behind() for p in parts)))
         yield GaugeMetricFamily("delaywatch_feed_last_read_timestamp_seconds", _LAST_HELP,
                                 value=max(p.last_read for p in parts))
+        modified = [m for p in parts if (m := p.modified()) is not None]
+        if modified:  # (no series while the feed does not exist)
+            yield GaugeMetricFamily("delaywatch_feed_modified_timestamp_seconds",
+                                    _MODIFIED_HELP, value=max(modified))
         yield CounterMetricFamily("delaywatch_feed_rotations", _ROTATIONS_HELP,
                                   value=float(sum(p.rotations for p in parts)))
         yield CounterMetricFamily("delaywatch_feed_truncations", _TRUNCATIONS_HELP,

@@ -177,6 +177,9 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
             self._resume(resume)
         else:
             self._open(self._path)
+        if self._f is not None:
+            log.info("feed %s: reading %s from line %d (byte %d)", self._path.name,
+                     os.path.basename(self._f.name), self._line + 1, self._offset)
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, path: Path | str, offset: int = 0, line: int = 0, *,
@@ -190,6 +193,8 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
             return False
         if self._rotating and str(path) == str(self._path):
             log.info("feed %s: reading the new file", self._path.name)
+        elif self._told_missing:
+            log.info("feed %s is there: reading it", self._path.name)
         self._told_missing = self._rotating = False
         self._f, self._offset, self._line = f, offset, line
         f.seek(offset)
@@ -391,6 +396,13 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
         st = os.fstat(self._f.fileno())  # (the checksum of what was read, not of the file)
         head = zlib.crc32(self._head[:min(self._offset, _HEAD)])
         return self._offset, self._line, st.st_dev, st.st_ino, head
+
+    def modified(self) -> float | None:
+        """The feed file's modification time (its writer's last write), None if none."""
+        try:
+            return os.stat(self._path).st_mtime
+        except OSError:
+            return None
 
     def bytes_behind(self) -> int:
         """Bytes written to the feed and not read yet (a line being written counts)."""

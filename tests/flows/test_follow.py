@@ -607,3 +607,60 @@ def test_a_followed_feed_may_come_later_but_its_directory_must_exist(
     done = CliRunner().invoke(app, ["replay", str(tmp_path / "nowhere" / "f.jsonl"), *base])
     assert done.exit_code == 2 and "the feed's directory) does not exist" in done.output
     assert len(started) == 1
+
+
+def test_the_feed_file_modification_time_is_exported_and_its_coming_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer stopping shows in the feed's modification time, not only in the lines
+    read (which restart at the process's start)."""
+    from prometheus_client import CollectorRegistry
+
+    from flows.metrics import FeedCollector
+
+    feed = tmp_path / "feed.jsonl"
+    source = JsonLinesSource(feed, follow=True, poll_seconds=0.5)
+    registry = CollectorRegistry()
+    registry.register(FeedCollector(lambda: source.partitions))
+    with caplog.at_level(logging.INFO, logger="delaywatch"):
+        part = source.build_part("scans", feed.name, None)
+        assert registry.get_sample_value("delaywatch_feed_modified_timestamp_seconds") is None
+        feed.write_bytes(b"1\n")
+        _age(feed, 3600)
+        assert _lines(part.next_batch()) == [(1, b"1\n")]
+    assert "feed feed.jsonl is there: reading it" in caplog.text
+    assert registry.get_sample_value("delaywatch_feed_modified_timestamp_seconds") == \
+        pytest.approx(time.time() - 3600, abs=5)
+    assert registry.get_sample_value("delaywatch_feed_last_read_timestamp_seconds") == \
+        pytest.approx(time.time(), abs=5)
+
+
+def test_a_second_flow_on_the_same_run_directory_is_refused(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """Two daemons writing one run and one recovery store would corrupt both: the run
+    directory is locked while a flow runs, and the lock goes with it."""
+    from flows.cli import _lock_run
+
+    run = tmp_path / "run"
+    args = ["replay", str(demo_data / "events.jsonl"), "--out", str(run), "--metrics-port",
+            "0", "--recovery", str(tmp_path / "rec")]
+    held = _lock_run(run)  # the first flow
+    try:
+        done = CliRunner().invoke(app, args)
+    finally:
+        held.close()
+    assert done.exit_code == 2 and "another delaywatch is running on" in done.output
+    assert not (tmp_path / "rec").exists()
+    done = CliRunner().invoke(app, args)  # the first one ended: this one runs
+    assert done.exit_code == 0, done.output
+
+
+def test_the_metrics_server_listens_where_the_settings_say(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = _free_port()
+    monkeypatch.setenv("DELAYWATCH_METRICS_HOST", "0.0.0.0")
+    done = CliRunner().invoke(app, ["replay", str(demo_data / "events.jsonl"), "--out",
+                                    str(tmp_path / "run"), "--metrics-port", str(port)])
+    assert done.exit_code == 0 and f"metrics: http://0.0.0.0:{port}/metrics" in done.output

@@ -449,3 +449,17 @@ def test_paced_snapshot_resumes_at_the_first_pending_line(
     finally:
         resumed.close()
     assert rest == list(zip(numbers[1:], lines[1:], strict=True))
+
+
+def test_every_dead_letter_reason_is_exported_at_zero_from_the_start() -> None:
+    """Prometheus' rate() does not count a series' first sample: a reason series that
+    appears with the first bad line would hide it from an alert on the rate."""
+    from prometheus_client import CollectorRegistry
+
+    from flows.metrics import make_flow_metrics
+
+    registry = CollectorRegistry()
+    make_flow_metrics(registry)
+    for reason in REASONS:
+        assert registry.get_sample_value("delaywatch_dead_letters_total",
+                                         {"reason": reason}) == 0.0
