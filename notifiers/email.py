@@ -308,6 +308,7 @@ class DrainReport:
     suppressed: int = 0  # skipped: recipient suppressed during this drain
     deferred: int = 0  # quiet hours
     released: int = 0  # put back untouched (relay unreachable, or drain interrupted)
+    held: int = 0  # put back: an earlier message to the same customer has not gone yet
     relay_error_code: int | None = None
 
     def add(self, other: DrainReport) -> None:
@@ -375,8 +376,17 @@ async def drain(
             report.claimed += len(rows)
             unfinished = {row.alert_key: row for row in rows}
             retry_at = now_fn()
+            waiting: dict[str, str] = {}  # customer -> their message not sent in this batch
             try:
                 for row in rows:
+                    earlier = waiting.get(row.recipient_ref)
+                    if earlier is not None:  # keep the customer's messages in order
+                        before = outbox.get(earlier)
+                        report.held += outbox.release(
+                            [row.alert_key], before.next_attempt_at if before else retry_at)
+                        del unfinished[row.alert_key]
+                        continue
+                    pending = report.retried + report.deferred
                     await _deliver(
                         row,
                         outbox=outbox,
@@ -394,6 +404,8 @@ async def drain(
                         suppressed_now=suppressed_now,
                     )
                     del unfinished[row.alert_key]
+                    if report.retried + report.deferred != pending:  # still to go
+                        waiting[row.recipient_ref] = row.alert_key
             except _RelayDown as down:
                 relay_down = True
                 report.relay_error_code = down.error.code

@@ -259,16 +259,21 @@ class Outbox:
         """Atomically take up to ``limit`` rows that are due at ``now``.
 
         Claimed rows become ``sending`` with a lease of ``lease`` seconds. Rows whose lease ran
-        out (the sender died mid-batch) are due again and taken like pending ones. Oldest due
-        first.
+        out (the sender died mid-batch) are due again and taken like pending ones. In the
+        order they were queued, and a customer's messages in their order: a row waits while an
+        earlier one to the same customer is still to go and not due (a retry, quiet hours,
+        another sender's lease), so that "moving again" never arrives before "running late".
         """
         ts = _ts(now)
         with self._write() as conn:
             rows = conn.execute(
-                f"SELECT id, {_ROW_COLUMNS} FROM outbox"  # noqa: S608 (constant columns)
+                f"SELECT id, {_ROW_COLUMNS} FROM outbox AS o"  # noqa: S608 (constant columns)
                 " WHERE status IN ('pending', 'sending') AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT ?",
-                (ts, int(limit)),
+                " AND NOT EXISTS (SELECT 1 FROM outbox AS e WHERE e.recipient_ref ="
+                " o.recipient_ref AND e.status IN ('pending', 'sending') AND e.id < o.id"
+                " AND e.next_attempt_at > ?)"
+                " ORDER BY id LIMIT ?",
+                (ts, ts, int(limit)),
             ).fetchall()
             conn.executemany(
                 "UPDATE outbox SET status = 'sending', next_attempt_at = ?, updated_at = ?"

@@ -154,6 +154,29 @@ async def test_retry_records_the_code_and_backs_off(
                         now_fn=clock, quiet_hours=None)).claimed == 0  # fmt: skip
 
 
+async def test_a_customer_hears_moving_again_only_after_running_late(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
+) -> None:
+    """The stall message meets a 4xx and waits for its retry: the back-on-track message
+    queued after it is held, not sent first; both arrive, in order, once the retry is due."""
+    c = customer(1)
+    server = smtp_server(f"{c.email}=451x1")
+    outbox.enqueue(make_alert("P1"), c.recipient_ref, now=T0)
+    outbox.enqueue(make_alert("P1", kind="back_on_track"), c.recipient_ref, now=T0)
+    customers = {c.recipient_ref: c}
+    report = await drain(outbox, customers, sender_for(server), composer=composer,
+                         now_fn=clock, quiet_hours=None)
+    assert (report.retried, report.held, report.sent) == (1, 1, 0)
+    assert count_by_alert_key(maildir) == {}
+    clock.advance(3600)
+    report = await drain(outbox, customers, sender_for(server), composer=composer,
+                         now_fn=clock, quiet_hours=None)
+    assert report.sent == 2
+    stall, back = outbox.get("P1:stall:1"), outbox.get("P1:back_on_track:1")
+    assert stall.sent_at <= back.sent_at and stall.attempts == 2
+    assert count_by_alert_key(maildir) == {"P1:stall:1": 1, "P1:back_on_track:1": 1}
+
+
 async def test_retries_are_bounded_then_failed_with_the_last_code(
     outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock, registry,
     metrics: NotifierMetrics,

@@ -97,7 +97,7 @@ def test_rejects_bad_alerts_and_naive_times(outbox: Outbox) -> None:
 
 def test_claim_due_takes_due_rows_once_oldest_first_and_honours_the_lease(outbox: Outbox) -> None:
     for i in range(5):
-        outbox.enqueue(make_alert(f"P{i}"), "r", now=T0 + timedelta(seconds=i))
+        outbox.enqueue(make_alert(f"P{i}"), f"r-{i}", now=T0 + timedelta(seconds=i))
     assert outbox.claim_due(T0 - timedelta(seconds=1), 10) == []  # nothing due yet
     first = outbox.claim_due(T0 + timedelta(seconds=10), 3, lease=60)
     assert [r.alert_key for r in first] == ["P0:stall:1", "P1:stall:1", "P2:stall:1"]
@@ -108,6 +108,27 @@ def test_claim_due_takes_due_rows_once_oldest_first_and_honours_the_lease(outbox
     # The sender died: after the lease the rows are due again, nothing is lost.
     again = outbox.claim_due(T0 + timedelta(seconds=71), 10)
     assert len(again) == 5
+
+
+def test_a_customers_later_message_waits_while_an_earlier_one_is_still_to_go(
+    outbox: Outbox
+) -> None:
+    """"Moving again" must not arrive before "running late": a customer's message is not
+    claimed while an earlier one to them waits for a retry, quiet hours or another
+    sender's lease; other customers' messages go on."""
+    outbox.enqueue(make_alert("P1"), "r", now=T0)
+    outbox.enqueue(make_alert("Q1"), "other", now=T0)
+    outbox.enqueue(make_alert("P1", kind="back_on_track"), "r", now=T0 + timedelta(seconds=5))
+    first = outbox.claim_due(T0, 10)
+    assert [r.alert_key for r in first] == ["P1:stall:1", "Q1:stall:1"]
+    assert outbox.mark_retry("P1:stall:1", 451, T0 + timedelta(seconds=60))
+    assert outbox.mark_sent("Q1:stall:1", T0)
+    assert outbox.claim_due(T0 + timedelta(seconds=30), 10) == []  # the stall is not due
+    later = outbox.claim_due(T0 + timedelta(seconds=60), 10)
+    assert [r.alert_key for r in later] == ["P1:stall:1", "P1:back_on_track:1"]  # in order
+    # another sender's lease on the earlier one holds the later one too
+    outbox.release(["P1:back_on_track:1"], T0)
+    assert outbox.claim_due(T0 + timedelta(seconds=61), 10) == []
 
 
 def test_retry_failure_defer_release_transitions(outbox: Outbox) -> None:
