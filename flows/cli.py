@@ -370,6 +370,9 @@ def send(
         _fail(str(exc))
     except UnicodeDecodeError as exc:
         _fail(f"{customers} is not UTF-8 text (byte {exc.start})")
+    for error in report["customer_rows_bad"][:20]:
+        console.print(f"[yellow]warning:[/yellow] {escape(error)}: this customer's messages "
+                      "wait until the row is mended; the others were sent", soft_wrap=True)
     if metrics_textfile is not None:
         write_send_textfile(metrics_textfile, report, datetime.now(UTC))
     typer.echo(json.dumps(report, default=str))

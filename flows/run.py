@@ -222,13 +222,16 @@ def send_outbox(
 ) -> dict[str, Any]:
     """Drain every due outbox row to the SMTP relay once; returns the drain report and the
     outbox after it: ``outbox_depth``, ``outbox_oldest_pending_age_seconds`` and
-    ``next_due_at`` (ISO), when the earliest row still pending is next due, or None."""
+    ``next_due_at`` (ISO), when the earliest row still pending is next due, or None; and
+    ``customer_rows_bad``, what is wrong with each row of the customer table skipped (file,
+    line and column, never a value): their customers' messages wait until it is mended."""
     smtp = settings.smtp
     composer = MessageComposer(
         from_address=smtp.sender, unsubscribe_url=smtp.unsubscribe_url,
         unsubscribe_secret=smtp.unsubscribe_secret.get_secret_value(),
     )
-    customers = load_customers(customers_path)
+    bad: dict[str, str] = {}  # rows skipped: their customers' messages wait for a fix
+    customers = load_customers(customers_path, bad=bad)
     sender = SmtpSender(
         host or smtp.host, port or smtp.port, timeout=smtp.timeout_seconds,
         start_tls=smtp.start_tls, username=smtp.username,
@@ -243,7 +246,7 @@ def send_outbox(
             outbox, customers, sender, composer=composer, now_fn=now_fn,
             max_attempts=smtp.max_attempts, backoff_base=smtp.backoff_base_seconds,
             backoff_max=smtp.backoff_max_seconds,
-            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
+            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None, unusable=bad,
         ))
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()
@@ -251,4 +254,5 @@ def send_outbox(
             "outbox_depth": outbox.depth(),
             "outbox_oldest_pending_age_seconds": outbox.oldest_pending_age(now_fn()),
             "next_due_at": None if due is None else due.isoformat(),
+            "customer_rows_bad": sorted(bad.values()),  # (file:line: column; no value)
         }

@@ -66,13 +66,17 @@ class Customer:
         return ZoneInfo(self.tz)
 
 
-def load_customers(path: str | Path) -> dict[str, Customer]:
+def load_customers(
+    path: str | Path, *, bad: dict[str, str] | None = None
+) -> dict[str, Customer]:
     """Read ``customers.csv`` into ``{recipient_ref: Customer}``.
 
     Every row is validated (address, locale in en|es, IANA zone); a bad row raises
     :class:`CustomerTableError` naming the file line and the column, never a value (not even
     the row's recipient_ref: in a row that lost a field, that column holds a name or an
-    address).
+    address). Given a ``bad`` dict, a bad row is skipped instead, and ``bad`` gets its
+    recipient_ref column -> that error (a sender holds those customers' messages until the
+    table is mended, and sends everyone else's). A table without the columns always raises.
     """
     customers: dict[str, Customer] = {}
     with open(path, newline="", encoding="utf-8") as fh:
@@ -83,7 +87,13 @@ def load_customers(path: str | Path) -> dict[str, Customer]:
                 f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(_COLUMNS)}"
             )
         for row in reader:
-            customer = _parse_row(row, where=f"{path}:{reader.line_num}")
+            try:
+                customer = _parse_row(row, where=f"{path}:{reader.line_num}")
+            except CustomerTableError as exc:
+                if bad is None:
+                    raise
+                bad[(row.get("recipient_ref") or "").strip()] = str(exc)
+                continue
             customers[customer.recipient_ref] = customer
     return customers
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -309,6 +309,7 @@ class DrainReport:
     deferred: int = 0  # quiet hours
     released: int = 0  # put back untouched (relay unreachable, or drain interrupted)
     held: int = 0  # put back: an earlier message to the same customer has not gone yet
+    customer_row_bad: int = 0  # put back: the customer's row in the table is unusable
     relay_error_code: int | None = None
 
     def add(self, other: DrainReport) -> None:
@@ -345,6 +346,7 @@ async def drain(
     timeout: float = 30.0,
     lease: float = 300.0,
     metrics: NotifierMetrics | None = None,
+    unusable: Container[str] = (),
 ) -> DrainReport:
     """Send every outbox row that is due now; return what happened.
 
@@ -358,7 +360,10 @@ async def drain(
     batch goes back to ``pending`` for ``relay_retry`` seconds (default ``backoff_base``)
     without counting attempts, so an outage never uses up a message's attempts.
 
-    Rows that become due while the drain runs wait for the next call.
+    Rows that become due while the drain runs wait for the next call. Messages to customers
+    in ``unusable`` (their row in the customer table is bad: ``load_customers(bad=...)``) go
+    back to pending for ``backoff_max`` seconds without an attempt: they go once the table
+    is mended, and everyone else's go now.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -379,6 +384,11 @@ async def drain(
             waiting: dict[str, str] = {}  # customer -> their message not sent in this batch
             try:
                 for row in rows:
+                    if row.recipient_ref in unusable:  # until the table is mended
+                        report.customer_row_bad += outbox.release(
+                            [row.alert_key], now_fn() + timedelta(seconds=backoff_max))
+                        del unfinished[row.alert_key]
+                        continue
                     earlier = waiting.get(row.recipient_ref)
                     if earlier is not None:  # keep the customer's messages in order
                         before = outbox.get(earlier)

@@ -126,6 +126,8 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], now: dateti
       not be reached, ...);
     * ``delaywatch_send_last_run_relay_error_code``: the relay's reply code when it refused
       or could not be reached (0: none);
+    * ``delaywatch_send_last_run_customer_rows_bad``: customer-table rows skipped, when
+      ``report`` lists them (``flows.run.send_outbox``'s does);
     * ``delaywatch_outbox_depth`` and ``delaywatch_outbox_oldest_pending_age_seconds`` after
       the run, when ``report`` has them (``flows.run.send_outbox``'s does).
 
@@ -158,6 +160,11 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], now: dateti
     Gauge("delaywatch_send_last_run_relay_error_code",
           "The relay's reply code when it refused or could not be reached in the last send "
           "run (0: none).", registry=registry).set(report.get("relay_error_code") or 0)
+    if "customer_rows_bad" in report:
+        Gauge("delaywatch_send_last_run_customer_rows_bad",
+              "Rows of the customer table the last send run skipped as unusable (their "
+              "customers' messages wait until they are mended).",
+              registry=registry).set(len(report["customer_rows_bad"]))
     if "outbox_depth" in report:
         Gauge("delaywatch_outbox_depth", _DEPTH_HELP,
               registry=registry).set(report["outbox_depth"])

@@ -166,11 +166,12 @@ def test_ctrl_c_ends_a_replay_with_how_to_resume_and_other_errors_stay_errors(
     assert done.exit_code == 1 and isinstance(done.exception, BytewaxRuntimeError)
 
 
-def test_send_with_a_bad_customer_row_names_the_row_not_the_address(
+def test_send_with_a_bad_customer_row_names_the_row_and_sends_the_others(
     demo_data: Path, tmp_path: Path
 ) -> None:
-    """An unusable address in customers.csv: one line naming the file, line and column (the
-    address itself never appears), before anything is sent; no traceback."""
+    """An unusable address in customers.csv: a warning naming the file, line and column (the
+    address itself never appears), that customer's messages wait for the row to be mended,
+    everyone else's go; no traceback, exit 0 (a typo must not stop every notice)."""
     with open(demo_data / "customers.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     address = rows[0]["email"]
@@ -182,20 +183,30 @@ def test_send_with_a_bad_customer_row_names_the_row_not_the_address(
         writer.writerows(rows)
     from notifiers import Outbox
 
-    with Outbox(tmp_path / "outbox.sqlite"):
-        pass
-    done = CliRunner().invoke(app, ["send", "--outbox", str(tmp_path / "outbox.sqlite"),
-                                    "--customers", str(bad), "--port", "9"])
-    assert done.exit_code == 2, done.output
-    assert f"{bad}:2: column email" in done.output and "Traceback" not in done.output
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        for i in (0, 1):
+            box.enqueue({"alert_key": f"P{i}:stall:1", "kind": "stall", "package_id": f"P{i}"},
+                        rows[i]["recipient_ref"])
+    args = ["send", "--outbox", str(tmp_path / "outbox.sqlite"), "--customers", str(bad),
+            "--port", "9"]  # (no relay there: the good row is not sent either, but kept)
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert f"{bad}:2: column email is not a plain address: this customer's messages wait" \
+        in done.output and "Traceback" not in done.output
     assert address not in done.output and "not an address" not in done.output
+    report = json.loads(done.output.strip().splitlines()[-1])
+    assert report["customer_rows_bad"] == [f"{bad}:2: column email is not a plain address"]
+    assert (report["customer_row_bad"], report["failed_permanent"]) == (1, 0)
     # a row that lost its first fields: its recipient_ref column holds the address
     bad.write_text("recipient_ref,name,email,locale,tz\n" + f"{address},es,Europe/Madrid\n",
                    encoding="utf-8")
-    done = CliRunner().invoke(app, ["send", "--outbox", str(tmp_path / "outbox.sqlite"),
-                                    "--customers", str(bad), "--port", "9"])
-    assert done.exit_code == 2 and f"{bad}:2: column" in done.output, done.output
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0 and f"{bad}:2: column" in done.output, done.output
     assert address not in done.output
+    # a table without its columns is no table: an error, nothing sent
+    bad.write_text("name,email\n", encoding="utf-8")
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "missing column(s)" in done.output
 
 
 def test_an_error_message_shows_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:

@@ -177,6 +177,30 @@ async def test_a_customer_hears_moving_again_only_after_running_late(
     assert count_by_alert_key(maildir) == {"P1:stall:1": 1, "P1:back_on_track:1": 1}
 
 
+async def test_a_customer_whose_row_is_unusable_waits_and_the_others_are_sent(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
+) -> None:
+    server = smtp_server()
+    customers = setup_alerts(outbox, 3)
+    broken = customer(1).recipient_ref
+    del customers[broken]  # its row was skipped by load_customers(bad=...)
+    report = await drain(outbox, customers, sender_for(server), composer=composer,
+                         now_fn=clock, quiet_hours=None, unusable={broken}, backoff_max=3600)
+    assert (report.sent, report.customer_row_bad, report.failed_permanent) == (2, 1, 0)
+    row = outbox.get("PKG-1:stall:1")
+    assert (row.status, row.attempts) == ("pending", 0)  # no attempt spent, not failed
+    assert row.next_attempt_at - clock() == timedelta(seconds=3600)
+    clock.advance(3600)  # the table mended
+    report = await drain(outbox, setup_customers(3), sender_for(server), composer=composer,
+                         now_fn=clock, quiet_hours=None)
+    assert report.sent == 1
+    assert count_by_alert_key(maildir) == {f"PKG-{i}:stall:1": 1 for i in range(3)}
+
+
+def setup_customers(n: int) -> dict[str, Customer]:
+    return {c.recipient_ref: c for c in map(customer, range(n))}
+
+
 async def test_retries_are_bounded_then_failed_with_the_last_code(
     outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock, registry,
     metrics: NotifierMetrics,
