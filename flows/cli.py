@@ -370,9 +370,14 @@ def send(
         _fail(str(exc))
     except UnicodeDecodeError as exc:
         _fail(f"{customers} is not UTF-8 text (byte {exc.start})")
-    for error in report["customer_rows_bad"][:20]:
-        console.print(f"[yellow]warning:[/yellow] {escape(error)}: this customer's messages "
-                      "wait until the row is mended; the others were sent", soft_wrap=True)
+    bad = report["customer_rows_bad"]
+    for error in bad[:20]:
+        console.print(f"[yellow]warning:[/yellow] {escape(error)}: skipped", soft_wrap=True)
+    if bad:
+        more = f" ({len(bad) - 20} more rows)" if len(bad) > 20 else ""
+        console.print(f"[yellow]warning:[/yellow] {len(bad)} unusable customer rows{more}: "
+                      "messages to those customers, and to customers missing from the table, "
+                      "wait until it is mended; everyone else's go as usual", soft_wrap=True)
     if metrics_textfile is not None:
         write_send_textfile(metrics_textfile, report, datetime.now(UTC))
     typer.echo(json.dumps(report, default=str))

@@ -230,7 +230,7 @@ def send_outbox(
         from_address=smtp.sender, unsubscribe_url=smtp.unsubscribe_url,
         unsubscribe_secret=smtp.unsubscribe_secret.get_secret_value(),
     )
-    bad: dict[str, str] = {}  # rows skipped: their customers' messages wait for a fix
+    bad: list[tuple[str, str]] = []  # rows skipped: their customers' messages wait
     customers = load_customers(customers_path, bad=bad)
     sender = SmtpSender(
         host or smtp.host, port or smtp.port, timeout=smtp.timeout_seconds,
@@ -246,7 +246,8 @@ def send_outbox(
             outbox, customers, sender, composer=composer, now_fn=now_fn,
             max_attempts=smtp.max_attempts, backoff_base=smtp.backoff_base_seconds,
             backoff_max=smtp.backoff_max_seconds,
-            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None, unusable=bad,
+            quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
+            unusable={ref for ref, _ in bad}, hold_unknown=bool(bad),
         ))
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()
@@ -254,5 +255,5 @@ def send_outbox(
             "outbox_depth": outbox.depth(),
             "outbox_oldest_pending_age_seconds": outbox.oldest_pending_age(now_fn()),
             "next_due_at": None if due is None else due.isoformat(),
-            "customer_rows_bad": sorted(bad.values()),  # (file:line: column; no value)
+            "customer_rows_bad": [error for _, error in bad],  # (file:line: column only)
         }

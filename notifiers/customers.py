@@ -67,16 +67,18 @@ class Customer:
 
 
 def load_customers(
-    path: str | Path, *, bad: dict[str, str] | None = None
+    path: str | Path, *, bad: list[tuple[str, str]] | None = None
 ) -> dict[str, Customer]:
     """Read ``customers.csv`` into ``{recipient_ref: Customer}``.
 
     Every row is validated (address, locale in en|es, IANA zone); a bad row raises
     :class:`CustomerTableError` naming the file line and the column, never a value (not even
     the row's recipient_ref: in a row that lost a field, that column holds a name or an
-    address). Given a ``bad`` dict, a bad row is skipped instead, and ``bad`` gets its
-    recipient_ref column -> that error (a sender holds those customers' messages until the
-    table is mended, and sends everyone else's). A table without the columns always raises.
+    address). Given a ``bad`` list, a bad row is skipped instead, and ``bad`` gets (its
+    recipient_ref column, that error), in file order: a sender holds those customers'
+    messages, and those of customers missing from the table (a row whose recipient_ref was
+    lost or shifted is theirs), until it is mended, and sends everyone else's. A table
+    without the columns always raises.
     """
     customers: dict[str, Customer] = {}
     with open(path, newline="", encoding="utf-8") as fh:
@@ -92,7 +94,7 @@ def load_customers(
             except CustomerTableError as exc:
                 if bad is None:
                     raise
-                bad[(row.get("recipient_ref") or "").strip()] = str(exc)
+                bad.append(((row.get("recipient_ref") or "").strip(), str(exc)))
                 continue
             customers[customer.recipient_ref] = customer
     return customers

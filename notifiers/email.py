@@ -347,6 +347,7 @@ async def drain(
     lease: float = 300.0,
     metrics: NotifierMetrics | None = None,
     unusable: Container[str] = (),
+    hold_unknown: bool = False,
 ) -> DrainReport:
     """Send every outbox row that is due now; return what happened.
 
@@ -361,9 +362,10 @@ async def drain(
     without counting attempts, so an outage never uses up a message's attempts.
 
     Rows that become due while the drain runs wait for the next call. Messages to customers
-    in ``unusable`` (their row in the customer table is bad: ``load_customers(bad=...)``) go
-    back to pending for ``backoff_max`` seconds without an attempt: they go once the table
-    is mended, and everyone else's go now.
+    in ``unusable`` (their row in the customer table is bad: ``load_customers(bad=...)``),
+    and with ``hold_unknown`` those to customers missing from the table (a row that lost its
+    recipient_ref is someone's), go back to pending for ``backoff_base`` seconds without an
+    attempt: they go once the table is mended, and everyone else's go now.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -384,9 +386,10 @@ async def drain(
             waiting: dict[str, str] = {}  # customer -> their message not sent in this batch
             try:
                 for row in rows:
-                    if row.recipient_ref in unusable:  # until the table is mended
-                        report.customer_row_bad += outbox.release(
-                            [row.alert_key], now_fn() + timedelta(seconds=backoff_max))
+                    ref = row.recipient_ref
+                    if ref in unusable or hold_unknown and ref not in customers:
+                        report.customer_row_bad += outbox.release(  # until the table is mended
+                            [row.alert_key], now_fn() + timedelta(seconds=backoff_base))
                         del unfinished[row.alert_key]
                         continue
                     earlier = waiting.get(row.recipient_ref)

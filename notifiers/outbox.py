@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox (recipient_ref, status);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (id) WHERE status IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS outbox_recipient_due ON outbox (recipient_ref, status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS suppressions (
     recipient_ref TEXT PRIMARY KEY,
     reason        TEXT NOT NULL CHECK (reason IN ('bounce', 'unsubscribe')),
@@ -266,15 +268,32 @@ class Outbox:
         """
         ts = _ts(now)
         with self._write() as conn:
-            rows = conn.execute(
-                f"SELECT id, {_ROW_COLUMNS} FROM outbox AS o"  # noqa: S608 (constant columns)
+            # per customer met: their first message still to go and not due, and when it is
+            # due (SQLite gives the bare column of the MIN(id) row), or (None, None)
+            waiting: dict[str, tuple[int | None, float | None]] = {}
+            rows, later = [], []
+            for r in conn.execute(  # the open rows in queue order (a partial index)
+                f"SELECT id, {_ROW_COLUMNS} FROM outbox INDEXED BY outbox_open"  # noqa: S608
                 " WHERE status IN ('pending', 'sending') AND next_attempt_at <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM outbox AS e WHERE e.recipient_ref ="
-                " o.recipient_ref AND e.status IN ('pending', 'sending') AND e.id < o.id"
-                " AND e.next_attempt_at > ?)"
-                " ORDER BY id LIMIT ?",
-                (ts, ts, int(limit)),
-            ).fetchall()
+                " ORDER BY id",
+                (ts,),
+            ):
+                first = waiting.get(r[2])  # (r[2]: recipient_ref)
+                if first is None:
+                    first = waiting[r[2]] = conn.execute(
+                        "SELECT MIN(id), next_attempt_at FROM outbox WHERE recipient_ref = ?"
+                        " AND status IN ('pending', 'sending') AND next_attempt_at > ?",
+                        (r[2], ts),
+                    ).fetchone()
+                if first[0] is not None and first[0] < r[0]:
+                    # an earlier message to this customer has not gone: due with it, not
+                    # walked over again by every claim until then
+                    later.append((first[1], r[0]))
+                    continue
+                rows.append(r)
+                if len(rows) >= limit:
+                    break
+            conn.executemany("UPDATE outbox SET next_attempt_at = ? WHERE id = ?", later)
             conn.executemany(
                 "UPDATE outbox SET status = 'sending', next_attempt_at = ?, updated_at = ?"
                 " WHERE id = ?",

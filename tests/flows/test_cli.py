@@ -166,46 +166,66 @@ def test_ctrl_c_ends_a_replay_with_how_to_resume_and_other_errors_stay_errors(
     assert done.exit_code == 1 and isinstance(done.exception, BytewaxRuntimeError)
 
 
-def test_send_with_a_bad_customer_row_names_the_row_and_sends_the_others(
+def test_send_with_bad_customer_rows_names_them_holds_their_messages_and_sends_the_others(
     demo_data: Path, tmp_path: Path
 ) -> None:
-    """An unusable address in customers.csv: a warning naming the file, line and column (the
-    address itself never appears), that customer's messages wait for the row to be mended,
-    everyone else's go; no traceback, exit 0 (a typo must not stop every notice)."""
+    """Unusable rows in customers.csv: a warning naming each (file, line, column; the
+    address itself never appears); messages to those customers, and to customers missing
+    from the table (a row that lost or shifted its recipient_ref is someone's), wait without
+    spending an attempt until it is mended; everyone else's are sent, at a real SMTP
+    server; exit 0 (a typo must not stop every notice)."""
+    from notifiers import Outbox
+    from notifiers.smtpd import SmtpServerProcess, count_by_alert_key
+
     with open(demo_data / "customers.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))[:6]
     address = rows[0]["email"]
-    rows[0]["email"] = "not an address"
-    bad = tmp_path / "customers.csv"
-    with open(bad, "w", newline="", encoding="utf-8") as fh:
+    refs = [r["recipient_ref"] for r in rows]
+    rows[0]["email"] = "not an address"  # line 2
+    rows[1]["recipient_ref"] = ""  # line 3: lost its key
+    rows[2]["recipient_ref"] = ""  # line 4: the same (two rows under one empty key)
+    table = tmp_path / "customers.csv"
+    with open(table, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    from notifiers import Outbox
-
+    with open(table, "a", encoding="utf-8") as fh:  # line 8: a row that lost its first fields
+        fh.write(f"{rows[3]['email']},es,Europe/Madrid\n")
     with Outbox(tmp_path / "outbox.sqlite") as box:
-        for i in (0, 1):
+        for i, ref in enumerate(refs):
             box.enqueue({"alert_key": f"P{i}:stall:1", "kind": "stall", "package_id": f"P{i}"},
-                        rows[i]["recipient_ref"])
-    args = ["send", "--outbox", str(tmp_path / "outbox.sqlite"), "--customers", str(bad),
-            "--port", "9"]  # (no relay there: the good row is not sent either, but kept)
-    done = CliRunner().invoke(app, args)
+                        ref)
+    with SmtpServerProcess(tmp_path / "mail") as server:
+        done = CliRunner().invoke(app, [
+            "send", "--outbox", str(tmp_path / "outbox.sqlite"), "--customers", str(table),
+            "--host", "127.0.0.1", "--port", str(server.port)],
+            env={"DELAYWATCH_SMTP__QUIET_HOURS": "false"})
     assert done.exit_code == 0, done.output
-    assert f"{bad}:2: column email is not a plain address: this customer's messages wait" \
-        in done.output and "Traceback" not in done.output
-    assert address not in done.output and "not an address" not in done.output
+    assert "Traceback" not in done.output and "not an address" not in done.output
+    for r in rows:
+        assert r["email"] not in done.output and (not r["name"] or r["name"] not in done.output)
     report = json.loads(done.output.strip().splitlines()[-1])
-    assert report["customer_rows_bad"] == [f"{bad}:2: column email is not a plain address"]
-    assert (report["customer_row_bad"], report["failed_permanent"]) == (1, 0)
-    # a row that lost its first fields: its recipient_ref column holds the address
-    bad.write_text("recipient_ref,name,email,locale,tz\n" + f"{address},es,Europe/Madrid\n",
-                   encoding="utf-8")
-    done = CliRunner().invoke(app, args)
-    assert done.exit_code == 0 and f"{bad}:2: column" in done.output, done.output
+    assert report["customer_rows_bad"] == [
+        f"{table}:2: column email is not a plain address",
+        f"{table}:3: column recipient_ref is empty",
+        f"{table}:4: column recipient_ref is empty",
+        f"{table}:8: column email is not a plain address",
+    ]
+    assert f"{table}:8: column email is not a plain address: skipped" in done.output
+    assert "4 unusable customer rows" in done.output
+    # P0 (its row is bad), P1 and P2 (missing: their rows lost the key) wait, not failed;
+    # the others went (P3's own row is good: line 8 is a stray copy)
+    sent = {"P3:stall:1": 1, "P4:stall:1": 1, "P5:stall:1": 1}
+    assert count_by_alert_key(tmp_path / "mail") == sent
+    assert (report["sent"], report["customer_row_bad"], report["failed_permanent"]) == (3, 3, 0)
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        assert [(box.get(f"P{i}:stall:1").status, box.get(f"P{i}:stall:1").attempts)
+                for i in range(3)] == [("pending", 0)] * 3
     assert address not in done.output
     # a table without its columns is no table: an error, nothing sent
-    bad.write_text("name,email\n", encoding="utf-8")
-    done = CliRunner().invoke(app, args)
+    table.write_text("name,email\n", encoding="utf-8")
+    done = CliRunner().invoke(app, ["send", "--outbox", str(tmp_path / "outbox.sqlite"),
+                                    "--customers", str(table), "--port", "9"])
     assert done.exit_code == 2 and "missing column(s)" in done.output
 
 
