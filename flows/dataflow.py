@@ -326,9 +326,9 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         due = self.tracker.next_change() if self.shards == 1 else self.tracker.max_event_ts + 1
         if due > held:
             return None  # nothing to do until events come
-        wait = due - self._last_event_ts - (time.monotonic() - self._last_wall)
-        return datetime.now(UTC) + timedelta(seconds=max(wait + 0.05, 0.0))  # (on_notify
-        # rounds the idle seconds down)
+        # (+0.05 s: on_notify rounds the idle seconds down)
+        wait = due - self._last_event_ts - (time.monotonic() - self._last_wall) + 0.05
+        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
 
     def on_notify(self) -> tuple[list[dict[str, Any]], bool]:
         """Live mode: move the clock with wall time while the feed is idle, up to the hold."""

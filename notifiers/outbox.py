@@ -61,9 +61,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error_code INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox (recipient_ref, status);
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (id) WHERE status IN ('pending', 'sending');
 CREATE INDEX IF NOT EXISTS outbox_recipient_due ON outbox (recipient_ref, status, next_attempt_at);
+DROP INDEX IF EXISTS outbox_recipient;
 CREATE TABLE IF NOT EXISTS suppressions (
     recipient_ref TEXT PRIMARY KEY,
     reason        TEXT NOT NULL CHECK (reason IN ('bounce', 'unsubscribe')),
