@@ -96,7 +96,12 @@ def replay(
     out: Annotated[Path, typer.Option(help="run directory for alerts, dead letters, outbox")],
     facilities: Annotated[Path | None, typer.Option(
         help="facilities.csv (names and time zones); default: beside EVENTS if present")] = None,
-    shards: Annotated[int | None, typer.Option(help="state shards")] = None,
+    shards: Annotated[int | None, typer.Option(
+        help="state shards (default: 1, or --processes)")] = None,
+    processes: Annotated[int | None, typer.Option(
+        help="run as a Bytewax cluster of N processes on this machine: this one reads the "
+             "feed, each holds whole shards (a process's metrics on --metrics-port + its "
+             "index); a recovery store resumes with the count that wrote it")] = None,
     speed: Annotated[float | None, typer.Option(
         help="pace the replay: event seconds per wall second (0 = as fast as possible)")] = None,
     recovery: Annotated[Path | None, typer.Option(
@@ -119,6 +124,7 @@ def replay(
     until stopped (docs/operations.md)."""
     from bytewax.errors import BytewaxRuntimeError
 
+    from flows.run import StoreMismatch
     from flows.run import replay as run_replay
     from flows.sources import JsonLinesSource
 
@@ -128,8 +134,10 @@ def replay(
         _fail(f"{events} does not exist")
     if facilities is None and (events.parent / "facilities.csv").is_file():
         facilities = events.parent / "facilities.csv"
+    if processes is not None and processes > 1 and shards is None:
+        shards = processes  # one shard a process
     settings = _settings(config, facilities=facilities, shards=shards, speed=speed,
-                         metrics_port=metrics_port)
+                         metrics_port=metrics_port, processes=processes)
     if follow:
         if recovery is None:
             _fail("--follow runs as a daemon and needs --recovery DIR: without it a restart "
@@ -145,8 +153,8 @@ def replay(
     if follow:  # a daemon's log: rotations, a feed waited for, resumes (never an address)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         logging.getLogger("delaywatch").info(
-            "following %s into %s (mode %s, %d shard(s), recovery %s)", events, out,
-            settings.mode, settings.shards, recovery)
+            "following %s into %s (mode %s, %d shard(s), %d process(es), recovery %s)", events,
+            out, settings.mode, settings.shards, settings.processes, recovery)
     server = outbox_gauges = feed_gauges = None
     if settings.metrics_port:
         from prometheus_client import REGISTRY, start_http_server
@@ -155,6 +163,8 @@ def replay(
         from notifiers import OutboxCollector
 
         host = settings.metrics_host
+        for port in range(settings.metrics_port + 1, settings.metrics_port + settings.processes):
+            _check_port(host, port)  # the other processes' (they bind them when they start)
         try:
             server, _ = start_http_server(settings.metrics_port, addr=host)
         except OSError as err:
@@ -181,7 +191,10 @@ def replay(
             _init_recovery(recovery)
         _collect_rarely()
         with console.status(f"following {events}" if follow else f"replaying {events}"):
-            summary = run_replay(source, out, settings, recovery_dir=recovery)
+            try:
+                summary = run_replay(source, out, settings, recovery_dir=recovery)
+            except StoreMismatch as exc:  # written by another process count
+                _fail(str(exc))
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
         if previous:  # a second SIGTERM while saying so stops at once
             signal.signal(signal.SIGTERM, previous.pop())  # type: ignore[arg-type]
@@ -210,6 +223,19 @@ def replay(
             if feed_gauges is not None:
                 REGISTRY.unregister(feed_gauges)
     typer.echo(json.dumps(summary.as_dict()))
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the metrics server
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            _fail(f"cannot serve metrics on {host}:{port} ({err.strerror}): with --processes N "
+                  "the processes serve --metrics-port to --metrics-port + N - 1; pass a "
+                  "--metrics-port whose next ports are free, or 0 for no metrics server")
 
 
 def _lock_run(out: Path):  # type: ignore[no-untyped-def]

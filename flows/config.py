@@ -11,7 +11,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -190,6 +198,11 @@ class Settings(BaseSettings):
     shards: int = Field(
         1, ge=1, le=4096, description="state shards (keys of stateful_batch); more than one "
         "only pays with several workers, and each shard's detector learns from its share")
+    processes: int = Field(
+        1, ge=1, le=256, description="processes of one Bytewax cluster on this machine "
+        "(flows.cluster): process 0 reads and parses the feed, each holds whole shards "
+        "(at least one each: shards >= processes); a recovery store resumes only with the "
+        "count that wrote it")
     batch_size: int = Field(2000, ge=1, le=100_000, description="lines per source batch")
     speed: float = Field(0.0, ge=0, description="replay pacing: 0 = as fast as possible")
     feed_silence_hold_seconds: int = Field(
@@ -214,6 +227,13 @@ class Settings(BaseSettings):
     stall: StallSettings = StallSettings()
     incidents: IncidentSettings = IncidentSettings()
     smtp: SmtpSettings = SmtpSettings()
+
+    @model_validator(mode="after")
+    def _shards_per_process(self) -> Settings:
+        if self.shards < self.processes:
+            raise ValueError(f"shards ({self.shards}) must be at least processes "
+                             f"({self.processes}): each process holds whole shards")
+        return self
 
     @classmethod
     def settings_customise_sources(

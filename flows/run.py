@@ -11,16 +11,18 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import pandas as pd
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 
@@ -29,8 +31,8 @@ from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
 from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
 
-__all__ = ["Reference", "ReplaySummary", "incident_states", "read_facilities", "read_reference",
-           "replay", "send_outbox"]
+__all__ = ["Reference", "ReplaySummary", "StoreMismatch", "incident_states", "read_facilities",
+           "read_reference", "replay", "send_outbox"]
 
 log = logging.getLogger("delaywatch")
 _METRICS: dict[str, Any] = {}
@@ -57,6 +59,7 @@ class ReplaySummary:
     suppressed: int = 0  # stall alerts told to nobody (feed outages)
     outbox: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
+    in_flight_by_process: list[int] = field(default_factory=list)  # process 0 first
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,25 +118,36 @@ def replay(
     recovery_dir: Path | None = None,
     with_metrics: bool = True,
 ) -> ReplaySummary:
-    """Run the real dataflow over ``source`` to its end; outputs go to ``run_dir``."""
+    """Run the real dataflow over ``source`` to its end; outputs go to ``run_dir``.
+
+    With ``settings.processes`` > 1 the flow runs as a Bytewax cluster of that many processes
+    on this machine (:mod:`flows.cluster`): this one reads ``source``; the others are started
+    here, hold their shards, and end with it. Their metrics are served on
+    ``settings.metrics_port + i`` (when ``with_metrics`` and the port is set); the summary
+    adds up every process's trackers."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ref = read_facilities(settings.facilities)
-    ctx = FlowContext(settings=settings, run_dir=run_dir, names=ref.names, tz_of=ref.tz_of,
-                      regions=ref.regions, hubs=ref.hubs,
-                      metrics=_metrics() if with_metrics else None)
+    processes = settings.processes
+    if recovery_dir is not None:
+        _check_processes(recovery_dir, processes)
+    ctx = _context(run_dir, settings, with_metrics)
     flow = build_flow(ctx, source)
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
+    epoch = timedelta(seconds=settings.epoch_interval_seconds)
     t0 = time.perf_counter()
-    run_main(flow, epoch_interval=timedelta(seconds=settings.epoch_interval_seconds),
-             recovery_config=recovery)
+    if processes == 1:
+        run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+        stats = [_fill_stats(ctx)]
+    else:
+        stats = _run_cluster(flow, run_dir, settings, recovery_dir, with_metrics, epoch, ctx)
     summary = ReplaySummary(run_dir=run_dir, seconds=time.perf_counter() - t0)
-    for tracker in ctx.trackers.values():
-        s = tracker.stats
-        summary.accepted += s.accepted
-        summary.duplicates += s.duplicate
-        summary.out_of_order += s.out_of_order
-        summary.no_header += s.no_header
-        summary.in_flight += tracker.in_flight
+    for found in stats:
+        summary.accepted += found["accepted"]
+        summary.duplicates += found["duplicates"]
+        summary.out_of_order += found["out_of_order"]
+        summary.no_header += found["no_header"]
+        summary.in_flight += found["in_flight"]
+        summary.in_flight_by_process.append(found["in_flight"])
+        summary.suppressed += found["suppressed"]
     summary.dead_letters = dict(Counter(
         json.loads(line)["reason"] for line in _lines(run_dir / "dead_letters.jsonl")))
     summary.alerts = dict(Counter(
@@ -141,12 +155,196 @@ def replay(
     summary.incidents = dict(Counter(
         r["kind"] for r in map(json.loads, _lines(run_dir / "incidents.jsonl"))
         if r["status"] == "open"))
-    if ctx.network is not None:
-        summary.suppressed = ctx.network.folder.suppressed
     summary.events = (summary.accepted + summary.duplicates + summary.out_of_order
                       + summary.no_header + sum(summary.dead_letters.values()))
     summary.outbox = outbox_counts(run_dir / "outbox.sqlite")
     return summary
+
+
+def _context(run_dir: Path, settings: Settings, with_metrics: bool) -> FlowContext:
+    ref = read_facilities(settings.facilities)
+    return FlowContext(settings=settings, run_dir=run_dir, names=ref.names, tz_of=ref.tz_of,
+                       regions=ref.regions, hubs=ref.hubs,
+                       metrics=_metrics() if with_metrics else None)
+
+
+def _fill_stats(ctx: FlowContext, process: int = 0) -> dict[str, int]:
+    """What this process's trackers and network step counted, once its flow ended."""
+    found = {"process": process, "accepted": 0, "duplicates": 0, "out_of_order": 0,
+             "no_header": 0, "in_flight": 0, "suppressed": 0}
+    for tracker in ctx.trackers.values():
+        s = tracker.stats
+        found["accepted"] += s.accepted
+        found["duplicates"] += s.duplicate
+        found["out_of_order"] += s.out_of_order
+        found["no_header"] += s.no_header
+        found["in_flight"] += tracker.in_flight
+    if ctx.network is not None:
+        found["suppressed"] = ctx.network.folder.suppressed
+    return found
+
+
+_CLUSTER_FILE = "delaywatch-processes.json"
+
+
+class StoreMismatch(ValueError):
+    """A recovery store written by another number of processes."""
+
+
+def _check_processes(recovery_dir: Path, processes: int) -> None:
+    """A recovery store holds each shard under a key chosen for its process count
+    (:func:`flows.cluster.shard_keys`): resumed with another count, the shards would start
+    empty. The count is written beside the store's partitions on first use (a store
+    without it was written by one process); another count is a :class:`StoreMismatch`."""
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    path = recovery_dir / _CLUSTER_FILE
+    if path.is_file():
+        wrote = json.loads(path.read_text(encoding="utf-8"))["processes"]
+    elif any(_has_snapshots(p) for p in recovery_dir.glob("*.sqlite3")):
+        wrote = 1  # a store from before clusters
+    else:
+        wrote = processes  # a new store
+    if wrote != processes:
+        raise StoreMismatch(
+            f"the recovery store {recovery_dir} was written by {wrote} process(es); resume it "
+            f"with --processes {wrote} (each shard is kept under a key chosen for the process "
+            "count), or start a new store")
+    if not path.is_file():
+        path.write_text(json.dumps({"processes": processes}) + "\n", encoding="utf-8")
+
+
+def _has_snapshots(path: Path) -> bool:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT count(*) FROM snaps").fetchone()[0] > 0
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+
+
+def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Path | None,
+                 with_metrics: bool, epoch: timedelta, ctx: FlowContext) -> list[dict[str, int]]:
+    """Run ``flow`` as process 0 of a cluster, starting processes 1.. here; each reports what
+    its trackers counted when the flow ends. A process that fails ends the cluster (Bytewax
+    stops the others); its error is on stderr, and this raises."""
+    import multiprocessing
+
+    from bytewax.testing import cluster_main
+
+    from flows.cluster import free_addresses
+    from flows.sources import interrupt, interrupt_clear
+
+    addresses = free_addresses(settings.processes)
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited locks
+    queue = spawn.Queue()
+    peers = [spawn.Process(target=_peer, name=f"delaywatch-{i}", daemon=True,
+                           args=(i, addresses, run_dir, settings, recovery_dir, with_metrics,
+                                 queue))
+             for i in range(1, settings.processes)]
+    for peer in peers:
+        peer.start()
+    recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cluster_main(flow, addresses, 0, epoch_interval=epoch, recovery_config=recovery)
+        except BaseException as exc:  # re-raised in the calling thread
+            ended.append(exc)
+
+    # cluster_main runs the worker in a thread of its own and waits in Rust, where signal
+    # handlers never run: so it runs in a thread here, and this one waits in Python; an
+    # interrupt caught here is raised in the feed's reader (flows.sources.interrupt)
+    worker = threading.Thread(target=run, name="delaywatch-process-0", daemon=True)
+    worker.start()
+    try:
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except BaseException as exc:  # Ctrl-C, SIGTERM: stop where run_main would have
+            interrupt(exc)
+            worker.join()
+            raise
+        finally:
+            interrupt_clear()
+        if ended:
+            raise ended[0]
+    except BaseException:
+        _stop(peers)
+        raise
+    stats = [_fill_stats(ctx)]
+    for _ in peers:
+        try:
+            stats.append(queue.get(timeout=30.0))
+        except Empty:
+            break
+    for peer in peers:
+        peer.join()
+    failed = [p.name for p in peers if p.exitcode != 0]
+    if failed or len(stats) < len(peers) + 1:
+        raise RuntimeError(f"cluster process(es) {', '.join(failed) or '?'} failed (see above)")
+    return sorted(stats, key=lambda found: found["process"])
+
+
+def _stop(peers: list[Any]) -> None:
+    """End the other processes once this one's flow has stopped (interrupted, or failed).
+    They would end when this process does (their connection to it breaks), but they wait
+    in Bytewax, where no signal handler runs: SIGTERM ends them at once. The recovery store
+    keeps what every process had committed (an epoch counts once all of them wrote it), so
+    the resume is the same as after a clean stop."""
+    for peer in peers:
+        if peer.is_alive():
+            peer.terminate()
+    for peer in peers:
+        peer.join(10.0)
+        if peer.is_alive():
+            peer.kill()
+            peer.join()
+
+
+def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
+          recovery_dir: Path | None, with_metrics: bool, queue: Any) -> None:
+    """Process ``index`` of a cluster (a spawned interpreter): the same flow, without the
+    feed (process 0 reads it), its own metrics server; puts its counts on ``queue``."""
+    import gc
+    import signal
+    import sys
+
+    from bytewax.testing import cluster_main
+
+    gc.set_threshold(100_000, 50, 1000)  # as delaywatch replay (almost no reference cycles)
+    # Ctrl-C reaches every process of the terminal's group: process 0 stops the cluster
+    # (flows.sources.interrupt), then ends this one with SIGTERM (its default: end at once)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = _context(run_dir, settings, with_metrics)
+    if with_metrics and settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port + index, addr=settings.metrics_host)
+    flow = build_flow(ctx, _NoFeed())
+    recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
+    try:
+        cluster_main(flow, addresses, index,
+                     epoch_interval=timedelta(seconds=settings.epoch_interval_seconds),
+                     recovery_config=recovery)
+    except BaseException as exc:
+        if "thread panic" not in str(exc):
+            raise  # this process's own failure: its traceback
+        # its connection to another process broke: that one stopped or failed, and says why
+        print(f"delaywatch process {index}: the cluster ended ({exc})", file=sys.stderr)
+        sys.exit(1)
+    queue.put(_fill_stats(ctx, index))
+
+
+class _NoFeed(FixedPartitionedSource[Any, Any]):
+    """The input step of processes 1..: the feed's one partition is on process 0."""
+
+    def list_parts(self) -> list[str]:
+        return []
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+        raise AssertionError(f"{for_part} is read by process 0")
 
 
 def incident_states(path: Path) -> list[dict[str, Any]]:

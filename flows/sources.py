@@ -34,7 +34,26 @@ from typing import Any
 import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-__all__ = ["JsonLinesSource", "SimulatorSource"]
+__all__ = ["JsonLinesSource", "SimulatorSource", "interrupt"]
+
+# an interrupt (Ctrl-C, SIGTERM) caught in the main thread while the flow runs in others
+# (flows.cluster): the source partitions raise it at their next batch, which ends the run
+# there as it would have ended in the main thread (run_main)
+_INTERRUPT: list[BaseException] = []
+
+
+def interrupt(exc: BaseException) -> None:
+    """Make this process's source partitions raise ``exc`` at their next batch."""
+    _INTERRUPT[:] = [exc]
+
+
+def interrupt_clear() -> None:
+    _INTERRUPT.clear()
+
+
+def _interrupted() -> None:
+    if _INTERRUPT:
+        raise _INTERRUPT.pop()
 
 Item = tuple[int, list[bytes]]  # (number of the first line, the lines, as read)
 # (byte offset of the next line, lines read before it) and, following a feed, the file's
@@ -72,6 +91,8 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
         self._awake: datetime | None = None
 
     def next_batch(self) -> Iterable[Item]:
+        if _INTERRUPT:
+            _interrupted()
         if self._pending:
             return self._paced([])
         lines = list(islice(self._f, self._batch))  # the file's own readline loop, in C
@@ -264,6 +285,8 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
 
     # -- reading ---------------------------------------------------------------------------
     def next_batch(self) -> Iterable[Item]:
+        if _INTERRUPT:
+            _interrupted()
         if self._ended:
             raise StopIteration
         f = self._f
@@ -474,6 +497,8 @@ class _SimPartition(StatefulSourcePartition[Item, int]):
         self._batch = batch_size
 
     def next_batch(self) -> list[Item]:
+        if _INTERRUPT:
+            _interrupted()
         if self._i >= len(self._lines):
             raise StopIteration
         j = min(self._i + self._batch, len(self._lines))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class Outbox:
         self._metrics = metrics
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._wal(busy_timeout)
         if str(mode).lower() != "wal":
             raise RuntimeError(f"outbox {self.path}: could not switch to WAL mode (got {mode})")
         self._conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -178,6 +179,19 @@ class Outbox:
                     self._conn.execute(statement)
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _wal(self, busy_timeout: float) -> str:
+        """Switch a new outbox to WAL mode. SQLite does not wait for the busy timeout here:
+        two processes opening a new outbox at once (the flow's processes, two senders) see
+        "database is locked" at once; so wait here, up to ``busy_timeout``."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                return str(self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
