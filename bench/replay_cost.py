@@ -17,6 +17,11 @@ windows, packages in flight): where a long replay's time per event grows. ``--gc
 the collector thresholds ``delaywatch replay`` sets; ``--out`` keeps the outputs, so that two
 commits' can be compared byte for byte.
 
+Several processes (``--settings '{"processes": 2, "shards": 2, "metrics_port": 0}'``): the
+other processes' CPU and peak memory are reported apart (``children_cpu_s``,
+``children_maxrss_mb``: the largest of them), and events per wall second beside events per
+CPU second of all processes.
+
 On a shared VM whose speed drifts, compare two commits by running this script alternately
 from two exports, e.g. ``git archive REV | tar -x -C /tmp/old`` and
 ``PYTHONPATH=/tmp/old .venv/bin/python /tmp/old/bench/replay_cost.py ...`` (old, new, old,
@@ -29,6 +34,7 @@ import argparse
 import functools
 import itertools
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -136,9 +142,16 @@ def main() -> None:
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children_cpu = children.ru_utime + children.ru_stime
     print(json.dumps({
         "events": summary.events, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-        "events_per_cpu_s": round(summary.events / cpu), "settings": args.settings,
+        "events_per_cpu_s": round(summary.events / (cpu + children_cpu)),
+        "events_per_wall_s": round(summary.events / wall),
+        "children_cpu_s": round(children_cpu, 2),
+        "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "children_maxrss_mb": round(children.ru_maxrss / 1024),
+        "in_flight_by_process": summary.in_flight_by_process, "settings": args.settings,
         "parts_s": {k: round(v[0], 3) for k, v in acc.items()},
         "parts_calls": {k: v[1] for k, v in acc.items()},
     }))
