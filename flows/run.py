@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import logging
+import signal
 import sqlite3
 import threading
 import time
@@ -262,16 +263,23 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
         try:
             while worker.is_alive():
                 worker.join(0.2)
+                if any(p.exitcode not in (None, 0) for p in peers):
+                    # (before it joined the cluster, process 0 would wait for it for ever)
+                    raise _PeerFailed
         except BaseException as exc:  # Ctrl-C, SIGTERM: stop where run_main would have
             interrupt(exc)
-            worker.join()
+            worker.join(None if not isinstance(exc, _PeerFailed) else 10.0)
             raise
         finally:
             interrupt_clear()
         if ended:
             raise ended[0]
-    except BaseException:
+    except BaseException as exc:
         _stop(peers)
+        failed = [p.name for p in peers if p.exitcode not in (0, -signal.SIGTERM, _LOST)]
+        if failed and (isinstance(exc, _PeerFailed) or "thread panic" in str(exc)):
+            raise RuntimeError(f"{', '.join(failed)} failed (its error is above): the cluster "
+                               "stopped") from None
         raise
     stats = [_fill_stats(ctx)]
     for _ in peers:
@@ -281,10 +289,17 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
             break
     for peer in peers:
         peer.join()
-    failed = [p.name for p in peers if p.exitcode != 0]
+    failed = [p.name for p in peers if p.exitcode != 0]  # (a clean end: every one 0)
     if failed or len(stats) < len(peers) + 1:
         raise RuntimeError(f"cluster process(es) {', '.join(failed) or '?'} failed (see above)")
     return sorted(stats, key=lambda found: found["process"])
+
+
+_LOST = 3  # a process's exit code when its connection to another one broke
+
+
+class _PeerFailed(Exception):
+    """Another process of the cluster ended with an error."""
 
 
 def _stop(peers: list[Any]) -> None:
@@ -308,7 +323,6 @@ def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
     """Process ``index`` of a cluster (a spawned interpreter): the same flow, without the
     feed (process 0 reads it), its own metrics server; puts its counts on ``queue``."""
     import gc
-    import signal
     import sys
 
     from bytewax.testing import cluster_main
@@ -333,7 +347,7 @@ def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
             raise  # this process's own failure: its traceback
         # its connection to another process broke: that one stopped or failed, and says why
         print(f"delaywatch process {index}: the cluster ended ({exc})", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(_LOST)
     queue.put(_fill_stats(ctx, index))
 
 

@@ -240,3 +240,46 @@ def test_the_cluster_modules_examples() -> None:
 
     result = doctest.testmod(flows.cluster)
     assert result.attempted == 3 and result.failed == 0
+
+
+def test_the_other_processes_metrics_ports_are_checked_before_the_run(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    port = _free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        done = CliRunner().invoke(app, ["replay", str(demo_data / "events.jsonl"), "--out",
+                                        str(tmp_path / "run"), "--processes", "2",
+                                        "--metrics-port", str(port)])
+    assert done.exit_code == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port + 1}" in done.output
+    assert not (tmp_path / "run" / "alerts.jsonl").exists()  # nothing ran
+
+
+def test_a_process_that_fails_is_named_and_its_error_shown(
+    demo_data: Path, tmp_path: Path
+) -> None:
+    """Process 1 fails before it joins the cluster (its metrics port was taken after the
+    CLI's check): process 0 stops waiting for it, says which process failed, and ends;
+    that one's own error is on stderr."""
+    import socket
+
+    port = _free_port()
+    script = (
+        "from pathlib import Path; from flows.config import load_settings\n"
+        "from flows.run import replay; from flows.sources import JsonLinesSource\n"
+        f"d = Path({str(demo_data)!r})\n"
+        f"s = load_settings(facilities=d / 'facilities.csv', shards=2, processes=2, "
+        f"metrics_port={port})\n"
+        f"replay(JsonLinesSource(d / 'events.jsonl'), Path({str(tmp_path / 'run')!r}), s)\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1
+    assert "RuntimeError: delaywatch-1 failed (its error is above)" in done.stderr
+    assert "Address already in use" in done.stderr
