@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import pandas as pd
@@ -238,10 +237,12 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
 
     addresses = free_addresses(settings.processes)
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited locks
-    queue = spawn.Queue()
+    # each process sends its counts back on a pipe of its own (a Queue's semaphores would be
+    # reported as leaked when a stopped run's process ends without Python's shutdown)
+    pipes = [spawn.Pipe(duplex=False) for _ in range(1, settings.processes)]
     peers = [spawn.Process(target=_peer, name=f"delaywatch-{i}", daemon=True,
                            args=(i, addresses, run_dir, settings, recovery_dir, with_metrics,
-                                 queue))
+                                 pipes[i - 1][1]))
              for i in range(1, settings.processes)]
     for peer in peers:
         peer.start()
@@ -282,11 +283,9 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
                                "stopped") from None
         raise
     stats = [_fill_stats(ctx)]
-    for _ in peers:
-        try:
-            stats.append(queue.get(timeout=30.0))
-        except Empty:
-            break
+    for receive, _ in pipes:
+        if receive.poll(30.0):
+            stats.append(receive.recv())
     for peer in peers:
         peer.join()
     failed = [p.name for p in peers if p.exitcode != 0]  # (a clean end: every one 0)
@@ -319,9 +318,9 @@ def _stop(peers: list[Any]) -> None:
 
 
 def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
-          recovery_dir: Path | None, with_metrics: bool, queue: Any) -> None:
+          recovery_dir: Path | None, with_metrics: bool, counts: Any) -> None:
     """Process ``index`` of a cluster (a spawned interpreter): the same flow, without the
-    feed (process 0 reads it), its own metrics server; puts its counts on ``queue``."""
+    feed (process 0 reads it), its own metrics server; sends its counts on ``counts``."""
     import gc
     import sys
 
@@ -348,7 +347,7 @@ def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
         # its connection to another process broke: that one stopped or failed, and says why
         print(f"delaywatch process {index}: the cluster ended ({exc})", file=sys.stderr)
         sys.exit(_LOST)
-    queue.put(_fill_stats(ctx, index))
+    counts.send(_fill_stats(ctx, index))
 
 
 class _NoFeed(FixedPartitionedSource[Any, Any]):
