@@ -134,8 +134,6 @@ def replay(
         _fail(f"{events} does not exist")
     if facilities is None and (events.parent / "facilities.csv").is_file():
         facilities = events.parent / "facilities.csv"
-    if processes is not None and processes > 1 and shards is None:
-        shards = processes  # one shard a process
     settings = _settings(config, facilities=facilities, shards=shards, speed=speed,
                          metrics_port=metrics_port, processes=processes)
     if follow:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["free_addresses", "shard_keys", "worker_of"]
+__all__ = ["free_addresses", "network_key", "shard_keys", "worker_of"]
 
 _M = (1 << 64) - 1
 
@@ -94,6 +94,21 @@ def shard_keys(shards: int, workers: int = 1) -> list[str]:
             key = f"{s}.{j}"
         keys.append(key)
     return keys
+
+
+def network_key(workers: int = 1) -> str:
+    """The network step's key: ``"network"``, or with several workers the first
+    ``"network.j"`` that Bytewax keeps on worker 0, the command itself, whose metrics port
+    is the one documented for alerts (incidents open, messages).
+
+    >>> network_key(), worker_of(network_key(2), 2), worker_of(network_key(3), 3)
+    ('network', 0, 0)
+    """
+    key, j = "network", 0
+    while workers > 1 and worker_of(key, workers) != 0:
+        j += 1
+        key = f"network.{j}"
+    return key
 
 
 def free_addresses(n: int, host: str = "127.0.0.1") -> list[str]:

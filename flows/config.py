@@ -228,11 +228,27 @@ class Settings(BaseSettings):
     incidents: IncidentSettings = IncidentSettings()
     smtp: SmtpSettings = SmtpSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_shard_a_process(cls, data: Any) -> Any:
+        """``shards`` set nowhere (arguments, environment, file): one per process."""
+        if isinstance(data, dict) and data.get("shards") is None:
+            try:
+                processes = int(data.get("processes") or 1)
+            except (TypeError, ValueError):
+                return data  # (the field's own validation says what is wrong)
+            if processes > 1:
+                data = {**data, "shards": processes}
+        return data
+
     @model_validator(mode="after")
     def _shards_per_process(self) -> Settings:
         if self.shards < self.processes:
             raise ValueError(f"shards ({self.shards}) must be at least processes "
                              f"({self.processes}): each process holds whole shards")
+        if self.processes > 1 and self.metrics_port + self.processes - 1 > 65535:
+            raise ValueError(f"metrics_port {self.metrics_port} + processes - 1 is past 65535: "
+                             "process i serves its metrics on metrics_port + i")
         return self
 
     @classmethod

@@ -52,7 +52,7 @@ from detectors.facility import FacilityMonitor, FacilityStats
 from detectors.folding import IncidentFolder
 from detectors.incidents import IncidentDesk, IncidentManager
 from detectors.tracker import PackageTracker, hash_id
-from flows.cluster import shard_keys
+from flows.cluster import network_key, shard_keys
 from flows.config import Settings
 from flows.metrics import INCIDENT_KINDS, FlowMetrics
 from flows.network import NetworkDesk, Out, Progress
@@ -90,6 +90,7 @@ class FlowContext:
     hubs: frozenset[str] | None = None  # facilities with incident statistics; None: "auto"
     trackers: dict[str, PackageTracker] = field(default_factory=dict)
     network: NetworkDesk | None = None  # the network step's, once the flow built it
+    failed_step: str | None = None  # a step of this process that raised (several processes)
     _over_cap: int = 0  # over_cap scans already counted in the metric
 
     def new_tracker(self) -> PackageTracker:
@@ -184,6 +185,14 @@ class FlowContext:
 
 Shard = tuple[str, list[ScanEvent]]  # (shard key, its events of one source batch, in order)
 
+
+def _report(ctx: FlowContext, step: str) -> None:
+    """Log the exception being handled: on several processes Bytewax reports a step's
+    failure only as a broken connection ("Send thread panic"), so the flow says it."""
+    ctx.failed_step = step
+    if ctx.settings.processes > 1:
+        log.exception("step %s failed", step)
+
 _to_wire = msgspec.msgpack.Encoder().encode
 _wire_decoder = msgspec.msgpack.Decoder(list[ScanEvent])
 
@@ -211,6 +220,13 @@ def _parser(ctx: FlowContext) -> Callable[[list[Lines]], list[Any]]:
     keys = shard_keys(shards, ctx.settings.processes)
 
     def parse(items: list[Lines]) -> list[Shard | DeadLetter]:
+        try:
+            return _parse(items)
+        except Exception:
+            _report(ctx, "parse")
+            raise
+
+    def _parse(items: list[Lines]) -> list[Shard | DeadLetter]:
         """One Bytewax batch (usually one source batch): a list of events per shard, in
         input order, then the dead letters."""
         per: dict[str, list[ScanEvent]] = {}
@@ -323,6 +339,13 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         return out
 
     def on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[Any], bool]:
+        try:
+            return self._on_batch(values)
+        except Exception:
+            _report(self.ctx, "track")
+            raise
+
+    def _on_batch(self, values: list[list[ScanEvent]]) -> tuple[list[Any], bool]:
         before = self._snapshot_counts()
         events = values[0] if len(values) == 1 else [ev for group in values for ev in group]
         out = self.tracker.process_batch(events)
@@ -406,9 +429,13 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkDesk]):
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[Out], bool]:
         desk = self.desk
-        for shard, item in values:
-            desk.add(shard, item)
-        return desk.step(), StatefulBatchLogic.RETAIN
+        try:
+            for shard, item in values:
+                desk.add(shard, item)
+            return desk.step(), StatefulBatchLogic.RETAIN
+        except Exception:
+            _report(self.ctx, "network")
+            raise
 
     def on_eof(self) -> tuple[list[Out], bool]:
         out = self.desk.finish()
@@ -451,8 +478,9 @@ def build_flow(ctx: FlowContext, source: Source) -> Dataflow:
     op.output("dead_letters", dead, FileSink(run_dir / "dead_letters.jsonl"))
     tracked = op.stateful_batch(
         "track", split.trues, _builder(ctx))  # (shard, alert dict | Progress)
+    key = network_key(ctx.settings.processes)
     network = op.stateful_batch(
-        "network", op.map("to_network", tracked, lambda kv: ("network", kv)),
+        "network", op.map("to_network", tracked, lambda kv: (key, kv)),
         lambda resume: _Network(ctx, resume))  # ("network", (tag, record))
     alerts = op.filter("alerts", network, lambda kv: kv[1][0] == "alert")
     incidents = op.filter("incidents", network, lambda kv: kv[1][0] == "incident")

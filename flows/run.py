@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,7 +129,7 @@ def replay(
     run_dir.mkdir(parents=True, exist_ok=True)
     processes = settings.processes
     if recovery_dir is not None:
-        _check_processes(recovery_dir, processes)
+        _check_processes(recovery_dir, processes, settings.shards)
     ctx = _context(run_dir, settings, with_metrics)
     flow = build_flow(ctx, source)
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
@@ -191,26 +192,31 @@ class StoreMismatch(ValueError):
     """A recovery store written by another number of processes."""
 
 
-def _check_processes(recovery_dir: Path, processes: int) -> None:
+def _check_processes(recovery_dir: Path, processes: int, shards: int) -> None:
     """A recovery store holds each shard under a key chosen for its process count
-    (:func:`flows.cluster.shard_keys`): resumed with another count, the shards would start
-    empty. The count is written beside the store's partitions on first use (a store
-    without it was written by one process); another count is a :class:`StoreMismatch`."""
+    (:func:`flows.cluster.shard_keys`), and each package in the shard its id hashes to:
+    resumed with another process count the shards would start empty, with another shard
+    count packages would be looked for in the wrong shard. Both are written beside the
+    store's partitions on first use (a store without them was written by one process, its
+    shard count unknown); another count is a :class:`StoreMismatch`."""
     recovery_dir.mkdir(parents=True, exist_ok=True)
     path = recovery_dir / _CLUSTER_FILE
+    wrote: dict[str, int] = {}
     if path.is_file():
-        wrote = json.loads(path.read_text(encoding="utf-8"))["processes"]
+        wrote = json.loads(path.read_text(encoding="utf-8"))
     elif any(_has_snapshots(p) for p in recovery_dir.glob("*.sqlite3")):
-        wrote = 1  # a store from before clusters
-    else:
-        wrote = processes  # a new store
-    if wrote != processes:
-        raise StoreMismatch(
-            f"the recovery store {recovery_dir} was written by {wrote} process(es); resume it "
-            f"with --processes {wrote} (each shard is kept under a key chosen for the process "
-            "count), or start a new store")
-    if not path.is_file():
-        path.write_text(json.dumps({"processes": processes}) + "\n", encoding="utf-8")
+        wrote = {"processes": 1}  # a store from before clusters
+    for key, now, option in (("processes", processes, "--processes"),
+                             ("shards", shards, "--shards")):
+        if key in wrote and wrote[key] != now:
+            raise StoreMismatch(
+                f"the recovery store {recovery_dir} was written with {key} = {wrote[key]}; "
+                f"resume it with {option} {wrote[key]} (the shards are kept under keys "
+                "chosen for the process count, packages in the shard their id hashes to), "
+                "or start a new store")
+    if wrote != {"processes": processes, "shards": shards}:
+        path.write_text(json.dumps({"processes": processes, "shards": shards}) + "\n",
+                        encoding="utf-8")
 
 
 def _has_snapshots(path: Path) -> bool:
@@ -242,56 +248,83 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
     pipes = [spawn.Pipe(duplex=False) for _ in range(1, settings.processes)]
     peers = [spawn.Process(target=_peer, name=f"delaywatch-{i}", daemon=True,
                            args=(i, addresses, run_dir, settings, recovery_dir, with_metrics,
-                                 pipes[i - 1][1]))
+                                 pipes[i - 1][1], log.getEffectiveLevel()))
              for i in range(1, settings.processes)]
     for peer in peers:
         peer.start()
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
     ended: list[BaseException] = []
+    done = threading.Event()  # set when cluster_main has returned
 
     def run() -> None:
         try:
             cluster_main(flow, addresses, 0, epoch_interval=epoch, recovery_config=recovery)
         except BaseException as exc:  # re-raised in the calling thread
             ended.append(exc)
+        finally:
+            done.set()
 
     # cluster_main runs the worker in a thread of its own and waits in Rust, where signal
     # handlers never run: so it runs in a thread here, and this one waits in Python; an
-    # interrupt caught here is raised in the feed's reader (flows.sources.interrupt)
-    worker = threading.Thread(target=run, name="delaywatch-process-0", daemon=True)
-    worker.start()
+    # interrupt caught here is raised in the feed's reader (flows.sources.interrupt). (It
+    # waits on an Event: a signal raising inside Thread.join makes Python 3.11 take the
+    # thread for ended while it runs on.)
+    threading.Thread(target=run, name="delaywatch-process-0", daemon=True).start()
     try:
         try:
-            while worker.is_alive():
-                worker.join(0.2)
+            while not done.wait(0.2):
                 if any(p.exitcode not in (None, 0) for p in peers):
                     # (before it joined the cluster, process 0 would wait for it for ever)
                     raise _PeerFailed
         except BaseException as exc:  # Ctrl-C, SIGTERM: stop where run_main would have
             interrupt(exc)
-            worker.join(None if not isinstance(exc, _PeerFailed) else 10.0)
+            _wait_ended(done, peers, exc)
             raise
         finally:
-            interrupt_clear()
+            if done.is_set():
+                interrupt_clear()
         if ended:
             raise ended[0]
     except BaseException as exc:
         _stop(peers)
-        failed = [p.name for p in peers if p.exitcode not in (0, -signal.SIGTERM, _LOST)]
+        failed = [p for p in peers if p.exitcode not in (0, -signal.SIGTERM, _LOST)]
         if failed and (isinstance(exc, _PeerFailed) or "thread panic" in str(exc)):
-            raise RuntimeError(f"{', '.join(failed)} failed (its error is above): the cluster "
-                               "stopped") from None
+            raise RuntimeError(
+                "; ".join(f"{p.name} {_how_ended(p.exitcode)}" for p in failed)
+                + ": the cluster stopped") from None
         raise
     stats = [_fill_stats(ctx)]
-    for receive, _ in pipes:
-        if receive.poll(30.0):
+    for (receive, _), peer in zip(pipes, peers, strict=True):
+        while not receive.poll(1.0) and peer.is_alive():
+            pass
+        if receive.poll(0):
             stats.append(receive.recv())
     for peer in peers:
-        peer.join()
-    failed = [p.name for p in peers if p.exitcode != 0]  # (a clean end: every one 0)
+        peer.join(60.0)
+    failed = [p for p in peers if p.exitcode != 0]  # (a clean end: every one 0)
     if failed or len(stats) < len(peers) + 1:
-        raise RuntimeError(f"cluster process(es) {', '.join(failed) or '?'} failed (see above)")
+        raise RuntimeError("; ".join(f"{p.name} {_how_ended(p.exitcode)}" for p in failed)
+                           or "a process of the cluster sent no counts")
     return sorted(stats, key=lambda found: found["process"])
+
+
+def _wait_ended(done: threading.Event, peers: list[Any], exc: BaseException) -> None:
+    """Wait until process 0's flow has ended after ``exc`` was raised in its reader. A
+    process that died before it joined the cluster leaves this one waiting for it (in
+    Rust, for ever): then give up after 10 s (the process is ending anyway)."""
+    deadline = None
+    while not done.wait(0.2):
+        if deadline is None and any(p.exitcode not in (None, 0) for p in peers):
+            deadline = time.monotonic() + 10.0
+        if deadline is not None and time.monotonic() > deadline:
+            return
+
+
+def _how_ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        return (f"was killed by signal {-code}"
+                + (" (out of memory?)" if -code == signal.SIGKILL else ""))
+    return f"failed (exit {code}; its error is above)"
 
 
 _LOST = 3  # a process's exit code when its connection to another one broke
@@ -318,14 +351,18 @@ def _stop(peers: list[Any]) -> None:
 
 
 def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
-          recovery_dir: Path | None, with_metrics: bool, counts: Any) -> None:
+          recovery_dir: Path | None, with_metrics: bool, counts: Any, log_level: int) -> None:
     """Process ``index`` of a cluster (a spawned interpreter): the same flow, without the
     feed (process 0 reads it), its own metrics server; sends its counts on ``counts``."""
     import gc
+    import os
     import sys
 
     from bytewax.testing import cluster_main
 
+    _end_with_parent()
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [process {index}] "
+                        "%(message)s")
     gc.set_threshold(100_000, 50, 1000)  # as delaywatch replay (almost no reference cycles)
     # Ctrl-C reaches every process of the terminal's group: process 0 stops the cluster
     # (flows.sources.interrupt), then ends this one with SIGTERM (its default: end at once)
@@ -337,17 +374,36 @@ def _peer(index: int, addresses: list[str], run_dir: Path, settings: Settings,
         start_http_server(settings.metrics_port + index, addr=settings.metrics_host)
     flow = build_flow(ctx, _NoFeed())
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
+    code = 0
     try:
         cluster_main(flow, addresses, index,
                      epoch_interval=timedelta(seconds=settings.epoch_interval_seconds),
                      recovery_config=recovery)
     except BaseException as exc:
-        if "thread panic" not in str(exc):
-            raise  # this process's own failure: its traceback
-        # its connection to another process broke: that one stopped or failed, and says why
-        print(f"delaywatch process {index}: the cluster ended ({exc})", file=sys.stderr)
-        sys.exit(_LOST)
-    counts.send(_fill_stats(ctx, index))
+        if ctx.failed_step is not None or "thread panic" not in str(exc):
+            traceback.print_exc()  # this process's own failure (a step's is logged above)
+            code = 1
+        else:  # its connection to another process broke: that one stopped or failed
+            log.warning("process %d: the cluster ended (%s)", index, exc)
+            code = _LOST
+    else:
+        counts.send(_fill_stats(ctx, index))
+    # without Python's shutdown: Bytewax's network threads may still run, and one taking the
+    # GIL while the interpreter shuts down aborts the process (everything is written)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _end_with_parent() -> None:
+    """Linux: this process gets SIGKILL when process 0 ends, even killed before this one
+    joined the cluster (where it would wait for process 0 for ever)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class _NoFeed(FixedPartitionedSource[Any, Any]):

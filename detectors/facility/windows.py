@@ -99,6 +99,7 @@ def merge(windows: Iterable[FacilityWindow]) -> list[FacilityWindow]:
     """Add up the windows of several shards: one window per (facility, start), in order.
 
     Every figure is a sum (shards hold disjoint packages), the longest lane transit a max.
+    The result does not depend on the order of ``windows`` (cohorts and lanes are sorted).
 
     >>> a = FacilityWindow("P1", 0, 900, arrivals=2, backlog=5, dwell_hist=(1,) + (0,) * 21)
     >>> b = FacilityWindow("P1", 0, 900, arrivals=1, backlog=1, lanes={"N2": (1, 60, 60)})
@@ -143,4 +144,9 @@ def merge(windows: Iterable[FacilityWindow]) -> list[FacilityWindow]:
                 if old is None
                 else (old[0] + n, old[1] + total, max(old[2], longest))
             )
-    return [merged[k] for k in sorted(merged)]
+    out = [merged[k] for k in sorted(merged)]
+    for m in out:  # in one order whatever order the shards' windows came in: the cohort
+        # pass sums floats in dict order, so another order could move a score in its last digit
+        m.cohorts = dict(sorted(m.cohorts.items()))
+        m.lanes = dict(sorted(m.lanes.items()))
+    return out

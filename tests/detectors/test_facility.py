@@ -892,3 +892,24 @@ def test_cohort_retention_matches_a_plain_reference_bit_for_bit(tz: str | None) 
         scored_passes += one_pass[1] > 0
     assert fused._table == split._table
     assert scored_passes > 96 * 4  # past the warm-up, most passes have cells to use
+
+
+def test_merged_windows_do_not_depend_on_the_order_the_shards_sent_them() -> None:
+    """The network step merges the shards' windows in the order they arrive, which differs
+    between one process and several; the cohort pass sums floats in dict order, so the
+    merged window must come out the same either way (a score once moved in its last digit)."""
+    from itertools import permutations
+
+    from detectors.facility.windows import merge
+
+    shards = [
+        FacilityWindow("P1", 0, 900, arrivals=2, cohorts={5: 1, 2: 3}, lanes={"B": (1, 60, 60)}),
+        FacilityWindow("P1", 0, 900, arrivals=1, cohorts={7: 2, 5: 4}, lanes={"A": (2, 90, 50)}),
+        FacilityWindow("P1", 0, 900, cohorts={1: 1}, lanes={"B": (1, 30, 30)}),
+    ]
+    results = {repr([(w.facility, w.arrivals, list(w.cohorts.items()), list(w.lanes.items()))
+                     for w in merge(order)]) for order in permutations(shards)}
+    assert len(results) == 1
+    (merged,) = merge(shards)
+    assert list(merged.cohorts.items()) == [(1, 1), (2, 3), (5, 5), (7, 2)]
+    assert merged.lanes == {"A": (2, 90, 50), "B": (2, 90, 60)}

@@ -77,10 +77,18 @@ def test_shard_keys_put_one_shard_on_each_worker_in_turn() -> None:
         assert [worker_of(k, workers) for k in keys] == [s % workers for s in range(shards)]
 
 
-def test_a_process_needs_a_shard_of_its_own() -> None:
+def test_a_process_needs_a_shard_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"shards \(1\) must be at least processes \(2\)"):
-        load_settings(processes=2)
-    assert load_settings(processes=2, shards=4).processes == 2
+        load_settings(processes=2, shards=1)
+    assert load_settings(processes=2).shards == 2  # set nowhere: one a process
+    assert load_settings(processes=2, shards=4).shards == 4
+    monkeypatch.setenv("DELAYWATCH_SHARDS", "8")  # set somewhere: kept
+    assert load_settings(processes=2).shards == 8
+    monkeypatch.setenv("DELAYWATCH_PROCESSES", "3")
+    monkeypatch.delenv("DELAYWATCH_SHARDS")
+    assert load_settings().shards == 3
+    with pytest.raises(ValueError, match="past 65535"):
+        load_settings(processes=2, metrics_port=65535)
 
 
 def _open_outbox(path: str, start: float) -> str:
@@ -189,12 +197,12 @@ def test_the_daemon_on_two_processes_stops_on_sigterm_and_resumes_to_a_replays_r
         time.sleep(0.1)
     assert _group(daemon.pid) == b""
     assert json.loads((tmp_path / "rec" / "delaywatch-processes.json").read_text()) == \
-        {"processes": 2}
+        {"processes": 2, "shards": 2}
 
     _append(feed, events[cut:])
     refused = CliRunner().invoke(app, [*args[:-1], "1", "--metrics-port", "0"])
     assert refused.exit_code == 2
-    assert "written by 2 process(es); resume it with --processes 2" in refused.output
+    assert "written with processes = 2; resume it with --processes 2" in refused.output
     done = CliRunner().invoke(app, [*args, "--metrics-port", "0"])  # to the end, and exit
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout.strip().splitlines()[-1])["events"] > 0
@@ -228,9 +236,18 @@ def test_a_store_from_one_process_is_not_resumed_by_two(demo_data: Path,
     replay(JsonLinesSource(events), tmp_path / "run", settings, recovery_dir=rec,
            with_metrics=False)
     (rec / "delaywatch-processes.json").unlink()  # a store from before clusters
-    with pytest.raises(StoreMismatch, match=r"written by 1 process\(es\)"):
+    with pytest.raises(StoreMismatch, match=r"written with processes = 1"):
         replay(JsonLinesSource(events), tmp_path / "run", settings.model_copy(
             update={"processes": 2, "shards": 2}), recovery_dir=rec, with_metrics=False)
+    # the shard count is remembered from then on (packages live in the shard their id
+    # hashes to: another count would look for them in the wrong one)
+    replay(JsonLinesSource(events), tmp_path / "run", settings, recovery_dir=rec,
+           with_metrics=False)
+    assert json.loads((rec / "delaywatch-processes.json").read_text()) == \
+        {"processes": 1, "shards": 1}
+    with pytest.raises(StoreMismatch, match=r"written with shards = 1; resume it with --shards"):
+        replay(JsonLinesSource(events), tmp_path / "run", settings.model_copy(
+            update={"shards": 2}), recovery_dir=rec, with_metrics=False)
 
 
 def test_the_cluster_modules_examples() -> None:
@@ -239,7 +256,7 @@ def test_the_cluster_modules_examples() -> None:
     import flows.cluster
 
     result = doctest.testmod(flows.cluster)
-    assert result.attempted == 3 and result.failed == 0
+    assert result.attempted == 4 and result.failed == 0
 
 
 def test_the_other_processes_metrics_ports_are_checked_before_the_run(
@@ -281,5 +298,5 @@ def test_a_process_that_fails_is_named_and_its_error_shown(
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=120)
     assert done.returncode == 1
-    assert "RuntimeError: delaywatch-1 failed (its error is above)" in done.stderr
+    assert "RuntimeError: delaywatch-1 failed (exit 1; its error is above)" in done.stderr
     assert "Address already in use" in done.stderr
