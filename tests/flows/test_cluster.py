@@ -300,3 +300,30 @@ def test_a_process_that_fails_is_named_and_its_error_shown(
     assert done.returncode == 1
     assert "RuntimeError: delaywatch-1 failed (exit 1; its error is above)" in done.stderr
     assert "Address already in use" in done.stderr
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_failing_step_logs_its_error_on_several_processes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, processes: int
+) -> None:
+    """Bytewax reports a step's exception in a cluster only as a broken connection: the
+    step logs it on the process it failed in (one process shows it as before, once)."""
+    import logging
+
+    from flows.dataflow import FlowContext, _Shard
+
+    ctx = FlowContext(settings=load_settings(processes=processes, shards=2), run_dir=tmp_path)
+    shard = _Shard(ctx, "shard-0", None)
+
+    def broken(events: list) -> list:  # type: ignore[type-arg]
+        raise ValueError("a tracker bug")
+
+    shard.tracker.process_batch = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="delaywatch"), \
+            pytest.raises(ValueError, match="a tracker bug"):
+        shard.on_batch([[]])
+    assert ctx.failed_step == "track"
+    logged = [r for r in caplog.records if r.getMessage() == "step track failed"]
+    assert len(logged) == (1 if processes > 1 else 0)
+    if logged:
+        assert "a tracker bug" in caplog.text  # with its traceback
