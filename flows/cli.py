@@ -101,7 +101,7 @@ def replay(
     processes: Annotated[int | None, typer.Option(
         help="run as a Bytewax cluster of N processes on this machine: this one reads the "
              "feed, each holds whole shards (a process's metrics on --metrics-port + its "
-             "index); a recovery store resumes with the count that wrote it")] = None,
+             "index); a recovery store resumes with the counts that wrote it")] = None,
     speed: Annotated[float | None, typer.Option(
         help="pace the replay: event seconds per wall second (0 = as fast as possible)")] = None,
     recovery: Annotated[Path | None, typer.Option(
@@ -192,7 +192,7 @@ def replay(
         with console.status(f"following {events}" if follow else f"replaying {events}"):
             try:
                 summary = run_replay(source, out, settings, recovery_dir=recovery)
-            except StoreMismatch as exc:  # written by another process count
+            except StoreMismatch as exc:  # written with another process or shard count
                 _fail(str(exc))
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
         if previous:  # a second SIGTERM while saying so stops at once
