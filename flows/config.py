@@ -201,8 +201,8 @@ class Settings(BaseSettings):
     processes: int = Field(
         1, ge=1, le=256, description="processes of one Bytewax cluster on this machine "
         "(flows.cluster): process 0 reads and parses the feed, each holds whole shards "
-        "(at least one each: shards >= processes); a recovery store resumes only with the "
-        "count that wrote it")
+        "(at least one each: shards >= processes; set nowhere, shards = processes); a "
+        "recovery store resumes only with the process and shard counts that wrote it")
     batch_size: int = Field(2000, ge=1, le=100_000, description="lines per source batch")
     speed: float = Field(0.0, ge=0, description="replay pacing: 0 = as fast as possible")
     feed_silence_hold_seconds: int = Field(

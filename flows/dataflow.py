@@ -193,6 +193,7 @@ def _report(ctx: FlowContext, step: str) -> None:
     if ctx.settings.processes > 1:
         log.exception("step %s failed", step)
 
+
 _to_wire = msgspec.msgpack.Encoder().encode
 _wire_decoder = msgspec.msgpack.Decoder(list[ScanEvent])
 
@@ -210,7 +211,6 @@ class _Events(list):  # type: ignore[type-arg]
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         return _from_wire, (_to_wire(self),)
-
 
 
 def _parser(ctx: FlowContext) -> Callable[[list[Lines]], list[Any]]:

@@ -129,7 +129,7 @@ def replay(
     run_dir.mkdir(parents=True, exist_ok=True)
     processes = settings.processes
     if recovery_dir is not None:
-        _check_processes(recovery_dir, processes, settings.shards)
+        _check_store(recovery_dir, processes, settings.shards)
     ctx = _context(run_dir, settings, with_metrics)
     flow = build_flow(ctx, source)
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
@@ -139,7 +139,7 @@ def replay(
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
         stats = [_fill_stats(ctx)]
     else:
-        stats = _run_cluster(flow, run_dir, settings, recovery_dir, with_metrics, epoch, ctx)
+        stats = _run_cluster(flow, ctx, recovery_dir, epoch)
     summary = ReplaySummary(run_dir=run_dir, seconds=time.perf_counter() - t0)
     for found in stats:
         summary.accepted += found["accepted"]
@@ -189,10 +189,10 @@ _CLUSTER_FILE = "delaywatch-processes.json"
 
 
 class StoreMismatch(ValueError):
-    """A recovery store written by another number of processes."""
+    """A recovery store written with another process or shard count."""
 
 
-def _check_processes(recovery_dir: Path, processes: int, shards: int) -> None:
+def _check_store(recovery_dir: Path, processes: int, shards: int) -> None:
     """A recovery store holds each shard under a key chosen for its process count
     (:func:`flows.cluster.shard_keys`), and each package in the shard its id hashes to:
     resumed with another process count the shards would start empty, with another shard
@@ -229,8 +229,8 @@ def _has_snapshots(path: Path) -> bool:
         con.close()
 
 
-def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Path | None,
-                 with_metrics: bool, epoch: timedelta, ctx: FlowContext) -> list[dict[str, int]]:
+def _run_cluster(flow: Any, ctx: FlowContext, recovery_dir: Path | None,
+                 epoch: timedelta) -> list[dict[str, int]]:
     """Run ``flow`` as process 0 of a cluster, starting processes 1.. here; each reports what
     its trackers counted when the flow ends. A process that fails ends the cluster (Bytewax
     stops the others); its error is on stderr, and this raises."""
@@ -241,14 +241,16 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
     from flows.cluster import free_addresses
     from flows.sources import interrupt, interrupt_clear
 
+    settings = ctx.settings
     addresses = free_addresses(settings.processes)
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited locks
     # each process sends its counts back on a pipe of its own (a Queue's semaphores would be
     # reported as leaked when a stopped run's process ends without Python's shutdown)
     pipes = [spawn.Pipe(duplex=False) for _ in range(1, settings.processes)]
     peers = [spawn.Process(target=_peer, name=f"delaywatch-{i}", daemon=True,
-                           args=(i, addresses, run_dir, settings, recovery_dir, with_metrics,
-                                 pipes[i - 1][1], log.getEffectiveLevel()))
+                           args=(i, addresses, ctx.run_dir, settings, recovery_dir,
+                                 ctx.metrics is not None, pipes[i - 1][1],
+                                 log.getEffectiveLevel()))
              for i in range(1, settings.processes)]
     for peer in peers:
         peer.start()
@@ -273,7 +275,7 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
     try:
         try:
             while not done.wait(0.2):
-                if any(p.exitcode not in (None, 0) for p in peers):
+                if _any_failed(peers):
                     # (before it joined the cluster, process 0 would wait for it for ever)
                     raise _PeerFailed
         except BaseException as exc:  # Ctrl-C, SIGTERM: stop where run_main would have
@@ -289,9 +291,7 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
         _stop(peers)
         failed = [p for p in peers if p.exitcode not in (0, -signal.SIGTERM, _LOST)]
         if failed and (isinstance(exc, _PeerFailed) or "thread panic" in str(exc)):
-            raise RuntimeError(
-                "; ".join(f"{p.name} {_how_ended(p.exitcode)}" for p in failed)
-                + ": the cluster stopped") from None
+            raise RuntimeError(f"{_how_ended(failed)}: the cluster stopped") from None
         raise
     stats = [_fill_stats(ctx)]
     for (receive, _), peer in zip(pipes, peers, strict=True):
@@ -303,8 +303,7 @@ def _run_cluster(flow: Any, run_dir: Path, settings: Settings, recovery_dir: Pat
         peer.join(60.0)
     failed = [p for p in peers if p.exitcode != 0]  # (a clean end: every one 0)
     if failed or len(stats) < len(peers) + 1:
-        raise RuntimeError("; ".join(f"{p.name} {_how_ended(p.exitcode)}" for p in failed)
-                           or "a process of the cluster sent no counts")
+        raise RuntimeError(_how_ended(failed) or "a process of the cluster sent no counts")
     return sorted(stats, key=lambda found: found["process"])
 
 
@@ -314,17 +313,27 @@ def _wait_ended(done: threading.Event, peers: list[Any], exc: BaseException) -> 
     Rust, for ever): then give up after 10 s (the process is ending anyway)."""
     deadline = None
     while not done.wait(0.2):
-        if deadline is None and any(p.exitcode not in (None, 0) for p in peers):
+        if deadline is None and _any_failed(peers):
             deadline = time.monotonic() + 10.0
         if deadline is not None and time.monotonic() > deadline:
             return
 
 
-def _how_ended(code: int | None) -> str:
-    if code is not None and code < 0:
-        return (f"was killed by signal {-code}"
-                + (" (out of memory?)" if -code == signal.SIGKILL else ""))
-    return f"failed (exit {code}; its error is above)"
+def _any_failed(peers: list[Any]) -> bool:
+    return any(p.exitcode not in (None, 0) for p in peers)
+
+
+def _how_ended(peers: list[Any]) -> str:
+    """How each of ``peers`` ended, for the error that stops the run."""
+    said = []
+    for p in peers:
+        code = p.exitcode
+        if code is not None and code < 0:
+            said.append(f"{p.name} was killed by signal {-code}"
+                        + (" (out of memory?)" if -code == signal.SIGKILL else ""))
+        else:
+            said.append(f"{p.name} failed (exit {code}; its error is above)")
+    return "; ".join(said)
 
 
 _LOST = 3  # a process's exit code when its connection to another one broke
