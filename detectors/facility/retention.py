@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Mapping
 from typing import Any
 
+import numba
+import numpy as np
 from river import base
 
 from detectors.facility.seasonal import _utc_offset
 
 __all__ = ["CohortRetention"]
+
+_LIMIT = {c: int(np.iinfo(c).max) for c in "il"}  # a counter's largest value, by dtype
 
 
 class CohortRetention(base.AnomalyDetector):
@@ -85,80 +88,89 @@ class CohortRetention(base.AnomalyDetector):
         # hub taking 10,000 packages a window would need ~150 years to overflow one; an
         # overflow raises OverflowError rather than wrapping. Snapshots from before (int64)
         # keep their table and work the same.
-        self._table = array("i", bytes(4 * 3 * self._span * sum(self._levels)))
-        # arrival window -> [size, cell of age 0 at each level]
-        self._initial: dict[int, list[int]] = {}
+        self._table = np.zeros(3 * self._span * sum(self._levels), np.int32)
+        # the cohorts followed, in the order first seen (the pass adds its floats in this
+        # order): rows of [arrival window, size, cell of age 0 at each level, finest first]
+        # (cell of age ``a``: ``+ 3 * a``); the first ``_n`` rows are in use
+        self._known = np.zeros((16, 4), np.int64)
+        self._n = 0
+        # each arrival window's two cells of age 0, from window ``_cells_from`` on
+        self._cells_of = np.zeros((0, 2), np.int64)
+        self._cells_from = 0
 
-    def _cells(self, arrived: int, n: int) -> list[int]:
-        """A cohort's entry: its size, then the index in the table of its slot's cell of age
-        0 at each level, finest first (cell of age ``a``: ``+ 3 * a``)."""
-        ts = arrived * self.width
-        if self.tz is not None:
-            ts += _utc_offset(self.tz, ts // 900)
-        second = ts % 86400
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)  # (the cells are made again from the time zone)
+        state.update(
+            _known=self._known[: self._n].copy(), _cells_of=np.zeros((0, 2), np.int64)
+        )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_initial" in state:  # snapshots from before the kernel: a dict and an array
+            initial = state.pop("_initial")
+            known = np.zeros((max(len(initial), 16), 4), np.int64)
+            for row, (arrived, cells) in enumerate(initial.items()):
+                known[row] = (arrived, *cells)
+            table = state["_table"]
+            state.update(
+                _table=np.frombuffer(table, np.int32 if table.typecode == "i" else np.int64)
+                .copy(),
+                _known=known,
+                _n=len(initial),
+                _cells_of=np.zeros((0, 2), np.int64),
+                _cells_from=0,
+            )
+        self.__dict__.update(state)
+
+    def _cells(self, first: int, last: int) -> None:
+        """Make :attr:`_cells_of` hold the cells of arrival windows ``first`` to ``last``
+        (and a week beyond: computed once a week, not once a cohort)."""
+        last += 7 * 86400 // self.width
         day, hour = self._levels
-        span = self._span
-        return [
-            n,
-            3 * span * (second * day // 86400),
-            3 * span * (day + second * hour // 86400) + 3 * ((second % 3600) // self.width),
-        ]
+        span, width = self._span, self.width
+        cells = np.empty((last - first + 1, 2), np.int64)
+        for row, arrived in enumerate(range(first, last + 1)):
+            ts = arrived * width
+            if self.tz is not None:
+                ts += _utc_offset(self.tz, ts // 900)
+            second = ts % 86400
+            cells[row] = (
+                3 * span * (second * day // 86400),
+                3 * span * (day + second * hour // 86400) + 3 * ((second % 3600) // width),
+            )
+        self._cells_of, self._cells_from = cells, first
 
     def _pass(self, x: Mapping[str, Any], score: bool, learn: bool) -> tuple[float, float, float]:
         now = int(x["ts"]) // self.width
         cohorts: Mapping[int, int] = x["cohorts"]
-        initial, horizon, minimum = self._initial, self.horizon, self.min_cohorts
-        known = initial if learn else dict(initial)  # score only: keep no new cohort
-        for arrived, n in cohorts.items():
-            if 0 <= now - arrived < horizon:
-                found = known.get(arrived)
-                if found is None:
-                    known[arrived] = self._cells(arrived, n)
-                elif n > found[0]:
-                    if learn:
-                        found[0] = n
-                    else:
-                        known[arrived] = [n, found[1], found[2]]
-        t = self._table
-        get = cohorts.get
-        held = expected = variance = 0.0
-        gone = None
-        for arrived, (n0, i0, i1) in known.items():
-            age = now - arrived
-            if age >= horizon or age < 0:
-                if age >= 0:
-                    if gone is None:
-                        gone = []
-                    gone.append(arrived)
-                continue
-            age *= 3
-            i0 += age
-            i1 += age
-            n = get(arrived, 0)
-            c0, c1 = t[i0 + 2], t[i1 + 2]  # each cell's count, read once
-            if score:
-                if c0 >= minimum:
-                    share = t[i0] / t[i0 + 1]
-                elif c1 >= minimum:
-                    share = t[i1] / t[i1 + 1]
-                else:
-                    share = -1.0
-                if share >= 0.0:
-                    held += n
-                    part = n0 * share
-                    expected += part
-                    variance += part * (1.0 - share)
-            if learn:
-                if n:  # (a drained cohort adds to the sizes and counts only)
-                    t[i0] += n
-                    t[i1] += n
-                t[i0 + 1] += n0
-                t[i0 + 2] = c0 + 1
-                t[i1 + 1] += n0
-                t[i1 + 2] = c1 + 1
-        if learn and gone is not None:
-            for arrived in gone:
-                del initial[arrived]
+        m = len(cohorts)
+        first = now - self.horizon + 1
+        if first < self._cells_from or now >= self._cells_from + len(self._cells_of):
+            self._cells(first, now)
+        if self._n + m > len(self._known):
+            self._known = np.concatenate(
+                [self._known, np.zeros((max(self._n + m, 2 * len(self._known)), 4), np.int64)]
+            )
+        known = self._known if learn else self._known.copy()  # score only: keep no new cohort
+        held, expected, variance, n = _cohort_pass(
+            now,
+            np.fromiter(cohorts.keys(), np.int64, m),
+            np.fromiter(cohorts.values(), np.int64, m),
+            known,
+            self._n,
+            self._table,
+            _LIMIT[self._table.dtype.char],
+            self._cells_of,
+            self._cells_from,
+            self.horizon,
+            self.min_cohorts,
+            score,
+            learn,
+        )
+        if n < 0:
+            raise OverflowError(f"a cohort cell overflowed its {self._table.dtype} counter")
+        if learn:
+            self._n = n
         return held, expected, variance
 
     def expected_one(self, x: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -179,3 +191,71 @@ class CohortRetention(base.AnomalyDetector):
         fewer than ``min_cohorts``): that cell can already hold what a cohort of the same
         hour learned earlier in the pass."""
         return self._pass(x, score=True, learn=True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _cohort_pass(now, arrivals, sizes, known, n_known, table, limit, cells_of, cells_from,
+                 horizon, minimum, score, learn):
+    """One pass of :meth:`CohortRetention._pass` over arrays: takes in the new cohorts
+    (``arrivals``/``sizes`` in the input's order), then scores and/or learns each followed
+    cohort in the order first seen, reading each cell as the cohorts before it in the same
+    pass left it, as a loop over a dict does: the same floats, added in the same order.
+    Returns ``(held, expected, variance, rows in use)``; rows -1: a counter overflowed."""
+    low = now - horizon + 1
+    row_of = np.full(horizon, -1, np.int64)  # arrival window - low -> row of ``known``
+    here = np.zeros(horizon, np.int64)  # arrival window - low -> packages still here
+    for row in range(n_known):
+        arrived = known[row, 0]
+        if low <= arrived <= now:
+            row_of[arrived - low] = row
+    for k in range(arrivals.shape[0]):
+        arrived, n = arrivals[k], sizes[k]
+        if low <= arrived <= now:
+            here[arrived - low] = n
+            row = row_of[arrived - low]
+            if row < 0:
+                known[n_known, 0] = arrived
+                known[n_known, 1] = n
+                known[n_known, 2] = cells_of[arrived - cells_from, 0]
+                known[n_known, 3] = cells_of[arrived - cells_from, 1]
+                row_of[arrived - low] = n_known
+                n_known += 1
+            elif n > known[row, 1]:
+                known[row, 1] = n
+    held = expected = variance = 0.0
+    kept = 0
+    for row in range(n_known):
+        arrived, n0, i0, i1 = known[row, 0], known[row, 1], known[row, 2], known[row, 3]
+        age = now - arrived
+        if age >= horizon and learn:  # followed to the end: forget it
+            continue
+        if kept != row:
+            known[kept, 0], known[kept, 1], known[kept, 2], known[kept, 3] = arrived, n0, i0, i1
+        kept += 1
+        if age >= horizon or age < 0:
+            continue
+        i0 += 3 * age
+        i1 += 3 * age
+        n = here[arrived - low]
+        c0, c1 = table[i0 + 2], table[i1 + 2]
+        if score:
+            if c0 >= minimum:
+                share = table[i0] / table[i0 + 1]
+            elif c1 >= minimum:
+                share = table[i1] / table[i1 + 1]
+            else:
+                share = -1.0
+            if share >= 0.0:
+                held += n
+                part = n0 * share
+                expected += part
+                variance += part * (1.0 - share)
+        if learn:
+            a0, a1 = table[i0] + n, table[i1] + n
+            s0, s1 = table[i0 + 1] + n0, table[i1 + 1] + n0
+            if max(a0, a1, s0, s1, c0 + 1, c1 + 1) > limit:
+                return held, expected, variance, -1
+            table[i0], table[i1] = a0, a1
+            table[i0 + 1], table[i1 + 1] = s0, s1
+            table[i0 + 2], table[i1 + 2] = c0 + 1, c1 + 1
+    return held, expected, variance, kept

@@ -9,6 +9,7 @@ import random
 from array import array
 from collections import defaultdict
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -538,23 +539,40 @@ def test_golden_cohort_retention():
     assert max(scores[: 24 * 8 + 2]) < 1.5
 
 
-def test_cohort_retention_from_an_int64_snapshot_scores_the_same():
-    """Its table became int32 (half the memory per hub); a snapshot of the int64 table
-    loads and continues exactly as the new one does."""
+@pytest.mark.parametrize("typecode", ["i", "q"])
+def test_cohort_retention_from_an_old_snapshot_scores_the_same(typecode):
+    """Snapshots from before the compiled pass held the cohorts in a dict and the table in an
+    ``array`` (int64 before that, int32 since): both load and continue exactly as a
+    detector that never stopped."""
     make = DETECTORS[3][0]
     stream = list(cohort_stream(0))
-    new, old = make(), make()
+    new = make()
     for x in stream[:100]:
         new.learn_one(x)
-        old.learn_one(x)
-    assert new._table.typecode == "i"
-    old._table = array("q", old._table)  # as pickled before the change
-    old = pickle.loads(pickle.dumps(old))
-    assert old._table.typecode == "q"
+    assert new._table.dtype == np.int32
+    state = dict(new.__dict__)
+    rows = state.pop("_known")[: state.pop("_n")].tolist()
+    for key in ("_cells_of", "_cells_from"):
+        del state[key]
+    state["_initial"] = {arrived: [n0, i0, i1] for arrived, n0, i0, i1 in rows}
+    state["_table"] = array(typecode, new._table.tolist())
+    old = CohortRetention.__new__(CohortRetention)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old._table.itemsize == array(typecode).itemsize
     for x in stream[100:]:
         assert old.score_one(x) == new.score_one(x)
         old.learn_one(x)
         new.learn_one(x)
+    assert old._table.tolist() == new._table.tolist()
+
+
+def test_cohort_retention_raises_on_a_counter_overflow_rather_than_wrapping():
+    detector = CohortRetention(width=900, horizon=8, min_cohorts=1)
+    detector.learn_one({"ts": 0, "cohorts": {0: 5}})
+    detector._table[:] = np.iinfo(np.int32).max - 2
+    with pytest.raises(OverflowError, match="int32"):
+        detector.learn_one({"ts": 900, "cohorts": {0: 5}})
+    assert detector._table.max() == np.iinfo(np.int32).max - 2  # nothing wrapped
 
 
 def test_classify_names_the_kinds():
@@ -890,7 +908,7 @@ def test_cohort_retention_matches_a_plain_reference_bit_for_bit(tz: str | None) 
         split.learn_one(x)
         split_reference(x, score=False, learn=True)
         scored_passes += one_pass[1] > 0
-    assert fused._table == split._table
+    assert fused._table.tolist() == split._table.tolist()
     assert scored_passes > 96 * 4  # past the warm-up, most passes have cells to use
 
 
