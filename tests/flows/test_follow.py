@@ -3,6 +3,7 @@ lines only, through rotations and truncations, and resumes from its snapshot."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -423,8 +424,8 @@ def _scanned(port: int) -> float:
     """Lines the daemon has taken in (every outcome, invalid included), from its metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return -1.0
+    except (OSError, http.client.HTTPException):  # not up yet; while nothing listens on the
+        return -1.0  # port, Linux can connect the client to itself (it reads its own request)
     return sum(float(line.rsplit(b" ", 1)[1]) for line in text.splitlines()
                if line.startswith(b"delaywatch_scan_events_total{"))
 
