@@ -15,6 +15,7 @@ from detectors.facility.seasonal import _utc_offset
 __all__ = ["CohortRetention"]
 
 _LIMIT = {c: int(np.iinfo(c).max) for c in "il"}  # a counter's largest value, by dtype
+_NO_CELLS = np.zeros((0, 2), np.int64)  # no arrival window's cells yet (never written to)
 
 
 class CohortRetention(base.AnomalyDetector):
@@ -95,14 +96,11 @@ class CohortRetention(base.AnomalyDetector):
         self._known = np.zeros((16, 4), np.int64)
         self._n = 0
         # each arrival window's two cells of age 0, from window ``_cells_from`` on
-        self._cells_of = np.zeros((0, 2), np.int64)
-        self._cells_from = 0
+        self._cells_of, self._cells_from = _NO_CELLS, 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)  # (the cells are made again from the time zone)
-        state.update(
-            _known=self._known[: self._n].copy(), _cells_of=np.zeros((0, 2), np.int64)
-        )
+        state.update(_known=self._known[: self._n].copy(), _cells_of=_NO_CELLS)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -117,7 +115,7 @@ class CohortRetention(base.AnomalyDetector):
                 .copy(),
                 _known=known,
                 _n=len(initial),
-                _cells_of=np.zeros((0, 2), np.int64),
+                _cells_of=_NO_CELLS,
                 _cells_from=0,
             )
         self.__dict__.update(state)
