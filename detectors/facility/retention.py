@@ -237,9 +237,9 @@ def _cohort_pass(now, arrivals, sizes, known, n_known, table, limit, cells_of, c
         n = here[arrived - low]
         c0, c1 = table[i0 + 2], table[i1 + 2]
         if score:
-            if c0 >= minimum:
+            if c0 >= minimum and table[i0 + 1] > 0:  # (cohorts of 0 packages: no share)
                 share = table[i0] / table[i0 + 1]
-            elif c1 >= minimum:
+            elif c1 >= minimum and table[i1 + 1] > 0:
                 share = table[i1] / table[i1 + 1]
             else:
                 share = -1.0

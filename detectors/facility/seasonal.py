@@ -5,11 +5,14 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
+import itertools
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numba
+import numpy as np
 from river import base
 
 __all__ = ["SeasonalBaseline"]
@@ -109,95 +112,82 @@ class SeasonalBaseline(base.AnomalyDetector):
         self.min_scale = min_scale
         self.rel_scale = rel_scale
         self.tz = tz
-        # per level: the last ``window`` values of each slot in one flat ring (slot k at
-        # [k * window, (k + 1) * window)) and the values each slot has seen; made on first use
-        self._rings: list[array | None] = [None] * len(seasons)
-        self._seen: list[array | None] = [None] * len(seasons)
-        # and each slot's sum, for :meth:`mean`, while every value learned is a whole number
-        # (counts: their sums are exact, the same as adding the slot's values up each time)
-        self._sums: list[array | None] = [None] * len(seasons)
+        # every level's slots side by side (level l's slot k is slot ``_first[l] + k``); per
+        # slot the last ``window`` values in one flat ring (slot s at [s * window,
+        # (s + 1) * window)), the values it has seen, and its sum, for :meth:`mean`, while
+        # every value learned is a whole number (counts: their sums are exact, the same as
+        # adding the slot's values up each time). Made on the first value with a time.
+        self._layout()
+        self._ring: np.ndarray | None = None
+        self._count: np.ndarray | None = None
+        self._sum: np.ndarray | None = None
         self._whole = window <= _MAX_WINDOW
         self._recent: collections.deque = collections.deque(maxlen=window)
-        self._keys_of: Any = None  # the last time seen by _keys, and its keys
-        self._last_keys: list[int] | None = None
+        self._local_of: Any = None  # the last time seen by _local, and its local time
+        self._local = 0
+
+    def _layout(self) -> None:
+        periods = [period for period, _ in self.seasons]
+        buckets = [n for _, n in self.seasons]
+        self._periods = np.array(periods, np.int64)
+        self._buckets = np.array(buckets, np.int64)
+        self._first = np.array([0, *itertools.accumulate(buckets)][: len(buckets)], np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)  # (the layout is made again from the seasons)
+        for key in ("_periods", "_buckets", "_first"):
+            del state[key]
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_rings" in state:  # snapshots from before the flat layout: a ring per level
+            _from_levels(state)
         self.__dict__.update(state)
-        if "_sums" not in state:  # snapshots from before the sums: add the rings up
-            rings, window = self._rings, self.window
-            self._whole = window <= _MAX_WINDOW and all(
-                v.is_integer() and abs(v) < _WHOLE
-                for ring in rings
-                if ring is not None
-                for v in ring
-            )
-            self._sums = [  # a ring's slots beyond the values seen hold 0.0
-                None if ring is None else array(
-                    "d", (sum(ring[k : k + window]) for k in range(0, len(ring), window))
-                )
-                for ring in rings
-            ]
+        self._layout()
 
-    def _keys(self, x: Mapping[str, Any]) -> list[int] | None:
+    def _local_time(self, x: Mapping[str, Any]) -> int | None:
+        """Seconds since a Monday 00:00 in the detector's time zone, or None (no time)."""
         ts = x.get(self.time_key) if self.time_key else None
         if ts is None:
             return None
-        if ts == self._keys_of:  # scored, then learned: the same time twice
-            return self._last_keys
-        self._keys_of = ts
+        if ts == self._local_of:  # scored, then learned: the same time twice
+            return self._local
+        self._local_of = ts
         ts = int(ts)
         if self.tz is not None:
             ts += _utc_offset(self.tz, ts // 900)
-        ts += 3 * 86400  # 1970-01-01 was a Thursday: slot 0 of a week starts on Monday
-        keys = self._last_keys = [
-            (ts % period) * buckets // period for period, buckets in self.seasons
-        ]
-        return keys
-
-    def _slot(self, x: Mapping[str, Any]) -> tuple[int, int, int] | None:
-        """``(level, slot, values seen)`` of the finest seasonal level whose slot for ``x``
-        holds ``min_samples`` values; None: the level without seasonality (or warm-up)."""
-        keys = self._keys(x)
-        if keys is not None:
-            window, minimum = self.window, self.min_samples
-            for level, (seen, key) in enumerate(zip(self._seen, keys, strict=True)):
-                if seen is not None:
-                    n = seen[key]
-                    if min(n, window) >= minimum:
-                        return level, key, n
-        return None
-
-    def _values(self, x: Mapping[str, Any]) -> Iterable[float] | None:
-        slot = self._slot(x)
-        if slot is not None:
-            level, key, n = slot
-            ring, window = self._rings[level], self.window
-            start = key * window
-            if n <= window:
-                return ring[start : start + n]  # type: ignore[index]
-            oldest = start + n % window  # in the order seen, as a deque would hold them
-            return ring[oldest : start + window] + ring[start:oldest]  # type: ignore[index]
-        if len(self._recent) < self.min_samples:
-            return None
-        return self._recent
+        self._local = ts = ts + 3 * 86400  # 1970-01-01 was a Thursday: weeks start on Monday
+        return ts
 
     def mean(self, x: Mapping[str, Any]) -> float | None:
         """Mean of the values of the level that applies to ``x`` (e.g. an expected count), or
         None in warm-up."""
-        if self._whole:
-            slot = self._slot(x)
-            if slot is not None:
-                level, key, n = slot
-                return self._sums[level][key] / min(n, self.window)  # type: ignore[index]
-        values = self._values(x)
-        return None if values is None else sum(values) / len(values)  # type: ignore[arg-type]
+        local = self._local_time(x) if self._count is not None else None
+        if local is not None:
+            found, mean = _slot_mean(
+                self._ring, self._count, self._sum, self._periods, self._buckets,
+                self._first, local, self.window, self.min_samples, self._whole,
+            )
+            if found:
+                return mean
+        recent = self._recent
+        if len(recent) < self.min_samples:
+            return None
+        return sum(recent) / len(recent)
 
     def baseline(self, x: Mapping[str, Any]) -> tuple[float, float] | None:
         """``(median, scale)`` of the level that applies to ``x``, or None in warm-up."""
-        values = self._values(x)
-        if values is None:
+        local = self._local_time(x) if self._count is not None else None
+        if local is not None:
+            found, median, scale = _slot_baseline(
+                self._ring, self._count, self._periods, self._buckets, self._first, local,
+                self.window, self.min_samples, self.min_scale, self.rel_scale,
+            )
+            if found:
+                return median, scale
+        if len(self._recent) < self.min_samples:
             return None
-        ordered = sorted(values)
+        ordered = sorted(self._recent)
         median = _median(ordered)
         deviations = sorted(abs(v - median) for v in ordered)
         spread = 1.4826 * _median(deviations)
@@ -220,26 +210,19 @@ class SeasonalBaseline(base.AnomalyDetector):
     def learn_one(self, x: Mapping[str, Any]) -> None:
         value = float(x[self.value_key])
         self._recent.append(value)
-        keys = self._keys(x)
-        if keys is None:
-            return
+        local = self._local_time(x)
         window = self.window
-        if window <= 0:
+        if local is None or window <= 0:
             return
         if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
             self._whole = False
-        for level, key in enumerate(keys):
-            seen = self._seen[level]
-            if seen is None:
-                buckets = self.seasons[level][1]
-                self._rings[level] = array("d", bytes(8 * buckets * window))
-                self._sums[level] = array("d", bytes(8 * buckets))
-                seen = self._seen[level] = array("q", bytes(8 * buckets))
-            n = seen[key]
-            ring, i = self._rings[level], key * window + n % window
-            self._sums[level][key] += value - ring[i]  # type: ignore[index]
-            ring[i] = value  # type: ignore[index]
-            seen[key] = n + 1
+        if self._count is None:
+            slots = int(self._buckets.sum())
+            self._ring = np.zeros(slots * window)
+            self._count = np.zeros(slots, np.int64)
+            self._sum = np.zeros(slots)
+        _slot_learn(self._ring, self._count, self._sum, self._periods, self._buckets,
+                    self._first, local, window, value)
 
 
 #: Whole numbers below ``_WHOLE`` add up exactly in a slot's sum of up to ``_MAX_WINDOW`` values
@@ -251,3 +234,97 @@ def _median(ordered: list[float]) -> float:
     n = len(ordered)
     mid = n // 2
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _from_levels(state: dict[str, Any]) -> None:
+    """Turn a snapshot's per-level rings (``array`` objects, from before the flat layout;
+    without sums if older still) into the flat arrays, in place."""
+    rings, seen, window = state.pop("_rings"), state.pop("_seen"), state["window"]
+    sums = state.pop("_sums", None)
+    state.pop("_keys_of", None), state.pop("_last_keys", None)
+    state.update(_local_of=None, _local=0)
+    if sums is None:  # from before the sums: add the rings up
+        state["_whole"] = window <= _MAX_WINDOW and all(
+            v.is_integer() and abs(v) < _WHOLE for ring in rings if ring is not None for v in ring
+        )
+        sums = [  # a ring's slots beyond the values seen hold 0.0
+            None if ring is None else array(
+                "d", (sum(ring[k : k + window]) for k in range(0, len(ring), window))
+            )
+            for ring in rings
+        ]
+    if rings[0] is None:  # (the levels were made together, on the first value with a time)
+        state.update(_ring=None, _count=None, _sum=None)
+        return
+    state.update(
+        _ring=np.concatenate([np.frombuffer(r, np.float64) for r in rings]),
+        _count=np.concatenate([np.frombuffer(s, np.int64) for s in seen]),
+        _sum=np.concatenate([np.frombuffer(s, np.float64) for s in sums]),
+    )
+
+
+# The kernels: the same arithmetic as plain Python on the slot's values, in the same order (so
+# the same floats); compiled, as every hub runs them several times a window (bench/RESULTS.md).
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_of(count, periods, buckets, first, local, window, minimum):
+    """The finest level's slot for ``local`` holding ``minimum`` values (and one at least),
+    or -1."""
+    for level in range(periods.shape[0]):
+        period = periods[level]
+        slot = first[level] + (local % period) * buckets[level] // period
+        n = min(count[slot], window)
+        if n >= minimum and n > 0:
+            return slot
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_mean(ring, count, sums, periods, buckets, first, local, window, minimum, whole):
+    slot = _slot_of(count, periods, buckets, first, local, window, minimum)
+    if slot < 0:
+        return False, 0.0
+    n = count[slot]
+    m = min(n, window)
+    if whole:
+        return True, sums[slot] / m
+    start = slot * window
+    oldest = n % window if n > window else 0  # added up in the order seen
+    total = 0.0
+    for i in range(m):
+        total += ring[start + (oldest + i) % window]
+    return True, total / m
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_baseline(ring, count, periods, buckets, first, local, window, minimum, min_scale,
+                   rel_scale):
+    slot = _slot_of(count, periods, buckets, first, local, window, minimum)
+    if slot < 0:
+        return False, 0.0, 0.0
+    m = min(count[slot], window)
+    start = slot * window
+    ordered = np.sort(ring[start : start + m])
+    mid = m // 2
+    median = ordered[mid] if m % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    deviations = np.sort(np.abs(ordered - median))
+    spread = 1.4826 * (deviations[mid] if m % 2 else (deviations[mid - 1] + deviations[mid]) / 2)
+    if spread == 0.0:  # more than half the values equal: the mean deviation instead
+        total = 0.0
+        for d in deviations:
+            total += d
+        spread = 1.2533 * total / m
+    return True, median, max(spread, min_scale, rel_scale * abs(median))
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_learn(ring, count, sums, periods, buckets, first, local, window, value):
+    for level in range(periods.shape[0]):
+        period = periods[level]
+        slot = first[level] + (local % period) * buckets[level] // period
+        n = count[slot]
+        i = slot * window + n % window
+        sums[slot] += value - ring[i]
+        ring[i] = value
+        count[slot] = n + 1

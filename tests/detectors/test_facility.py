@@ -4,6 +4,7 @@ streams, seasonality, feed outages (in the style of river/checks)."""
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 import random
 from array import array
@@ -575,6 +576,19 @@ def test_cohort_retention_raises_on_a_counter_overflow_rather_than_wrapping():
     assert detector._table.max() == np.iinfo(np.int32).max - 2  # nothing wrapped
 
 
+def test_cohort_retention_takes_cohorts_of_no_package():
+    """A cohort of 0 packages (a caller that keeps emptied windows) has no share to learn
+    from: cells that only ever saw such cohorts are skipped, not divided by."""
+    detector = CohortRetention(width=900, horizon=8, min_cohorts=1)
+    day = 96  # windows: the same time of day comes back
+    for w in range(3 * day):
+        detector.learn_one({"ts": w * 900, "cohorts": {a: 0 for a in range(max(w - 7, 0), w + 1)}})
+    now = 3 * day
+    cohorts = {a: 0 for a in range(now - 7, now + 1)}
+    assert detector.score_one({"ts": now * 900, "cohorts": cohorts}) == 0.0
+    assert detector.expected_one({"ts": now * 900, "cohorts": cohorts})[:2] == (0.0, 0.0)
+
+
 def test_classify_names_the_kinds():
     assert classify(delay=3.0, silence=0.0, feed=0.0) == ("facility_slowdown", 3.0)
     # missing departures and missing arrivals: stop or feed outage, not yet told apart
@@ -771,9 +785,8 @@ def test_seasonal_means_of_counts_from_running_sums_equal_the_slots_added_up(
     if spoiler is not None:  # a fraction, or a whole number too large for exact sums
         values.insert(spoiler[0], float(spoiler[1]))
     for i, value in enumerate(values):
-        if i == old_at:  # as pickled before the sums existed
-            del detector.__dict__["_sums"], detector.__dict__["_whole"]
-            detector = pickle.loads(pickle.dumps(detector))
+        if i == old_at:  # as pickled before the flat layout, and before that the sums
+            detector = _seasonal_as_before(detector, sums=old_at % 2 == 0)
         ts = MONDAY + i * 5 * H
         detector.learn_one({"value": value, "ts": ts})
         recent.append(value)
@@ -790,6 +803,65 @@ def test_seasonal_means_of_counts_from_running_sums_equal_the_slots_added_up(
             if len(recent) >= 2:
                 expected = sum(recent) / len(recent)
         assert detector.mean({"ts": query}) == expected
+
+
+def _seasonal_as_before(detector, sums=True):
+    """``detector`` saved as snapshots from before the flat layout held it (a ring, a count
+    and, if ``sums``, a sum array per level; older still without sums) and loaded again."""
+    from array import array
+
+    state = pickle.loads(pickle.dumps(detector)).__dict__
+    ring, count, total = state.pop("_ring"), state.pop("_count"), state.pop("_sum")
+    del state["_local_of"], state["_local"]
+    window, levels = detector.window, len(detector.seasons)
+    bounds = list(itertools.accumulate([0] + [n for _, n in detector.seasons]))
+    pieces = [(bounds[k], bounds[k + 1]) for k in range(levels)]
+    state.update(
+        _rings=[None if ring is None else array("d", ring[a * window : b * window])
+                for a, b in pieces],
+        _seen=[None if count is None else array("q", count[a:b]) for a, b in pieces],
+        _sums=[None if total is None else array("d", total[a:b]) for a, b in pieces],
+        _keys_of=None,
+        _last_keys=None,
+    )
+    if not sums:
+        del state["_sums"], state["_whole"]
+    return pickle.loads(pickle.dumps(_Snapshot(SeasonalBaseline, state)))
+
+
+class _Snapshot:
+    """Pickles as an instance of ``cls`` with ``state``, as an older version would have."""
+
+    def __init__(self, cls, state):
+        self.cls, self.state = cls, state
+
+    def __reduce__(self):
+        return _restore, (self.cls, self.state)
+
+
+def _restore(cls, state):
+    obj = cls.__new__(cls)
+    obj.__setstate__(state)
+    return obj
+
+
+def test_seasonal_snapshots_from_before_the_flat_layout_continue_the_same():
+    rng = random.Random(6)
+    fresh = SeasonalBaseline(seasons=((7 * DAY, 168), (DAY, 24)), min_samples=2, tz="Europe/Paris")
+    for i in range(24 * 10):
+        fresh.learn_one({"value": rng.randint(0, 30), "ts": MONDAY + i * H})
+    for sums in (True, False):
+        old = _seasonal_as_before(fresh, sums)
+        new = pickle.loads(pickle.dumps(fresh))
+        for i in range(24 * 10, 24 * 20):
+            x = {"value": rng.randint(0, 30) + rng.random() * (i % 7 == 0), "ts": MONDAY + i * H}
+            assert old.score_one(x) == new.score_one(x)
+            assert old.mean(x) == new.mean(x)
+            old.learn_one(x)
+            new.learn_one(x)
+    empty = _seasonal_as_before(SeasonalBaseline(min_samples=1), sums=False)
+    empty.learn_one({"value": 3.0, "ts": MONDAY})
+    assert empty.mean({"ts": MONDAY}) == 3.0
 
 
 def test_lane_assessments_equal_plainly_made_ones():
