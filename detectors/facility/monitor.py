@@ -341,6 +341,11 @@ class FacilityMonitor:
         out: list[Assessment] = []
         end = None
         delays: dict[str, float] = {}
+        wanted: dict[str, set[str]] | None = None  # origin -> the receiving facilities named
+        if lanes is not None:
+            wanted = {}
+            for origin, to in lanes:
+                wanted.setdefault(origin, set()).add(to)
         for window in windows:
             end = window.end
             found = self._assess_facility(window)
@@ -354,7 +359,7 @@ class FacilityMonitor:
                     self._started[window.facility] = window.end  # a new delay episode
                 self._delayed[window.facility] = window.end
             delays[window.facility] = max(delay, found.score if found.kind else 0.0)
-            out.extend(self._assess_lanes(window, lanes))
+            out.extend(self._assess_lanes(window, wanted))
         if end is None or not self.regions:
             return out
         return self._weather(out, end, delays)
@@ -677,8 +682,11 @@ class FacilityMonitor:
         return f"{name}: nothing unusual."
 
     def _assess_lanes(
-        self, window: FacilityWindow, wanted: Container[tuple[str, str]] | None = None
+        self, window: FacilityWindow, wanted: Mapping[str, Container[str]] | None = None
     ) -> list[Assessment]:
+        """The window's lane arrivals learned; an assessment per lane with recent traffic,
+        in the order of the receiving facility (``wanted``: only the lanes with a slow
+        package and those whose receiving facility it names for this origin)."""
         lanes = self._lanes.get(window.facility)
         if lanes is None:
             if not window.lanes:
@@ -700,27 +708,35 @@ class FacilityMonitor:
                     slow = 1
             if not lane.recent:
                 lanes.wake(lane)
+                lanes.next_prune = min(lanes.next_prune, end)  # its head once added
             lane.add(end, slow, n)
+            if slow:
+                lanes.slow.add(lane)
             if slow < n:
                 lane.learn(mean_h)
-        out = []
         cutoff = end - self.lane_hours * 3600
+        if lanes.next_prune <= cutoff:  # some lane's oldest arrivals fall out of the span
+            lanes.prune(cutoff)
         facility = window.facility
-        quiet = False
-        for lane in lanes.active:
-            if lane.head <= cutoff:
-                lane.prune(cutoff)
-                if not lane.recent:
-                    quiet = True
-                    continue
-            if wanted is not None and not lane.slow and (facility, lane.to) not in wanted:
-                continue  # scores 0, and nobody waits for it
+        if wanted is None:
+            chosen = lanes.active
+        else:  # the others score 0, and nobody waits for them
+            named = wanted.get(facility, ())
+            chosen = [lane for lane in lanes.slow if lane.slow]
+            if len(chosen) < len(lanes.slow):
+                lanes.slow = set(chosen)
+            chosen += [
+                lane
+                for to in named
+                if (lane := lanes.get(to)) is not None and lane.recent and not lane.slow
+            ]
+            chosen.sort(key=_lane_key)
+        out = []
+        for lane in chosen:
             said = lane.said
             if said is None:
                 said = lane.said = self._lane_said(facility, lane)
             out.append(_lane_assessment(facility, end, *said))
-        if quiet:
-            lanes.sleep()
         return out
 
     def _lane_said(self, facility: str, lane: _Lane) -> tuple[Any, ...]:
@@ -800,17 +816,39 @@ class _Lane:
 
 
 class _Lanes(dict):
-    """One origin's lanes by receiving facility, and those with recent traffic, in order."""
+    """One origin's lanes by receiving facility; those with recent traffic, in order; those
+    with a slow package among it (and maybe a few that no longer have one); and the earliest
+    time a lane's oldest recent arrivals can fall out of the span (none before it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.active: list[_Lane] = []
+        self.slow: set[_Lane] = set()
+        self.next_prune = _NEVER
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "slow" not in state:  # snapshots from before: found again
+            self.slow = {lane for lane in self.active if lane.slow}
+            self.next_prune = -_NEVER
 
     def wake(self, lane: _Lane) -> None:
         insort(self.active, lane, key=_lane_key)
 
-    def sleep(self) -> None:
-        self.active = [lane for lane in self.active if lane.recent]
+    def prune(self, cutoff: float) -> None:
+        """Drop the arrivals at or before ``cutoff``; lanes left without any go to sleep."""
+        quiet = False
+        head = _NEVER
+        for lane in self.active:
+            if lane.head <= cutoff:
+                lane.prune(cutoff)
+                if not lane.recent:
+                    quiet = True
+                    continue
+            head = min(head, lane.head)
+        self.next_prune = head
+        if quiet:
+            self.active = [lane for lane in self.active if lane.recent]
 
 
 def _lane_key(lane: _Lane) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import pytest
+
 from detectors.facility import Assessment, FacilityWindow
 from detectors.incidents import IncidentDesk, IncidentManager
 
@@ -161,3 +163,38 @@ def test_the_monitor_leaves_out_quiet_lanes_nobody_names() -> None:
     assert lanes(FacilityMonitor(), None) == ["N1", "N2"]
     assert lanes(FacilityMonitor(), set()) == []
     assert lanes(FacilityMonitor(), {("P1", "N2")}) == ["N2"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_lanes_assessed_are_every_lane_filtered_to_the_slow_and_the_named(seed: int) -> None:
+    """With ``lanes`` named, the monitor skips the lanes that cannot score and nobody names
+    (and only looks at the lanes' ages when one can fall out of the span): what it returns
+    must be exactly what assessing every lane returns, filtered to the lanes with a slow
+    package and the ones named, also across a snapshot (and one from before the skip)."""
+    import random
+
+    from detectors.facility import FacilityMonitor
+
+    rng = random.Random(seed)
+    every, named_only = FacilityMonitor(), FacilityMonitor()
+    origins, ends = ["P1", "P2", "P3"], [f"N{k}" for k in range(12)]
+    for i in range(6 * 96):
+        start = T0 + 900 * i
+        windows = []
+        for origin in origins:
+            lanes = {}
+            for to in rng.sample(ends, rng.choice([0, 0, 0, 1, 2, 4])):
+                n = rng.randint(1, 4)
+                hours = 3 if rng.random() > 0.08 else rng.choice([26, 40])
+                lanes[to] = (n, n * hours * H, hours * H + rng.randint(0, 900))
+            windows.append(FacilityWindow(origin, start, start + 900, lanes=lanes))
+        named = {(rng.choice(origins), rng.choice(ends)) for _ in range(rng.randint(0, 3))}
+        got = [a for a in named_only.assess(windows, lanes=named) if a.lane_to]
+        want = [a for a in every.assess(windows) if a.lane_to]
+        assert got == [a for a in want if a.affected or (a.facility, a.lane_to) in named]
+        if i == 3 * 96:
+            named_only = pickle.loads(pickle.dumps(named_only))
+        if i == 4 * 96:  # as saved before the skip: the lanes knew only their active list
+            for lanes in named_only._lanes.values():
+                del lanes.__dict__["slow"], lanes.__dict__["next_prune"]
+            named_only = pickle.loads(pickle.dumps(named_only))
