@@ -93,22 +93,21 @@ class _Track:
     def roll(self, window: FacilityWindow) -> tuple[int, ...]:
         """Add a window to the rolling sums: (scans, arrivals, departures) over the last
         ``rolling_windows`` windows, (late scans, missing handoffs, handoffs) over the last 4."""
-        row = (
-            window.scans,
-            window.arrivals,
-            window.departures,
-            window.late_scans,
-            window.handoffs_missing,
-            window.handoffs,
-        )
+        scans, late = window.scans, window.late_scans
+        missing, handoffs = window.handoffs_missing, window.handoffs
         recent, sums = self.recent, self.sums
-        recent.append(row)
-        for i, v in enumerate(row):
-            sums[i] += v
+        recent.append((scans, window.arrivals, window.departures, late, missing, handoffs))
+        sums[0] += scans
+        sums[1] += window.arrivals
+        sums[2] += window.departures
+        sums[3] += late
+        sums[4] += missing
+        sums[5] += handoffs
         if len(recent) > self.n:
             old = recent.popleft()
-            for i in range(3):
-                sums[i] -= old[i]
+            sums[0] -= old[0]
+            sums[1] -= old[1]
+            sums[2] -= old[2]
         if len(recent) > 4:
             old = recent[-5]
             sums[3] -= old[3]
@@ -122,18 +121,19 @@ class _Track:
             old_hist = self.dwell.popleft()
             if old_hist != _NO_DWELL:
                 self.dwell_sum = [a - b for a, b in zip(self.dwell_sum, old_hist, strict=True)]
-        self.day.append(window.scans)
-        self.week.append(window.scans)
-        self.day_sum += window.scans
-        self.week_sum += window.scans
-        if len(self.day) > 96:
-            self.day_sum -= self.day.popleft()
-        if len(self.week) > 7 * 96:
-            self.week_sum -= self.week.popleft()
+        day, week = self.day, self.week
+        day.append(scans)
+        week.append(scans)
+        self.day_sum += scans
+        self.week_sum += scans
+        if len(day) > 96:
+            self.day_sum -= day.popleft()
+        if len(week) > 7 * 96:
+            self.week_sum -= week.popleft()
         # the volume of the last day relative to the last week (capped at 1.5): scales the
         # usual arrivals in the silence tests (a network emptying out is no silence)
-        week = self.week_sum * 96 / len(self.week)
-        self.level = min(self.day_sum / week, 1.5) if week > 0 else 1.0
+        usual = self.week_sum * 96 / len(week)
+        self.level = min(self.day_sum / usual, 1.5) if usual > 0 else 1.0
         return tuple(sums)
 
 
