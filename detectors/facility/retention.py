@@ -139,9 +139,11 @@ class CohortRetention(base.AnomalyDetector):
         self._cells_of, self._cells_from = cells, first
 
     def _pass(self, x: Mapping[str, Any], score: bool, learn: bool) -> tuple[float, float, float]:
-        now = int(x["ts"]) // self.width
         cohorts: Mapping[int, int] = x["cohorts"]
         m = len(cohorts)
+        if not m and not self._n:  # nothing followed, nothing new (an idle hub): no pass
+            return 0.0, 0.0, 0.0
+        now = int(x["ts"]) // self.width
         first = now - self.horizon + 1
         if first < self._cells_from or now >= self._cells_from + len(self._cells_of):
             self._cells(first, now)

@@ -954,7 +954,8 @@ def _retention_reference(width: int, horizon: int, minimum: int, tz: str | None)
 def test_cohort_retention_matches_a_plain_reference_bit_for_bit(tz: str | None) -> None:
     """Every pass returns exactly what the plain reference does (the same sums in the same
     order), through warm-up, hour-level fallback, drained cohorts, cohorts growing late and
-    cohorts leaving the horizon: ``update_one`` in one pass, and ``expected_one`` then
+    cohorts leaving the horizon, and a day idle (nothing followed): ``update_one`` in one
+    pass, and ``expected_one`` then
     ``learn_one``. (The two differ in warm-up: in one pass a cohort that falls back to its
     hour's cell reads what a cohort of the same hour learned earlier in that pass.)"""
     rng = random.Random(7)
@@ -965,14 +966,18 @@ def test_cohort_retention_matches_a_plain_reference_bit_for_bit(tz: str | None) 
     split_reference = _retention_reference(width, horizon, 3, tz)
     present: dict[int, int] = {}
     start = 1_793_500_000 // width  # 2026-10-31: the US DST switch is in range
-    scored_passes = 0
-    for w in range(start, start + 96 * 6):
+    scored_passes = idle_passes = 0
+    for w in range(start, start + 96 * 8):
         for arrived, n in present.items():
             present[arrived] = n - sum(rng.random() < 0.25 for _ in range(n))
-        present[w] = rng.choice([0, 0, 3, 12, 30])
+        if start + 96 * 3 <= w < start + 96 * 5:  # the hub idles longer than the horizon
+            present.clear()
+        else:
+            present[w] = rng.choice([0, 0, 3, 12, 30])
         if rng.random() < 0.1 and w - 5 in present:  # a late scan adds to an older cohort
             present[w - 5] += 2
         x = {"ts": w * width, "cohorts": {a: n for a, n in present.items() if n}}
+        idle_passes += not x["cohorts"] and not fused._n  # (nothing to pass over)
         one_pass = fused.update_one(x)
         assert one_pass == fused_reference(x, score=True, learn=True)
         scored = split.expected_one(x)
@@ -982,6 +987,7 @@ def test_cohort_retention_matches_a_plain_reference_bit_for_bit(tz: str | None) 
         scored_passes += one_pass[1] > 0
     assert fused._table.tolist() == split._table.tolist()
     assert scored_passes > 96 * 4  # past the warm-up, most passes have cells to use
+    assert idle_passes > 96 / 2
 
 
 def test_merged_windows_do_not_depend_on_the_order_the_shards_sent_them() -> None:
