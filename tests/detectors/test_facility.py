@@ -955,9 +955,9 @@ def test_cohort_retention_matches_a_plain_reference_bit_for_bit(tz: str | None) 
     """Every pass returns exactly what the plain reference does (the same sums in the same
     order), through warm-up, hour-level fallback, drained cohorts, cohorts growing late and
     cohorts leaving the horizon, and a day idle (nothing followed): ``update_one`` in one
-    pass, and ``expected_one`` then
-    ``learn_one``. (The two differ in warm-up: in one pass a cohort that falls back to its
-    hour's cell reads what a cohort of the same hour learned earlier in that pass.)"""
+    pass, and ``expected_one`` then ``learn_one``. (The two differ in warm-up: in one pass a
+    cohort that falls back to its hour's cell reads what a cohort of the same hour learned
+    earlier in that pass.)"""
     rng = random.Random(7)
     width, horizon = 900, 96
     fused = CohortRetention(width=width, horizon=horizon, min_cohorts=3, tz=tz)
