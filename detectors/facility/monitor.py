@@ -7,7 +7,7 @@ import itertools
 import math
 from array import array
 from bisect import insort
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 from typing import Any
 
 from detectors.facility.classify import Assessment, _lane_assessment, classify
@@ -329,7 +329,7 @@ class FacilityMonitor:
     def assess(
         self,
         windows: Iterable[FacilityWindow],
-        lanes: Container[tuple[str, str]] | None = None,
+        lanes: Collection[tuple[str, str]] | None = None,
     ) -> list[Assessment]:
         """Assess the windows of one window time (one per facility, merged over shards).
 
