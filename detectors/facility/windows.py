@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,7 +68,10 @@ class FacilityWindow:
         """Packages in the backlog for at least ``hours`` (arrival window's middle to end)."""
         width = self.end - self.start
         limit = self.end - hours * 3600 - width / 2
-        return sum(n for w, n in self.cohorts.items() if w * width <= limit)
+        # w * width <= limit for a whole w * width: w <= floor(limit) // width (exact ints)
+        last = math.floor(limit) // width
+        cohorts = self.cohorts
+        return sum(map(cohorts.__getitem__, filter(last.__ge__, cohorts)))
 
     @property
     def backlog_age(self) -> tuple[int, ...]:

@@ -1009,3 +1009,20 @@ def test_merged_windows_do_not_depend_on_the_order_the_shards_sent_them() -> Non
     (merged,) = merge(shards)
     assert list(merged.cohorts.items()) == [(1, 1), (2, 3), (5, 5), (7, 2)]
     assert merged.lanes == {"A": (2, 90, 50), "B": (2, 90, 60)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(0, 4_000_000),
+    width=st.sampled_from([60, 900, 3600, 7200]),
+    ages=st.lists(st.integers(-3, 400), max_size=40),
+    hours=st.sampled_from([0, 4, 12, 12.5, 47.9]),
+)
+def test_overdue_counts_what_the_plain_formula_counts(start, width, ages, hours):
+    """``FacilityWindow.overdue`` (integer bounds, C-level filtering) equals the plain sum
+    over the cohorts whose arrival window's middle is ``hours`` or more before the end."""
+    window = FacilityWindow("P1", start * width, (start + 1) * width,
+                            cohorts={start - a: 1 + a % 7 for a in ages})
+    limit = window.end - hours * 3600 - width / 2
+    plain = sum(n for w, n in window.cohorts.items() if w * width <= limit)
+    assert window.overdue(hours) == plain
