@@ -6,7 +6,7 @@ import collections
 import itertools
 import math
 from array import array
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Collection, Container, Iterable, Mapping
 from typing import Any
 
@@ -758,13 +758,15 @@ _NEVER = float("inf")
 class _Lane:
     """One lane's transit baseline and recent arrivals inside :class:`FacilityMonitor`."""
 
-    __slots__ = ("head", "learned", "median", "recent", "said", "slow", "to", "total", "transits")
+    __slots__ = ("head", "learned", "median", "recent", "said", "slow", "to", "total", "transits",
+                 "ordered")
 
     def __init__(self, to: str) -> None:
         self.to = to
         # mean transit hours of the last 64 arrival windows without a slow package, and their
         # median once there are 8 of them (a rolling robust baseline), else None
         self.transits = array("d")  # a ring once full (the median needs no order)
+        self.ordered = array("d")  # the same values, sorted (kept so: no sort per window)
         self.learned = 0
         self.median: float | None = None
         # (window end, slow, arrivals) over the last ``lane_hours``; None when there are none
@@ -795,14 +797,17 @@ class _Lane:
         self.said = None
 
     def learn(self, transit_hours: float) -> None:
-        transits = self.transits
+        transits, ordered = self.transits, self.ordered
         if len(transits) < 64:
             transits.append(transit_hours)
         else:
-            transits[self.learned % 64] = transit_hours
+            slot = self.learned % 64
+            del ordered[bisect_left(ordered, transits[slot])]
+            transits[slot] = transit_hours
+        insort(ordered, transit_hours)
         self.learned += 1
         if len(transits) >= 8:
-            median = _median(sorted(transits))
+            median = _median(ordered)  # type: ignore[arg-type]
             if median != self.median:
                 self.median = median
                 self.said = None
@@ -811,6 +816,8 @@ class _Lane:
         return tuple(getattr(self, k) for k in self.__slots__)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
+        if len(state) == len(self.__slots__) - 1:  # snapshots from before the sorted copy
+            state = (*state, array("d", sorted(state[-1])))
         for k, v in zip(self.__slots__, state, strict=True):
             setattr(self, k, v)
 

@@ -1026,3 +1026,23 @@ def test_overdue_counts_what_the_plain_formula_counts(start, width, ages, hours)
     limit = window.end - hours * 3600 - width / 2
     plain = sum(n for w, n in window.cohorts.items() if w * width <= limit)
     assert window.overdue(hours) == plain
+
+
+def test_a_lanes_median_kept_sorted_equals_sorting_its_transits_each_time():
+    """``_Lane`` keeps its last 64 transits sorted beside the ring: its median after every
+    arrival window equals the median of the ring sorted afresh, also from a snapshot taken
+    before the sorted copy existed (the ring alone)."""
+    from detectors.facility.monitor import _Lane
+    from detectors.facility.seasonal import _median
+
+    rng = random.Random(9)
+    lane = _Lane("N1")
+    for i in range(400):
+        lane.learn(rng.choice([3.0, 3.5, 4.25, rng.uniform(1, 30), round(rng.uniform(1, 5), 1)]))
+        if len(lane.transits) >= 8:
+            assert lane.median == _median(sorted(lane.transits))
+        assert list(lane.ordered) == sorted(lane.transits)
+        if i == 200:  # as saved before: the slots without the sorted copy (it was last)
+            state = lane.__getstate__()[:-1]
+            lane = _Lane.__new__(_Lane)
+            lane.__setstate__(state)
