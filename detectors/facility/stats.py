@@ -27,19 +27,24 @@ HUB_CODES = frozenset({"10", "A1", "T1", "EF", "19"})
 class _Facility:
     """The open windows and the backlog of one facility in one shard."""
 
-    __slots__ = ("backlog", "open", "present", "since")
+    __slots__ = ("backlog", "low", "open", "present", "since")
 
     def __init__(self, since: int) -> None:
         self.open: dict[int, list[Any]] = {}  # window index -> counters
         self.present: dict[int, int] = {}  # arrival window -> packages still here
         self.backlog = 0
         self.since = since  # first window with an event: windows are emitted from here on
+        # at most the oldest arrival window in ``present`` (its minimum is looked for only
+        # once this is old enough to expire)
+        self.low: float = _NEVER
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return self.open, self.present, self.backlog, self.since
+        return self.open, self.present, self.backlog, self.since, self.low
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.open, self.present, self.backlog, self.since = state
+        if len(state) == 4:  # snapshots from before the bound: look at once
+            state = (*state, -_NEVER)
+        self.open, self.present, self.backlog, self.since, self.low = state
 
 
 # counter slots of an open window
@@ -328,6 +333,8 @@ class FacilityStats:
                 if c is not None:
                     for arrived, n in c[_IN].items():
                         present[arrived] = present.get(arrived, 0) + n
+                        if arrived < state.low:
+                            state.low = arrived
                     state.backlog += sum(c[_IN].values())
                     if c[_OUT]:
                         for arrived, n in c[_OUT].items():
@@ -338,11 +345,13 @@ class FacilityStats:
                             elif gone:
                                 present[arrived] = here - gone
                             state.backlog -= gone
-                if present and min(present) <= w - max_age:
-                    for arrived in [a for a in present if a <= w - max_age]:
-                        n = present.pop(arrived)
-                        state.backlog -= n
-                        self.expired += n
+                if state.low <= w - max_age:  # the oldest may be due to expire: look
+                    if present and min(present) <= w - max_age:
+                        for arrived in [a for a in present if a <= w - max_age]:
+                            n = present.pop(arrived)
+                            state.backlog -= n
+                            self.expired += n
+                    state.low = min(present, default=_NEVER)
                 window = FacilityWindow(
                     name, w * width, end, backlog=state.backlog, cohorts=dict(present)
                 )
@@ -361,6 +370,9 @@ class FacilityStats:
     def closed_through(self) -> int:
         """End (epoch seconds) of the last closed window; events before it count as late."""
         return (self._closed + 1) * self.window_seconds
+
+
+_NEVER = float("inf")
 
 
 def _leave(counters: list[Any], arrived: int) -> None:

@@ -1046,3 +1046,38 @@ def test_a_lanes_median_kept_sorted_equals_sorting_its_transits_each_time():
             state = lane.__getstate__()[:-1]
             lane = _Lane.__new__(_Lane)
             lane.__setstate__(state)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_backlog_expiry_looks_for_the_oldest_only_when_it_can_be_due(seed):
+    """``FacilityStats.close`` keeps a lower bound of each facility's oldest arrival window
+    and looks for the real one only once the bound is old enough to expire: its windows and
+    expiries equal those of a copy made to look every window (as before the bound), with
+    late scans adding older cohorts, and across a snapshot from before the bound."""
+    rng = random.Random(seed)
+    bounded = FacilityStats(W, max_age_seconds=5 * H)
+    looking = FacilityStats(W, max_age_seconds=5 * H)
+    t0 = 1_790_208_000
+    for step in range(4 * 96):
+        now = t0 + step * W
+        for _ in range(rng.randint(0, 6)):
+            facility = rng.choice(["P1", "P2", "N1"])
+            ts = now + rng.randrange(W) - (rng.choice([0, 0, 0, 3 * H]))  # some late
+            arrived, dwell = rng.random() < 0.5, rng.choice([-1, 600, 2 * H, 4 * H])
+            for stats in (bounded, looking):
+                if arrived:
+                    stats.arrival(facility, ts)
+                else:
+                    stats.departure(facility, ts, dwell)
+        for state in looking._state.values():
+            state.low = -float("inf")
+        got, want = bounded.close(now), looking.close(now)
+        assert [(w.facility, w.backlog, w.cohorts) for w in got] == [
+            (w.facility, w.backlog, w.cohorts) for w in want
+        ]
+        assert bounded.expired == looking.expired
+        if step == 2 * 96:  # as saved before the bound: four fields a facility
+            for state in bounded._state.values():
+                old = state.__getstate__()[:4]
+                state.__setstate__(old)
+    assert bounded.expired > 0
