@@ -21,7 +21,7 @@ from flows.config import load_settings
 from flows.run import StoreMismatch, replay
 from flows.sources import JsonLinesSource
 from notifiers import Outbox
-from tests.flows.test_follow import _append, _free_port, _scanned
+from tests.flows.test_follow import _append, _died, _free_port, _scanned
 
 KEYS = [str(k) for k in range(12)] + ["network", "0.3", "2.1", "1.6"]
 
@@ -180,7 +180,7 @@ def test_the_daemon_on_two_processes_stops_on_sigterm_and_resumes_to_a_replays_r
         deadline = time.monotonic() + 120
         lines = events[:cut].count(b"\n")
         while _scanned_all(port, 2) != lines:
-            assert daemon.poll() is None, daemon.communicate()[1][-3000:]
+            assert daemon.poll() is None, _died(daemon)
             assert time.monotonic() < deadline
             time.sleep(0.1)
         time.sleep(0.5)  # a snapshot or two after the last line

@@ -414,6 +414,13 @@ def test_a_file_with_the_snapshots_inode_but_other_lines_is_another_file(
 
 # -- the daemon, end to end ------------------------------------------------------------------
 
+def _died(daemon: subprocess.Popen) -> str:
+    """What a daemon that ended early wrote to stderr: the start too (a cluster peer's error
+    comes first, the main process's account of it last; the tail alone hid the cause once)."""
+    err = daemon.communicate()[1]
+    return err if len(err) <= 9000 else f"{err[:6000]}\n[...]\n{err[-3000:]}"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -433,7 +440,7 @@ def _scanned(port: int) -> float:
 def _wait_for(port: int, lines: int, daemon: subprocess.Popen) -> None:  # type: ignore[type-arg]
     deadline = time.monotonic() + 120
     while _scanned(port) != lines:
-        assert daemon.poll() is None, daemon.communicate()[1][-3000:]
+        assert daemon.poll() is None, _died(daemon)
         assert time.monotonic() < deadline, f"the daemon took in {_scanned(port)} of {lines}"
         time.sleep(0.1)
 
