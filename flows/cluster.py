@@ -16,9 +16,11 @@ the tracking. :func:`shard_keys` names the shards so that shard ``s`` lands on w
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
-__all__ = ["free_addresses", "network_key", "shard_keys", "worker_of"]
+__all__ = ["free_addresses", "free_ports", "network_key", "shard_keys", "worker_of"]
 
 _M = (1 << 64) - 1
 
@@ -115,14 +117,63 @@ def network_key(workers: int = 1) -> str:
 
 def free_addresses(n: int, host: str = "127.0.0.1") -> list[str]:
     """``n`` ``host:port`` addresses whose ports were free a moment ago (the cluster binds
-    them next; another program taking one meanwhile makes the run fail, not hang)."""
+    them next; another program taking one meanwhile makes the run fail, not hang). The ports
+    are outside the kernel's ephemeral range: an outgoing connection on this host (a metrics
+    scrape, an SMTP session) cannot take one between the check and the bind."""
+    return [f"{host}:{port}" for port in free_ports(n, host)]
+
+
+def free_ports(n: int, host: str = "127.0.0.1", *, consecutive: bool = False) -> list[int]:
+    """``n`` ports free a moment ago on ``host``, below the kernel's ephemeral range
+    (``/proc/sys/net/ipv4/ip_local_port_range``; where it is unknown, ports the kernel
+    picks); ``consecutive``: ``p, p + 1, ...`` (e.g. a metrics port per process)."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200 if low > _LOWEST + n else 0):
+        start = rng.randrange(_LOWEST, low - n)
+        ports = list(range(start, start + n)) if consecutive else [
+            rng.randrange(_LOWEST, low) for _ in range(n)]
+        if len(set(ports)) == n and _bindable(ports, host):
+            return ports
+    for _ in range(200):  # the kernel's own picks (then in its ephemeral range)
+        socks = []
+        try:
+            for _ in range(1 if consecutive else n):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((host, 0))
+                socks.append(sock)
+            ports = [sock.getsockname()[1] for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+        if consecutive:
+            ports = list(range(ports[0], ports[0] + n))
+        if ports[-1] < 65536 and _bindable(ports, host):
+            return ports
+    raise OSError(f"no {n} free ports found on {host}")
+
+
+_LOWEST = 10_000  # below: the well-known and registered services people run
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(ports: list[int], host: str) -> bool:
     socks = []
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [f"{host}:{s.getsockname()[1]}" for s in socks]
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, port))
+        return True
+    except OSError:
+        return False
     finally:
-        for s in socks:
-            s.close()
+        for sock in socks:
+            sock.close()

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import GC_THRESHOLDS, app
+from tests.flows.test_follow import _free_port
 
 
 @pytest.fixture
@@ -46,11 +47,6 @@ def _bind(port: int) -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", port))
     return sock
-
-
-def _free_port() -> int:
-    with _bind(0) as sock:
-        return sock.getsockname()[1]
 
 
 def test_replay_with_its_metrics_port_taken_says_so_and_writes_nothing(

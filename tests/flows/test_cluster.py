@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.cluster import free_addresses, shard_keys, worker_of
+from flows.cluster import free_addresses, free_ports, shard_keys, worker_of
 from flows.config import load_settings
 from flows.run import StoreMismatch, replay
 from flows.sources import JsonLinesSource
@@ -327,3 +327,22 @@ def test_a_failing_step_logs_its_error_on_several_processes(
     assert len(logged) == (1 if processes > 1 else 0)
     if logged:
         assert "a tracker bug" in caplog.text  # with its traceback
+
+
+def test_free_ports_lie_outside_the_kernels_ephemeral_range_and_bind() -> None:
+    """The cluster's ports (and the tests' metrics ports) are picked below the ephemeral
+    range where the kernel says what it is: a connection this host opens meanwhile cannot
+    take one (a peer then failed to bind its port, exit 1, once in a clean clone)."""
+    import socket
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        ports = free_ports(3)
+        assert len(set(ports)) == 3 and all(10_000 <= p < low for p in ports)
+        start = free_ports(2, consecutive=True)
+        assert start[1] == start[0] + 1 and start[1] < low
+        for port in ports + start:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))  # free (nothing else took it meanwhile here)
+    assert all(a.startswith("127.0.0.1:") for a in free_addresses(2))

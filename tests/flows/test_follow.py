@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from flows.cluster import free_ports
 from flows.sources import JsonLinesSource
 
 
@@ -422,9 +422,10 @@ def _died(daemon: subprocess.Popen) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port, and the next one (a second process's metrics port), both outside the
+    kernel's ephemeral range: the test's own polls of a port nobody listens on yet cannot
+    then take it, nor connect to themselves through it."""
+    return free_ports(2, consecutive=True)[0]
 
 
 def _scanned(port: int) -> float:
