@@ -707,8 +707,7 @@ class FacilityMonitor:
                 elif longest / 3600 > usual + margin:
                     slow = 1
             if not lane.recent:
-                lanes.wake(lane)
-                lanes.next_prune = min(lanes.next_prune, end)  # its head once added
+                lanes.wake(lane, end)
             lane.add(end, slow, n)
             if slow:
                 lanes.slow.add(lane)
@@ -722,9 +721,7 @@ class FacilityMonitor:
             chosen = lanes.active
         else:  # the others score 0, and nobody waits for them
             named = wanted.get(facility, ())
-            chosen = [lane for lane in lanes.slow if lane.slow]
-            if len(chosen) < len(lanes.slow):
-                lanes.slow = set(chosen)
+            chosen = list(lanes.slow)
             chosen += [
                 lane
                 for to in named
@@ -824,8 +821,8 @@ class _Lane:
 
 class _Lanes(dict):
     """One origin's lanes by receiving facility; those with recent traffic, in order; those
-    with a slow package among it (and maybe a few that no longer have one); and the earliest
-    time a lane's oldest recent arrivals can fall out of the span (none before it)."""
+    with a slow package among it; and the earliest time a lane's oldest recent arrivals can
+    fall out of the span (none before it)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -839,8 +836,10 @@ class _Lanes(dict):
             self.slow = {lane for lane in self.active if lane.slow}
             self.next_prune = -_NEVER
 
-    def wake(self, lane: _Lane) -> None:
+    def wake(self, lane: _Lane, end: int) -> None:
+        """``lane``, without recent arrivals until now, gets some at ``end``."""
         insort(self.active, lane, key=_lane_key)
+        self.next_prune = min(self.next_prune, end)
 
     def prune(self, cutoff: float) -> None:
         """Drop the arrivals at or before ``cutoff``; lanes left without any go to sleep."""
@@ -856,6 +855,7 @@ class _Lanes(dict):
         self.next_prune = head
         if quiet:
             self.active = [lane for lane in self.active if lane.recent]
+        self.slow = {lane for lane in self.slow if lane.slow}  # (only pruning lowers them)
 
 
 def _lane_key(lane: _Lane) -> str:

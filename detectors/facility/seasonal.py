@@ -267,13 +267,19 @@ def _from_levels(state: dict[str, Any]) -> None:
 # the same floats); compiled, as every hub runs them several times a window (bench/RESULTS.md).
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _level_slot(periods, buckets, first, level, local):
+    """The slot of ``local`` (seconds since a Monday 00:00) at ``level``."""
+    period = periods[level]
+    return first[level] + (local % period) * buckets[level] // period
+
+
 @numba.njit(cache=True, nogil=True)
 def _slot_of(count, periods, buckets, first, local, window, minimum):
     """The finest level's slot for ``local`` holding ``minimum`` values (and one at least),
     or -1."""
     for level in range(periods.shape[0]):
-        period = periods[level]
-        slot = first[level] + (local % period) * buckets[level] // period
+        slot = _level_slot(periods, buckets, first, level, local)
         n = min(count[slot], window)
         if n >= minimum and n > 0:
             return slot
@@ -321,8 +327,7 @@ def _slot_baseline(ring, count, periods, buckets, first, local, window, minimum,
 @numba.njit(cache=True, nogil=True)
 def _slot_learn(ring, count, sums, periods, buckets, first, local, window, value):
     for level in range(periods.shape[0]):
-        period = periods[level]
-        slot = first[level] + (local % period) * buckets[level] // period
+        slot = _level_slot(periods, buckets, first, level, local)
         n = count[slot]
         i = slot * window + n % window
         sums[slot] += value - ring[i]

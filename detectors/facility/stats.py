@@ -346,11 +346,10 @@ class FacilityStats:
                                 present[arrived] = here - gone
                             state.backlog -= gone
                 if state.low <= w - max_age:  # the oldest may be due to expire: look
-                    if present and min(present) <= w - max_age:
-                        for arrived in [a for a in present if a <= w - max_age]:
-                            n = present.pop(arrived)
-                            state.backlog -= n
-                            self.expired += n
+                    for arrived in [a for a in present if a <= w - max_age]:
+                        n = present.pop(arrived)
+                        state.backlog -= n
+                        self.expired += n
                     state.low = min(present, default=_NEVER)
                 window = FacilityWindow(
                     name, w * width, end, backlog=state.backlog, cohorts=dict(present)
