@@ -1,7 +1,7 @@
 """Per-package tracking in event time: compact state, a time wheel, stall episodes.
 
 :class:`PackageTracker` is the engine-free core of the stall flow. It holds every in-flight
-package in one record of five 64-bit words (times, and small ints packed), learns each stage's usual
+package in a few columns (``array.array``: 8-byte times, small ints), learns each stage's usual
 silence with a :class:`~detectors.stall.StallDetector`, and fires a stall alert when the
 event-time watermark passes a package's deadline, without waiting for the package to scan
 again. The Bytewax flow runs one tracker per shard; a notebook can run one over a file.
@@ -33,10 +33,10 @@ Memory
     About 200-240 bytes per in-flight package (``bench/bench_flow.py memory``, results in
     ``bench/RESULTS.md``): the id as the int of its bytes (48 bytes for 22 digits, not a
     72-byte str) keying a dict (~35-42 bytes an entry), one int holding the slot and the
-    recipient reference (40 bytes), the 40-byte record, the slot -> id list (8), a wheel
+    recipient reference (40 bytes), ~36 bytes of columns, the slot -> id list (8), a wheel
     entry (4), and for one package in ``eta_sample_every`` its scans (24 bytes each) to teach
     the estimator. Packages silent for ``ttl_seconds`` are dropped. A snapshot (pickle) holds
-    the index's ints and the records as raw bytes, about 90 bytes per package.
+    the index's ints and the columns as raw bytes, about 85 bytes per package.
 
     Finished packages are kept in generations ``finished_generation_seconds`` wide (by the
     newest event time): the current one in a set (~80 bytes an entry), the older ones merged
@@ -52,7 +52,7 @@ Memory
     into the array (~10 ms at 1 M in flight) and redraws the bitmap (~17 ms at 1 M frozen).
 
 Speed
-    :meth:`process_batch` is the hot path: the records, tables and the detector's methods are
+    :meth:`process_batch` is the hot path: the columns, tables and the detector's methods are
     looked up once per batch, counters are kept in locals, and each event asks the detector
     at most twice (learn the gap just closed, threshold of the new stage). Most of the time
     per event is the detector's (see ``bench/RESULTS.md``).
@@ -116,7 +116,7 @@ _SERVICES = (None, "express", "ground")
 _SVC = {s: i for i, s in enumerate(_SERVICES)}
 _OPEN = 1  # flag: a stall episode is open
 _WATCHED = 2  # flag: the current silence passed the watch deadline (a "watch" went out)
-# flag: the last scan had no facility (TL, in transit); the record's facility still is the
+# flag: the last scan had no facility (TL, in transit); the facility column still holds the
 # last facility scan's, and these two flags the kind of its code (for facility statistics)
 _TRANSIT = 4
 _PREV_ARRIVED = 8
@@ -130,24 +130,6 @@ _PAST = 64
 # flag: the package keeps its scan history (``_history``, one in ``eta_sample_every``): the
 # flag spares the other packages a lookup in that dict per scan
 _KEPT = 128
-# The package record: _WORDS signed 64-bit words a slot, at slot * _WORDS in one array, so
-# that a scan touches one or two cache lines of it instead of one per field (nine columns
-# cost ~1.1 us an event more at 2 M packages, bench/layout_cost.py). Its words:
-_LAST = 0  # the last scan's event time
-_DEADLINE = 1  # the wheel's deadline of the current silence, or _NO_DEADLINE
-_PROMISED = 2  # promised-by time, or -1
-_WHERE = 3  # facility no (bits 0-31) | code no << _CODE_SHIFT (16 bits) | service no << _SVC_SHIFT
-_STATE = 4  # flags (bits 0-15) | minutes in transit << _PGAP_SHIFT (16 bits) | episode << _EP_SHIFT
-_WORDS = 5
-_FAC = (1 << 32) - 1
-_CODE_SHIFT = 32
-_CODE = (1 << 16) - 1
-_SVC_SHIFT = 48
-_PGAP_SHIFT = 16
-_PGAP = ((1 << 16) - 1) << _PGAP_SHIFT
-_EP_SHIFT = 32
-_EPISODE = 1 << _EP_SHIFT  # one more episode (up to 2**31 - 1 a package)
-_BLANK = array("q", bytes(8 * _WORDS))
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
 _OPEN_END = 1 << 62  # an incident still open
@@ -297,7 +279,14 @@ class PackageTracker:
         # packed package id -> slot | packed recipient_ref << 32 (one int: no per-slot int)
         self._index: dict[int | str, int] = {}
         self._ids: list[int | str | None] = []  # slot -> packed package id (the same object)
-        self._rec = array("q")  # slot -> _WORDS words (see "The package record" below)
+        self._last_ts = array("q")
+        self._deadline = array("q")
+        self._promised = array("q")
+        self._fac = array("i")
+        self._code = array("h")
+        self._svc = array("b")
+        self._flags = array("h")
+        self._episode = array("h")
         self._free: list[int] = []
         self._facilities: list[str | None] = [None]
         self._fac_no: dict[str | None, int] = {None: 0}
@@ -333,8 +322,8 @@ class PackageTracker:
 
     @property
     def open_episodes(self) -> int:
-        rec = self._rec
-        return sum(1 for v in self._index.values() if rec[(v & _SLOT) * _WORDS + _STATE] & _OPEN)
+        flags = self._flags
+        return sum(1 for v in self._index.values() if flags[v & _SLOT] & _OPEN)
 
     @property
     def watermark(self) -> int:
@@ -353,7 +342,16 @@ class PackageTracker:
         else:
             slot = len(self._ids)
             self._ids.append(key)
-            self._rec.extend(_BLANK)
+            self._last_ts.append(0)
+            self._deadline.append(0)
+            self._promised.append(0)
+            self._fac.append(0)
+            self._code.append(0)
+            self._svc.append(0)
+            self._flags.append(0)
+            self._episode.append(0)
+            if self.facility_stats is not None:
+                self._pgap.append(0)
         self._index[key] = slot | ref << _REF_SHIFT if ref else slot
         return slot
 
@@ -362,9 +360,9 @@ class PackageTracker:
         if pid is not None:
             del self._index[pid]
         self._ids[slot] = None
-        r = slot * _WORDS
-        self._rec[r + _DEADLINE] = _NO_DEADLINE
-        self._rec[r + _STATE] = 0  # flags, minutes in transit, episode
+        self._deadline[slot] = _NO_DEADLINE
+        self._flags[slot] = 0
+        self._episode[slot] = 0
         self._history.pop(slot, None)
         self._overdue.pop(slot, None)
         self._free.append(slot)
@@ -378,12 +376,13 @@ class PackageTracker:
         """Apply valid events in order; returns the alerts they caused, in order.
 
         The same as calling :meth:`process` on each event and concatenating the results, but
-        with the tracker's records and tables looked up once per batch (the flow's hot path).
+        with the tracker's columns and tables looked up once per batch (the flow's hot path).
         """
         out: list[dict[str, Any]] = []
         index = self._index
         index_get = index.get
-        rec = self._rec
+        last_col, deadline_col, promised_col = self._last_ts, self._deadline, self._promised
+        fac_col, code_col, svc_col, flags_col = self._fac, self._code, self._svc, self._flags
         facilities, fac_no_get = self._facilities, self._fac_no.get
         codes, code_no_get = self._codes, self._code_no.get
         history_map = self._history
@@ -405,6 +404,7 @@ class PackageTracker:
         delayed_until = self._delayed_until.get if self.incidents is not None else None
         if fstats is not None:
             observe, fscan = fstats.observe, fstats.scan
+            pgap_col = self._pgap
             flate, fwidth = self.facility_lateness, fstats.window_seconds
             fnext = fstats.closed_through + fwidth + flate  # newest time that closes a window
         accepted = duplicate = out_of_order = no_header = delivered = resolved = 0
@@ -437,67 +437,64 @@ class PackageTracker:
                         self.stats.finished_echo += 1
                         continue
                     slot = self._new_slot(key, _pack_ref(ev.recipient_ref))
-                    r = slot * _WORDS
-                    svc_no = _SVC.get(service_in, 0)
+                    svc_col[slot] = _SVC.get(service_in, 0)
                     promised = ev.promised_by_ts
-                    rec[r + _PROMISED] = promised if promised is not None else -1
+                    promised_col[slot] = promised if promised is not None else -1
                     if sample and (self._eta_warm > 0 or hash_id(pid) % sample == 0):
                         history_map[slot] = array("q")
-                        rec[r + _STATE] = _KEPT
+                        flags_col[slot] = _KEPT
                         self._eta_warm -= 1
                     accepted += 1
-                    service = _SERVICES[svc_no]
+                    service = _SERVICES[svc_col[slot]]
                 else:
                     slot = packed & _SLOT
-                    r = slot * _WORDS
-                    last = rec[r]
+                    last = last_col[slot]
                     if ts < last:
                         out_of_order += 1
                         if fstats is not None and ev.facility is not None:
                             fscan(ev.facility, ts)  # late, but the facility did scan
                         continue
-                    flags = rec[r + _STATE]
-                    where = rec[r + _WHERE]
-                    last_fac = None if flags & _TRANSIT else facilities[where & _FAC]
-                    if ts == last and code_no_get(code) == (where >> _CODE_SHIFT) & _CODE \
+                    flags = flags_col[slot]
+                    last_fac = None if flags & _TRANSIT else facilities[fac_col[slot]]
+                    if ts == last and code_no_get(code) == code_col[slot] \
                             and last_fac == ev.facility:
                         duplicate += 1
                         continue
                     past = flags & _PAST
                     if flags & _LATER:  # the silence it was put off for is over
-                        rec[r + _STATE] = flags = flags & ~(_LATER | _PAST)
+                        flags_col[slot] = flags = flags & ~(_LATER | _PAST)
                     service_in = ev.service
-                    svc_no = where >> _SVC_SHIFT
                     if service_in is not None and packed <= _SLOT:  # header late (no ref yet)
-                        svc_no = _SVC.get(service_in, 0)
-                        rec[r + _WHERE] = where & ~(255 << _SVC_SHIFT) | svc_no << _SVC_SHIFT
+                        svc_col[slot] = _SVC.get(service_in, 0)
                         ref = _pack_ref(ev.recipient_ref)
                         if ref:
                             index[key] = slot | ref << _REF_SHIFT
                         if ev.promised_by_ts is not None:
-                            rec[r + _PROMISED] = ev.promised_by_ts
+                            promised_col[slot] = ev.promised_by_ts
                     accepted += 1
-                    service = _SERVICES[svc_no]
-                    prev_code = codes[(where >> _CODE_SHIFT) & _CODE]
+                    service = _SERVICES[svc_col[slot]]
+                    prev_code = codes[code_col[slot]]
                     if flags & _OPEN:
-                        rec[r + _STATE] = flags & ~(_OPEN | _WATCHED)
+                        flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
                         self._silence_ends(slot, ts)
                         out.append(self._alert(slot, "back_on_track", ts, ev))
                     elif flags & _WATCHED:
-                        rec[r + _STATE] = flags & ~_WATCHED
+                        flags_col[slot] = flags & ~_WATCHED
                         self._silence_ends(slot, ts)
                         out.append(self._moved(slot, ts, ev))
-                        learn(last_fac, prev_code, service, last, ts - last)
+                        prev_ts = last_col[slot]
+                        learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
                     elif prev_code not in PRE_SHIPMENT:
+                        prev_ts = last_col[slot]
                         if not past:  # past its stall deadline: not a usual silence
-                            learn(last_fac, prev_code, service, last, ts - last)
-                        if late_move and ts - last >= _LATE_MOVE_MIN and (
+                            learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
+                        if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
                                 last_fac is not None
                                 and (monitored is None or last_fac in monitored)
                                 and (delayed_until is None
-                                     or delayed_until(last_fac, -1) >= last)
-                                and rec[r + _PROMISED] >= 0):  # (last: a miss)
+                                     or delayed_until(last_fac, -1) >= prev_ts)
+                                and promised_col[slot] >= 0):  # (last: a column, a miss)
                             late = self._late_move(slot, ts, ev, service, last_fac, prev_code)
                             if late is not None:
                                 out.append(late)
@@ -506,14 +503,13 @@ class PackageTracker:
                     if packed is None:
                         observe(facility, code, ts)
                     elif flags & _TRANSIT:  # the last facility scan is before the TL scans
-                        observe(facility, code, ts, facilities[where & _FAC],
+                        observe(facility, code, ts, facilities[fac_col[slot]],
                                 "A1" if flags & _PREV_ARRIVED else
                                 "T1" if flags & _PREV_DEPARTED else "TL",
-                                last - 60 * ((flags & _PGAP) >> _PGAP_SHIFT))
+                                last_col[slot] - 60 * pgap_col[slot])
                     else:
-                        observe(facility, code, ts, last_fac, prev_code, last)
-                f = rec[r + _STATE]
-                history = history_map[slot] if f & _KEPT else None
+                        observe(facility, code, ts, last_fac, prev_code, last_col[slot])
+                history = history_map[slot] if flags_col[slot] & _KEPT else None
                 if code in TERMINAL_CODES:
                     if self.estimator is not None and code == "01":
                         if history is not None:
@@ -528,32 +524,34 @@ class PackageTracker:
                     continue
                 code_no = code_no_get(code)
                 if code_no is None:
-                    code_no = self._new_code(code)
+                    code_no = self._code_no[code] = len(codes)
+                    codes.append(code)
                 fac_no = fac_no_get(facility)
                 if fac_no is None:
                     fac_no = self._fac_no[facility] = len(facilities)
                     facilities.append(facility)
                 if history is not None:
                     history.extend((fac_no, code_no, ts))
-                at_fac = fac_no  # the facility the record keeps
+                f = flags_col[slot]
                 if fac_no:
                     if f & _TRANSIT:
-                        rec[r + _STATE] = f & ~(_TRANSIT | _PREV_ARRIVED | _PREV_DEPARTED)
+                        flags_col[slot] = f & ~(_TRANSIT | _PREV_ARRIVED | _PREV_DEPARTED)
+                    fac_col[slot] = fac_no
                 elif packed is not None:  # in transit: keep the last facility scan's facility
-                    at_fac = where & _FAC
                     if not f & _TRANSIT:
-                        before = codes[(where >> _CODE_SHIFT) & _CODE]
-                        f |= _TRANSIT | (
+                        before = codes[code_col[slot]]
+                        flags_col[slot] = f | _TRANSIT | (
                             _PREV_ARRIVED if before in ARRIVAL_CODES else
                             _PREV_DEPARTED if before in DEPARTURE_CODES else 0)
                         if fstats is not None:
-                            f = f & ~_PGAP | min((ts - last) // 60, 65535) << _PGAP_SHIFT
+                            pgap_col[slot] = min((ts - last_col[slot]) // 60, 65535)
                     elif fstats is not None:
-                        f = f & ~_PGAP | min(((f & _PGAP) >> _PGAP_SHIFT) + (ts - last) // 60,
-                                             65535) << _PGAP_SHIFT
-                    rec[r + _STATE] = f
-                rec[r + _WHERE] = at_fac | code_no << _CODE_SHIFT | svc_no << _SVC_SHIFT
-                rec[r] = ts
+                        pgap_col[slot] = min(pgap_col[slot] + (ts - last_col[slot]) // 60,
+                                             65535)
+                else:
+                    fac_col[slot] = 0
+                code_col[slot] = code_no
+                last_col[slot] = ts
                 deadline = _NO_DEADLINE
                 if code not in PRE_SHIPMENT:
                     found = threshold(facility, code, service, ts)
@@ -564,7 +562,7 @@ class PackageTracker:
                                 monitored is None or facility in monitored):
                             # the hold point: overdue and due within the horizon (_hold)
                             at = ts + int(hold_factor * found[1])
-                            promised = rec[r + _PROMISED]
+                            promised = promised_col[slot]
                             if promised >= 0 and promised - horizon > at:
                                 at = promised - horizon
                             if at < deadline:
@@ -573,7 +571,7 @@ class PackageTracker:
                                 if slots is None:
                                     slots = early[bucket] = array("q")
                                 slots.extend((slot, ts))
-                rec[r + _DEADLINE] = deadline
+                deadline_col[slot] = deadline
                 if deadline != _NO_DEADLINE:
                     bucket = deadline // bucket_s
                     if bucket <= fired:  # already overdue (a late or slow scan)
@@ -591,14 +589,6 @@ class PackageTracker:
             stats.delivered += delivered
             stats.resolved += resolved
         return out
-
-    def _new_code(self, code: str) -> int:
-        """The number of a code not seen before (the record holds 16 bits of it)."""
-        if len(self._codes) > _CODE:
-            raise ValueError(f"more than {_CODE + 1} distinct event codes")
-        code_no = self._code_no[code] = len(self._codes)
-        self._codes.append(code)
-        return code_no
 
     def _silence_ends(self, slot: int, ts: int) -> None:
         """A package told of (watched or stalled) scans again at ``ts``: its silence ends."""
@@ -644,6 +634,11 @@ class PackageTracker:
     def _facility_init(self, stats: FacilityStats | None, lateness: int) -> None:
         self.facility_stats = stats
         self.facility_lateness = lateness
+        n = len(self._last_ts) if stats is not None else 0
+        # per package, its last scan *at a facility* (an in-transit TL scan has none): the
+        # departure's dwell and the lane travelled are measured from it
+        # minutes from the last facility scan to the last scan while in transit (_TRANSIT)
+        self._pgap = array("H", bytes(2 * n))
         self._windows: list[FacilityWindow] = []  # closed, not yet taken
 
     @property
@@ -692,28 +687,26 @@ class PackageTracker:
         kind = record["kind"]
         lane, weather = record.get("lane_to") is not None, kind == "weather"
         names = str(record.get("facilities") or "").split() or [str(record["facility_id"])]
-        fac_no, codes, rec = self._fac_no, self._codes, self._rec
+        fac_no, codes, flags_col = self._fac_no, self._codes, self._flags
         wm = self.max_event_ts - self.allowed_lateness
         for name in names:
             number = fac_no.get(name)
             if not number:
                 continue
-            at = np.frombuffer(rec, dtype=np.int64)[_WHERE::_WORDS] & _FAC == number
-            for slot in np.flatnonzero(at).tolist():
-                r = slot * _WORDS
-                if self._ids[slot] is None \
-                        or rec[r + _STATE] & (_OPEN | _WATCHED | _TRANSIT | _LATER):
+            found = np.flatnonzero(np.frombuffer(self._fac, dtype=np.int32) == number).tolist()
+            for slot in found:
+                flags = flags_col[slot]
+                if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _TRANSIT | _LATER):
                     continue  # told, or to be told by its own watch or stall, or put off
-                where = rec[r + _WHERE]
-                code = codes[(where >> _CODE_SHIFT) & _CODE]
+                code = codes[self._code[slot]]
                 if code in PRE_SHIPMENT or ((code in DEPARTURE_CODES) != lane and not weather):
                     continue
-                promised = rec[r + _PROMISED]
+                promised = self._promised[slot]
                 if promised >= 0 and promised - end > self.hold_horizon:
                     continue  # time enough to absorb the delay: not at risk
-                last = rec[r + _LAST]
+                last = self._last_ts[slot]
                 usual = self.detector.threshold({"facility": name, "code": code,
-                                                 "service": _SERVICES[where >> _SVC_SHIFT],
+                                                 "service": _SERVICES[self._svc[slot]],
                                                  "last_ts": last})
                 if usual is None or end - last < self.hold_factor * usual[1]:
                     continue  # not overdue (yet): it may well leave on time
@@ -727,22 +720,22 @@ class PackageTracker:
         """A watch goes out before the watch deadline: open the episode and move the
         package's deadline on to its stall's (into a bucket after ``after``, default: the
         last fired)."""
-        r = slot * _WORDS
-        self._rec[r + _STATE] = (self._rec[r + _STATE] | _WATCHED) + _EPISODE
-        d = self._rec[r + _DEADLINE]
+        self._flags[slot] |= _WATCHED
+        self._episode[slot] += 1
+        d = self._deadline[slot]
         if self.watch_fraction and d != _NO_DEADLINE:  # the wheel has the watch's
             self._reschedule(slot, self._stall_deadline(slot, d),
                              self._fired_through if after is None else after)
 
     def _stall_deadline(self, slot: int, watch_deadline: int) -> int:
         """The stall deadline of the silence whose watch deadline is ``watch_deadline``."""
-        last = self._rec[slot * _WORDS + _LAST]
+        last = self._last_ts[slot]
         return last + int((watch_deadline - last) / self.watch_fraction)
 
     def _reschedule(self, slot: int, d: int, after: int) -> None:
         """Give the package the deadline ``d``, in the wheel's bucket of ``d`` or, if that
         is not later than ``after`` (fired already), the next one."""
-        self._rec[slot * _WORDS + _DEADLINE] = d
+        self._deadline[slot] = d
         bucket = max(d // self.bucket_seconds, after + 1)
         entry = self._wheel.get(bucket)
         if entry is None:
@@ -755,12 +748,11 @@ class PackageTracker:
         silent at the facility of that scan, get their watch now: the network step folds it
         into an incident that holds them, at once or when one opens (what :meth:`_hold`
         does with one shard, where the incidents are known here)."""
-        ids, rec = self._ids, self._rec
+        ids, last_col, flags = self._ids, self._last_ts, self._flags
         for i in range(0, len(entries), 2):
             slot, last = entries[i], entries[i + 1]
-            r = slot * _WORDS
-            if ids[slot] is None or rec[r + _LAST] != last \
-                    or rec[r + _STATE] & (_OPEN | _WATCHED | _TRANSIT | _LATER):
+            if ids[slot] is None or last_col[slot] != last \
+                    or flags[slot] & (_OPEN | _WATCHED | _TRANSIT | _LATER):
                 continue  # scanned again since (or gone), told already, or put off
             self.stats.early += 1
             self._watch_now(slot, bucket)
@@ -781,8 +773,8 @@ class PackageTracker:
             self._fired_through = min(self._wheel, default=through + 1) - 1
             if early:
                 self._fired_through = min(self._fired_through, min(early) - 1)
-        rec, wheel = self._rec, self._wheel
-        watch, tell = self.watch_fraction, self.tell_horizon
+        deadline, flags, wheel = self._deadline, self._flags, self._wheel
+        watch, tell, promised_col = self.watch_fraction, self.tell_horizon, self._promised
         for bucket in range(self._fired_through + 1, through + 1):
             if early:
                 due = early.pop(bucket, None)
@@ -792,41 +784,40 @@ class PackageTracker:
             if slots is None:
                 continue
             for slot in slots:
-                r = slot * _WORDS
-                d = rec[r + _DEADLINE]
-                if d == _NO_DEADLINE or d > wm or rec[r + _STATE] & _OPEN \
-                        or self._ids[slot] is None:
+                d = deadline[slot]
+                if d == _NO_DEADLINE or d > wm or flags[slot] & _OPEN or self._ids[slot] is None:
                     continue
                 if d // self.bucket_seconds > bucket:
                     continue  # rescheduled to a later bucket (slot reused)
                 if tell is not None:
-                    promised = rec[r + _PROMISED]
+                    promised = promised_col[slot]
                     if promised >= 0 and promised - wm > tell:
                         # time enough to make up for the silence: no watch; a stall only if
                         # it is still silent `tell` before the promise, and not before its
                         # stall deadline
-                        f = rec[r + _STATE]
+                        f = flags[slot]
                         if not f & _LATER:
                             self.stats.deferred += 1
                         if watch and not f & (_WATCHED | _LATER):  # the watch deadline
-                            rec[r + _STATE] = f | _LATER
+                            flags[slot] = f | _LATER
                             self._reschedule(slot, self._stall_deadline(slot, d), bucket)
                         else:  # the stall deadline
-                            rec[r + _STATE] = f | _LATER | _PAST
+                            flags[slot] = f | _LATER | _PAST
                             self._reschedule(slot, promised - tell, bucket)
                         continue
-                if watch and not rec[r + _STATE] & (_WATCHED | _LATER):
-                    # the watch deadline: say so, then wait for the stall deadline; the watch
-                    # opens the episode a stall continues
-                    rec[r + _STATE] = (rec[r + _STATE] | _WATCHED) + _EPISODE
+                if watch and not flags[slot] & (_WATCHED | _LATER):
+                    # the watch deadline: say so, then wait for the stall deadline
+                    flags[slot] |= _WATCHED
+                    self._episode[slot] += 1  # the watch opens the episode a stall continues
                     self.stats.watches += 1
                     out.append(self._alert(slot, "watch", wm, None))
-                    d = rec[r + _DEADLINE] = self._stall_deadline(slot, d)
+                    d = deadline[slot] = self._stall_deadline(slot, d)
                     if d > wm:
                         self._reschedule(slot, d, bucket)
                         continue
-                f = rec[r + _STATE]
-                rec[r + _STATE] = (f if f & _WATCHED else f + _EPISODE) | _OPEN
+                if not flags[slot] & _WATCHED:
+                    self._episode[slot] += 1
+                flags[slot] |= _OPEN
                 self.stats.stalls += 1
                 out.append(self._alert(slot, "stall", wm, None))
         self._fired_through = through
@@ -839,8 +830,8 @@ class PackageTracker:
         """Drop packages silent for longer than the TTL (abandoned, lost for good)."""
         self._next_sweep = wm + 86400
         cutoff = wm - self.ttl_seconds
-        rec = self._rec
-        stale = [v & _SLOT for v in self._index.values() if rec[(v & _SLOT) * _WORDS] < cutoff]
+        last = self._last_ts
+        stale = [v & _SLOT for v in self._index.values() if last[v & _SLOT] < cutoff]
         for slot in stale:
             self.stats.expired += 1
             self._forget(slot)
@@ -916,13 +907,12 @@ class PackageTracker:
     # -- alerts ----------------------------------------------------------------------------
     def _alert(self, slot: int, kind: str, at: int, ev: ScanEvent | None) -> dict[str, Any]:
         pid = _unpack_id(self._ids[slot])
-        r = slot * _WORDS
-        last_ts, _, promised, where, state = self._rec[r:r + _WORDS]
-        code_no = (where >> _CODE_SHIFT) & _CODE
-        code = self._codes[code_no]
-        fac = None if state & _TRANSIT else self._facilities[where & _FAC]
-        service = _SERVICES[where >> _SVC_SHIFT]
-        episode = state >> _EP_SHIFT
+        code = self._codes[self._code[slot]]
+        fac = None if self._flags[slot] & _TRANSIT else self._facilities[self._fac[slot]]
+        service = _SERVICES[self._svc[slot]]
+        last_ts = self._last_ts[slot]
+        promised = self._promised[slot]
+        episode = int(self._episode[slot])
         silence = at - last_ts
         x = {"facility": fac, "code": code, "service": service, "last_ts": last_ts}
         found = self.detector.threshold(x)
@@ -938,7 +928,7 @@ class PackageTracker:
                 x | {"silence": silence, "promised_by_ts": promised if promised >= 0 else None})
             silences = self._overdue.setdefault(slot, [])
             if not silences or silences[-1][1] != last_ts:  # a new silence (not its stall)
-                silences.append([code_no, last_ts, -1])
+                silences.append([int(self._code[slot]), last_ts, -1])
         name = self.names.get(fac or "", fac or "in transit")
         if delay:
             evidence = (f"No scan for {silence / 3600:.0f} h at {name} (last scan: "
@@ -981,13 +971,12 @@ class PackageTracker:
         record if it sat there ``hold_factor`` x its stage's usual silence or longer and the
         usual estimate from the new scan misses its promise with probability ``late_move_p``
         or more (see the class docstring); else None."""
-        r = slot * _WORDS
-        last_ts = self._rec[r + _LAST]
+        last_ts = self._last_ts[slot]
         found = self.detector.threshold(
             {"facility": fac, "code": code, "service": service, "last_ts": last_ts})
         if found is None or ts - last_ts < self.hold_factor * found[1]:
             return None
-        promised = self._rec[r + _PROMISED]
+        promised = self._promised[slot]
         # the decision from the stage's whole-day distribution: with the time of day's
         # (DeliveryEstimator.phase_hours) the national replay told 1,350 fewer late packages
         # for 390 fewer false ones (bench/RESULTS.md, "Delivery estimates by time of day")
@@ -997,7 +986,7 @@ class PackageTracker:
         if p_late is None or p_late < self.late_move_p:  # type: ignore[operator]
             return None
         self.stats.late_moves += 1
-        self._rec[r + _STATE] += _EPISODE  # its own episode: a later stall is another one
+        self._episode[slot] += 1  # its own episode: a later stall is another one
         record = self._alert(slot, "moved_late", ts, ev)
         record["p_late"] = round(float(p_late), 3)
         # decided once every shard has passed the move and its facility windows are closed:
@@ -1010,19 +999,19 @@ class PackageTracker:
         package it may have told about is moving, and when it should now arrive (~8 us: the
         usual estimate from the new scan; watched packages are a few in a hundred)."""
         pid = _unpack_id(self._ids[slot])
-        last_ts, _, _, where, state = self._rec[slot * _WORDS:(slot + 1) * _WORDS]
-        episode = state >> _EP_SHIFT
+        episode = int(self._episode[slot])
         eta = None
         if ev is not None and self.estimator is not None:
-            eta = self._eta_from(ev, _SERVICES[where >> _SVC_SHIFT])
+            eta = self._eta_from(ev, _SERVICES[self._svc[slot]])
         return {
             "alert_key": f"{pid}:moved:{episode}",
             "kind": "moved",
             "package_id": pid,
             "episode": episode,
             "alert_time": _iso(ts),
-            "facility_id": None if state & _TRANSIT else self._facilities[where & _FAC],
-            "last_scan_time": _iso(last_ts),
+            "facility_id": None if self._flags[slot] & _TRANSIT
+            else self._facilities[self._fac[slot]],
+            "last_scan_time": _iso(self._last_ts[slot]),
             "new_estimate": _iso(eta),
             "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
             "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made
@@ -1058,11 +1047,11 @@ class PackageTracker:
                 history[slot] = data[pos:pos + n]
                 pos += n
             state["_history"] = history
-        if layout < 4:
-            _to_record(state)
-        rec = state["_rec"]
-        for slot in state["_history"]:  # (snapshots from before _KEPT have no such flag)
-            rec[slot * _WORDS + _STATE] |= _KEPT
+        flags = state["_flags"]
+        if flags.typecode != "h":  # before _KEPT: 8-bit flags
+            flags = state["_flags"] = array("h", flags)
+        for slot in state["_history"]:
+            flags[slot] |= _KEPT
         state.setdefault("_overdue", {})  # snapshots from before the overdue estimates
         state.setdefault("_eta_warm", 0)
         state.setdefault("hold_early", False)  # snapshots from before the early watches
@@ -1070,7 +1059,7 @@ class PackageTracker:
         state.setdefault("late_move_p", None)  # snapshots from before the late moves
         state.setdefault("_delayed_until", {})
         state.setdefault("tell_horizon", None)  # snapshots from before the tell horizon
-        ids: list[int | str | None] = [None] * (len(state["_rec"]) // _WORDS)
+        ids: list[int | str | None] = [None] * len(state["_last_ts"])
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)
         state["_ids"] = ids
@@ -1117,24 +1106,6 @@ def _upgrade(state: dict[str, Any]) -> None:
     state["_history"] = history
 
 
-def _to_record(state: dict[str, Any]) -> None:
-    """A snapshot's columns (layouts 1-3, a column a field) to the package record."""
-    n = len(state["_last_ts"])
-    rec = np.zeros((n, _WORDS), np.int64)
-
-    def column(name: str) -> np.ndarray:
-        values = state.pop(name, None)  # (no _pgap before facility statistics: empty)
-        return np.asarray(values, np.int64) if values else np.zeros(n, np.int64)
-
-    for word, name in ((_LAST, "_last_ts"), (_DEADLINE, "_deadline"), (_PROMISED, "_promised")):
-        rec[:, word] = column(name)
-    rec[:, _WHERE] = (column("_fac") | column("_code") << _CODE_SHIFT
-                      | column("_svc") << _SVC_SHIFT)
-    rec[:, _STATE] = (column("_flags") | column("_pgap") << _PGAP_SHIFT
-                      | column("_episode") << _EP_SHIFT)
-    state["_rec"] = array("q", rec.tobytes())
-
-
 CODE_TEXT = {
     "GX": "label created", "03": "accepted", "SF": "departed post office",
     "10": "arrived at origin facility", "A1": "arrived at facility", "T1": "departed facility",
@@ -1153,9 +1124,7 @@ CODE_TEXT = {
 _SLOT_BITS = 32
 _SLOT = (1 << _SLOT_BITS) - 1
 _REF_SHIFT = _SLOT_BITS
-# pickled: 1 = str ids and refs, list histories; 2 = packed; 3 = finished memory;
-# 4 = one record a package instead of a column a field
-_LAYOUT = 4
+_LAYOUT = 3  # pickled: 1 = str ids and refs, list histories; 2 = packed; 3 = finished memory
 
 # Finished packages: a 56-bit fingerprint of the id, stored frozen as fingerprint << 8 | tag
 # (the generation number mod 256). For an int id: its remainder by a prime picked at random

@@ -80,24 +80,6 @@ def learning_tracker() -> PackageTracker:
                           ttl_seconds=4 * DAY)
 
 
-def as_columns(state: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot as layout 3 wrote it (a column a field), made from the package record by
-    the widths its docs give: last scan, deadline, promise; facility (32 bits) | code (16) |
-    service; flags (16) | minutes in transit (16) | episode."""
-    state = dict(state, _layout=3)
-    rec = state.pop("_rec")
-    last, deadline, promised, where, word = (rec[i::5] for i in range(5))
-    state.update(
-        _last_ts=array("q", last), _deadline=array("q", deadline),
-        _promised=array("q", promised), _fac=array("i", (w & 0xFFFFFFFF for w in where)),
-        _code=array("h", (w >> 32 & 0xFFFF for w in where)),
-        _svc=array("b", (w >> 48 for w in where)),
-        _flags=array("h", (w & 0xFFFF for w in word)),
-        _pgap=array("H", (w >> 16 & 0xFFFF for w in word)),
-        _episode=array("h", (w >> 32 for w in word)))
-    return state
-
-
 def run_chunks(tracker: PackageTracker, events: list[ScanEvent],
                sizes: list[int]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -148,47 +130,15 @@ def test_a_snapshot_with_8_bit_flags_loads_and_keeps_the_sampled_histories(
     n = len(stream) // 2
     original = learning_tracker()
     original.process_batch(stream[:n])
-    state = as_columns(pickle.loads(pickle.dumps(original.__getstate__())))
+    state = pickle.loads(pickle.dumps(original.__getstate__()))  # (a copy: nothing shared)
+    assert state["_flags"].typecode == "h"
     state["_flags"] = array("b", [f & ~_KEPT for f in state["_flags"]])
     old = PackageTracker.__new__(PackageTracker)
     old.__setstate__(state)
-    kept = {slot for slot in range(len(old._ids)) if old._rec[slot * 5 + 4] & _KEPT}
+    kept = {slot for slot, f in enumerate(old._flags) if f & _KEPT}
     assert kept == set(old._history) and len(kept) > 100
     assert old.process_batch(stream[n:]) == original.process_batch(stream[n:])
     assert old._history == original._history  # every kept history grew, no other
-
-
-def test_a_snapshot_of_columns_continues_like_the_original(stream: list[ScanEvent]) -> None:
-    """Layout 3 kept a column a field; such a snapshot, taken with watches, stalls, put-off
-    silences and packages in transit under way, loads into the package record and goes on
-    as the original does: the same alerts and the same facility windows (whose dwell of a
-    package that left in transit comes from its minutes in transit)."""
-    from detectors.facility import FacilityStats
-
-    def flow_like() -> PackageTracker:
-        return PackageTracker(
-            StallDetector(min_samples=50), DeliveryEstimator(min_samples=10),
-            allowed_lateness=6 * H, bucket_seconds=900, eta_sample_every=4,
-            ttl_seconds=4 * DAY, facility_stats=FacilityStats(900, facilities="auto"),
-            watch_fraction=0.85, tell_horizon=DAY, late_move_p=0.5)
-
-    n = len(stream) // 2
-    original = flow_like()
-    original.process_batch(stream[:n])
-    original.take_windows()
-    state = pickle.loads(pickle.dumps(original.__getstate__()))
-    words = state["_rec"][4::5]
-    assert sum(1 for w in words if w & 4) > 10  # in transit (minutes kept) ...
-    assert sum(1 for w in words if w >> 32) > 10  # ... and told of, at the cut
-    old = PackageTracker.__new__(PackageTracker)
-    old.__setstate__(as_columns(state))
-    assert old._rec == original._rec
-    want = original.process_batch(stream[n:])
-    assert {"watch", "stall", "back_on_track", "moved"} <= {a["kind"] for a in want}
-    assert old.process_batch(stream[n:]) == want
-    windows = original.take_windows()
-    assert windows and old.take_windows() == windows
-    assert asdict(old.stats) == asdict(original.stats)
 
 
 def test_restored_from_a_snapshot_at_every_batch(stream: list[ScanEvent]) -> None:
@@ -379,7 +329,7 @@ def test_a_snapshot_without_the_finished_memory_still_loads() -> None:
     tracker = finishing_tracker()
     tracker.process(header("P1", T0))
     deliver(tracker, "P2", T0)
-    state = as_columns(tracker.__getstate__())
+    state = tracker.__getstate__()
     for name in ("_recent", "_frozen", "_generation", "_finished_keep",
                  "finished_retention_seconds", "finished_generation_seconds"):
         del state[name]
