@@ -7,7 +7,9 @@ The tracker keeps each package in eight ``array.array`` columns found through on
 access pattern for random packages against the same with one 4-word record per package
 (``array('q')``, slot * 4), and against reading one slot only (cache-hot: the Python cost
 without the misses), per event, in CPU time. The difference is what a record layout could
-save; results go to bench/RESULTS.md by hand.
+save here; in the flow it saved nothing (the record was tried and measured over the whole
+national replay: bench/RESULTS.md, "The per-package record: measured in the flow, not
+kept"). Results go to bench/RESULTS.md by hand.
 """
 
 from __future__ import annotations
