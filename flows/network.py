@@ -41,7 +41,7 @@ incident comes out first, the stall is folded into it, and the customer's messag
 ...             "status": "open", "opened_at": "2026-10-01T03:00:00+00:00",
 ...             "resolved_at": None, "facilities": "P1",
 ...             "evidence": "P1 is holding 80 packages that usually leave by now."}
->>> desk.add("0", Progress(watermark=1790884800, closed_through=1790888400,  # 20:00, 21:00
+>>> desk.add("0", Progress(watermark=1790885700, closed_through=1790888400,  # 20:15, 21:00
 ...                        windows=[], incidents=[(1790823600, [incident])]))  # 03:00
 >>> [(tag, record["kind"]) for tag, record in desk.step()]
 [('incident', 'facility_slowdown'), ('alert', 'incident_delay')]
@@ -183,8 +183,10 @@ class NetworkDesk:
         at watermark ``R`` (stall, watch, moved, back on track), which must see exactly the
         incidents of the windows ending by ``R + grace``. Records come from each shard in
         watermark order, so once the lowest shard watermark ``wm`` has passed ``R`` no earlier
-        record can come. Steps are taken in order of ``E`` and ``R + grace`` (windows first on
-        ties), so the outcome does not depend on how batches or shards interleave: a replay
+        record can come (a shard that reported ``wm`` may still make records at ``wm``, in its
+        next batch: records made at ``wm`` wait, else ties would be decided in an order that
+        depends on the batches). Steps are taken in order of ``E`` and ``R + grace`` (windows
+        first on ties), so the outcome does not depend on how batches or shards interleave: a replay
         gives the same alerts, incidents and messages as live processing.
         """
         if len(self._progress) < self.shards:
@@ -214,7 +216,7 @@ class NetworkDesk:
         out: list[Out] = self._facility_rows([])  # a single shard's, as they came
         held, windows, ready = self._held, self._windows, self._ready
         while True:
-            record_at = held[0][0] + grace if held and held[0][0] <= wm else _END
+            record_at = held[0][0] + grace if held and held[0][0] < wm else _END
             if record_at > closed:
                 record_at = _END
             window_at = min(windows) if windows else _END
