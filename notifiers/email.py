@@ -207,8 +207,11 @@ class SmtpSender:
         finally:
             smtp.close()
 
-    async def send(self, message: EmailMessage, /, *, timeout: float = 30.0) -> DeliveryReport:
-        """Send ``message`` to the addresses in its To header.
+    async def send(
+        self, message: EmailMessage, /, *, timeout: float | None = None
+    ) -> DeliveryReport:
+        """Send ``message`` to the addresses in its To header (``timeout``: seconds per SMTP
+        command; None: the sender's ``timeout``).
 
         Returns a :class:`DeliveryReport` (with per-recipient refusals if only some were
         refused). Raises :class:`TransientDeliveryError` (4xx; a lost connection counts as 451;
@@ -223,6 +226,8 @@ class SmtpSender:
             raise ValueError(f"send {key}: message needs From and To headers")
         sender = from_header.addresses[0].addr_spec
         recipients = [a.addr_spec for a in to_header.addresses]
+        if timeout is None:
+            timeout = self.timeout
         await self.connect(timeout=timeout)
         assert self._smtp is not None
         try:
@@ -343,7 +348,7 @@ async def drain(
     backoff_max: float = 3600.0,
     quiet_hours: QuietHours | None = DEFAULT_QUIET_HOURS,
     relay_retry: float | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     lease: float = 300.0,
     metrics: NotifierMetrics | None = None,
     unusable: Container[str] = (),
@@ -365,7 +370,9 @@ async def drain(
     in ``unusable`` (their row in the customer table is bad: ``load_customers(bad=...)``),
     and with ``hold_unknown`` those to customers missing from the table (a row that lost its
     recipient_ref is someone's), go back to pending for ``backoff_base`` seconds without an
-    attempt: they go once the table is mended, and everyone else's go now.
+    attempt: they go once the table is mended, and everyone else's go now. A message that
+    cannot be built (an edited template that fails) fails its row with 554, and the rest go.
+    ``timeout``: seconds per SMTP command; None: the sender's own (``smtp.timeout_seconds``).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -452,7 +459,7 @@ async def _deliver(
     backoff_base: float,
     backoff_max: float,
     quiet_hours: QuietHours | None,
-    timeout: float,
+    timeout: float | None,
     metrics: NotifierMetrics | None,
     report: DrainReport,
     suppressed_now: set[str],

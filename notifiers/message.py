@@ -665,13 +665,22 @@ class MessageComposer:
             )
         ctx = self.context(alert, customer)
         stem = f"{kind}.{ctx['locale']}"
-        subject = self._env.get_template(f"{stem}.subject.txt").render(ctx)
-        ctx["subject"] = clean_text(subject, max_len=_MAX_SUBJECT)
-        return RenderedMessage(
-            subject=ctx["subject"],
-            text=self._env.get_template(f"{stem}.txt").render(ctx),
-            html=self._env.get_template(f"{stem}.html").render(ctx),
-        )
+        name = f"{stem}.subject.txt"
+        try:
+            subject = self._env.get_template(name).render(ctx)
+            ctx["subject"] = clean_text(subject, max_len=_MAX_SUBJECT)
+            name = f"{stem}.txt"
+            text = self._env.get_template(name).render(ctx)
+            name = f"{stem}.html"
+            html = self._env.get_template(name).render(ctx)
+        except jinja2.TemplateError as exc:
+            # an edited template (template_dir): the row fails, the queue goes on. The
+            # error's own text can quote the context (the customer's data): not shown
+            line = getattr(exc, "lineno", None)
+            raise MessageBuildError(
+                f"template {name}{'' if line is None else f' line {line}'}: "
+                f"{type(exc).__name__}", alert_key=str(alert.get("alert_key"))) from None
+        return RenderedMessage(subject=ctx["subject"], text=text, html=html)
 
     def build(
         self, alert: Mapping[str, Any], customer: Customer, /, *, when: datetime

@@ -25,6 +25,7 @@ from notifiers.errors import (
     ConnectFailedError,
     ConnectTimeoutError,
     DeliveryTimeoutError,
+    MessageBuildError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
@@ -481,3 +482,52 @@ def test_smtpd_cli_rejects_bad_rules(tmp_path: Path) -> None:
         capture_output=True, timeout=30, env={**os.environ},
     )  # fmt: skip
     assert proc.returncode == 2 and b"bad failure rule" in proc.stderr
+
+
+async def test_the_senders_timeout_holds_when_drain_is_given_none(
+    outbox: Outbox, composer: MessageComposer, clock: Clock
+) -> None:
+    """``smtp.timeout_seconds`` reaches the sender; drain used to send with its own 30 s
+    default whatever the sender's (a relay that stops answering held a run 30 s a row)."""
+    customers = setup_alerts(outbox, 1)
+    async with silent_server(greet=True) as port:
+        report = await asyncio.wait_for(drain(
+            outbox, customers, SmtpSender("127.0.0.1", port, local_hostname="t", timeout=0.3),
+            composer=composer, now_fn=clock, quiet_hours=None,
+        ), timeout=15)  # the 30 s default would hit this first  # fmt: skip
+    assert report.retried == 1 and report.sent == 0
+    [row] = outbox.rows()
+    assert (row.status, row.attempts, row.last_error_code) == ("pending", 1, 451)
+
+
+async def test_a_template_that_fails_fails_its_row_and_the_queue_goes_on(
+    outbox: Outbox, smtp_server, maildir: Path, clock: Clock, tmp_path: Path,
+) -> None:  # fmt: skip
+    """An edited template (``template_dir``) that names a field the context lacks: the
+    Spanish customer's row fails with 554 and a reason that quotes no customer data; the
+    others' messages go. (The Jinja error used to escape drain: every run stopped there.)"""
+    import shutil
+
+    from notifiers.message import TEMPLATE_DIR
+
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATE_DIR, templates)
+    spanish = templates / "stall.es.txt"
+    spanish.write_text(spanish.read_text(encoding="utf-8").replace(
+        "{{ silence }}", "{{ silence_text }}"), encoding="utf-8")
+    edited = MessageComposer(from_address=FROM, unsubscribe_url=UNSUBSCRIBE_URL,
+                             unsubscribe_secret=SECRET, template_dir=templates)
+    customers = {c.recipient_ref: c for c in (
+        customer(i, locale="es" if i == 1 else "en") for i in range(4))}
+    outbox.enqueue_many([(make_alert(f"PKG-{i}"), f"r-{i:04d}") for i in range(4)], now=T0)
+    server = smtp_server()
+    report = await drain(outbox, customers, sender_for(server), composer=edited,
+                         now_fn=clock, quiet_hours=None)
+    assert (report.sent, report.failed_permanent) == (3, 1)
+    assert count_by_alert_key(maildir) == {f"PKG-{i}:stall:1": 1 for i in (0, 2, 3)}
+    failed = {r.alert_key: (r.status, r.last_error_code) for r in outbox.rows()
+              if r.status != "sent"}
+    assert failed == {"PKG-1:stall:1": ("failed_permanent", 554)}
+    with pytest.raises(MessageBuildError) as info:
+        edited.render(make_alert("PKG-1"), customers["r-0001"])
+    assert "stall.es.txt" in str(info.value) and "Number1" not in str(info.value)
