@@ -22,7 +22,10 @@ the records of :class:`detectors.incidents.IncidentManager`) and decides, for ea
 facilities it lists; for ``lane_delay``, the lane's origin when the package's last scan there
 was a departure, since a package does not say which lane it left on; a slowdown or a stop holds
 only the packages still inside: not those whose last scan there was a departure), and it was
-open at some time between the package's last scan and ``alert_time + grace``. The decision
+open at some time between the package's last scan and ``alert_time + grace`` (at a facility
+that weather spread to later, from then on). When several did, one still open at the alert
+explains the silence before one that had resolved, then a delay kind before a feed outage,
+then the one that was there first. The decision
 depends only on the incident records with ``opened_at`` up to ``alert_time + grace`` (event
 time): a caller that has fed every record of the windows ending by then gets the same answer
 in a replay as live, whatever the order in which shards delivered their alerts.
@@ -51,7 +54,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from detectors.events import DEPARTURE_CODES
@@ -76,6 +79,18 @@ class _Interval:
     lane_to: str | None
     affected: int
     names: frozenset[str]  # facilities it covers
+    # facilities a later record added (weather spreading), from the time it added them:
+    # before that the incident did not hold packages there
+    added: dict[str, int] = field(default_factory=dict)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # pickled as (None, {slot: value}); a snapshot from before ``added`` lacks it
+        values = state[1]
+        for f in fields(self):
+            value = values.get(f.name, MISSING)
+            if value is MISSING:
+                value = f.default_factory()  # type: ignore[misc]
+            object.__setattr__(self, f.name, value)
 
 
 class IncidentFolder:
@@ -101,8 +116,10 @@ class IncidentFolder:
         self.kept = 0
 
     # -- incidents -------------------------------------------------------------------------
-    def observe(self, record: dict[str, Any]) -> None:
-        """Apply one incident record (``open`` / ``update`` / ``resolved``)."""
+    def observe(self, record: dict[str, Any], at: int | None = None) -> None:
+        """Apply one incident record (``open`` / ``update`` / ``resolved``); ``at``: its
+        event time (the window end it came with), from which facilities it adds to an open
+        incident are covered (None: from the incident's opening)."""
         key = record.get("incident_key")
         kind = record.get("kind")
         if not key or not kind:
@@ -132,6 +149,8 @@ class IncidentFolder:
                 head.kind = "feed_outage"
         for name in sorted(names - head.names):
             self._by_facility.setdefault(name, []).append(head)
+            if head.names and at is not None and at > head.opened:
+                head.added[name] = at
         head.names = head.names | names
 
     @staticmethod
@@ -175,8 +194,12 @@ class IncidentFolder:
 
     # -- alerts ----------------------------------------------------------------------------
     def covering(self, alert: dict[str, Any]) -> _Interval | None:
-        """The incident that covers a stall alert (delay kinds before feed outages)."""
-        intervals = self._by_facility.get(str(alert.get("facility_id") or ""))
+        """The incident that covers a stall alert: of those that covered the silence, one
+        still open at ``alert_time`` first (one that resolved hours before does not explain
+        a silence that goes on: an open feed outage there does), then delay kinds before
+        feed outages, then the one that covered the facility first."""
+        name = str(alert.get("facility_id") or "")
+        intervals = self._by_facility.get(name)
         if not intervals:
             return None
         at = _ts(alert.get("alert_time"))
@@ -188,15 +211,16 @@ class IncidentFolder:
         since = at if since is None else since
         departed = alert.get("last_event_code") in _DEPARTED
         best: _Interval | None = None
+        best_rank = (False, False, 0)
         for i in intervals:
-            if i.opened > until or i.resolved < since:
+            start = i.added.get(name, i.opened) if i.added else i.opened
+            if start > until or i.resolved < since:
                 continue
             if departed != i.lane and i.kind != "weather":
                 continue  # a lane holds departed packages; a plant, those still inside
-            if best is None or (best.kind not in DELAY_KINDS and i.kind in DELAY_KINDS) or (
-                (best.kind in DELAY_KINDS) == (i.kind in DELAY_KINDS) and i.opened < best.opened
-            ):
-                best = i
+            rank = (i.resolved >= at, i.kind in DELAY_KINDS, -start)
+            if best is None or rank > best_rank:
+                best, best_rank = i, rank
         return best
 
     def decide(self, alert: dict[str, Any]) -> tuple[str, dict[str, Any]]:

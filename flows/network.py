@@ -313,7 +313,11 @@ class NetworkDesk:
             self._unwatch(alert)
             if told == "fold":
                 return []  # already told, by the incident that holds it
+        original = alert
         decision, alert = folder.decide(alert)
+        if decision == "fold" and grouper.told_of(alert):
+            # it heard of this incident and of its end already: this silence is its own
+            decision, alert = "keep", original
         if alert["kind"] == "watch":  # not explained (yet): remember it, tell nobody
             if decision == "keep":
                 self.watching.setdefault(alert["facility_id"] or "", {})[pid] = alert
@@ -356,7 +360,7 @@ class NetworkDesk:
         m = self.metrics
         out: list[Out] = []
         for record in records:
-            self.folder.observe(record)
+            self.folder.observe(record, self.now)
             out.append(("incident", record))
             if record.get("reclassified_as") == "feed_outage":
                 # it was the feed: messages still held for it go to nobody

@@ -28,7 +28,9 @@ the messages that go to the outbox:
 So a customer hit by an incident gets at most two messages for it: the delay and the
 all-clear; unless another of their packages is folded into the same incident after that
 group closed, which opens a follow-up group (keys end ``:2``, ``:3``; a repeated key would be
-dropped by the outbox, unsent).
+dropped by the outbox, unsent). A package that was in a closed group is not told of that
+incident again (:meth:`MessageGrouper.told_of`; the network step keeps a new silence of it
+as its own stall).
 
 Message keys are deterministic (the outbox's unique key): a stall message keeps its alert key;
 an incident message is ``"{incident_key}:{customer}:incident_delay"`` and its all-clear
@@ -146,7 +148,9 @@ class MessageGrouper:
         # group key -> (messages about it so far, when the last closed): a package of the
         # same customer and incident folded after its group closed gets a new group, whose
         # message keys carry ":2", ":3" (the outbox would drop a repeated key unsent)
-        self._closed: dict[str, tuple[int, int]] = {}
+        # (and the packages those messages told: a package already told of the incident and
+        # of its end is not told of it again, see told_of)
+        self._closed: dict[str, tuple[int, int, frozenset[str]]] = {}
         self._opened = 0  # groups opened so far (their ``seq``)
         # What :meth:`advance` looks at, derived from the groups (not in snapshots):
         # (hold ends, seq, key) of groups not sent yet; (retention ends, seq, key) of sent
@@ -201,6 +205,17 @@ class MessageGrouper:
         ref = alert.get("recipient_ref")
         return bool(ref) and (
             f"{alert.get('incident_key')}:{customer_digest(str(ref))}" in self._closed)
+
+    def told_of(self, alert: dict[str, Any]) -> bool:
+        """This ``incident_delay`` alert's package was in a message about its incident whose
+        group has closed (all-clear sent, within ``retention_seconds``): its new silence is
+        its own, not the incident's news again."""
+        ref = alert.get("recipient_ref")
+        if not ref:
+            return False
+        closed = self._closed.get(f"{alert.get('incident_key')}:{customer_digest(str(ref))}")
+        return closed is not None and len(closed) > 2 \
+            and str(alert.get("package_id")) in closed[2]  # type: ignore[misc]
 
     def add(self, alert: dict[str, Any], decision: str = "keep") -> list[dict[str, Any]]:
         """One package alert and the folder's decision for it; returns messages due at once.
@@ -327,17 +342,22 @@ class MessageGrouper:
         cutoff = now - retention
         for ordered in (self._closed, self._episodes):  # insertion order is time order
             while ordered:
-                key, (_, at) = next(iter(ordered.items()))
-                if at >= cutoff:
+                key, value = next(iter(ordered.items()))
+                if value[1] >= cutoff:
                     break
                 del ordered[key]
         due.sort(key=itemgetter(0))
         return [message for _, message in due]
 
     def _close(self, key: str, now: int) -> None:
-        self._disarm(key, self._groups.pop(key))
-        groups = self._closed.pop(key, (0, 0))[0]  # closed before this one
-        self._closed[key] = (groups + 1, now)  # at the end: the dict stays in time order
+        group = self._groups.pop(key)
+        self._disarm(key, group)
+        before = self._closed.pop(key, (0, 0))  # closed before this one
+        told = frozenset(str(a.get("package_id")) for a in group.alerts)
+        if len(before) > 2:  # (snapshots from before kept no packages)
+            told |= before[2]  # type: ignore[misc]
+        # at the end: the dict stays in time order
+        self._closed[key] = (before[0] + 1, now, told)
 
     def _queue(self, key: str, group: _Group) -> None:
         """Put a group where :meth:`advance` will find it when something is due."""

@@ -99,6 +99,62 @@ def test_weather_covers_every_facility_it_lists_including_ones_added_later() -> 
     assert folder.decide(stall(facility="P9"))[1]["incident_key"] == "W"
 
 
+def epoch(hours: float) -> int:
+    return int((T0 + timedelta(hours=hours)).timestamp())
+
+
+def test_a_facility_weather_adds_later_is_covered_from_then() -> None:
+    """Weather over P2 and P3 from 08:00 spreads to P1 at 12:00; a slowdown opened at P1
+    at 10:00. A package at P1 since 02:00 was held by the slowdown, not by weather that was
+    not there yet; one silent at P1 only from 11:00 to 11:30 was held by neither."""
+    folder = IncidentFolder(grace_seconds=3600)
+    folder.observe(record("weather", "open", 8, facility="P2", facilities="P2 P3", key="W"),
+                   epoch(8))
+    folder.observe(record("facility_slowdown", "open", 10, key="S"), epoch(10))
+    folder.observe(record("weather", "update", 8, facility="P2", facilities="P1 P2 P3",
+                          key="W"), epoch(12))
+    for at in (10.5, 12.5, 30):
+        assert folder.decide(stall(last=2, at=at))[1]["incident_key"] == "S"
+    folder.observe(record("facility_slowdown", "resolved", 10, 11, key="S"), epoch(11))
+    assert folder.decide(stall(last=2, at=10.5))[1]["incident_key"] == "S"
+    assert folder.decide(stall(last=13, at=30))[1]["incident_key"] == "W"  # after it came
+    again = pickle.loads(pickle.dumps(folder))  # the facilities' start is kept
+    assert again.decide(stall(last=13, at=30)) == folder.decide(stall(last=13, at=30))
+    # without a time (a notebook feeding records alone): covered from the opening, as before
+    plain = IncidentFolder()
+    plain.observe(record("weather", "open", 8, facility="P2", facilities="P2", key="W"))
+    plain.observe(record("weather", "update", 8, facility="P2", facilities="P1 P2", key="W"))
+    assert plain.decide(stall(last=9, at=9.5))[1]["incident_key"] == "W"
+
+
+def test_an_incident_still_open_explains_a_silence_before_one_that_resolved() -> None:
+    """A stop at P1 from 01:00 to 05:00; a package scanned there at 04:45 is still silent at
+    18:00, while P1's feed has been out since 08:00: the feed outage explains it (nobody is
+    told), not the stop that cleared 13 h before. With two delay incidents, the open one."""
+    folder = IncidentFolder(grace_seconds=3600)
+    folder.observe(record("facility_stop", "open", 1, key="STOP"))
+    folder.observe(record("facility_stop", "resolved", 1, 5, key="STOP"))
+    folder.observe(record("feed_outage", "open", 8, key="FEED"))
+    assert folder.decide(stall(last=4.75, at=18))[0] == "suppress"
+    assert folder.decide(stall(last=4.75, at=5.5))[1]["incident_key"] == "STOP"  # not out yet
+    folder.observe(record("facility_slowdown", "open", 11, key="SLOW"))
+    assert folder.decide(stall(last=4.75, at=18))[1]["incident_key"] == "SLOW"
+    folder.observe(record("feed_outage", "resolved", 8, 9, key="FEED"))
+    folder.observe(record("facility_slowdown", "resolved", 11, 12, key="SLOW"))
+    # none open at the alert: delay kinds first, then the one that covered P1 first
+    assert folder.decide(stall(last=4.75, at=18))[1]["incident_key"] == "STOP"
+
+
+def test_an_old_snapshot_of_the_folder_still_loads() -> None:
+    folder = IncidentFolder()
+    folder.observe(record("facility_slowdown", "open", 5))
+    [interval] = folder._by_key.values()
+    slots = {name: getattr(interval, name) for name in interval.__slots__ if name != "added"}
+    old = type(interval).__new__(type(interval))
+    old.__setstate__((None, slots))  # as pickled before ``added``
+    assert old.added == {} and old.key == interval.key
+
+
 def test_a_lane_delay_covers_only_packages_that_departed_on_it() -> None:
     folder = IncidentFolder()
     folder.observe(record("lane_delay", "open", 1, facility="P1", lane_to="N2"))

@@ -19,7 +19,7 @@ import flows.network
 from detectors.folding import IncidentFolder
 from flows.metrics import FlowMetrics, make_flow_metrics
 from flows.network import NetworkDesk, Out, Progress
-from notifiers.grouping import MessageGrouper
+from notifiers.grouping import MessageGrouper, customer_digest
 
 H = 3600
 T0 = 1_790_000_000 - 1_790_000_000 % H  # on the hour
@@ -244,6 +244,37 @@ def test_records_made_at_a_reported_watermark_wait_for_the_next() -> None:
     assert split == together
     assert [(kind, packages) for tag, kind, packages in together if tag == "message"] == [
         ("incident_delay", ["a"]), ("incident_delay", ["z"])]
+
+
+def test_a_package_told_of_an_incident_and_its_end_is_not_told_of_it_again() -> None:
+    """Weather over P1 and P2; package A is held at P1, told, moves on to P2 and gets its
+    all-clear; it then sits at P2 (since before the weather resolved) and stalls 28 h after
+    it resolved: its own stall, not the weather's news again (it made four messages)."""
+    weather = incident("weather", "P1", T0 + 2 * H) | {"facilities": "P1 P2"}
+    resolved = weather | {"status": "resolved", "resolved_at": iso(T0 + 8 * H)}
+
+    def rec(kind: str, at: int, facility: str, last: int, episode: int) -> dict[str, Any]:
+        return record("A", at, kind=kind, facility=facility, ref="C1") | {
+            "alert_key": f"A:{kind}:{episode}", "episode": episode,
+            "last_scan_time": iso(last), "watermark": at}
+
+    desk = new_desk()
+    out = feed(desk, [
+        [("0", rec("stall", T0 + 4 * H, "P1", T0, 1)),
+         ("0", progress(T0 + 5 * H, T0 + 5 * H, [(T0 + 2 * H, [weather])]))],
+        [("0", rec("back_on_track", T0 + 6 * H, "P1", T0, 1)),
+         ("0", progress(T0 + 7 * H, T0 + 7 * H))],
+        [("0", progress(T0 + 12 * H, T0 + 12 * H, [(T0 + 8 * H, [resolved])]))],
+        [("0", rec("stall", T0 + 36 * H, "P2", T0 + 6 * H + 1800, 2)),
+         ("0", progress(T0 + 37 * H, T0 + 38 * H))],
+        [("0", rec("back_on_track", T0 + 40 * H, "P2", T0 + 6 * H + 1800, 2)),
+         ("0", progress(T0 + 41 * H, T0 + 42 * H))]])
+    out += desk.finish()
+    told = [(r["kind"], r["alert_key"]) for tag, r in out if tag == "message"]
+    group = f"{weather['incident_key']}:{customer_digest('C1')}"
+    assert told == [("incident_delay", f"{group}:incident_delay"),
+                    ("back_on_track", f"{group}:back_on_track"),
+                    ("stall", "A:stall:2"), ("back_on_track", "A:back_on_track:2")]
 
 
 def _scenario() -> list[list[tuple[str, Any]]]:

@@ -176,6 +176,35 @@ def test_a_package_folded_after_its_group_closed_gets_a_follow_up_not_a_lost_mes
     assert pickle.loads(pickle.dumps(restored)).advance(ts(23)) == []
 
 
+def test_a_closed_group_remembers_the_packages_it_told() -> None:
+    """``told_of``: the packages of a closed group (message and all-clear sent) heard of
+    the incident; another package of the customer did not, nor does anyone before the group
+    closes. A snapshot from before kept (count, time) only: nobody counts as told."""
+    g = MessageGrouper(hold_seconds=2 * H)
+    g.add(alert("A", "incident_delay", 10), "fold")
+    g.advance(ts(12))
+    assert not g.told_of(alert("A", "incident_delay", 12.5))  # told, not closed yet
+    g.add(alert("A", "back_on_track", 13))
+    g.advance(ts(14), resolved_at=lambda key: ts(13.5))
+    assert g.told_of(alert("A", "incident_delay", 20))
+    assert not g.told_of(alert("B", "incident_delay", 20))
+    assert not g.told_of(alert("A", "incident_delay", 20, incident="OTHER"))
+    assert not g.told_of(alert("A", "incident_delay", 20, ref="C2"))
+    g.add(alert("B", "incident_delay", 20), "fold")  # a follow-up group; then closed too
+    g.advance(ts(22), resolved_at=lambda key: ts(13.5))
+    g.add(alert("B", "back_on_track", 23))
+    g.advance(ts(24), resolved_at=lambda key: ts(13.5))
+    assert g.told_of(alert("A", "incident_delay", 30)) and g.told_of(
+        alert("B", "incident_delay", 30))  # both groups' packages, under one key
+    restored = pickle.loads(pickle.dumps(g))
+    assert restored.told_of(alert("B", "incident_delay", 30))
+    restored._closed = {k: v[:2] for k, v in restored._closed.items()}  # as pickled before
+    old = pickle.loads(pickle.dumps(restored))
+    assert not old.told_of(alert("A", "incident_delay", 30))
+    old.advance(ts(24 + 31 * 24))  # the retention prunes 2-tuples too
+    assert old._closed == {}
+
+
 def test_packages_that_moved_during_the_hold_get_one_moving_message_not_held_and_clear() -> None:
     """A folded package moves again before its customer's message leaves the hold: the
     message says it was held up and is moving again (when, after how long, its new
