@@ -27,14 +27,16 @@ _COLUMNS = ("recipient_ref", "name", "email", "locale", "tz")
 def validate_address(addr_spec: str) -> Address:
     """Parse a bare addr-spec (``user@example.com``) strictly or raise InvalidRecipientError.
 
-    Rejects anything with whitespace, control characters, a display name, angle brackets or
-    more than one address, so a table entry can never smuggle in a second recipient.
+    Rejects anything with whitespace, control or format characters (a zero-width space
+    copied in with the address would reach the relay and bounce), a display name, angle
+    brackets or more than one address, so a table entry can never smuggle in a second
+    recipient.
     The error text never contains the address.
     """
     if (
         not isinstance(addr_spec, str)
         or not 3 <= len(addr_spec) <= 254
-        or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in addr_spec)
+        or any(ch.isspace() or not ch.isprintable() for ch in addr_spec)  # (zero-width too)
         or any(ch in addr_spec for ch in '<>,;"()[]\\')
         or addr_spec.count("@") != 1
     ):

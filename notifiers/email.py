@@ -275,11 +275,11 @@ class SmtpSender:
             ) from None
         except aiosmtplib.SMTPNotSupported:  # e.g. a non-ASCII address and no SMTPUTF8
             raise PermanentDeliveryError(
-                553, step="mail", alert_key=key, server_message="SMTPUTF8 not supported"
+                553, step="encode", alert_key=key, server_message="SMTPUTF8 not supported"
             ) from None
         except ValueError:  # aiosmtplib refused to put the address on the wire
             raise PermanentDeliveryError(
-                553, step="rcpt", alert_key=key, server_message="address not sendable"
+                553, step="encode", alert_key=key, server_message="address not sendable"
             ) from None
         refused = {
             addr: Refusal(resp.code, redact(resp.message, *recipients))
@@ -361,10 +361,12 @@ async def drain(
     counting an attempt; otherwise the message is built and sent. Accepted: ``mark_sent``
     (after acceptance). 4xx, lost connection, timeout: retry after
     :func:`~notifiers.policy.backoff_delay`, and after ``max_attempts`` attempts
-    ``failed_permanent`` with the last code. 5xx: ``failed_permanent`` and the recipient is
-    suppressed. If the relay itself cannot be reached or refuses the session, the rest of the
-    batch goes back to ``pending`` for ``relay_retry`` seconds (default ``backoff_base``)
-    without counting attempts, so an outage never uses up a message's attempts.
+    ``failed_permanent`` with the last code. 5xx: ``failed_permanent``, and on a bounce
+    (550/551/553 to RCPT TO, not a 5.7.x policy refusal: ``PermanentDeliveryError.bounce``)
+    the recipient is suppressed. If the relay itself cannot be reached or refuses the
+    session, the rest of the batch goes back to ``pending`` for ``relay_retry`` seconds
+    (default ``backoff_base``) without counting attempts, so an outage never uses up a
+    message's attempts.
 
     Rows that become due while the drain runs wait for the next call. Messages to customers
     in ``unusable`` (their row in the customer table is bad: ``load_customers(bad=...)``),
@@ -507,12 +509,16 @@ async def _deliver(
         raise _RelayDown(exc) from None
     except PermanentDeliveryError as exc:
         _count_attempt(metrics)
-        outbox.mark_failed(key, exc.code, suppress_recipient=True)
-        suppressed_now.add(row.recipient_ref)
+        outbox.mark_failed(key, exc.code, suppress_recipient=exc.bounce)
         _count_failure(metrics, "permanent")
         report.failed_permanent += 1
-        log.warning("drain: %s; customer %s (digest of its recipient_ref) suppressed", exc,
-                    customer_digest(row.recipient_ref))
+        if exc.bounce:
+            suppressed_now.add(row.recipient_ref)
+            log.warning("drain: %s; customer %s (digest of its recipient_ref) suppressed",
+                        exc, customer_digest(row.recipient_ref))
+        else:  # the relay's or our side: this message fails, the customer stays
+            log.error("drain: %s; not a bounce: customer %s (digest of its recipient_ref) "
+                      "not suppressed", exc, customer_digest(row.recipient_ref))
         return
     except TransientDeliveryError as exc:
         _count_attempt(metrics)

@@ -36,6 +36,7 @@ __all__ = [
 
 CONNECTION_LOST_CODE = 451
 
+_POLICY = re.compile(r"\b5\.7\.\d{1,3}\b")  # enhanced status 5.7.x: security or policy
 _ADDRESS_LIKE = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
 
 
@@ -101,7 +102,23 @@ class TransientDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """5xx reply to the recipient or the message: do not retry, suppress the recipient."""
+    """5xx reply to the recipient or the message: do not retry. The recipient is suppressed
+    only on a :attr:`bounce`.
+
+    >>> PermanentDeliveryError(550, step="rcpt", server_message="5.1.1 no such user").bounce
+    True
+    >>> PermanentDeliveryError(554, step="rcpt", server_message="5.7.1 Relay access denied").bounce
+    False
+    """
+
+    @property
+    def bounce(self) -> bool:
+        """The server said this mailbox does not take mail (550, 551 or 553 to RCPT TO, not
+        a 5.7.x policy refusal): a relay that refuses everyone (554 "relay access denied"),
+        a refused message body (DATA) or an address we could not put on the wire is not the
+        recipient's doing, and suppressing would silence every customer it hits."""
+        return (self.step == "rcpt" and self.code in (550, 551, 553)
+                and not _POLICY.search(self.server_message))
 
 
 class DeliveryTimeoutError(TransientDeliveryError, TimeoutError):

@@ -531,3 +531,18 @@ async def test_a_template_that_fails_fails_its_row_and_the_queue_goes_on(
     with pytest.raises(MessageBuildError) as info:
         edited.render(make_alert("PKG-1"), customers["r-0001"])
     assert "stall.es.txt" in str(info.value) and "Number1" not in str(info.value)
+
+
+def test_only_a_mailboxs_own_refusal_is_a_bounce() -> None:
+    """Suppression is for a mailbox that does not take mail: a policy refusal (5.7.x), a
+    refused body, a 554 to every recipient or an address we could not encode are not."""
+    def bounce(code: int, step: str, text: str = "") -> bool:
+        return PermanentDeliveryError(code, step=step, server_message=text).bounce
+
+    assert bounce(550, "rcpt", "5.1.1 User unknown") and bounce(551, "rcpt")
+    assert bounce(553, "rcpt", "5.1.3 Bad destination mailbox address syntax")
+    assert not bounce(550, "rcpt", "5.7.1 Relaying denied")
+    assert not bounce(554, "rcpt", "5.7.1 Relay access denied")
+    assert not bounce(552, "rcpt", "5.2.2 Mailbox full")
+    assert not bounce(554, "data", "5.6.0 Message content rejected")
+    assert not bounce(553, "encode", "SMTPUTF8 not supported")

@@ -36,6 +36,11 @@ from tests.notifiers.helpers import (
 TRANSIENT = ["421/rcpt", "450/rcpt", "451/rcpt", "452/rcpt", "451/data", "452/data",
              "drop/rcpt", "drop/data"]  # fmt: skip
 PERMANENT = ["550/rcpt", "551/rcpt", "552/rcpt", "553/rcpt", "554/rcpt", "554/data"]
+# of those, the mailbox's own refusals: the customer is suppressed. The others (mailbox full,
+# a relay that refuses every recipient with 554, a refused body) fail the message only: a
+# relay-wide refusal must not suppress every customer it meets
+BOUNCE = ["550/rcpt", "551/rcpt", "553/rcpt"]
+REFUSED = [c for c in PERMANENT if c not in BOUNCE]
 HEALTHY = ["ok-1", "ok-2"]
 
 
@@ -176,12 +181,17 @@ def test_matrix_transient_responses_are_retried_and_delivered_exactly_once(
     assert not any(matrix.suppressed[c] for c in TRANSIENT + HEALTHY)
 
 
-def test_matrix_permanent_responses_fail_once_and_suppress(matrix: MatrixRun) -> None:
-    for case in PERMANENT:
+def test_matrix_permanent_responses_fail_once_and_bounces_suppress(matrix: MatrixRun) -> None:
+    for case in BOUNCE:
         assert matrix.suppressed[case] == ("bounce", int(case[:3]))
         follow_up = matrix.rows[f"PKG-{tag(case)}:incident_delay:1"]
         assert (follow_up.status, follow_up.attempts) == ("suppressed", 0)
-    assert sum(r.failed_permanent for r in matrix.reports) == len(PERMANENT)
+    for case in REFUSED:  # not suppressed: the next message is tried (and fails here too)
+        assert matrix.suppressed[case] is None
+        follow_up = matrix.rows[f"PKG-{tag(case)}:incident_delay:1"]
+        assert (follow_up.status, follow_up.attempts, follow_up.last_error_code) == (
+            "failed_permanent", 1, int(case[:3]))
+    assert sum(r.failed_permanent for r in matrix.reports) == len(PERMANENT) + len(REFUSED)
     assert matrix.later_status == "suppressed"
     assert [e.code for e in matrix.errors] == [550, 554]
 
@@ -189,9 +199,11 @@ def test_matrix_permanent_responses_fail_once_and_suppress(matrix: MatrixRun) ->
 def test_matrix_metrics(matrix: MatrixRun) -> None:
     get = matrix.registry.get_sample_value
     assert get("delaywatch_emails_sent_total") == len(TRANSIENT) + len(HEALTHY)
-    assert get("delaywatch_emails_failed_total", {"reason": "permanent"}) == len(PERMANENT)
+    assert get("delaywatch_emails_failed_total", {"reason": "permanent"}) == len(PERMANENT) + len(
+        REFUSED)
     assert get("delaywatch_emails_failed_total", {"reason": "transient"}) == 0
-    assert get("delaywatch_email_attempts_total") == 3 * len(TRANSIENT) + len(PERMANENT) + 2
+    assert get("delaywatch_email_attempts_total") == 3 * len(TRANSIENT) + len(PERMANENT) + len(
+        REFUSED) + 2
     assert get("delaywatch_outbox_duplicates_total") == 3
     assert get("delaywatch_outbox_depth") == 0
     assert get("delaywatch_outbox_oldest_pending_age_seconds") == 0

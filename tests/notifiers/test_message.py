@@ -411,6 +411,8 @@ def test_long_unsubscribe_url_is_not_mangled_into_encoded_words() -> None:
         "a@mail.example, evil@evil.example",
         "Evil <evil@evil.example>",
         "a@mail.example\x00",
+        "a@mail.example\u200b",  # a zero-width space copied in: the relay would bounce it
+        "a\u2060b@mail.example",  # word joiner (a format character)
         "no-at-sign",
         "a@@mail.example",
         "a@localhost",
