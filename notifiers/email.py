@@ -315,6 +315,7 @@ class DrainReport:
     released: int = 0  # put back untouched (relay unreachable, or drain interrupted)
     held: int = 0  # put back: an earlier message to the same customer has not gone yet
     customer_row_bad: int = 0  # put back: the customer's row in the table is unusable
+    lease_lost: int = 0  # not sent: its lease ran out and another sender took it
     relay_error_code: int | None = None
 
     def add(self, other: DrainReport) -> None:
@@ -407,6 +408,17 @@ async def drain(
                         report.held += outbox.release(
                             [row.alert_key], before.next_attempt_at if before else retry_at)
                         del unfinished[row.alert_key]
+                        continue
+                    if outbox.renew(row, now_fn(), lease=lease) is None:
+                        del unfinished[row.alert_key]
+                        now_row = outbox.get(row.alert_key)
+                        if now_row is not None and now_row.status == "suppressed":
+                            report.suppressed += 1  # unsubscribed (or bounced) meanwhile
+                            continue
+                        # the batch outlasted its lease: the row is another sender's now
+                        log.warning("drain: alert %s: lease ran out and another sender took "
+                                    "it; not sent here", row.alert_key)
+                        report.lease_lost += 1
                         continue
                     pending = report.retried + report.deferred
                     await _deliver(

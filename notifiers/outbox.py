@@ -23,6 +23,7 @@ the alert (which has none) and the pseudonymous ``recipient_ref``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -106,6 +107,9 @@ class OutboxRow:
     created_at: datetime
     sent_at: datetime | None
     last_error_code: int | None
+    #: for a row taken by :meth:`Outbox.claim_due`: the end of the lease taken, as stored
+    #: (the claim's token: :meth:`Outbox.renew` keeps the row only while it is unchanged)
+    lease_until: float | None = None
 
 
 def _unfinished(conn: sqlite3.Connection) -> tuple[int, float | None]:
@@ -321,8 +325,23 @@ class Outbox:
                     "outbox: lease expired for alert %s; taking it again (may duplicate)",
                     row.alert_key,
                 )
-            out.append(row)
+            out.append(dataclasses.replace(row, lease_until=ts + lease))
         return out
+
+    def renew(self, row: OutboxRow, now: datetime, *, lease: float = 300.0) -> OutboxRow | None:
+        """Right before sending a claimed row: extend its lease to ``now + lease`` if it is
+        still this claim's (``sending`` with the lease :meth:`claim_due` gave it), else None:
+        the lease ran out and another sender took the row (or it was settled), so this one
+        must not send it. A sender renews each row as it reaches it, so a long batch does
+        not hand its last rows to a second sender while it still means to send them."""
+        until = _ts(now) + lease
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, updated_at = ?"
+                " WHERE alert_key = ? AND status = 'sending' AND next_attempt_at = ?",
+                (until, _ts(now), row.alert_key, row.lease_until),
+            )
+        return dataclasses.replace(row, lease_until=until) if cur.rowcount == 1 else None
 
     def mark_sent(self, key: str, when: datetime) -> bool:
         """Record that the SMTP server accepted the message. Call only after acceptance."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from notifiers.customers import Customer, load_customers
-from notifiers.email import SmtpSender, drain, drain_forever
+from notifiers.email import DrainReport, SmtpSender, drain, drain_forever
 from notifiers.errors import (
     ConnectFailedError,
     ConnectTimeoutError,
@@ -546,3 +546,42 @@ def test_only_a_mailboxs_own_refusal_is_a_bounce() -> None:
     assert not bounce(552, "rcpt", "5.2.2 Mailbox full")
     assert not bounce(554, "data", "5.6.0 Message content rejected")
     assert not bounce(553, "encode", "SMTPUTF8 not supported")
+
+
+async def test_two_senders_on_one_outbox_send_each_message_once_when_leases_run_out(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, tmp_path: Path
+) -> None:
+    """A batch that outlasts its lease (a slow relay) while a second ``send`` runs: the
+    second takes the rows whose lease ran out, and the first, reaching them later, must not
+    send them too (it did: 8 messages delivered 13 times). Each sender renews a row's lease
+    as it reaches it; a row another sender took is skipped and counted (``lease_lost``)."""
+    from datetime import UTC, datetime
+
+    from aiosmtpd.controller import Controller
+
+    from notifiers.smtpd import MaildirHandler
+
+    class Slow(MaildirHandler):
+        async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
+            await asyncio.sleep(0.4)
+            return await super().handle_DATA(server, session, envelope)
+
+    customers = setup_alerts(outbox, 8)
+    controller = Controller(Slow(maildir), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        async def one(delay: float) -> DrainReport:
+            await asyncio.sleep(delay)
+            with Outbox(outbox.path) as own:  # its own connection, as another process has
+                return await drain(
+                    own, customers, SmtpSender("127.0.0.1", controller.port, local_hostname="t"),
+                    composer=composer, now_fn=lambda: datetime.now(UTC), quiet_hours=None,
+                    lease=1.0)  # fmt: skip
+
+        first, second = await asyncio.gather(one(0.0), one(1.3))
+    finally:
+        controller.stop()
+    counts = count_by_alert_key(maildir)
+    assert counts == {f"PKG-{i}:stall:1": 1 for i in range(8)}
+    assert first.sent + second.sent == 8 and first.lease_lost + second.lease_lost > 0
+    assert {r.status for r in outbox.rows()} == {"sent"}
