@@ -399,17 +399,20 @@ async def drain(
                     ref = row.recipient_ref
                     if ref in unusable or hold_unknown and ref not in customers:
                         report.customer_row_bad += outbox.release(  # until the table is mended
-                            [row.alert_key], now_fn() + timedelta(seconds=backoff_base))
+                            [row], now_fn() + timedelta(seconds=backoff_base))
                         del unfinished[row.alert_key]
                         continue
                     earlier = waiting.get(row.recipient_ref)
                     if earlier is not None:  # keep the customer's messages in order
                         before = outbox.get(earlier)
                         report.held += outbox.release(
-                            [row.alert_key], before.next_attempt_at if before else retry_at)
+                            [row], before.next_attempt_at if before else retry_at)
                         del unfinished[row.alert_key]
                         continue
-                    if outbox.renew(row, now_fn(), lease=lease) is None:
+                    renewed = outbox.renew(row, now_fn(), lease=lease)
+                    if renewed is not None:
+                        unfinished[row.alert_key] = renewed  # (its token, if put back)
+                    else:
                         del unfinished[row.alert_key]
                         now_row = outbox.get(row.alert_key)
                         if now_row is not None and now_row.status == "suppressed":
@@ -454,7 +457,7 @@ async def drain(
             finally:
                 if unfinished:  # relay down, or an exception / cancellation mid-batch
                     report.released += outbox.release(
-                        unfinished, retry_at, code=report.relay_error_code
+                        unfinished.values(), retry_at, code=report.relay_error_code
                     )
     if metrics is not None:
         metrics.observe_outbox(outbox, now_fn())

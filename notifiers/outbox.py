@@ -397,20 +397,31 @@ class Outbox:
             )
         return cur.rowcount == 1
 
-    def release(self, keys: Iterable[str], next_at: datetime, *, code: int | None = None) -> int:
+    def release(
+        self, rows: Iterable[str | OutboxRow], next_at: datetime, *, code: int | None = None
+    ) -> int:
         """Put claimed rows back as pending at ``next_at`` without counting an attempt.
 
         Used when the relay is unreachable (the messages were never judged) and when a batch is
-        abandoned. ``code``, if given, is kept as ``last_error_code``.
+        abandoned. ``code``, if given, is kept as ``last_error_code``. A row given as the
+        :class:`OutboxRow` that :meth:`claim_due` (or :meth:`renew`) returned is put back
+        only while it is still that claim's: one another send run took after the lease ran
+        out is left to that run. A key alone puts the row back whoever holds it.
         """
         ts, now = _ts(next_at), _now().timestamp()
+        params = [
+            (ts, now, code, row, None) if isinstance(row, str)
+            else (ts, now, code, row.alert_key, row.lease_until)
+            for row in rows
+        ]
         with self._write() as conn:
             before = conn.total_changes
             conn.executemany(
-                "UPDATE outbox SET status = 'pending', next_attempt_at = ?, updated_at = ?,"
-                " last_error_code = COALESCE(?, last_error_code)"
-                " WHERE alert_key = ? AND status = 'sending'",
-                [(ts, now, code, k) for k in keys],
+                "UPDATE outbox SET status = 'pending', next_attempt_at = ?1, updated_at = ?2,"
+                " last_error_code = COALESCE(?3, last_error_code)"
+                " WHERE alert_key = ?4 AND status = 'sending'"
+                " AND (?5 IS NULL OR next_attempt_at = ?5)",
+                params,
             )
             return conn.total_changes - before
 

@@ -154,6 +154,27 @@ def test_retry_failure_defer_release_transitions(outbox: Outbox) -> None:
     assert outbox.get("P1:stall:1").status == "failed_permanent"
 
 
+def test_a_claim_keeps_its_rows_only_while_its_lease_is_theirs(outbox: Outbox) -> None:
+    """The lease a claim gave a row is its token: once it ran out and another claim took the
+    row, the first claim can neither renew it (to send it) nor put it back (which would
+    hand it to a third); a key alone still puts a row back, whoever holds it."""
+    for i in range(3):
+        outbox.enqueue(make_alert(f"P{i}"), f"r-{i}", now=T0)
+    first = outbox.claim_due(T0, 10, lease=60)
+    renewed = outbox.renew(first[0], T0 + timedelta(seconds=30), lease=60)
+    assert renewed is not None and renewed.lease_until == first[0].lease_until + 30
+    later = T0 + timedelta(seconds=70)  # P1 and P2's leases ran out; P0's was renewed
+    second = outbox.claim_due(later, 10, lease=60)
+    assert [r.alert_key for r in second] == ["P1:stall:1", "P2:stall:1"]
+    assert outbox.renew(first[1], later) is None  # P1 is the second claim's now
+    assert outbox.release(first[1:], later) == 0  # nor can the first put them back
+    assert {outbox.get(f"P{i}:stall:1").status for i in (1, 2)} == {"sending"}
+    assert outbox.release([first[0]], later) == 0  # an old token: renewed since
+    assert outbox.release([renewed], later) == 1
+    assert outbox.release(second[1:], later) == 1 and outbox.release(["P1:stall:1"], later) == 1
+    assert {outbox.get(f"P{i}:stall:1").status for i in range(3)} == {"pending"}
+
+
 def test_permanent_failure_suppresses_recipient_and_future_alerts(outbox: Outbox) -> None:
     outbox.enqueue_many([(make_alert("A"), "r-bad"), (make_alert("B"), "r-bad")], now=T0)
     outbox.enqueue(make_alert("C"), "r-good", now=T0)
