@@ -290,7 +290,9 @@ _EPOCHS: dict[str, int] = {}
 _EPOCHS_MAX: Final = 1 << 16
 _ValidationError = msgspec.ValidationError
 _DecodeError = msgspec.DecodeError
-_UNREADABLE = (_DecodeError, UnicodeEncodeError)  # what the fast paths leave to _parse_strict
+# what the fast paths leave to _parse_strict: msgspec raises UnicodeDecodeError (not a
+# DecodeError) for bytes that are not UTF-8 inside a JSON string
+_UNREADABLE = (_DecodeError, UnicodeError)
 
 _HEADER: Final = frozenset(
     {"service", "promised_date", "promised_by", "destination", "recipient_ref"}
@@ -379,6 +381,8 @@ def _retry_as_text(line: bytes | str) -> ScanEvent | Invalid:
     except _DecodeError as error:
         # The error is elsewhere in the line: times are plain text here, so this cannot loop.
         return _invalid_from_error(line, error)
+    except UnicodeError:  # the time's text is not UTF-8 (the datetime decoder said "RFC3339")
+        return Invalid("bad_json", "the line is not valid UTF-8 text")
     event_ts = _iso_ts(wire.event_time, "event_time")
     if isinstance(event_ts, Invalid):
         return event_ts
@@ -487,7 +491,7 @@ def _parse_strict(line: bytes | str) -> ScanEvent | Invalid:
         wire = _DECODE(line)
     except _DecodeError as error:
         return _invalid_from_error(line, error)
-    except UnicodeEncodeError:  # a str line with a lone surrogate (bytes are checked by msgspec)
+    except UnicodeError:  # a str line with a lone surrogate, or bytes that are not UTF-8
         return Invalid("bad_json", "the line is not valid UTF-8 text")
     return _from_wire(wire)
 

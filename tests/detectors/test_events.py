@@ -474,6 +474,16 @@ def test_the_time_cache_clears_when_full_and_str_lines_parse_alike(monkeypatch):
     assert len(module._EPOCHS) <= 5
 
 
+@pytest.mark.parametrize("field", [*BASE, "destination", "recipient_ref"])
+def test_bytes_that_are_not_utf8_inside_a_string_are_a_dead_letter(field: str) -> None:
+    """A Latin-1 byte inside a JSON string (a feed writer that is not UTF-8): msgspec raises
+    UnicodeDecodeError, not a DecodeError; it crashed the flow's parse step."""
+    raw = json.dumps(BASE | {field: "Caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    for result in (parse_line(raw), parse_batch([raw])[1][0][1],
+                   parse_batch([line()] * 249 + [raw])[1][-1][1]):
+        assert result == Invalid("bad_json", "the line is not valid UTF-8 text")
+
+
 @given(st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1,
                max_size=3), st.sampled_from(list(BASE) + ["other"]))
 def test_a_str_line_with_a_lone_surrogate_is_a_dead_letter_not_an_exception(bad, field):

@@ -239,6 +239,19 @@ def test_random_bytes(tmp_path: Path, demo_data: Path) -> None:
     assert (tmp_path / "run" / "alerts.jsonl").read_bytes() == b""
 
 
+def test_a_line_that_is_not_utf8_between_valid_ones(tmp_path: Path, demo_data: Path) -> None:
+    """A Latin-1 name in a string: one dead letter, and the flow goes on (it crashed)."""
+    good = (demo_data / "events.jsonl").read_bytes().split(b"\n")[:200]
+    latin = _line(facility_id="Caf\u00e9 1").encode("latin-1")  # (json.dumps escapes: undo)
+    latin = latin.replace(b"\\u00e9", b"\xe9")
+    assert b"\xe9" in latin
+    summary = _replay_file(tmp_path, demo_data, b"\n".join([*good[:100], latin, *good[100:]]),
+                           batch_size=64)
+    assert summary.events == 201
+    [letter] = _jsonl(tmp_path / "run" / "dead_letters.jsonl")
+    assert (letter["line"], letter["reason"]) == (101, "bad_json")
+
+
 def test_a_one_megabyte_line_between_valid_ones(tmp_path: Path, demo_data: Path) -> None:
     good = (demo_data / "events.jsonl").read_bytes().split(b"\n")[:200]
     huge = _line(facility_id="F" * 1_000_000).encode()
