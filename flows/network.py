@@ -23,7 +23,8 @@ Examples
 One shard; an incident opens at P1 at 03:00 and a package silent there since the night before
 raises a stall at 20:00. Nothing is decided until the shard reports its progress; then the
 incident comes out first, the stall is folded into it, and the customer's message is held for
-``hold_seconds`` (here: sent when the input ends).
+``hold_seconds`` (here: decided at 21:00, an hour after the stall, so its hold is over and it
+goes out at once).
 
 >>> from detectors.folding import IncidentFolder
 >>> from notifiers.grouping import MessageGrouper
@@ -43,10 +44,13 @@ incident comes out first, the stall is folded into it, and the customer's messag
 ...             "evidence": "P1 is holding 80 packages that usually leave by now."}
 >>> desk.add("0", Progress(watermark=1790885700, closed_through=1790888400,  # 20:15, 21:00
 ...                        windows=[], incidents=[(1790823600, [incident])]))  # 03:00
->>> [(tag, record["kind"]) for tag, record in desk.step()]
-[('incident', 'facility_slowdown'), ('alert', 'incident_delay')]
->>> [(tag, record["kind"], record["packages"]) for tag, record in desk.finish()]
-[('message', 'incident_delay', ['9400'])]
+>>> for tag, record in desk.step():
+...     print(f"{tag} {record['kind']} {record.get('packages', '')}".rstrip())
+incident facility_slowdown
+alert incident_delay
+message incident_delay ['9400']
+>>> desk.finish()
+[]
 """
 
 from __future__ import annotations
@@ -215,6 +219,7 @@ class NetworkDesk:
         grace = self.folder.grace_seconds
         out: list[Out] = self._facility_rows([])  # a single shard's, as they came
         held, windows, ready = self._held, self._windows, self._ready
+        before = len(held)
         while True:
             record_at = held[0][0] + grace if held and held[0][0] < wm else _END
             if record_at > closed:
@@ -238,11 +243,14 @@ class NetworkDesk:
                 out += self._incidents(records)
                 self.assessed_through = window_at
             else:
-                self.now = max(self.now, record_at)
-                out += self._due()
+                if record_at > self.now:  # the records decided at one time all join first
+                    self.now = record_at
+                    out += self._due()
                 out += self._decide(heapq.heappop(held)[3])
             if self.now >= self._next_prune:
                 self._prune()
+        if len(held) != before:  # groups the last records joined may be due by now
+            out += self._due()
         return out
 
     def _facility_rows(self, rows: list[dict[str, Any]], out: list[Out] | None = None

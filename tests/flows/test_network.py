@@ -99,8 +99,9 @@ def test_a_record_waits_for_the_incidents_of_its_grace_period() -> None:
     opened = T0 + 2 * H + 1800
     out = feed(desk, [[("0", progress(T0 + 4 * H, T0 + 4 * H,
                                       [(opened, [incident("facility_stop", "P1", opened)])]))]])
-    assert [(tag, r["kind"]) for tag, r in out] == [("incident", "facility_stop"),
-                                                    ("alert", "incident_delay")]
+    assert [(tag, r["kind"]) for tag, r in out] == [
+        ("incident", "facility_stop"), ("alert", "incident_delay"),
+        ("message", "incident_delay")]  # decided at 03:00, its 1 h hold over: out at once
 
 
 def test_a_watched_package_is_folded_when_an_incident_opens_at_its_facility() -> None:
@@ -223,9 +224,9 @@ def test_records_made_at_a_reported_watermark_wait_for_the_next() -> None:
     (a scan that does not move its newest event time). Deciding the records made at ``W``
     as soon as ``W`` was reported would decide ``z`` before ``a`` arrived when they come in
     two batches, and after it when they come in one: one customer got two delay messages
-    in the first case and one listing both packages in the second. (Now both cases give
-    the first: ``a``, moved at 7 h but decided at 11 h, finds its hold of 2 h over and goes
-    out alone, ``z`` in a follow-up group: a known limit of the grouping, see RESULTS.)"""
+    in the first case and one listing both packages in the second. And the records decided
+    at one time all join their groups before any group is looked at: ``a``, moved at 7 h but
+    decided at 11 h, found its hold of 2 h over and went out alone, ``z`` in a follow-up."""
     w, opened = T0 + 10 * H, T0 + 2 * H
     slow = incident("facility_slowdown", "P1", opened)
 
@@ -243,7 +244,7 @@ def test_records_made_at_a_reported_watermark_wait_for_the_next() -> None:
     together, split = run(split=False), run(split=True)
     assert split == together
     assert [(kind, packages) for tag, kind, packages in together if tag == "message"] == [
-        ("incident_delay", ["a"]), ("incident_delay", ["z"])]
+        ("incident_delay", ["a", "z"])]
 
 
 def test_a_package_told_of_an_incident_and_its_end_is_not_told_of_it_again() -> None:
