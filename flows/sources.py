@@ -77,6 +77,9 @@ def _event_ts(line: bytes) -> float | None:
         return None
 
 
+_PACE_GAP = 86400.0  # event seconds: a line further ahead of the paced ones is not waited for
+
+
 class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
     def __init__(self, path: Path, batch_size: int, speed: float,
                  resume: tuple[int, int] | None) -> None:
@@ -87,6 +90,7 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
         self._speed = speed
         self._t0_event: float | None = None
         self._t0_wall = time.monotonic()
+        self._newest: float | None = None  # the newest event time released by its pace
         self._pending: list[tuple[int, bytes, int]] = []
         self._awake: datetime | None = None
 
@@ -111,20 +115,23 @@ class _FilePartition(StatefulSourcePartition[Item, tuple[int, int]]):
 
     def _paced(self, fresh: list[tuple[int, bytes, int]]) -> list[Item]:
         """Release lines once wall time x speed has caught up with their event time (a line
-        without one, blank or bad, at once)."""
+        without one, blank or bad, at once; so is one more than ``_PACE_GAP`` after the
+        newest event time released, a bad time the parser will refuse, e.g. a year 2124,
+        which would hold every line behind it for years)."""
         self._pending.extend(fresh)
         now = time.monotonic()
         ready: list[bytes] = []
         first = self._pending[0][0] if self._pending else 0
         while self._pending:
             ts = _event_ts(self._pending[0][1])
-            if ts is not None:
+            if ts is not None and (self._newest is None or ts - self._newest <= _PACE_GAP):
                 if self._t0_event is None:
                     self._t0_event, self._t0_wall = ts, now
                 due = self._t0_wall + (ts - self._t0_event) / self._speed
                 if due > now:
                     self._awake = datetime.now(UTC) + timedelta(seconds=min(due - now, 1.0))
                     break
+                self._newest = ts if self._newest is None else max(self._newest, ts)
             ready.append(self._pending.pop(0)[1])
         else:
             self._awake = None

@@ -389,6 +389,30 @@ def _tiny(path: Path, span: int, *, newline: bytes = b"\n") -> list[bytes]:
     return lines
 
 
+def test_a_line_with_an_absurd_time_does_not_hold_a_paced_replay(tmp_path: Path) -> None:
+    """A year-2124 event time (a dead letter for the parser) between paced lines is released
+    at once, not decades from now with every line behind it."""
+    lines = _tiny(tmp_path / "tiny.jsonl", 2)
+    absurd = lines[2].replace(b'"2026-', b'"2124-')
+    assert absurd != lines[2]
+    lines = [*lines[:3], absurd, *lines[3:]]
+    (tmp_path / "tiny.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    part = JsonLinesSource(tmp_path / "tiny.jsonl", speed=8.0).build_part(
+        "scans", "tiny.jsonl", None)
+    got: list[tuple[int, bytes]] = []
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < 10:
+            try:
+                got += _released(part.next_batch())
+            except StopIteration:
+                break
+            time.sleep(0.02)
+    finally:
+        part.close()
+    assert got == list(enumerate(lines, 1))
+
+
 def _released(batch: Any) -> list[tuple[int, bytes]]:
     """(line number, line) of the non-blank lines of a source's batch, as the parse step
     numbers and reads them."""
