@@ -49,6 +49,7 @@ holds no control characters and is at most 200 characters long.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, NamedTuple
@@ -310,6 +311,18 @@ def _safe(text: str) -> str:
     return text
 
 
+_CODE_LIKE = re.compile(r"[A-Za-z0-9]{1,4}")
+_TIME_LIKE = re.compile(r"[0-9TtZz:+\-. ]{1,40}")
+
+
+def _shown(value: str) -> str:
+    """A bad value for a dead letter's detail: quoted if it looks like a code or a time,
+    else only its length (it may be anything, a name or an address too)."""
+    if _CODE_LIKE.fullmatch(value) or _TIME_LIKE.fullmatch(value):
+        return repr(value)
+    return f"({len(value)} characters, not shown)"
+
+
 def _invalid_from_error(line: bytes | str, error: msgspec.DecodeError) -> ScanEvent | Invalid:
     """Map a msgspec error to a reason code (cold path: only invalid lines get here).
 
@@ -339,8 +352,12 @@ def _invalid_from_error(line: bytes | str, error: msgspec.DecodeError) -> ScanEv
         reason = "wrong_type" if ", got `" in message else "bad_package_id"
         return Invalid(reason, _safe(message))
     if field == "event_code":
-        reason = "unknown_code" if message.startswith("Invalid enum value") else "wrong_type"
-        return Invalid(reason, _safe(message))
+        if not message.startswith("Invalid enum value"):
+            return Invalid("wrong_type", _safe(message))
+        # msgspec quotes the value: shown only if it looks like a code (a garbled line can
+        # carry a name or an address here, and the detail promises no personal data)
+        value = message.split("'", 2)[1] if message.count("'") >= 2 else ""
+        return Invalid("unknown_code", f"event_code {_shown(value)} is not a known code")
     if field in _TIMES and "timezone component" in message:
         return Invalid("no_offset", f"{field} has no UTC offset")
     if field == "facility_id":
@@ -369,7 +386,7 @@ def _iso_ts(value: str, field: str) -> int | Invalid:
         try:  # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not
             parsed = dt.datetime.fromisoformat(value.upper())
         except ValueError:
-            return Invalid("bad_time", _safe(f"{field} is not an ISO 8601 time: {value[:40]!r}"))
+            return Invalid("bad_time", f"{field} is not an ISO 8601 time: {_shown(value)}")
     if parsed.tzinfo is None:
         return Invalid("no_offset", f"{field} has no UTC offset")
     return int(parsed.timestamp())
@@ -470,7 +487,7 @@ def parse_line(line: bytes | str) -> ScanEvent | Invalid:
     ...            b' "ingest_time": "2024-11-20T06:14:00Z"}')
     ScanEvent(package_id='P1', code='A1', facility='PLT-1', event_ts=1732083180, ingest_ts=1732083240, service=None, promised_date=None, promised_by_ts=None, destination=None, recipient_ref=None)
     >>> parse_line(b'{"package_id": "P1", "event_code": "ZZ"}')
-    Invalid(reason='unknown_code', detail="Invalid enum value 'ZZ' - at `$.event_code`")
+    Invalid(reason='unknown_code', detail="event_code 'ZZ' is not a known code")
     >>> parse_line(b'{"package_id": ').reason
     'bad_json'
 

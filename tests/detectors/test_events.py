@@ -216,6 +216,21 @@ def test_details_never_echo_recipient_fields(field, value):
     assert "42" not in result.detail
 
 
+@pytest.mark.parametrize(("field", "reason"), [("event_code", "unknown_code"),
+                                               ("event_time", "bad_time"),
+                                               ("ingest_time", "bad_time")])
+def test_details_show_a_bad_code_or_time_but_not_a_name_in_its_place(field, reason):
+    """A garbled line can carry a name or an address where a code or a time belongs: the
+    detail shows the value only if it looks like a code or a time, else its length."""
+    shown = parse_line(line(**{field: "ZZ" if field == "event_code" else "2024-13-45T99:00"}))
+    assert shown.reason == reason
+    assert ("'ZZ'" if field == "event_code" else "'2024-13-45T99:00'") in shown.detail
+    hidden = parse_line(line(**{field: "Jane Doe, 12 Elm Street"}))
+    assert hidden.reason == reason, hidden
+    assert "Jane" not in hidden.detail and "Elm" not in hidden.detail
+    assert "23 characters" in hidden.detail
+
+
 def test_details_are_short_single_line_and_printable():
     result = parse_line(line(event_time="\r\n\x00" + "9" * 5000))
     assert result.reason == "bad_time"
