@@ -117,6 +117,11 @@ class _Group:
             object.__setattr__(self, f.name, value)
 
 
+def _group_key(incident_key: str, ref: Any) -> str:
+    """The key of one customer's group for one incident (the message keys start with it)."""
+    return f"{incident_key}:{customer_digest(str(ref))}"
+
+
 def _moved(group: _Group, pid: str, at: int, estimate: str | None) -> None:
     """Package ``pid`` of ``group`` moved again at ``at`` with a new ``estimate``."""
     group.waiting.discard(pid)
@@ -177,8 +182,11 @@ class MessageGrouper:
         self.__dict__.update(state)
         # the queues are rebuilt from the groups, whoever wrote the snapshot: the groups are
         # in opening order (a dict), so their order numbers can be given again; ``_closed``
-        # is pruned from its front, so it must be in closing-time order
-        self._closed = dict(sorted(self._closed.items(), key=lambda kv: kv[1][1]))
+        # is pruned from its front, so it must be in closing-time order; snapshots from
+        # before it kept the packages told have none
+        self._closed = {key: (n, at, told[0] if told else frozenset())
+                        for key, (n, at, *told) in sorted(self._closed.items(),
+                                                          key=lambda kv: kv[1][1])}
         self._held, self._expiry, self._armed, self._ready = [], [], {}, {}
         self._next_sweep = 0
         for seq, (key, group) in enumerate(self._groups.items()):
@@ -203,19 +211,15 @@ class MessageGrouper:
         """The customer of this ``incident_delay`` alert has had their message and all-clear
         about its incident already (within ``retention_seconds``)."""
         ref = alert.get("recipient_ref")
-        return bool(ref) and (
-            f"{alert.get('incident_key')}:{customer_digest(str(ref))}" in self._closed)
+        return bool(ref) and _group_key(str(alert.get("incident_key")), ref) in self._closed
 
     def told_of(self, alert: dict[str, Any]) -> bool:
         """This ``incident_delay`` alert's package was in a message about its incident whose
         group has closed (all-clear sent, within ``retention_seconds``): its new silence is
         its own, not the incident's news again."""
         ref = alert.get("recipient_ref")
-        if not ref:
-            return False
-        closed = self._closed.get(f"{alert.get('incident_key')}:{customer_digest(str(ref))}")
-        return closed is not None and len(closed) > 2 \
-            and str(alert.get("package_id")) in closed[2]  # type: ignore[misc]
+        closed = ref and self._closed.get(_group_key(str(alert.get("incident_key")), ref))
+        return bool(closed) and str(alert.get("package_id")) in closed[2]  # type: ignore[index]
 
     def add(self, alert: dict[str, Any], decision: str = "keep") -> list[dict[str, Any]]:
         """One package alert and the folder's decision for it; returns messages due at once.
@@ -243,7 +247,7 @@ class MessageGrouper:
             self._episodes[pid] = ("stall", at)
             return [alert]
         incident = str(alert.get("incident_key"))
-        key = f"{incident}:{customer_digest(str(ref))}"
+        key = _group_key(incident, ref)
         group = self._groups.get(key)
         if group is None:
             closed = self._closed.get(key)
@@ -352,12 +356,9 @@ class MessageGrouper:
     def _close(self, key: str, now: int) -> None:
         group = self._groups.pop(key)
         self._disarm(key, group)
-        before = self._closed.pop(key, (0, 0))  # closed before this one
-        told = frozenset(str(a.get("package_id")) for a in group.alerts)
-        if len(before) > 2:  # (snapshots from before kept no packages)
-            told |= before[2]  # type: ignore[misc]
-        # at the end: the dict stays in time order
-        self._closed[key] = (before[0] + 1, now, told)
+        closed, _, told = self._closed.pop(key, (0, 0, frozenset()))  # closed before this one
+        told |= {str(a.get("package_id")) for a in group.alerts}
+        self._closed[key] = (closed + 1, now, told)  # at the end: the dict stays in time order
 
     def _queue(self, key: str, group: _Group) -> None:
         """Put a group where :meth:`advance` will find it when something is due."""
