@@ -175,9 +175,13 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
     file: a rotated file newer than this one not read yet (a feed rotated twice while the
     flow was behind or stopped: logrotate's ``.1``, ``.2`` or dated names, which begin with
     the feed's name; compressed ones are not read), else the path, once it exists. A file
-    that shrank or whose first bytes changed was truncated in place: it is read again from
-    its start. The snapshot is (offset, line, device, inode, head checksum); a resume
-    finds its file by inode and head checksum (the device can change at a remount).
+    that shrank or whose first bytes changed was truncated in place (logrotate's
+    ``copytruncate``): what was not read yet is read from the copy beside it (a rotated
+    file that begins with the bytes read and reaches past the offset), then the file again
+    from its start. The snapshot is (offset, line, device, inode, head checksum); a resume
+    finds its file by inode and head checksum (the device can change at a remount), else
+    by the checksum alone among the rotated files: the copy of a file truncated while the
+    flow was stopped.
     """
 
     def __init__(self, path: Path, batch_size: int, resume: Position | None,
@@ -239,8 +243,11 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
             return
         ino, crc = resume[3], resume[4]
         for _ in range(3):  # (again if a rotation renames a file while we look)
-            for entry, st in self._siblings(with_path=True):
-                if st.st_ino != ino or st.st_size < offset:
+            # its own inode first; else a copy (copytruncate while stopped: the feed kept
+            # the inode, emptied, and what was read is the start of a new file beside it)
+            for entry, st in sorted(self._siblings(with_path=True),
+                                    key=lambda es: es[1].st_ino != ino):
+                if st.st_size < offset or st.st_ino != ino and entry.name == self._path.name:
                     continue
                 try:
                     with open(entry.path, "rb") as fh:
@@ -249,7 +256,10 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
                 except FileNotFoundError:
                     continue
                 if self._open(entry.path, offset, line, warn=False):
-                    if entry.name != self._path.name:
+                    if st.st_ino != ino:
+                        log.info("feed %s was copied and truncated while stopped: finishing "
+                                 "the copy %s first", self._path.name, entry.name)
+                    elif entry.name != self._path.name:
                         log.info("feed %s rotated while stopped: finishing %s first",
                                  self._path.name, entry.name)
                     return
@@ -262,12 +272,38 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
             return True
         return os.pread(self._f.fileno(), 1, offset - 1) == b"\n"
 
-    def _restart(self, why: str) -> None:
-        log.warning("feed: %s; reading %s from its start (lines in between are not read)",
-                    why, self._path.name)
+    def _restart(self, why: str | None = None) -> None:
+        """Read the file from its start (``why``: and say that lines were skipped)."""
+        if why is not None:
+            log.warning("feed: %s; reading %s from its start (lines in between are not read)",
+                        why, self._path.name)
         self._f.seek(0)
         self._offset = self._line = 0
         self._waiting_since_size, self._head = -1, b""
+
+    def _copied_rest(self, ino: int) -> list[bytes] | None:
+        """The lines not read yet of a file truncated in place, from logrotate's copy of it
+        beside it (another file that begins with the bytes read and reaches past the
+        offset; compressed copies are not read), its last piece as it is; None if there is
+        no such copy."""
+        head, offset = self._head, self._offset
+        if not head:  # nothing read: nothing to finish
+            return []
+        for entry, st in sorted(self._siblings(), key=lambda es: -es[1].st_mtime_ns):
+            if st.st_ino == ino or st.st_size < offset:
+                continue
+            try:
+                with open(entry.path, "rb") as fh:
+                    if os.pread(fh.fileno(), len(head), 0) != head:
+                        continue
+                    fh.seek(offset)
+                    rest = io.BytesIO(fh.read()).readlines()  # (split at b"\n" only)
+            except FileNotFoundError:
+                continue
+            log.info("feed %s was copied and truncated: its last %d lines are read from %s, "
+                     "then it again from its start", self._path.name, len(rest), entry.name)
+            return rest
+        return None
 
     def _siblings(self, *, with_path: bool = False) -> list[tuple[os.DirEntry, os.stat_result]]:  # type: ignore[type-arg]
         """The feed's rotated files beside it, with their status: the feed's name, then
@@ -307,7 +343,14 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
         size = os.fstat(fd).st_size
         if self._truncated(fd, size):  # (a pread of 1 KiB a batch)
             self.truncations += 1
-            self._restart(f"{self._path.name} was truncated")
+            rest = self._copied_rest(os.fstat(fd).st_ino)
+            if rest is None:
+                self._restart(f"{self._path.name} was truncated")
+            else:  # its last lines first (their numbers go on), then the file from line 1
+                out = self._emit(rest) if rest else []
+                self._restart()
+                if out:
+                    return out
         elif size == self._waiting_since_size:
             return self._idle()  # only the piece without its newline, as before: no re-read
         lines = list(islice(f, self._batch))  # the file's own readline loop, in C

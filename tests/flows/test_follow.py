@@ -322,6 +322,69 @@ def test_a_feed_truncated_and_grown_past_the_offset_between_polls_is_caught_by_i
     assert got == [(1, b'{"b":10}\n'), (2, b'{"b":20}\n'), (3, b'{"b":3}\n')]
 
 
+def _copytruncate(feed: Path, copy: str) -> None:
+    """logrotate's ``copytruncate``: the feed copied beside it, then emptied in place."""
+    (feed.parent / copy).write_bytes(feed.read_bytes())
+    with open(feed, "r+b") as fh:
+        fh.truncate(0)
+
+
+def test_a_feed_copied_and_truncated_is_finished_from_its_copy_then_read_from_its_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed, part = _read(tmp_path, b"1\n2\n")
+    (tmp_path / "feed.jsonl.2").write_bytes(b"0\n1\n2\n3\n4\n")  # an older copy: other head
+    _append(feed, b"3\n4-cut")  # written after the last read: only in the copy
+    _copytruncate(feed, "feed.jsonl.1")
+    _append(feed, b"5\n")
+    with caplog.at_level(logging.INFO, logger="delaywatch"):
+        got = _lines(part.next_batch())
+        got += _lines(part.next_batch())
+    assert got == [(3, b"3\n"), (4, b"4-cut"), (1, b"5\n")]
+    assert part.truncations == 1
+    assert "last 2 lines are read from feed.jsonl.1" in caplog.text
+    assert "not read" not in caplog.text  # nothing skipped, nothing to warn of
+    assert part.snapshot()[:2] == (2, 1)
+
+
+def test_a_feed_copied_and_truncated_with_nothing_unread_repeats_nothing_and_warns_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed, part = _read(tmp_path, b"1\n2\n")
+    _copytruncate(feed, "feed.jsonl-20261124")
+    _append(feed, b"3\n")
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        assert _lines(part.next_batch()) == [(1, b"3\n")]
+    assert caplog.text == ""  # the copy holds nothing past what was read: nothing skipped
+
+
+def test_a_feed_copied_and_truncated_while_stopped_resumes_in_the_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed, snapshot = _read_and_stopped(tmp_path, b"1\n2\n")
+    _append(feed, b"3\n")
+    _copytruncate(feed, "feed.jsonl.1")
+    _append(feed, b"4\n5\n")
+    with caplog.at_level(logging.INFO, logger="delaywatch"):
+        part = _part(feed, snapshot)
+        got = [line for _ in range(4) for line in _lines(part.next_batch())]
+    assert got == [(3, b"3\n"), (1, b"4\n"), (2, b"5\n")]
+    assert "finishing the copy feed.jsonl.1 first" in caplog.text
+    assert "not read" not in caplog.text
+
+
+def test_a_compressed_copy_is_not_read_and_the_lines_skipped_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed, part = _read(tmp_path, b"1\n2\n")
+    _append(feed, b"3\n")
+    _copytruncate(feed, "feed.jsonl.1.gz")  # (as if compressed: not a name that is read)
+    _append(feed, b"4\n")
+    with caplog.at_level(logging.WARNING, logger="delaywatch"):
+        assert _lines(part.next_batch()) == [(1, b"4\n")]
+    assert "lines in between are not read" in caplog.text
+
+
 def test_a_lone_carriage_return_in_a_rotated_files_last_piece_does_not_split_it(
     tmp_path: Path
 ) -> None:
