@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import idna
+
 from notifiers.errors import CustomerTableError, InvalidRecipientError
 
 __all__ = ["LOCALES", "Customer", "load_customers", "validate_address"]
@@ -30,8 +32,13 @@ def validate_address(addr_spec: str) -> Address:
     Rejects anything with whitespace, control or format characters (a zero-width space
     copied in with the address would reach the relay and bounce), a display name, angle
     brackets or more than one address, so a table entry can never smuggle in a second
-    recipient.
+    recipient. An internationalized domain comes back in its ASCII form (IDNA 2008 with
+    UTS #46 mapping), which every relay takes, also one without SMTPUTF8; a non-ASCII local
+    part still needs SMTPUTF8.
     The error text never contains the address.
+
+    >>> validate_address("anna@Bücher.example").addr_spec
+    'anna@xn--bcher-kva.example'
     """
     if (
         not isinstance(addr_spec, str)
@@ -50,6 +57,13 @@ def validate_address(addr_spec: str) -> Address:
         raise InvalidRecipientError("recipient address is not a plain addr-spec") from None
     if address.addr_spec != addr_spec:
         raise InvalidRecipientError("recipient address does not round-trip")
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
+            raise InvalidRecipientError(
+                "recipient domain is not a valid internationalized domain name") from None
+        address = Address(username=address.username, domain=domain)
     return address
 
 

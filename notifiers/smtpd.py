@@ -164,14 +164,17 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     rules: Sequence[FailureRule | str] = (),
+    smtputf8: bool = True,
 ) -> Controller:
     """Start the server in a background thread; ``controller.port`` is the bound port.
+    ``smtputf8=False``: a relay that does not offer SMTPUTF8 (many do not).
 
     Call ``controller.stop()`` when done.
     """
     parsed = [r if isinstance(r, FailureRule) else FailureRule.parse(r) for r in rules]
     controller = _Controller(
-        MaildirHandler(directory, parsed), hostname=host, port=port, ready_timeout=10.0
+        MaildirHandler(directory, parsed), hostname=host, port=port, ready_timeout=10.0,
+        enable_SMTPUTF8=smtputf8,
     )
     controller.start()
     return controller

@@ -429,6 +429,21 @@ def test_unusable_customer_address_is_refused_without_echoing_it(
     assert "evil" not in str(info.value) and "mail.example" not in str(info.value)
 
 
+def test_an_internationalized_domain_goes_out_in_its_ascii_form(
+    composer: MessageComposer
+) -> None:
+    """A relay without SMTPUTF8 refused ``anna@bücher.example`` (553) though the domain has
+    an ASCII form every relay takes."""
+    cust = Customer("r-1", "Anna", "anna@Bücher.example", "en", "UTC")
+    msg = composer.build(make_alert("PKG-1"), cust, when=WHEN)
+    assert [a.addr_spec for a in reparse(wire(msg))["To"].addresses] == [
+        "anna@xn--bcher-kva.example"]
+    with pytest.raises(InvalidRecipientError, match="internationalized domain") as info:
+        composer.build(make_alert("PKG-1"),  # a snowman: IDNA 2003 took it, 2008 does not
+                       Customer("r-1", "N", "a@\u2603.example", "en", "UTC"), when=WHEN)
+    assert "example" not in str(info.value)
+
+
 def test_unknown_kind_and_missing_key_are_build_errors(composer: MessageComposer) -> None:
     with pytest.raises(MessageBuildError):
         composer.build(make_alert("P", kind="weird"), customer(1), when=WHEN)
@@ -599,6 +614,7 @@ def test_an_ordinary_name_with_specials_is_kept() -> None:
 _RECIPIENT_ERRORS = {
     "recipient address is not a plain addr-spec",
     "recipient address does not round-trip",
+    "recipient domain is not a valid internationalized domain name",
 }
 
 
