@@ -178,7 +178,11 @@ class SmtpSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     start_tls: bool = False
-    timeout_seconds: float = 30.0
+    timeout_seconds: float = Field(30.0, gt=0, description="wait for each SMTP reply")
+    data_timeout_seconds: float = Field(
+        600.0, gt=0, description="wait for the reply to a message's end (RFC 5321: 10 "
+        "minutes); a message left without one may have arrived and is sent again only "
+        "after backoff_max_seconds")
     sender: str = "delaywatch <alerts@delaywatch.example.com>"
     unsubscribe_url: str = "https://delaywatch.example.com/unsubscribe"
     unsubscribe_secret: SecretStr = SecretStr("change-me-in-production")

@@ -510,7 +510,7 @@ def send_outbox(
     customers = load_customers(customers_path, bad=bad)
     sender = SmtpSender(
         host or smtp.host, port or smtp.port, timeout=smtp.timeout_seconds,
-        start_tls=smtp.start_tls, username=smtp.username,
+        data_timeout=smtp.data_timeout_seconds, start_tls=smtp.start_tls, username=smtp.username,
         password=smtp.password.get_secret_value() if smtp.password else None,
     )
     from notifiers import DEFAULT_QUIET_HOURS

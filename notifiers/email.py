@@ -5,9 +5,11 @@ open for a batch, :meth:`SmtpSender.send` (re)connects when needed and turns eve
 into a :class:`DeliveryReport` or one of the errors in :mod:`notifiers.errors`.
 
 :func:`drain` moves due outbox rows to the SMTP server. Delivery guarantee: at-least-once per
-alert key, recorded only after the server accepted the message; the only way to get a
-duplicate is to stop between the server's acceptance and ``mark_sent`` (the row's lease then
-runs out and it is sent again, with the same Message-ID). Nothing is dropped: every claimed
+alert key, recorded only after the server accepted the message. A duplicate (with the same
+Message-ID) needs a stop between the server's acceptance and ``mark_sent`` (the row's lease
+then runs out and it is sent again), or a relay that took the message and never answered its
+end within ``data_timeout`` (10 minutes; it is sent again after ``backoff_max``, not sooner).
+Nothing is dropped: every claimed
 row ends ``sent``, ``failed_permanent`` (with its code), ``suppressed``, or goes back to
 ``pending``.
 """
@@ -38,6 +40,7 @@ from notifiers.errors import (
     PermanentDeliveryError,
     RelayError,
     TransientDeliveryError,
+    UnconfirmedDeliveryError,
     redact,
 )
 from notifiers.grouping import customer_digest
@@ -99,16 +102,41 @@ def _alert_key_of(message: EmailMessage) -> str | None:
     return unquote(str(value)) if value is not None else None
 
 
+class _NoReplyToData(Exception):
+    """DATA timed out or lost its connection: the relay may have the message."""
+
+
+class _Smtp(aiosmtplib.SMTP):
+    """aiosmtplib's client, with its own wait for DATA's replies (RFC 5321 4.5.3.2: a client
+    waits 10 minutes for the reply to the message's end, as relays may check the message
+    before they answer) and a DATA that got no reply told from a refusal."""
+
+    def __init__(self, *args: Any, data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_timeout = data_timeout
+
+    async def data(self, message: str | bytes, /, *, timeout: Any = None) -> Any:
+        try:
+            return await super().data(message, timeout=self.data_timeout)
+        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
+            raise _NoReplyToData(type(exc).__name__) from None
+
+
 class SmtpSender:
     """An SMTP client for one relay, reusing its connection across messages.
 
     >>> sender = SmtpSender("127.0.0.1", 2525, timeout=10.0)
     >>> sender
     SmtpSender(hostname='127.0.0.1', port=2525)
+    >>> sender.longest_send()  # 10 commands at 10 s, the message's end at 600 s
+    700.0
 
     Use ``async with sender:`` around a batch; the connection is opened on the first
     :meth:`send`, reopened after a disconnect and closed (QUIT) when the outermost ``async
-    with`` ends.
+    with`` ends. ``timeout`` is the wait for each command's reply; ``data_timeout`` the wait
+    for DATA's, the last one of which comes only once the relay has taken (and perhaps
+    checked) the message: RFC 5321's 10 minutes. A DATA that gets no reply raises
+    :class:`~notifiers.errors.UnconfirmedDeliveryError`: the message may have arrived.
     """
 
     def __init__(
@@ -117,6 +145,7 @@ class SmtpSender:
         port: int = 25,
         *,
         timeout: float = 30.0,
+        data_timeout: float = 600.0,
         local_hostname: str | None = None,
         use_tls: bool = False,
         start_tls: bool | None = None,
@@ -127,6 +156,7 @@ class SmtpSender:
         self.hostname = hostname
         self.port = port
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self._options: dict[str, Any] = {
             "local_hostname": local_hostname,
             "use_tls": use_tls,
@@ -140,6 +170,14 @@ class SmtpSender:
 
     def __repr__(self) -> str:
         return f"SmtpSender(hostname={self.hostname!r}, port={self.port!r})"
+
+    def longest_send(self, timeout: float | None = None) -> float:
+        """Seconds one :meth:`send` can take at most, on a new connection: connect and
+        greeting, EHLO, STARTTLS, EHLO, AUTH (two), MAIL, RCPT, a reconnect's QUIT and an
+        RSET at ``timeout`` each (None: the sender's), DATA at ``data_timeout``. A message's
+        lease must outlast it, or another sender could take the row mid-send."""
+        timeout = self.timeout if timeout is None else timeout
+        return 10 * timeout + max(self.data_timeout, timeout)
 
     @property
     def is_connected(self) -> bool:
@@ -166,8 +204,9 @@ class SmtpSender:
             return
         self._drop()
         timeout = self.timeout if timeout is None else timeout
-        smtp = aiosmtplib.SMTP(
-            hostname=self.hostname, port=self.port, timeout=timeout, **self._options
+        smtp = _Smtp(
+            hostname=self.hostname, port=self.port, timeout=timeout,
+            data_timeout=max(self.data_timeout, timeout), **self._options
         )
         try:
             await smtp.connect()
@@ -234,6 +273,13 @@ class SmtpSender:
             errors, response = await self._smtp.send_message(
                 message, sender=sender, recipients=recipients, timeout=timeout
             )
+        except _NoReplyToData as exc:
+            self._drop()
+            raise UnconfirmedDeliveryError(
+                CONNECTION_LOST_CODE, step="data", alert_key=key,
+                server_message=("no reply to the message's end" if "Timeout" in str(exc)
+                                else "connection lost in DATA"),
+            ) from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusals = exc.recipients
             transient = [r for r in refusals if 400 <= r.code < 500]
@@ -316,6 +362,7 @@ class DrainReport:
     held: int = 0  # put back: an earlier message to the same customer has not gone yet
     customer_row_bad: int = 0  # put back: the customer's row in the table is unusable
     lease_lost: int = 0  # not sent: its lease ran out and another sender took it
+    unconfirmed: int = 0  # sent, no reply to its end: maybe delivered; again after a long wait
     relay_error_code: int | None = None
 
     def add(self, other: DrainReport) -> None:
@@ -361,7 +408,9 @@ async def drain(
     (550 / 553); in quiet hours (recipient's zone) the row is deferred to their end without
     counting an attempt; otherwise the message is built and sent. Accepted: ``mark_sent``
     (after acceptance). 4xx, lost connection, timeout: retry after
-    :func:`~notifiers.policy.backoff_delay`, and after ``max_attempts`` attempts
+    :func:`~notifiers.policy.backoff_delay` (no reply to the message's end, which it may
+    have taken: after ``backoff_max`` at the soonest; counted ``unconfirmed``), and after
+    ``max_attempts`` attempts
     ``failed_permanent`` with the last code. 5xx: ``failed_permanent``, and on a bounce
     (550/551/553 to RCPT TO, not a 5.7.x policy refusal: ``PermanentDeliveryError.bounce``)
     the recipient is suppressed. If the relay itself cannot be reached or refuses the
@@ -376,10 +425,14 @@ async def drain(
     attempt: they go once the table is mended, and everyone else's go now. A message that
     cannot be built (an edited template that fails) fails its row with 554, and the rest go.
     ``timeout``: seconds per SMTP command; None: the sender's own (``smtp.timeout_seconds``).
+    A row is claimed for ``lease`` seconds and renewed, when its turn comes, for as long as
+    its send can take (``SmtpSender.longest_send``, if longer), so no other sender takes it
+    mid-send.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     cutoff = now_fn()
+    send_lease = max(lease, sender.longest_send(timeout))  # (a row is renewed to it to go)
     report = DrainReport()
     suppressed_now: set[str] = set()
     async with sender:
@@ -409,7 +462,7 @@ async def drain(
                             [row], before.next_attempt_at if before else retry_at)
                         del unfinished[row.alert_key]
                         continue
-                    renewed = outbox.renew(row, now_fn(), lease=lease)
+                    renewed = outbox.renew(row, now_fn(), lease=send_lease)
                     if renewed is not None:
                         unfinished[row.alert_key] = renewed  # (its token, if put back)
                     else:
@@ -545,9 +598,17 @@ async def _deliver(
             log.error("drain: %s; giving up after %d attempts", exc, attempts)
         else:
             delay = backoff_delay(key, attempts, base=backoff_base, cap=backoff_max)
+            if isinstance(exc, UnconfirmedDeliveryError):  # not again soon: it may be there
+                delay = max(delay, backoff_max)
             outbox.mark_retry(key, exc.code, now_fn() + timedelta(seconds=delay))
             report.retried += 1
             log.info("drain: %s; attempt %d, retry in %.0f s", exc, attempts, delay)
+        if isinstance(exc, UnconfirmedDeliveryError):
+            report.unconfirmed += 1
+            if metrics is not None:
+                metrics.unconfirmed.inc()
+            log.warning("drain: alert %s: the relay did not confirm the message; it may have "
+                        "been delivered (a later copy has the same Message-ID)", key)
         return
     # Accepted by the server. Record it now: a stop between here and the commit is the one
     # window in which the message can be sent twice.

@@ -31,6 +31,7 @@ __all__ = [
     "PermanentDeliveryError",
     "RelayError",
     "TransientDeliveryError",
+    "UnconfirmedDeliveryError",
     "redact",
 ]
 
@@ -134,6 +135,13 @@ class DeliveryTimeoutError(TransientDeliveryError, TimeoutError):
         server_message: str = "timed out",
     ) -> None:
         super().__init__(code, step=step, alert_key=alert_key, server_message=server_message)
+
+
+class UnconfirmedDeliveryError(TransientDeliveryError):
+    """The message went to the relay but it never said whether it took it: no reply to the
+    message's end within ``data_timeout``, or the connection dropped in DATA (counts as 451).
+    It may have been delivered (RFC 1047), so it is sent again only after a long back-off,
+    with the same Message-ID."""
 
 
 class RelayError(TransientDeliveryError):

@@ -8,6 +8,9 @@ a name or a package id.
   reply) or ``transient`` (still 4xx / disconnects after the last allowed attempt).
 * ``delaywatch_email_attempts_total`` - SMTP transactions tried for a message (each ends as sent,
   retry or failure; a relay that cannot be reached is not an attempt for any message).
+* ``delaywatch_emails_unconfirmed_total`` - messages the relay never answered the end of
+  (no reply within ``data_timeout``, or the connection dropped in DATA): they may have
+  arrived, and go again only after the longest back-off.
 * ``delaywatch_outbox_depth`` - rows pending or being sent.
 * ``delaywatch_outbox_oldest_pending_age_seconds`` - age of the oldest such row.
 * ``delaywatch_outbox_duplicates_total`` - enqueues ignored because the alert key was present.
@@ -58,6 +61,7 @@ class NotifierMetrics:
     sent: Counter
     failed: Counter
     attempts: Counter
+    unconfirmed: Counter
     depth: Gauge
     oldest_pending_age: Gauge
     duplicates: Counter
@@ -193,6 +197,11 @@ def make_notifier_metrics(registry: CollectorRegistry | None = REGISTRY) -> Noti
         attempts=Counter(
             "delaywatch_email_attempts",
             "SMTP delivery attempts for a message.",
+            registry=registry,
+        ),
+        unconfirmed=Counter(
+            "delaywatch_emails_unconfirmed",
+            "E-mails the relay never answered the end of (they may have arrived).",
             registry=registry,
         ),
         depth=Gauge(

@@ -28,6 +28,7 @@ from notifiers.errors import (
     MessageBuildError,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnconfirmedDeliveryError,
 )
 from notifiers.grouping import customer_digest
 from notifiers.message import MessageComposer
@@ -363,6 +364,25 @@ async def test_unknown_customer_and_unusable_address_fail_without_sending(
     assert "r-missing" not in caplog.text and "r-broken" not in caplog.text
 
 
+async def test_an_internationalized_domain_is_delivered_by_a_relay_without_smtputf8(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, clock: Clock
+) -> None:
+    """A relay that does not offer SMTPUTF8, as many do not: the domain goes in its ASCII
+    form (it failed 553 "SMTPUTF8 not supported")."""
+    from notifiers.smtpd import start_server
+
+    server = start_server(maildir, smtputf8=False)
+    anna = Customer("r-idn", "Anna", "anna@bücher.example", "en", "UTC")
+    outbox.enqueue(make_alert("PKG-1"), anna.recipient_ref, now=T0)
+    try:
+        report = await drain(outbox, {anna.recipient_ref: anna}, sender_for(server.port),
+                             composer=composer, now_fn=clock, quiet_hours=None)
+    finally:
+        server.stop()
+    assert (report.sent, report.failed_permanent) == (1, 0)
+    assert count_by_alert_key(maildir) == {"PKG-1:stall:1": 1}
+
+
 async def test_a_bounce_is_logged_without_the_customer(
     outbox: Outbox, composer: MessageComposer, smtp_server, clock: Clock,
     caplog: pytest.LogCaptureFixture,
@@ -454,10 +474,15 @@ async def test_kill_9_between_acceptance_and_record_duplicates_exactly_that_mess
         early = await drain(box, customers, sender_for(server), composer=composer,
                             now_fn=clock, quiet_hours=None)  # fmt: skip
         assert early.claimed == 0  # the dead sender's lease still holds
-        clock.advance(301)  # lease (300 s) expired
+        clock.advance(301)  # the batch's lease (300 s) expired
         report = await drain(box, customers, sender_for(server), composer=composer,
                              now_fn=clock, quiet_hours=None)  # fmt: skip
-        assert report.sent == 8 and box.stats()["sent"] == 10 and box.depth() == 0
+        # the one being sent when it died was renewed for the longest send (10 x 30 s + 600 s)
+        assert report.sent == 7 and box.stats()["sending"] == 1
+        clock.advance(SmtpSender().longest_send() - 300)
+        report = await drain(box, customers, sender_for(server), composer=composer,
+                             now_fn=clock, quiet_hours=None)  # fmt: skip
+        assert report.sent == 1 and box.stats()["sent"] == 10 and box.depth() == 0
 
     counts = count_by_alert_key(maildir)
     assert set(counts) == {f"PKG-{i}:stall:1" for i in range(10)}  # lost: 0
@@ -585,3 +610,90 @@ async def test_two_senders_on_one_outbox_send_each_message_once_when_leases_run_
     assert counts == {f"PKG-{i}:stall:1": 1 for i in range(8)}
     assert first.sent + second.sent == 8 and first.lease_lost + second.lease_lost > 0
     assert {r.status for r in outbox.rows()} == {"sent"}
+
+
+class _Stalling:
+    """An in-process relay (aiosmtpd) that stores each message, then waits ``delay`` seconds
+    before it answers the message's end (a relay scanning the message, or a hung one)."""
+
+    def __init__(self, maildir: Path, delay: float) -> None:
+        from aiosmtpd.controller import Controller
+
+        from notifiers.smtpd import MaildirHandler
+
+        class Handler(MaildirHandler):
+            async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
+                reply = await super().handle_DATA(server, session, envelope)
+                await asyncio.sleep(delay)
+                return reply
+
+        self.controller = Controller(Handler(maildir), hostname="127.0.0.1", port=free_port())
+
+    def __enter__(self) -> int:
+        self.controller.start()
+        return self.controller.port
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+
+async def test_a_relay_that_answers_the_messages_end_late_gets_it_once(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, clock: Clock
+) -> None:
+    """The reply to the final dot may take minutes (RFC 5321: wait 10). Under the command
+    timeout it timed out, the relay kept the message, and every retry delivered it again."""
+    customers = setup_alerts(outbox, 2)
+    with _Stalling(maildir, delay=0.6) as port:
+        sender = SmtpSender("127.0.0.1", port, timeout=0.2, data_timeout=5.0,
+                            local_hostname="delaywatch.test")
+        reports = await drain_until_settled(outbox, customers, sender, composer=composer,
+                                            clock=clock, quiet_hours=None)
+    assert count_by_alert_key(maildir) == {"PKG-0:stall:1": 1, "PKG-1:stall:1": 1}
+    assert sum(r.sent for r in reports) == 2 and sum(r.retried for r in reports) == 0
+
+
+async def test_a_message_whose_end_is_never_answered_is_sent_again_only_after_backoff_max(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, clock: Clock,
+    metrics: NotifierMetrics, registry,  # noqa: ANN001
+) -> None:
+    customers = setup_alerts(outbox, 1)
+    with _Stalling(maildir, delay=1.5) as port:
+        sender = SmtpSender("127.0.0.1", port, timeout=0.2, data_timeout=0.4,
+                            local_hostname="delaywatch.test")
+        with pytest.raises(UnconfirmedDeliveryError) as caught:
+            async with sender:
+                await sender.send(composer.build(make_alert("X"), customer(9), when=T0))
+        assert caught.value.step == "data" and "no reply" in str(caught.value)
+        report = await drain(outbox, customers, sender, composer=composer, now_fn=clock,
+                             quiet_hours=None, backoff_base=30.0, backoff_max=3600.0,
+                             metrics=metrics)
+    assert (report.unconfirmed, report.retried, report.sent) == (1, 1, 0)
+    assert registry.get_sample_value("delaywatch_emails_unconfirmed_total") == 1
+    row = outbox.get("PKG-0:stall:1")
+    assert row is not None and row.status == "pending" and row.attempts == 1
+    assert row.next_attempt_at >= clock() + timedelta(seconds=3600)  # not 30 s: it may be there
+    assert count_by_alert_key(maildir) == {"PKG-0:stall:1": 1, "X:stall:1": 1}
+
+
+async def test_a_rows_lease_outlasts_a_long_send_so_no_other_sender_takes_it(
+    outbox: Outbox, composer: MessageComposer, maildir: Path
+) -> None:
+    """A send waits up to ``data_timeout`` for the message's end: the row's lease is renewed
+    for the longest send, not for ``lease``, or a second sender takes the row mid-send."""
+    from datetime import UTC, datetime
+
+    customers = setup_alerts(outbox, 1)
+    with _Stalling(maildir, delay=1.5) as port:
+        async def one(delay: float) -> DrainReport:
+            await asyncio.sleep(delay)
+            with Outbox(outbox.path) as own:
+                sender = SmtpSender("127.0.0.1", port, timeout=0.1, data_timeout=5.0,
+                                    local_hostname="t")
+                return await drain(own, customers, sender, composer=composer,
+                                   now_fn=lambda: datetime.now(UTC), quiet_hours=None,
+                                   lease=0.5)
+
+        first, second = await asyncio.gather(one(0.0), one(0.9))
+    assert count_by_alert_key(maildir) == {"PKG-0:stall:1": 1}
+    assert (first.sent, second.claimed) == (1, 0)
+    assert SmtpSender(timeout=0.1, data_timeout=5.0).longest_send() == pytest.approx(6.0)
