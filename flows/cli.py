@@ -393,7 +393,7 @@ def send(
     messages held by quiet hours count as ``deferred`` and go on a later run."""
     from datetime import UTC, datetime
 
-    from flows.run import send_outbox
+    from flows.run import SendStopped, send_outbox
     from notifiers import CustomerTableError
     from notifiers.metrics import write_send_textfile
 
@@ -410,6 +410,10 @@ def send(
         report = send_outbox(outbox, customers, settings, host=host, port=port)
     except CustomerTableError as exc:  # names the line and column, never a value
         _fail(str(exc))
+    except (SendStopped, KeyboardInterrupt) as exc:  # SIGTERM (systemctl stop), Ctrl-C
+        console.print("stopped: the message being sent got its answer and was recorded; "
+                      "the rest stay queued for the next run", soft_wrap=True)
+        raise typer.Exit(0 if isinstance(exc, SendStopped) else 130) from None
     except UnicodeDecodeError as exc:
         _fail(f"{customers} is not UTF-8 text (byte {exc.start})")
     bad = report["customer_rows_bad"]

@@ -32,8 +32,8 @@ from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
 from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
 
-__all__ = ["Reference", "ReplaySummary", "StoreMismatch", "incident_states", "read_facilities",
-           "read_reference", "replay", "send_outbox"]
+__all__ = ["Reference", "ReplaySummary", "SendStopped", "StoreMismatch", "incident_states",
+           "read_facilities", "read_reference", "replay", "send_outbox"]
 
 log = logging.getLogger("delaywatch")
 _METRICS: dict[str, Any] = {}
@@ -486,6 +486,37 @@ def outbox_messages(path: Path) -> pd.DataFrame:
         con.close()
 
 
+class SendStopped(Exception):
+    """``send`` was stopped by SIGTERM: the message being sent got its answer and was
+    recorded, the rest of its batch went back to the queue."""
+
+
+async def _until_terminated(drained: Any) -> Any:
+    """Await ``drained`` (a drain), cancelled by SIGTERM as asyncio.run cancels it on Ctrl-C:
+    the message in flight is carried to its answer and recorded first (``drain``)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated: list[bool] = []
+
+    def terminate() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        return await drained
+    try:
+        return await drained
+    except asyncio.CancelledError:
+        if terminated:
+            raise SendStopped from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def send_outbox(
     outbox_path: Path,
     customers_path: Path,
@@ -518,13 +549,13 @@ def send_outbox(
     use_quiet = smtp.quiet_hours if quiet_hours is None else quiet_hours
     now_fn = now_fn or (lambda: datetime.now(UTC))
     with Outbox(outbox_path) as outbox:
-        report = asyncio.run(drain(
+        report = asyncio.run(_until_terminated(drain(
             outbox, customers, sender, composer=composer, now_fn=now_fn,
             max_attempts=smtp.max_attempts, backoff_base=smtp.backoff_base_seconds,
             backoff_max=smtp.backoff_max_seconds,
             quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
             unusable={ref for ref, _ in bad}, hold_unknown=bool(bad),
-        ))
+        )))
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()
         return dataclasses.asdict(report) | {

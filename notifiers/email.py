@@ -5,10 +5,12 @@ open for a batch, :meth:`SmtpSender.send` (re)connects when needed and turns eve
 into a :class:`DeliveryReport` or one of the errors in :mod:`notifiers.errors`.
 
 :func:`drain` moves due outbox rows to the SMTP server. Delivery guarantee: at-least-once per
-alert key, recorded only after the server accepted the message. A duplicate (with the same
-Message-ID) needs a stop between the server's acceptance and ``mark_sent`` (the row's lease
-then runs out and it is sent again), or a relay that took the message and never answered its
-end within ``data_timeout`` (10 minutes; it is sent again after ``backoff_max``, not sooner).
+alert key, recorded only after the server accepted the message. A drain cancelled (Ctrl-C,
+SIGTERM) while a message is out carries it to its answer and records it, then stops. A
+duplicate (with the same Message-ID) needs a kill between the server's acceptance and
+``mark_sent`` (the row's lease then runs out and it is sent again), or a relay that took the
+message and never answered its end within ``data_timeout`` (10 minutes; it is sent again
+after ``backoff_max``, not sooner).
 Nothing is dropped: every claimed
 row ends ``sent``, ``failed_permanent`` (with its code), ``suppressed``, or goes back to
 ``pending``.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -434,6 +436,7 @@ async def drain(
     cutoff = now_fn()
     send_lease = max(lease, sender.longest_send(timeout))  # (a row is renewed to it to go)
     report = DrainReport()
+    stopping: list[bool] = []  # cancelled while a message was out (see _answered)
     suppressed_now: set[str] = set()
     async with sender:
         relay_down = False
@@ -492,8 +495,11 @@ async def drain(
                         metrics=metrics,
                         report=report,
                         suppressed_now=suppressed_now,
+                        stopping=stopping,
                     )
                     del unfinished[row.alert_key]
+                    if stopping:  # cancelled while it was sent: it is recorded, now stop
+                        raise asyncio.CancelledError
                     if report.retried + report.deferred != pending:  # still to go
                         waiting[row.recipient_ref] = row.alert_key
             except _RelayDown as down:
@@ -512,9 +518,29 @@ async def drain(
                     report.released += outbox.release(
                         unfinished.values(), retry_at, code=report.relay_error_code
                     )
+    if stopping:  # (the relay went down as the message in flight was answered)
+        raise asyncio.CancelledError
     if metrics is not None:
         metrics.observe_outbox(outbox, now_fn())
     return report
+
+
+async def _answered(send: Awaitable[DeliveryReport], stopping: list[bool]) -> DeliveryReport:
+    """``send``, carried to its answer even if the drain is cancelled meanwhile (Ctrl-C,
+    SIGTERM): the relay may be taking the message, and put back unanswered it would go
+    twice. Then ``stopping`` says so, and the drain stops once the answer is recorded (a
+    second cancellation stops at once)."""
+    task = asyncio.ensure_future(send)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled():
+            raise
+        stopping.append(True)
+        if not task.done():
+            log.warning("drain: stopping once the message being sent has its answer")
+            await asyncio.wait([task])
+        return task.result()
 
 
 async def _deliver(
@@ -533,6 +559,7 @@ async def _deliver(
     metrics: NotifierMetrics | None,
     report: DrainReport,
     suppressed_now: set[str],
+    stopping: list[bool],
 ) -> None:
     key = row.alert_key
     if row.recipient_ref in suppressed_now or outbox.is_suppressed(row.recipient_ref):
@@ -572,7 +599,7 @@ async def _deliver(
         return
 
     try:
-        await sender.send(message, timeout=timeout)
+        await _answered(sender.send(message, timeout=timeout), stopping)
     except RelayError as exc:
         raise _RelayDown(exc) from None
     except PermanentDeliveryError as exc:

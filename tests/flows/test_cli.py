@@ -231,3 +231,46 @@ def test_an_error_message_shows_a_path_with_brackets_as_it_is(tmp_path: Path) ->
     done = CliRunner().invoke(app, ["send", "--outbox", str(path), "--customers", str(path)])
     assert done.exit_code == 2, done.output
     assert f"{path} does not exist" in done.output
+
+
+@pytest.mark.faults
+def test_send_stopped_by_sigterm_mid_message_records_it_and_exits_cleanly(
+    tmp_path: Path
+) -> None:
+    """``systemctl stop`` while the relay takes a message: the message gets its answer and
+    is recorded (killed there, it went again after its lease), the rest stay queued."""
+    import signal
+    import subprocess
+    import sys
+
+    from notifiers import Outbox
+    from notifiers.smtpd import count_by_alert_key
+    from tests.notifiers.helpers import customer, write_customers_csv
+    from tests.notifiers.test_email import _Stalling
+
+    custs = [customer(i) for i in range(3)]
+    table = write_customers_csv(tmp_path / "customers.csv", custs)
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        for i, c in enumerate(custs):
+            box.enqueue({"alert_key": f"P{i}:stall:1", "kind": "stall", "package_id": f"P{i}"},
+                        c.recipient_ref)
+    mail = tmp_path / "mail"
+    with _Stalling(mail, delay=1.5) as port:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from flows.cli import app; app()", "send", "--outbox",
+             str(tmp_path / "outbox.sqlite"), "--customers", str(table), "--host",
+             "127.0.0.1", "--port", str(port)],
+            env={**__import__("os").environ, "DELAYWATCH_SMTP__QUIET_HOURS": "false"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(mail.glob("new/*")):  # the relay has the first message
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "the message being sent got its answer and was recorded" in err
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        assert [box.get(f"P{i}:stall:1").status for i in range(3)] == [
+            "sent", "pending", "pending"]
+    assert count_by_alert_key(mail) == {"P0:stall:1": 1}

@@ -697,3 +697,27 @@ async def test_a_rows_lease_outlasts_a_long_send_so_no_other_sender_takes_it(
     assert count_by_alert_key(maildir) == {"PKG-0:stall:1": 1}
     assert (first.sent, second.claimed) == (1, 0)
     assert SmtpSender(timeout=0.1, data_timeout=5.0).longest_send() == pytest.approx(6.0)
+
+
+async def test_a_drain_cancelled_while_a_message_is_out_records_its_answer_and_stops(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, clock: Clock
+) -> None:
+    """Ctrl-C or SIGTERM while the relay takes a message: put back unanswered, it went
+    twice (the relay had it). It is carried to its answer and recorded; the rest go back."""
+    customers = setup_alerts(outbox, 4)
+    with _Stalling(maildir, delay=0.8) as port:
+        sender = SmtpSender("127.0.0.1", port, timeout=5.0, local_hostname="delaywatch.test")
+        run = asyncio.ensure_future(drain(outbox, customers, sender, composer=composer,
+                                          now_fn=clock, quiet_hours=None))
+        while not any(maildir.glob("new/*")):  # the relay has the first message
+            await asyncio.sleep(0.02)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        statuses = {r.alert_key: r.status for r in outbox.rows()}
+        assert statuses == {"PKG-0:stall:1": "sent", "PKG-1:stall:1": "pending",
+                            "PKG-2:stall:1": "pending", "PKG-3:stall:1": "pending"}
+        again = await drain(outbox, customers, sender, composer=composer, now_fn=clock,
+                            quiet_hours=None)
+    assert again.sent == 3
+    assert count_by_alert_key(maildir) == {f"PKG-{i}:stall:1": 1 for i in range(4)}
