@@ -69,22 +69,31 @@ rows. Output incidents are grouped by ``incident_key`` (any status); each is pla
 earliest ``opened_at`` and *names* every id found in any of its rows' ``facility_id`` and
 ``lane_to`` (and a space-separated ``facilities`` column, if the output has one). A truth
 incident *covers* the ids in its ``facility_id``, ``lane_to`` (so a lane matches on either end)
-and space-separated ``facilities``. An output incident *matches* a truth incident if it names one
+and space-separated ``facilities``. An output incident *explains* a truth incident if it names one
 of the covered ids and ``onset - 1 h <= opened_at <= end + 6 h`` (no upper bound if ``end`` is
-empty). For a ``lane_delay`` the upper bound is ``seen_until + 6 h`` when that is later:
-``seen_until`` is the latest arrival scan at ``lane_to`` of the packages carrying the incident's id
-(read from ``events.jsonl`` by :func:`load_truth`; without it, ``end``). A lane delay holds up
-packages that *departed* in ``[onset, end]``: their departure scan is on time and their arrival is
-the first scan that can show the delay, at the earliest one normal transit (>= 16 h between
-regions) after departure, often after ``end + 6 h``; until the last of them arrives the
+empty), where ``end`` is pushed to the truth's ``last_effect`` when that is later: the latest
+time a scan the incident moved was made (a slowdown's or weather's backlog drains after its
+``end``: departures it pushed go on for hours; ``docs/simulator.md``). For a ``lane_delay`` the
+upper bound is also ``seen_until + 6 h`` when that is later (for truths without
+``last_effect``): ``seen_until`` is the latest arrival scan at ``lane_to`` of the packages
+carrying the incident's id (read from ``events.jsonl`` by :func:`load_truth`). A lane delay holds
+up packages that *departed* in ``[onset, end]``: their departure scan is on time and their
+arrival is the first scan that can show the delay, at the earliest one normal transit (>= 16 h
+between regions) after departure, often after ``end + 6 h``; until the last of them arrives the
 incident is still visible in the feed, so an incident opened then is a detection, not a false
-alarm. No kind agreement is required, except that output ``feed_outage`` incidents are matched
-only against truth feed outages and all other output kinds only against facility-level incidents.
+alarm. An output incident *detects* a truth incident it explains if their kinds agree this far:
+a truth ``lane_delay`` is detected only by an output ``lane_delay`` on the same lane (naming
+both its ``facility_id`` and its ``lane_to``), and a truth slowdown, stop or weather only by an
+output incident that is not a lane delay (no agreement among those three is required: a stop
+called a slowdown still tells its customers). A slowdown at the receiving hub is no detection
+of a late truck into it, though it explains an output incident at that hub. Output
+``feed_outage`` incidents are matched only against truth feed outages and all other output kinds
+only against facility-level incidents.
 
-- ``incidents_detected``: facility-level truth incidents matched by an output incident.
+- ``incidents_detected``: facility-level truth incidents detected by an output incident.
   ``incident_recall`` = ``incidents_detected`` / ``incidents``.
 - ``incident_detection_delay_minutes_p50`` / ``_p90``: over detected incidents, ``opened_at`` of
-  the earliest matching output incident minus ``onset``, in minutes, clipped at 0.
+  the earliest output incident detecting it minus ``onset``, in minutes, clipped at 0.
 - Only when the truth's incidents.csv has a ``first_effect`` column (the earliest time a scan the
   incident moved was due, see ``docs/simulator.md``: the first moment the feed can differ):
   ``incident_detection_delay_from_first_effect_minutes_p50`` / ``_p90``: the same over detected
@@ -92,7 +101,7 @@ only against truth feed outages and all other output kinds only against facility
   ``incident_first_effect_minutes_p50``: the median of ``first_effect - onset`` in minutes over
   the facility-level incidents with a ``first_effect`` (how long the network hides an incident
   from any detector; not clipped; computed from the truth, so also without an incidents frame).
-- ``false_incidents``: output incidents (kind other than ``feed_outage``) matching no
+- ``false_incidents``: output incidents (kind other than ``feed_outage``) explaining no
   facility-level truth incident (one raised during a feed outage is false).
   ``false_incidents_per_facility_week`` = ``false_incidents`` / (facilities of kind ``plant`` or
   ``ndc`` in facilities.csv x (meta ``end`` - ``start``) in weeks).
@@ -349,8 +358,9 @@ def load_truth(truth_dir: str | Path) -> Truth:
     incidents = _parse_times(incidents, ("onset", "end"))
     incidents["affected_packages"] = pd.to_numeric(incidents["affected_packages"], errors="coerce")
     incidents["seen_until"] = _lane_arrivals(root / "events.jsonl", incidents, packages)
-    if "first_effect" in incidents.columns:  # written by newer simulators
-        incidents = _parse_times(incidents, ("first_effect",))
+    for column in ("first_effect", "last_effect"):  # written by newer simulators
+        if column in incidents.columns:
+            incidents = _parse_times(incidents, (column,))
 
     inquiries = _read_jsonl(root / "inquiries.jsonl", _INQUIRY_COLUMNS)
     inquiries = _parse_times(inquiries, ("inquiry_time",))
@@ -585,10 +595,16 @@ def _names_long(frame: pd.DataFrame, key: str, columns: Iterable[str]) -> pd.Dat
     return names[names["name"] != ""].drop_duplicates()
 
 
-def _match(truth_incidents: pd.DataFrame, output: pd.DataFrame) -> pd.DataFrame:
+def _match(
+    truth_incidents: pd.DataFrame, output: pd.DataFrame, *, detection: bool = False
+) -> pd.DataFrame:
     """Pairs (incident_id, incident_key, onset, opened_at) of matching truth/output incidents.
 
-    ``output`` is collapsed (:func:`_collapse_incidents`): one row per key with its ``names``.
+    ``output`` is collapsed (:func:`_collapse_incidents`): one row per key with its ``kind``
+    and ``names``. ``detection``: only the pairs in which the output incident *detects* the
+    truth incident: a lane delay by a ``lane_delay`` incident on the same lane, a facility
+    incident by a facility incident (any other kind but ``lane_delay``); else every pair in
+    which it *explains* it (any id in common).
     """
     columns = ["incident_id", "incident_key", "onset", "opened_at"]
     if truth_incidents.empty or output.empty:
@@ -598,11 +614,12 @@ def _match(truth_incidents: pd.DataFrame, output: pd.DataFrame) -> pd.DataFrame:
         )
     covered = _names_long(truth_incidents, "incident_id", ("facility_id", "lane_to", "facilities"))
     spans = truth_incidents[["incident_id", "onset", "end"]].copy()
-    if "seen_until" in truth_incidents:  # a lane delay: until its delayed packages arrived
-        spans["end"] = spans["end"].where(
-            truth_incidents["seen_until"].isna() | (truth_incidents["seen_until"] <= spans["end"]),
-            truth_incidents["seen_until"],
-        )
+    # visible in the feed until its last effect: a lane delay's delayed arrivals, a slowdown's
+    # backlog draining after its end (older truths have no last_effect; lanes, seen_until)
+    for later in ("seen_until", "last_effect"):
+        if later in truth_incidents:
+            after = _to_utc(truth_incidents[later])
+            spans["end"] = spans["end"].where(after.isna() | (after <= spans["end"]), after)
     covered = covered.merge(spans, on="incident_id", how="left")
     named = _names_long(output, "incident_key", ("names",))
     named = named.merge(output[["incident_key", "opened_at"]], on="incident_key", how="left")
@@ -611,7 +628,19 @@ def _match(truth_incidents: pd.DataFrame, output: pd.DataFrame) -> pd.DataFrame:
     inside = (pairs["opened_at"] >= pairs["onset"] - _MATCH_BEFORE) & (
         pairs["end"].isna() | (pairs["opened_at"] <= upper)
     )
-    return pairs.loc[inside, columns].drop_duplicates(["incident_id", "incident_key"])
+    pairs = pairs.loc[inside, columns].drop_duplicates(["incident_id", "incident_key"])
+    if detection and not pairs.empty:
+        truth = truth_incidents.drop_duplicates("incident_id").set_index("incident_id")
+        out = output.drop_duplicates("incident_key").set_index("incident_key")
+        truth_lane = truth["kind"].reindex(pairs["incident_id"]).to_numpy() == "lane_delay"
+        out_lane = out["kind"].reindex(pairs["incident_key"]).to_numpy() == "lane_delay"
+        names = out["names"].reindex(pairs["incident_key"]).fillna("").str.split().to_numpy()
+        ends = zip(truth["facility_id"].reindex(pairs["incident_id"]).to_numpy(),
+                   truth["lane_to"].reindex(pairs["incident_id"]).to_numpy(), strict=True)
+        same_lane = [{a, b} <= set(n) for (a, b), n in zip(ends, names, strict=True)]
+        keep = np.where(truth_lane, out_lane & np.array(same_lane, dtype=bool), ~out_lane)
+        pairs = pairs[keep]
+    return pairs
 
 
 def _collapse_incidents(incidents: pd.DataFrame) -> pd.DataFrame:
@@ -677,7 +706,7 @@ def _incident_figures(truth: Truth, incidents: pd.DataFrame | None) -> dict[str,
 
     output = _collapse_incidents(incidents)
     is_feed = output["kind"] == "feed_outage"
-    pairs = _match(facility_level, output[~is_feed])
+    pairs = _match(facility_level, output[~is_feed], detection=True)
     first_open = pairs.groupby("incident_id")[["onset", "opened_at"]].min()
     delay = _minutes(first_open["opened_at"] - first_open["onset"]).clip(lower=0)
     if has_first_effect:
@@ -690,7 +719,8 @@ def _incident_figures(truth: Truth, incidents: pd.DataFrame | None) -> dict[str,
             incident_detection_delay_from_first_effect_minutes_p50=_percentile(after_effect, 50),
             incident_detection_delay_from_first_effect_minutes_p90=_percentile(after_effect, 90),
         )
-    false_incidents = int((~output.loc[~is_feed, "incident_key"].isin(pairs["incident_key"])).sum())
+    explained = _match(facility_level, output[~is_feed])["incident_key"]
+    false_incidents = int((~output.loc[~is_feed, "incident_key"].isin(explained)).sum())
     feed_pairs = _match(feed, output[is_feed])
 
     kinds = truth.facilities["kind"].astype(object).where(truth.facilities["kind"].notna(), "")

@@ -187,6 +187,7 @@ class IncidentManager:
                 out.append(self._open(s, facility, lane_to, window_end_ts, score, kind,
                                       evidence, affected, facilities))
                 return out
+            grown = not s.facilities.issuperset(facilities)  # (weather spreading)
             s.facilities.update(facilities)
             s.peak = max(s.peak, score)
             if score < self.close_threshold:
@@ -199,7 +200,8 @@ class IncidentManager:
             else:
                 s.under = 0
             moved = abs(affected - s.affected)
-            if moved >= self.update_min and moved >= self.update_ratio * max(s.affected, 1):
+            if grown or moved >= self.update_min and moved >= self.update_ratio * max(
+                    s.affected, 1):
                 s.affected = affected
                 out.append(
                     self._record(

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from detectors.events import epoch_seconds as _epoch  # never empty here
@@ -293,6 +294,8 @@ class NetworkDesk:
         """One package record from a shard, in order: what it tells whom."""
         m, folder, grouper = self.metrics, self.folder, self.grouper
         kind, pid = alert["kind"], alert["package_id"]
+        if kind == "fold_watched":
+            return self._fold_one(alert)
         told = grouper.told(pid)
         if kind == "moved" or kind == "back_on_track":
             self._unwatch(alert)
@@ -343,24 +346,35 @@ class NetworkDesk:
                 and not watched:
             del self.watching[alert.get("facility_id") or ""]
 
-    def _fold_watched(self, record: dict[str, Any]) -> list[Out]:
-        """An incident opened: the silent packages watched at its facilities hear of it now."""
-        out: list[Out] = []
-        opened = record["opened_at"]
+    def _fold_watched(self, record: dict[str, Any]) -> None:
+        """An incident opened or grew: each package watched silent at its facilities is looked
+        at again once the moves made before now are in (a ``fold_watched`` check made now, so
+        decided after every record made before now: a package that had left before the
+        incident opened, its move scan still on its way, was not held by it)."""
+        # an incident that grew covers its new facilities from now (IncidentFolder.observe)
+        since = record["opened_at"] if record["status"] == "open" else \
+            datetime.fromtimestamp(self.now, UTC).isoformat()
         for name in sorted(self.folder.names(record)):
-            watched = self.watching.pop(name, None)
-            if not watched:
-                continue
-            for pid, alert in list(watched.items()):
-                at = max(alert["alert_time"], opened, key=_epoch)
-                decision, folded = self.folder.decide(alert | {"alert_time": at})
-                if decision == "fold":
-                    del watched[pid]
-                    out.append(("alert", folded))
-                    out += self._messages(self.grouper.add(folded, decision))
-            if watched:
-                self.watching[name] = watched
-        return out
+            for pid in sorted(self.watching.get(name, ())):
+                self._arrivals += 1
+                check = {"kind": "fold_watched", "package_id": pid, "facility_id": name,
+                         "since": since}
+                heapq.heappush(self._held, (self.now, pid, self._arrivals, check))
+
+    def _fold_one(self, check: dict[str, Any]) -> list[Out]:
+        """A ``fold_watched`` check: the package, if still watched there, told of the incident
+        that holds it, unless it heard of that incident and its end already."""
+        name, pid = check["facility_id"], check["package_id"]
+        watched = self.watching.get(name)
+        alert = None if watched is None else watched.get(pid)
+        if alert is None:
+            return []  # it moved (or stalled) meanwhile
+        at = max(alert["alert_time"], check["since"], key=_epoch)
+        decision, folded = self.folder.decide(alert | {"alert_time": at})
+        if decision != "fold" or self.grouper.told_of(folded):
+            return []
+        self._unwatch(alert)
+        return [("alert", folded), *self._messages(self.grouper.add(folded, decision))]
 
     def _incidents(self, records: list[dict[str, Any]]) -> list[Out]:
         """Incident records of one window end: out, into the folder, and they fold the
@@ -376,7 +390,7 @@ class NetworkDesk:
                 if withdrawn and m is not None:
                     m.alerts_suppressed.labels("feed_outage").inc(withdrawn)
             if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
-                out += self._fold_watched(record)
+                self._fold_watched(record)
             if m is not None and record["status"] in ("open", "resolved"):
                 status = "opened" if record["status"] == "open" else "resolved"
                 m.incidents.labels(record["kind"], status).inc()

@@ -13,10 +13,12 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 import flows.network
 from detectors.folding import IncidentFolder
+from detectors.incidents import IncidentManager
 from flows.metrics import FlowMetrics, make_flow_metrics
 from flows.network import NetworkDesk, Out, Progress
 from notifiers.grouping import MessageGrouper, customer_digest
@@ -372,13 +374,14 @@ def test_with_several_shards_a_package_overdue_at_an_opening_hears_of_it_then() 
     the events or the shards' records are batched."""
     out = _held_run(early=True, chunk=100, together=False)
     opening = [(tag, r.get("package_id")) for hour, (tag, r) in out if hour == 10]
-    assert opening[0] == ("incident", None)  # then the packages it holds, in order
-    assert sorted(o for o in opening if o[0] == "alert") == [("alert", "HELD"),
-                                                              ("alert", "HELD2")]
+    assert opening[:2] == [("incident", None), ("alert", "HELD")]  # its watch, decided then
+    assert ("alert", "HELD2") not in opening
     told = {r["package_id"]: (hour, r) for hour, (tag, r) in out if tag == "alert"}
     assert told.keys() == {"HELD", "HELD2", "FRESH"}
     assert all(r["kind"] == "incident_delay" for _, r in told.values())
-    assert told["HELD2"][1]["alert_time"] == iso(T0 + 10 * H)  # watched before: at opening
+    # watched before: looked at again once the moves made before the opening are in (the
+    # grace, an hour), and told as of the opening
+    assert told["HELD2"][0] == 11 and told["HELD2"][1]["alert_time"] == iso(T0 + 10 * H)
     assert told["HELD"][1]["alert_time"] <= iso(T0 + 10 * H)  # its watch, claimed (grace)
     # a package reaching its hold point (+12 h) while the incident is open hears of it then
     # (its watch at +13 h, decided after the grace)
@@ -620,3 +623,105 @@ def test_a_late_move_after_the_customer_heard_of_the_incident_tells_nothing_more
                                                                   "back_on_track"]
     assert [r["kind"] for tag, r in out if tag == "alert"] == ["incident_delay",
                                                                 "back_on_track"]
+
+
+# -- found by a review (2026-11-24): watched packages and incidents that open or grow --------
+
+def _rec(pid: str, kind: str, fac: str, at: int, last: int, *, wm: int | None = None,
+         ep: int = 1) -> dict:
+    return {"alert_key": f"{pid}:{kind}:{ep}", "kind": kind, "package_id": pid, "episode": ep,
+            "facility_id": fac, "last_event_code": "A1", "last_scan_time": iso(last),
+            "alert_time": iso(at), "recipient_ref": f"C-{pid}",
+            "watermark": at if wm is None else wm, "evidence": "silent", "new_estimate": None}
+
+
+def _weather(status: str, opened: int, affected: int, hubs: str = "H1 H2") -> dict:
+    return {"incident_key": "H1:weather:x", "kind": "weather", "facility_id": "H1",
+            "lane_to": None, "status": status, "opened_at": iso(opened), "resolved_at": None,
+            "facilities": hubs, "score": 2.0, "affected_packages": affected,
+            "evidence": "Region R: its hubs are delayed at once."}
+
+
+@pytest.mark.parametrize(("lateness_h", "scan_late_h"), [(6, 5.5), (0.5, 0)])
+def test_a_package_that_left_before_an_incident_opened_is_not_told_it_held_it(
+    lateness_h: float, scan_late_h: float
+) -> None:
+    """Its move record is decided at its watermark + grace, after the windows ending by
+    then: an incident opening in one of them after the move (a move scan hours late, or a
+    lateness under the grace) folded the package, still watched, as held by it."""
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H))
+    watch_at, moved_at = T0 + 20 * H, T0 + 24 * H
+    opened = moved_at + 900  # 15 min after it left
+    made = int(moved_at + scan_late_h * H - lateness_h * H)  # the tracker's watermark then
+    incident = {"incident_key": "P1:facility_slowdown:x", "kind": "facility_slowdown",
+                "facility_id": "P1", "lane_to": None, "status": "open",
+                "opened_at": iso(opened), "resolved_at": None, "facilities": "P1",
+                "evidence": "P1 is holding 50 packages that usually leave by now."}
+    desk.add("0", _rec("X", "watch", "P1", watch_at, T0))
+    desk.add("0", Progress(watch_at + H, watch_at + 2 * H, [], []))
+    out = desk.step()
+    desk.add("0", _rec("X", "moved", "P1", moved_at, T0, wm=made))
+    desk.add("0", Progress(opened + 3 * H, opened + 3 * H, [], [(opened, [incident])]))
+    out += desk.step() + desk.finish()
+    assert [tag for tag, _ in out] == ["incident"]  # nobody told
+
+
+def test_a_package_watched_where_an_incident_grows_is_told_as_of_then() -> None:
+    man = IncidentManager()
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H))
+    ready = []
+    for i in range(1, 24):  # weather over H1 and H2 from 00:30, H3 too from 03:00
+        hubs = ("H1", "H2", "H3") if i >= 12 else ("H1", "H2")
+        records = man.update("H1", T0 + i * 900, 2.0, "weather", "region R delayed.",
+                             2000 if i >= 12 else 1000, facilities=hubs)
+        if records:
+            ready.append((T0 + i * 900, records))
+    desk.add("0", _rec("Z", "watch", "H3", T0 - 2 * H, T0 - 20 * H))  # silent at H3
+    desk.add("0", Progress(T0 + 5 * H, T0 + 5 * H, [], ready))
+    told = [r for tag, r in desk.step() if tag == "alert"]
+    assert [(r["package_id"], r["kind"]) for r in told] == [("Z", "incident_delay")]
+    assert told[0]["alert_time"] == iso(T0 + 3 * H)  # H3 is covered from then
+    assert "Z" not in desk.watching.get("H3", {})
+
+
+def test_a_watched_package_told_of_an_incident_and_its_end_is_not_told_when_it_grows() -> None:
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H))
+    desk.add("0", _rec("X", "watch", "H1", T0, T0 - 20 * H))
+    desk.add("0", Progress(T0 + 1, T0 + 1, [], []))
+    out = desk.step()
+    # the weather opens over H1 and H2 at 01:00; X moves on to H2 (scan at 06:30)
+    desk.add("0", _rec("X", "moved", "H1", T0 + int(6.5 * H), T0 - 20 * H, wm=T0 + H // 2))
+    desk.add("0", Progress(T0 + 2 * H, T0 + 2 * H, [], [(T0 + H, [_weather("open", T0 + H,
+                                                                           100)])]))
+    out += desk.step()
+    desk.add("0", Progress(T0 + 4 * H, T0 + 4 * H, [], []))  # "held, moving again": closed
+    out += desk.step()
+    desk.add("0", _rec("X", "watch", "H2", T0 + 14 * H, T0 + int(6.5 * H), ep=2))  # silent
+    desk.add("0", Progress(T0 + 15 * H, T0 + 16 * H, [], []))
+    out += desk.step()
+    desk.add("0", Progress(T0 + 20 * H, T0 + 20 * H, [], [
+        (T0 + 16 * H, [_weather("update", T0 + H, 300)])]))  # the open incident grows
+    out += desk.step() + desk.finish()
+    messages = [r for tag, r in out if tag == "message"]
+    assert len(messages) == 1 and messages[0]["moving"]  # told once, with its move
+
+
+def test_a_hub_an_open_weather_incident_spreads_to_is_named_at_once() -> None:
+    """The manager added the hub but wrote no record until the affected count moved by 25 %:
+    nobody downstream (the folder, incidents.jsonl) knew of it, and a package stalled there
+    got a plain stall message."""
+    man = IncidentManager()
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H))
+    ready = []
+    for i in range(1, 40):
+        hubs = ("H1", "H2") if i < 4 else ("H1", "H2", "H3")  # H3 hit from 01:00
+        records = man.update("H1", T0 + i * 900, 2.0, "weather", "region R delayed.",
+                             1000 if i < 4 else 1100, facilities=hubs)  # +10 %: no update
+        if records:
+            ready.append((T0 + i * 900, records))
+    statuses = [(r["status"], r["facilities"]) for _, records in ready for r in records]
+    assert statuses == [("open", "H1 H2"), ("update", "H1 H2 H3")]
+    desk.add("0", _rec("Y", "stall", "H3", T0 + 6 * H, T0 - 20 * H))
+    desk.add("0", Progress(T0 + 9 * H, T0 + 9 * H, [], ready))
+    out = desk.step() + desk.finish()
+    assert [r["kind"] for tag, r in out if tag == "message"] == ["incident_delay"]
