@@ -69,6 +69,8 @@ class _Gaps:
     def __setstate__(
         self, state: tuple[Any, ...]
     ) -> None:
+        if len(state) == 4:  # snapshots from before ``since``
+            state = (*state, 0)
         self.n, self.hi, self.mid, self.parents, self.since = state
 
 
@@ -277,6 +279,7 @@ class StallDetector(base.AnomalyDetector):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {"min_span": 0.0} | state  # snapshots from before min_span
         self.__dict__.update(state)
         self._slots_of, self._zone_slots = {}, {}
 

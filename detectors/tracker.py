@@ -8,7 +8,9 @@ again. The Bytewax flow runs one tracker per shard; a notebook can run one over 
 
 Time
     The watermark is the largest event time seen, held back by ``allowed_lateness`` (scans
-    reach the feed minutes to hours after they happen). Deadlines go into buckets of
+    reach the feed minutes to hours after they happen); an event time ahead of its line's
+    ingestion time by more than ``CLOCK_SKEW`` (a scanner's clock running ahead) moves it
+    only to that ingestion time plus ``CLOCK_SKEW``. Deadlines go into buckets of
     ``bucket_seconds``; a bucket fires once the watermark is past its end. Everything
     depends only on the order of events, never on the wall clock, so a replay raises exactly
     the alerts that live processing raised. In live mode the caller may move the clock with
@@ -17,12 +19,19 @@ Time
 Episodes
     A stall opens an episode (``alert_key = "{package}:stall:{n}"``). The next in-order scan
     resolves it with one ``back_on_track`` record; a package has at most one open episode.
+    A scan older than the last one is counted (``out_of_order``) and dropped, but for a
+    delivery or return (a handheld synced late), which ends the package as of its last scan;
+    a scan of the last scan's second while the package is silent (stalled or watched) is a
+    re-sent line (``duplicate``): it does not end the silence.
     Delivered and returned packages (``TERMINAL_CODES``) are forgotten at once; a scan for a
     package whose first (``GX``) event was never seen is counted (``no_header``) and ignored,
     so a late scan of a forgotten package cannot raise an alert. A header line (one with a
     ``service``) could, so the tracker also remembers which packages finished, by a 56-bit
     fingerprint of the id: a header for one of them is a re-sent line, counted
-    (``finished_echo``) and ignored, and the package stays forgotten. A finished package is
+    (``finished_echo``) and ignored, and the package stays forgotten, as is a header older
+    than ``finished_retention_seconds`` before the newest event time (the memory cannot vouch
+    for it, and a package that began that long ago could not be told in time). A finished
+    package is
     remembered while the newest event time is less than ``finished_retention_seconds`` past
     the newest event time at its delivery, and forgotten about one generation
     (``finished_generation_seconds``) later; after that its id is free again and a header
@@ -132,6 +141,10 @@ _PAST = 64
 _KEPT = 128
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
+# an event time may lead its line's ingestion time by this much (scanner clocks) before the
+# watermark stops following it: one scanner whose clock runs hours ahead would otherwise make
+# every package look silent that long
+CLOCK_SKEW = 300
 _OPEN_END = 1 << 62  # an incident still open
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
@@ -408,17 +421,22 @@ class PackageTracker:
             flate, fwidth = self.facility_lateness, fstats.window_seconds
             fnext = fstats.closed_through + fwidth + flate  # newest time that closes a window
         accepted = duplicate = out_of_order = no_header = delivered = resolved = 0
+        skew = CLOCK_SKEW
         try:
             for ev in events:
                 ts = ev.event_ts
                 if ts > max_ts:
-                    max_ts = self.max_event_ts = ts
-                    if (ts - lateness) // bucket_s - 1 > fired:  # else _fire_due is a no-op
-                        self._fire_due(out)
-                        fired = self._fired_through
-                    if fstats is not None and ts >= fnext:
-                        self._close_facility(ts - flate, out)
-                        fnext = fstats.closed_through + fwidth + flate
+                    # a scanner whose clock runs ahead moves the watermark only as far as its
+                    # line's ingestion time allows (else every package would look silent)
+                    ahead = ev.ingest_ts + skew
+                    if ts <= ahead or ahead > max_ts:
+                        max_ts = self.max_event_ts = ts if ts <= ahead else ahead
+                        if (max_ts - lateness) // bucket_s - 1 > fired:  # else a no-op
+                            self._fire_due(out)
+                            fired = self._fired_through
+                        if fstats is not None and max_ts >= fnext:
+                            self._close_facility(max_ts - flate, out)
+                            fnext = fstats.closed_through + fwidth + flate
                 pid = ev.package_id
                 if pid >= "\x01":  # _pack_id(pid), inlined
                     key = from_bytes(pid.encode("utf-8", "surrogatepass"), "big")
@@ -432,8 +450,12 @@ class PackageTracker:
                         # no header: nothing to alert on (maybe a late scan of a forgotten package)
                         no_header += 1
                         continue
-                    if self._finished_keep and self._was_finished(key):
+                    if self._finished_keep and (
+                            self._was_finished(key)
+                            or ts < max_ts - self.finished_retention_seconds):
                         # the header of a package delivered lately, re-sent: not a new package
+                        # (older than the memory: it cannot vouch for it, and a package that
+                        # began that long ago could not be told in time anyway)
                         self.stats.finished_echo += 1
                         continue
                     slot = self._new_slot(key, _pack_ref(ev.recipient_ref))
@@ -449,17 +471,27 @@ class PackageTracker:
                 else:
                     slot = packed & _SLOT
                     last = last_col[slot]
-                    if ts < last:
-                        out_of_order += 1
-                        if fstats is not None and ev.facility is not None:
-                            fscan(ev.facility, ts)  # late, but the facility did scan
-                        continue
                     flags = flags_col[slot]
+                    if ts <= last:
+                        if ts < last:
+                            out_of_order += 1
+                            if fstats is not None and ev.facility is not None:
+                                fscan(ev.facility, ts)  # late, but the facility did scan
+                            if code not in TERMINAL_CODES:
+                                continue
+                            # delivered (a handheld's scans synced late): it ends here, as of
+                            # its last scan, and no silence is learned from it
+                            flags_col[slot] = flags = flags | _PAST
+                            ts = last
+                        elif code_no_get(code) == code_col[slot] and (
+                                None if flags & _TRANSIT else facilities[fac_col[slot]]
+                        ) == ev.facility or flags & (_OPEN | _WATCHED) and (
+                                code not in TERMINAL_CODES):
+                            # the last scan again; or another of the same second while it is
+                            # silent (a re-sent line: no later scan, its silence goes on)
+                            duplicate += 1
+                            continue
                     last_fac = None if flags & _TRANSIT else facilities[fac_col[slot]]
-                    if ts == last and code_no_get(code) == code_col[slot] \
-                            and last_fac == ev.facility:
-                        duplicate += 1
-                        continue
                     past = flags & _PAST
                     if flags & _LATER:  # the silence it was put off for is over
                         flags_col[slot] = flags = flags & ~(_LATER | _PAST)
@@ -484,7 +516,8 @@ class PackageTracker:
                         self._silence_ends(slot, ts)
                         out.append(self._moved(slot, ts, ev))
                         prev_ts = last_col[slot]
-                        learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
+                        if ts > prev_ts:  # (not a delivery synced late)
+                            learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
                     elif prev_code not in PRE_SHIPMENT:
                         prev_ts = last_col[slot]
                         if not past:  # past its stall deadline: not a usual silence
@@ -1078,7 +1111,18 @@ class PackageTracker:
             return
         state["_recent"] = set(array("Q", state["_recent"]))
         frozen = np.frombuffer(state.pop("_frozen"), np.uint64)  # read-only: never written
+        # layout 3 from before the watches, the incidents and the facility statistics
+        state.setdefault("watch_fraction", 0.0)
+        state.setdefault("hold_factor", 1.0)
+        state.setdefault("hold_horizon", 12 * 3600)
+        state.setdefault("incidents", None)
+        state.setdefault("_incident_records", [])
         self.__dict__.update(state)  # in place, _rotate makes new arrays
+        if "facility_stats" not in state:
+            self._facility_init(None, 3600)
+        elif len(state.get("_pgap", ())) != len(self._last_ts):  # from before the lanes
+            self._pgap = array("H", bytes(2 * len(self._last_ts)))
+            self.__dict__.setdefault("_windows", [])
         self._freeze(frozen)
 
 

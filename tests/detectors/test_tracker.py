@@ -812,3 +812,120 @@ def test_the_all_clear_estimates_from_the_time_of_day_of_the_new_scan(
         assert hours == pytest.approx(10, abs=1)
     else:
         assert hours > 14
+
+
+# -- found by a review (2026-11-24): repeats, late lines, clocks and old snapshots -----------
+
+def _fixed(prior: dict[str, tuple[int, int]]) -> StallDetector:
+    """A detector that never learns enough to leave its priors: thresholds are known."""
+    return StallDetector(prior_hours=prior, default_prior_hours=None, min_threshold=0,
+                         min_samples=10**9)
+
+
+def test_a_resent_scan_of_the_same_second_neither_ends_a_stall_nor_opens_another() -> None:
+    """Two scans in one second (feeds with minute times have many), then the first re-sent
+    while the package is stalled: it was taken for a new scan, the stall was closed with a
+    "moving again after 0 h" and a second stall came an hour later."""
+    t = PackageTracker(_fixed({"10": (6, 24), "A1": (6, 24)}), allowed_lateness=0,
+                       bucket_seconds=600)
+    out = t.process(ScanEvent("P1", "GX", "O-1", T0, T0, service="ground",
+                              promised_by_ts=T0 + 2 * H, recipient_ref="C1"))
+    out += t.process(ScanEvent("P1", "10", "PLANT-1", T0 + H, T0 + H))
+    out += t.process(ScanEvent("P1", "A1", "PLANT-1", T0 + H, T0 + H))  # same second: new
+    out += t.process(ScanEvent("P2", "GX", "O-1", T0 + 31 * H, T0 + 31 * H, service="ground"))
+    assert [a["alert_key"] for a in out] == ["P1:stall:1"]
+    assert "arrived at facility" in out[0]["evidence"]  # the second scan of that second
+    again = t.process(ScanEvent("P1", "10", "PLANT-1", T0 + H, T0 + 32 * H))  # re-sent
+    again += t.advance(T0 + 60 * H)
+    assert again == [] and t.stats.duplicate == 1
+    moved = t.process(ScanEvent("P1", "T1", "PLANT-1", T0 + 61 * H, T0 + 61 * H))
+    assert [a["kind"] for a in moved] == ["back_on_track"]
+
+
+def test_a_delivery_scan_synced_after_a_later_scan_ends_the_package() -> None:
+    """A handheld's delivery scan timed before the last scan seen was dropped as out of
+    order: the delivered package stayed in flight and was alerted as stalled."""
+    t = PackageTracker(_fixed({"OF": (6, 12), "DX": (6, 12)}), allowed_lateness=0,
+                       bucket_seconds=600)
+    out = t.process(ScanEvent("P1", "GX", "O-1", T0, T0, service="ground",
+                              promised_by_ts=T0 + 30 * H, recipient_ref="C1"))
+    out += t.process(ScanEvent("P1", "OF", "PO-1", T0 + 8 * H, T0 + 8 * H))
+    out += t.process(ScanEvent("P1", "DX", "PO-1", T0 + 20 * H, T0 + 20 * H))
+    out += t.process(ScanEvent("P1", "01", "PO-1", T0 + 14 * H, T0 + 20 * H + 1800))
+    assert t.in_flight == 0 and t.stats.delivered == 1 and t.stats.out_of_order == 1
+    out += t.process(ScanEvent("P2", "GX", "O-1", T0 + 40 * H, T0 + 40 * H, service="ground"))
+    assert [a for a in out if a["package_id"] == "P1"] == []
+    # an out-of-order scan that is no delivery is still dropped
+    t.process(ScanEvent("P3", "GX", "O-1", T0 + 40 * H, T0 + 40 * H, service="ground"))
+    t.process(ScanEvent("P3", "A1", "PLANT-1", T0 + 41 * H, T0 + 41 * H))
+    t.process(ScanEvent("P3", "10", "PLANT-1", T0 + 40 * H + 1800, T0 + 41 * H))
+    assert t.in_flight == 2 and t.stats.out_of_order == 2
+
+
+def test_a_scanner_clock_hours_ahead_does_not_move_the_watermark() -> None:
+    """One line timed 12 h after its ingestion (the parser allows a day of skew) moved every
+    package's watermark 12 h on: a hundred packages silent 19-20 h at a 24 h stage were
+    alerted."""
+    t = PackageTracker(_fixed({"A1": (6, 24)}), allowed_lateness=6 * H, bucket_seconds=900)
+    events = []
+    for i in range(100):
+        ts = T0 + 10 * H + 36 * i
+        events += [ScanEvent(f"P{i}", "GX", "O-1", ts - 5 * H, ts - 5 * H, service="ground",
+                             promised_by_ts=T0 + 2 * DAY, recipient_ref=f"C{i}"),
+                   ScanEvent(f"P{i}", "A1", "PLANT-1", ts, ts + 60)]
+    events.append(ScanEvent("Q1", "GX", "O-2", T0 + 30 * H, T0 + 30 * H, service="ground"))
+    events.append(ScanEvent("Q2", "GX", "O-3", T0 + 42 * H, T0 + 30 * H, service="ground"))
+    assert t.process_batch(events) == [] and t.max_event_ts == T0 + 30 * H + 300
+    # the next lines move it on as usual; the skewed package itself is kept as scanned
+    out = t.process_batch([ScanEvent("Q3", "GX", "O-1", T0 + 41 * H, T0 + 41 * H,
+                                     service="ground")])
+    assert len([a for a in out if a["kind"] == "stall"]) == 100
+    assert t.in_flight == 103
+
+
+def test_a_header_resent_after_the_finished_memory_is_not_a_new_package() -> None:
+    t = PackageTracker(_fixed({"03": (6, 48)}), allowed_lateness=6 * H, bucket_seconds=900)
+    first = ScanEvent("P1", "03", "PO-7", T0, T0, service="ground",
+                      promised_by_ts=T0 + 3 * DAY, recipient_ref="C1")
+    out = t.process_batch([first, ScanEvent("P1", "A1", "PLANT-1", T0 + 8 * H, T0 + 8 * H),
+                           ScanEvent("P1", "01", "PO-2", T0 + 30 * H, T0 + 30 * H)])
+    out += t.process_batch([ScanEvent(f"Q{i}", "GX", "O-1", T0 + 30 * H + i * 6 * H,
+                                      T0 + 30 * H + i * 6 * H, service="ground")
+                            for i in range(17)])  # five days on: the memory forgot P1
+    out += t.process(ScanEvent("P1", "03", "PO-7", T0, T0 + 5 * DAY + 6 * H, service="ground",
+                               promised_by_ts=T0 + 3 * DAY, recipient_ref="C1"))
+    out += t.advance(T0 + 5 * DAY + 7 * H)
+    assert [a for a in out if a["package_id"] == "P1"] == [] and t.stats.finished_echo == 1
+    # a header within the memory's span is a new package as before
+    t.process(ScanEvent("P9", "03", "PO-7", T0 + 5 * DAY, T0 + 5 * DAY + 6 * H,
+                        service="ground"))
+    assert t.in_flight == 18
+
+
+def test_snapshots_of_older_layouts_load_and_go_on() -> None:
+    """Layout 3 from before the watches, incidents and lane gaps, and stall detectors from
+    before ``min_span`` and ``since`` (the shapes older releases pickled) failed to load or
+    crashed the first batch after a restart."""
+    t = PackageTracker(_fixed({"A1": (6, 24)}), allowed_lateness=0, bucket_seconds=600)
+    t.process(ScanEvent("P1", "GX", "O-1", T0, T0, service="ground",
+                        promised_by_ts=T0 + DAY, recipient_ref="C1"))
+    t.process(ScanEvent("P1", "A1", "PLANT-1", T0 + H, T0 + H))
+    state = t.__getstate__()
+    for gone in ("watch_fraction", "hold_factor", "hold_horizon", "incidents",
+                 "_incident_records", "facility_stats", "facility_lateness", "_pgap",
+                 "_windows"):
+        state.pop(gone, None)
+    detector = state["detector"]
+    del detector.__dict__["min_span"]
+    old = PackageTracker.__new__(PackageTracker)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    out = old.process(ScanEvent("P2", "GX", "O-1", T0 + 30 * H, T0 + 30 * H, service="ground"))
+    assert [a["alert_key"] for a in out] == ["P1:stall:1"]
+    from detectors.stall import _Gaps
+
+    level = _Gaps(0.9)
+    level.n = 7
+    four = level.__getstate__()[:4]  # a _Gaps from before ``since``
+    level = pickle.loads(pickle.dumps(level))
+    level.__setstate__(four)
+    assert level.since == 0 and level.n == 7
