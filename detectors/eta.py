@@ -329,7 +329,9 @@ class DeliveryEstimator(base.Base):
 
         Same ``x`` as :meth:`estimate`. Uses the most specific key of (code, service), (code),
         any, with ``overdue_min`` kept remaining times longer than the silence; falls back to
-        :meth:`estimate` when none has.
+        :meth:`estimate` when none has. Either way never earlier than if the package moved
+        now and then took the stage's usual remaining time (its median over the whole day),
+        and ``p_late`` at least 0.5 when that is past the promise.
 
         >>> est = DeliveryEstimator(overdue_min=3)
         >>> for days in (2, 3, 4, 5, 6):  # lost, found after days - 1, delivered a day later
@@ -360,12 +362,20 @@ class DeliveryEstimator(base.Base):
             median = (above[(n - 1) // 2] + above[n // 2]) / 2
             eta = int(math.ceil(x["last_ts"] + median))
             promised_by = x.get("promised_by_ts")
+            dist = self._distribution(x, phased=False)
+            p_floor = 0.0
+            if dist is not None:
+                floor = int(math.ceil(x["last_ts"] + silence + dist.quantile(0.5)))
+                if floor > eta:
+                    eta = floor
+                    if promised_by is not None and eta > promised_by:
+                        p_floor = 0.5
             if promised_by is None:
                 return eta, None
             deadline = promised_by - x["last_ts"]
             if deadline <= silence:
                 return eta, 1.0
-            return eta, (n - bisect.bisect_right(above, deadline)) / n
+            return eta, max(p_floor, (n - bisect.bisect_right(above, deadline)) / n)
         # no overdue package was silent this long: from the stage's distribution over the
         # whole day (one time of day's is narrow, and its tail, all an overdue package has
         # to go on, says "nearly there"), and no earlier than if it moved now and then took

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import random
+from datetime import datetime
 
 import pytest
 from hypothesis import given
@@ -361,3 +362,47 @@ def test_a_plant_with_its_own_history_is_not_estimated_from_the_network_at_that_
     eta, p_late = estimator.estimate({"facility": "PR", "code": "A1", "service": "express",
                                       "last_ts": t, "silence": 0, "promised_by_ts": t + 48 * H})
     assert (eta - t) / H == pytest.approx(65, abs=2) and p_late > 0.9
+
+
+def test_an_overdue_estimate_is_never_earlier_than_moving_now_then_the_usual_time() -> None:
+    """The README's floor held only in the fallback: packages overdue at A1 and delivered
+    with no scan between (their silence is their time to delivery) put a stalled package's
+    estimate 7.5 h after its alert, where moving now it would still need the usual 39.5 h
+    (found by a review, 2026-11-24)."""
+    from detectors import ScanEvent, StallDetector
+    from detectors.tracker import PackageTracker
+
+    hour, day = 3600, 86400
+    t0 = 1_790_000_000 - 1_790_000_000 % day
+    det = StallDetector(prior_hours={"A1": (6, 16), "07": (6, 30), "OF": (3, 12)},
+                        default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    est = DeliveryEstimator(min_samples=10, overdue_min=8, phase_hours=None)
+    tracker = PackageTracker(det, est, allowed_lateness=0, bucket_seconds=600)
+    events = []
+    for i in range(40):  # usual: A1 -> 07 (+12 h) -> OF (+30 h) -> 01 (+40 h)
+        a = t0 + i * 1800
+        events += [ScanEvent(f"N{i}", "GX", "O-1", a - hour, a - hour, service="ground",
+                             promised_by_ts=a + 3 * day),
+                   ScanEvent(f"N{i}", "A1", "PLANT-1", a, a),
+                   ScanEvent(f"N{i}", "07", "PO-1", a + 12 * hour, a + 12 * hour),
+                   ScanEvent(f"N{i}", "OF", "PO-1", a + 30 * hour, a + 30 * hour),
+                   ScanEvent(f"N{i}", "01", "PO-1", a + 40 * hour, a + 40 * hour)]
+    for i in range(10):  # overdue at A1, delivered 20-29 h after it, nothing in between
+        a = t0 + 3 * day + i * 600
+        events += [ScanEvent(f"L{i}", "GX", "O-1", a - hour, a - hour, service="ground",
+                             promised_by_ts=a + 3 * day),
+                   ScanEvent(f"L{i}", "A1", "PLANT-1", a, a),
+                   ScanEvent(f"L{i}", "01", "PO-1", a + (20 + i) * hour, a + (20 + i) * hour)]
+    x0 = t0 + 6 * day
+    events += [ScanEvent("X", "GX", "O-1", x0 - hour, x0 - hour, service="ground",
+                         promised_by_ts=x0 + 3 * day, recipient_ref="C-X"),
+               ScanEvent("X", "A1", "PLANT-1", x0, x0),
+               ScanEvent("Z", "GX", "O-9", x0 + 17 * hour, x0 + 17 * hour, service="ground")]
+    events.sort(key=lambda e: e.event_ts)
+    alert = next(a for a in tracker.process_batch(events) if a["alert_key"] == "X:stall:1")
+    now = datetime.fromisoformat(alert["alert_time"]).timestamp()
+    eta = datetime.fromisoformat(alert["new_estimate"]).timestamp()
+    usual = est.estimate({"facility": "PLANT-1", "code": "A1", "service": "ground",
+                          "last_ts": now, "silence": 0}, phased=False)[0] - now
+    assert usual > 30 * hour
+    assert eta >= now + usual
