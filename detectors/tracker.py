@@ -25,7 +25,10 @@ Episodes
     re-sent line (``duplicate``): it does not end the silence.
     Delivered and returned packages (``TERMINAL_CODES``) are forgotten at once; a scan for a
     package whose first (``GX``) event was never seen is counted (``no_header``) and ignored,
-    so a late scan of a forgotten package cannot raise an alert. A header line (one with a
+    so a late scan of a forgotten package cannot raise an alert; the newest such scan of each
+    id is kept while the watermark has not passed it (at most ``_HEADERLESS_MAX``), and a
+    header that comes meanwhile (the label line reached the feed after the first scan) is
+    followed at once by it. A header line (one with a
     ``service``) could, so the tracker also remembers which packages finished, by a 56-bit
     fingerprint of the id: a header for one of them is a re-sent line, counted
     (``finished_echo``) and ignored, and the package stays forgotten, as is a header older
@@ -145,6 +148,9 @@ _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the thres
 # watermark stops following it: one scanner whose clock runs hours ahead would otherwise make
 # every package look silent that long
 CLOCK_SKEW = 300
+# scans of unknown packages kept (the newest of each) while their header may still come
+# (``allowed_lateness``): at most this many, the oldest dropped first (~150 MB)
+_HEADERLESS_MAX = 1_000_000
 _OPEN_END = 1 << 62  # an incident still open
 # codes before the network has the package (label created, shipper has it): no stall alert
 PRE_SHIPMENT = frozenset({"GX", "MA", "89", "TM", "GC"})
@@ -289,6 +295,8 @@ class PackageTracker:
         self.stats = TrackerStats()
         self.max_event_ts = 0
         self._fired_through = -1  # last wheel bucket fired
+        # package id -> the newest scan of a package whose header has not come (yet)
+        self._headerless: dict[int | str, ScanEvent] = {}
         # packed package id -> slot | packed recipient_ref << 32 (one int: no per-slot int)
         self._index: dict[int | str, int] = {}
         self._ids: list[int | str | None] = []  # slot -> packed package id (the same object)
@@ -422,6 +430,8 @@ class PackageTracker:
             fnext = fstats.closed_through + fwidth + flate  # newest time that closes a window
         accepted = duplicate = out_of_order = no_header = delivered = resolved = 0
         skew = CLOCK_SKEW
+        headerless = self._headerless
+        again: ScanEvent | None = None  # a header-less scan to process after this header
         try:
             for ev in events:
                 ts = ev.event_ts
@@ -447,8 +457,15 @@ class PackageTracker:
                 if packed is None:
                     service_in = ev.service
                     if code in TERMINAL_CODES or service_in is None:
-                        # no header: nothing to alert on (maybe a late scan of a forgotten package)
+                        # no header: nothing to alert on (maybe a late scan of a forgotten
+                        # package); kept, the newest, while its header may still come
                         no_header += 1
+                        if ts >= max_ts - lateness:
+                            kept = headerless.get(key)
+                            if kept is None or ts >= kept.event_ts:
+                                headerless[key] = ev
+                                if kept is None and len(headerless) > _HEADERLESS_MAX:
+                                    del headerless[next(iter(headerless))]
                         continue
                     if self._finished_keep and (
                             self._was_finished(key)
@@ -468,6 +485,12 @@ class PackageTracker:
                         self._eta_warm -= 1
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
+                    if headerless:
+                        kept = headerless.pop(key, None)
+                        if kept is not None and kept.event_ts > ts and \
+                                kept.event_ts >= max_ts - lateness:
+                            # a scan that came before its header: it follows the header
+                            again = kept
                 else:
                     slot = packed & _SLOT
                     last = last_col[slot]
@@ -613,6 +636,12 @@ class PackageTracker:
                     if slots is None:
                         slots = wheel[bucket] = array("i")
                     slots.append(slot)
+                if again is not None:  # (a header reaches here: it is never a terminal code)
+                    st = self.stats  # counted once, when it came (no_header: the counts of
+                    counted = st.accepted, st.duplicate, st.out_of_order, st.no_header  # lines)
+                    out += self.process_batch((again,))  # behind the watermark: moves nothing
+                    st.accepted, st.duplicate, st.out_of_order, st.no_header = counted
+                    again = None
         finally:
             stats = self.stats
             stats.accepted += accepted
@@ -801,6 +830,12 @@ class PackageTracker:
         through = wm // self.bucket_seconds - 1  # buckets whose end is <= wm
         if through <= self._fired_through:
             return
+        headerless = self._headerless
+        while headerless:  # scans too old for their headers to come (in about their order)
+            first = next(iter(headerless))
+            if headerless[first].event_ts >= wm:
+                break
+            del headerless[first]
         early = self._early
         if self._fired_through < 0:
             self._fired_through = min(self._wheel, default=through + 1) - 1
@@ -1092,6 +1127,7 @@ class PackageTracker:
         state.setdefault("late_move_p", None)  # snapshots from before the late moves
         state.setdefault("_delayed_until", {})
         state.setdefault("tell_horizon", None)  # snapshots from before the tell horizon
+        state.setdefault("_headerless", {})  # snapshots from before the header-less scans
         ids: list[int | str | None] = [None] * len(state["_last_ts"])
         index = state["_index"]
         deque(map(ids.__setitem__, map(_SLOT.__and__, index.values()), index), maxlen=0)

@@ -487,6 +487,7 @@ class _Reference:
         self.pk: dict[str, dict[str, Any]] = {}
         self.deadline_of_alert: dict[str, int] = {}  # stall key -> the deadline it was for
         self.overdue = 0  # scans whose deadline had passed when they arrived
+        self.headerless: dict[str, ScanEvent] = {}  # the newest scan before its header
 
     def process(self, ev: ScanEvent) -> list[tuple[str, str, int]]:
         out: list[tuple[str, str, int]] = []
@@ -500,18 +501,31 @@ class _Reference:
                     self.deadline_of_alert[key] = p["deadline"]
                     out.append((key, "stall", wm))
         p = self.pk.get(ev.package_id)
+        wm = self.max_ts - self.lateness
         if p is None:
             if ev.code in TERMINAL_CODES or ev.service is None:
+                kept = self.headerless.get(ev.package_id)
+                if ev.event_ts >= wm and (kept is None or ev.event_ts >= kept.event_ts):
+                    self.headerless[ev.package_id] = ev  # it follows its header, if in time
                 return out
             p = self.pk[ev.package_id] = {"open": False, "episode": 0, "fire_at": None}
+            kept = self.headerless.pop(ev.package_id, None)
+            if kept is not None and kept.event_ts > ev.event_ts and kept.event_ts >= wm:
+                return out + self._apply(p, ev) + self.process(kept)
         else:
-            if ev.event_ts < p["ts"] or (ev.event_ts, ev.code, ev.facility) == (
-                    p["ts"], p["code"], p["facility"]):
-                return out
+            terminal = ev.code in TERMINAL_CODES
+            if ev.event_ts < p["ts"] and not terminal or (ev.event_ts, ev.code, ev.facility) == (
+                    p["ts"], p["code"], p["facility"]) or (
+                    ev.event_ts == p["ts"] and p["open"] and not terminal):
+                return out  # out of order (a delivery ends it all the same), or a repeat
             if p["open"]:
                 p["open"] = False
                 out.append((f"{ev.package_id}:back_on_track:{p['episode']}", "back_on_track",
-                            ev.event_ts))
+                            max(ev.event_ts, p["ts"])))
+        return out + self._apply(p, ev)
+
+    def _apply(self, p: dict[str, Any], ev: ScanEvent) -> list[tuple[str, str, int]]:
+        out: list[tuple[str, str, int]] = []
         if ev.code in TERMINAL_CODES:
             del self.pk[ev.package_id]
             return out
@@ -929,3 +943,33 @@ def test_snapshots_of_older_layouts_load_and_go_on() -> None:
     level = pickle.loads(pickle.dumps(level))
     level.__setstate__(four)
     assert level.since == 0 and level.n == 7
+
+
+def test_a_scan_that_comes_before_its_header_moves_the_package_once_the_header_comes() -> None:
+    """The arrival scan reached the feed before the label line (two hours late, within the
+    allowed lateness): it was dropped as having no header, and the package, taken to be at
+    acceptance still, was alerted as stalled there."""
+    t = PackageTracker(_fixed({"03": (3, 12), "A1": (4, 30)}), allowed_lateness=6 * H,
+                       bucket_seconds=600)
+    header = ScanEvent("P1", "GX", "O-1", T0 + 16 * H, T0 + 18 * H, service="ground",
+                       promised_by_ts=T0 + 3 * DAY, recipient_ref="C1")
+    accepted = ScanEvent("P1", "03", "F2", T0 + 18 * H, T0 + 20 * H)
+    arrived = ScanEvent("P1", "A1", "F2", T0 + 18 * H + 2700, T0 + 18 * H + 2760)
+    assert t.process(arrived) == [] and t.stats.no_header == 1 and t.in_flight == 0
+    t = pickle.loads(pickle.dumps(t))  # (kept across a snapshot)
+    out = t.process(header) + t.process(accepted)
+    out += t.process(ScanEvent("Q", "GX", "O-9", T0 + 38 * H, T0 + 38 * H, service="ground"))
+    assert out == []  # silent 13 h of the 30 h usual at A1
+    # each line counted once: the early scan as having no header when it came
+    s = t.stats
+    assert (s.accepted, s.no_header, s.out_of_order) == (2, 1, 1)
+    late = t.process(ScanEvent("Q", "A1", "F2", T0 + 50 * H, T0 + 50 * H))
+    late += t.advance(T0 + 80 * H)
+    assert [a["alert_key"] for a in late if a["package_id"] == "P1"] == ["P1:stall:1"]
+    assert "arrived at facility" in late[0]["evidence"]
+    # a scan whose header never comes is let go once too old for it (and never alerted)
+    t.process(ScanEvent("P7", "A1", "F2", T0 + 80 * H, T0 + 80 * H))
+    assert len(t._headerless) == 1
+    t.advance(T0 + 90 * H)
+    t.process(ScanEvent("Q8", "GX", "O-9", T0 + 90 * H, T0 + 90 * H, service="ground"))
+    assert t._headerless == {} and t.stats.no_header == 2
