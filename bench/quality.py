@@ -3,7 +3,8 @@
     .venv/bin/python bench/quality.py --out /tmp/quality [--seeds 1 2 3] [--scenarios demo]
         [--settings '{"incidents": {"late_move_p": null}}']
 
-For each scenario and seed: simulate, `replay` through the Bytewax dataflow with the default
+For each scenario (and each seed for `demo`; the other scenarios run the first seed only):
+simulate, `replay` through the Bytewax dataflow with the default
 settings, `evaluate` against ground truth (alerts, incidents, and the outbox's messages per
 customer). Prints three Markdown tables (README "Detection quality"): package alerts against
 the fixed 48 h rule, facility incidents and customer messages, and the revised delivery
