@@ -497,13 +497,13 @@ class PackageTracker:
                     flags = flags_col[slot]
                     if ts <= last:
                         if ts < last:
-                            out_of_order += 1
-                            if fstats is not None and ev.facility is not None:
-                                fscan(ev.facility, ts)  # late, but the facility did scan
                             if code not in TERMINAL_CODES:
+                                out_of_order += 1
+                                if fstats is not None and ev.facility is not None:
+                                    fscan(ev.facility, ts)  # late, but the facility did scan
                                 continue
                             # delivered (a handheld's scans synced late): it ends here, as of
-                            # its last scan, and no silence is learned from it
+                            # its last scan (accepted), and no silence is learned from it
                             flags_col[slot] = flags = flags | _PAST
                             ts = last
                         elif code_no_get(code) == code_col[slot] and (

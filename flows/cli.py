@@ -411,8 +411,9 @@ def send(
     except CustomerTableError as exc:  # names the line and column, never a value
         _fail(str(exc))
     except (SendStopped, KeyboardInterrupt) as exc:  # SIGTERM (systemctl stop), Ctrl-C
-        console.print("stopped: the message being sent got its answer and was recorded; "
-                      "the rest stay queued for the next run", soft_wrap=True)
+        console.print("stopped: a message being sent was carried to its answer and recorded "
+                      "(unless stopped twice: then it may go again); the rest stay queued for "
+                      "the next run", soft_wrap=True)
         raise typer.Exit(0 if isinstance(exc, SendStopped) else 130) from None
     except UnicodeDecodeError as exc:
         _fail(f"{customers} is not UTF-8 text (byte {exc.start})")

@@ -149,9 +149,11 @@ class NetworkDesk:
         self._arrivals = 0
         self._next_prune = 0
         self._figures: list[dict[str, Any]] = []  # facility figure rows not yet out
+        self._checking: set[tuple[str, str]] = set()  # (facility, package) fold checks held
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_figures", [])  # snapshots from before the figures
+        state.setdefault("_checking", set())  # snapshots from before the fold checks
         self.__dict__.update(state)
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
@@ -354,8 +356,12 @@ class NetworkDesk:
         # an incident that grew covers its new facilities from now (IncidentFolder.observe)
         since = record["opened_at"] if record["status"] == "open" else \
             datetime.fromtimestamp(self.now, UTC).isoformat()
+        checking = self._checking
         for name in sorted(self.folder.names(record)):
             for pid in sorted(self.watching.get(name, ())):
+                if (name, pid) in checking:
+                    continue  # (an update of the same incident, or another, meanwhile)
+                checking.add((name, pid))
                 self._arrivals += 1
                 check = {"kind": "fold_watched", "package_id": pid, "facility_id": name,
                          "since": since}
@@ -365,6 +371,7 @@ class NetworkDesk:
         """A ``fold_watched`` check: the package, if still watched there, told of the incident
         that holds it, unless it heard of that incident and its end already."""
         name, pid = check["facility_id"], check["package_id"]
+        self._checking.discard((name, pid))
         watched = self.watching.get(name)
         alert = None if watched is None else watched.get(pid)
         if alert is None:

@@ -539,7 +539,11 @@ async def _answered(send: Awaitable[DeliveryReport], stopping: list[bool]) -> De
         stopping.append(True)
         if not task.done():
             log.warning("drain: stopping once the message being sent has its answer")
-            await asyncio.wait([task])
+            try:
+                await asyncio.wait([task])
+            except asyncio.CancelledError:  # stopped again: at once, the send with it
+                task.cancel()
+                raise
         return task.result()
 
 

@@ -269,7 +269,7 @@ def test_send_stopped_by_sigterm_mid_message_records_it_and_exits_cleanly(
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "the message being sent got its answer and was recorded" in err
+    assert "a message being sent was carried to its answer and recorded" in err
     with Outbox(tmp_path / "outbox.sqlite") as box:
         assert [box.get(f"P{i}:stall:1").status for i in range(3)] == [
             "sent", "pending", "pending"]

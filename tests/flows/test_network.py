@@ -725,3 +725,24 @@ def test_a_hub_an_open_weather_incident_spreads_to_is_named_at_once() -> None:
     desk.add("0", Progress(T0 + 9 * H, T0 + 9 * H, [], ready))
     out = desk.step() + desk.finish()
     assert [r["kind"] for tag, r in out if tag == "message"] == ["incident_delay"]
+
+
+def test_updates_of_an_incident_queue_one_fold_check_per_watched_package() -> None:
+    """Each update record queued another check for every package watched at the incident's
+    facilities (found by a review): the checks piled up with the updates."""
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H))
+    for i in range(20):
+        desk.add("0", _rec(f"W{i}", "watch", "H1", T0, T0 - 20 * H))
+    desk.add("0", Progress(T0 + 1, T0 + H, [], []))
+    desk.step()
+    assert len(desk.watching["H1"]) == 20
+    updates = [(T0 + H + 900 * k, [_weather("open" if k == 1 else "update", T0 + H + 900,
+                                            100 * k)])
+               for k in range(1, 4)]  # opened, then two updates, all within the grace
+    desk.add("0", Progress(T0 + 2 * H, T0 + 2 * H, [], updates))
+    desk.step()
+    checks = [held for held in desk._held if held[3]["kind"] == "fold_watched"]
+    assert len(checks) == 20
+    desk.add("0", Progress(T0 + 4 * H, T0 + 4 * H, [], []))
+    told = [r["package_id"] for tag, r in desk.step() if tag == "alert"]
+    assert sorted(told) == sorted(f"W{i}" for i in range(20)) and desk._checking == set()

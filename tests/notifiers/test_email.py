@@ -721,3 +721,27 @@ async def test_a_drain_cancelled_while_a_message_is_out_records_its_answer_and_s
                             quiet_hours=None)
     assert again.sent == 3
     assert count_by_alert_key(maildir) == {f"PKG-{i}:stall:1": 1 for i in range(4)}
+
+
+async def test_a_drain_stopped_twice_stops_at_once_and_leaves_no_send_behind(
+    outbox: Outbox, composer: MessageComposer, maildir: Path, clock: Clock
+) -> None:
+    """The second stop does not wait for the answer; the send it was waiting for must not
+    go on, orphaned, on the connection being closed."""
+    customers = setup_alerts(outbox, 2)
+    with _Stalling(maildir, delay=2.0) as port:
+        sender = SmtpSender("127.0.0.1", port, timeout=5.0, local_hostname="delaywatch.test")
+        run = asyncio.ensure_future(drain(outbox, customers, sender, composer=composer,
+                                          now_fn=clock, quiet_hours=None))
+        while not any(maildir.glob("new/*")):
+            await asyncio.sleep(0.02)
+        run.cancel()
+        await asyncio.sleep(0.1)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await asyncio.sleep(0.1)
+        left = [t for t in asyncio.all_tasks()
+                if t is not asyncio.current_task() and not t.done()]
+        assert left == []
+    assert {r.status for r in outbox.rows()} == {"pending"}  # unanswered: it may go again
