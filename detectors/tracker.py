@@ -18,28 +18,28 @@ Time
 
 Episodes
     A stall opens an episode (``alert_key = "{package}:stall:{n}"``). The next in-order scan
-    resolves it with one ``back_on_track`` record; a package has at most one open episode.
-    A scan older than the last one is counted (``out_of_order``) and dropped, but for a
+    resolves it with one ``back_on_track`` record; a package has at most one open episode. A
+    scan older than the last one is counted (``out_of_order``) and dropped, but for a
     delivery or return (a handheld synced late), which ends the package as of its last scan;
     a scan of the last scan's second while the package is silent (stalled or watched) is a
-    re-sent line (``duplicate``): it does not end the silence.
-    Delivered and returned packages (``TERMINAL_CODES``) are forgotten at once; a scan for a
-    package whose first (``GX``) event was never seen is counted (``no_header``) and ignored,
-    so a late scan of a forgotten package cannot raise an alert; the newest such scan of each
-    id is kept while the watermark has not passed it (at most ``_HEADERLESS_MAX``), and a
-    header that comes meanwhile (the label line reached the feed after the first scan) is
-    followed at once by it. A header line (one with a
-    ``service``) could, so the tracker also remembers which packages finished, by a 56-bit
-    fingerprint of the id: a header for one of them is a re-sent line, counted
-    (``finished_echo``) and ignored, and the package stays forgotten, as is a header older
-    than ``finished_retention_seconds`` before the newest event time (the memory cannot vouch
-    for it, and a package that began that long ago could not be told in time). A finished
-    package is
-    remembered while the newest event time is less than ``finished_retention_seconds`` past
-    the newest event time at its delivery, and forgotten about one generation
-    (``finished_generation_seconds``) later; after that its id is free again and a header
-    starts a new package. Packages dropped by the TTL are not remembered. Two ids share a
-    fingerprint with odds of about ``remembered / 2**56`` per new package (1e-11 at 1 M).
+    re-sent line (``duplicate``): it does not end the silence. Delivered and returned
+    packages (``TERMINAL_CODES``) are forgotten at once; a scan for a package whose first
+    (``GX``) event was never seen is counted (``no_header``) and ignored, so a late scan of
+    a forgotten package cannot raise an alert; the newest such scan of each id is kept while
+    the watermark has not passed it (at most ``_HEADERLESS_MAX``), and a header that comes
+    meanwhile (the label line reached the feed after the first scan) is followed at once by
+    it. A header line (one with a ``service``) could, so the tracker also remembers which
+    packages finished, by a 56-bit fingerprint of the id: a header for one of them is a
+    re-sent line, counted (``finished_echo``, and among the ``duplicate`` lines) and
+    ignored, and the package stays forgotten, as is a header older than
+    ``finished_retention_seconds`` before the newest event time (the memory cannot vouch for
+    it, and a package that began that long ago could not be told in time). A finished
+    package is remembered while the newest event time is less than
+    ``finished_retention_seconds`` past the newest event time at its delivery, and forgotten
+    about one generation (``finished_generation_seconds``) later; after that its id is free
+    again and a header starts a new package. Packages dropped by the TTL are not remembered.
+    Two ids share a fingerprint with odds of about ``remembered / 2**56`` per new package
+    (1e-11 at 1 M).
 
 Memory
     About 200-240 bytes per in-flight package (``bench/bench_flow.py memory``, results in
@@ -474,6 +474,7 @@ class PackageTracker:
                         # (older than the memory: it cannot vouch for it, and a package that
                         # began that long ago could not be told in time anyway)
                         self.stats.finished_echo += 1
+                        duplicate += 1  # (a line read: every line has one outcome)
                         continue
                     slot = self._new_slot(key, _pack_ref(ev.recipient_ref))
                     svc_col[slot] = _SVC.get(service_in, 0)

@@ -917,6 +917,8 @@ def test_a_header_resent_after_the_finished_memory_is_not_a_new_package() -> Non
     t.process(ScanEvent("P9", "03", "PO-7", T0 + 5 * DAY, T0 + 5 * DAY + 6 * H,
                         service="ground"))
     assert t.in_flight == 18
+    s = t.stats  # every line read has one outcome (the echo among the duplicates)
+    assert s.accepted + s.duplicate + s.out_of_order + s.no_header == 22
 
 
 def test_snapshots_of_older_layouts_load_and_go_on() -> None:
