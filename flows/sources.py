@@ -159,6 +159,13 @@ _ROTATED = re.compile(r"[.-][0-9][0-9._-]*")
 _HEAD = 1024  # bytes at a file's start that tell it from another (with its inode)
 
 
+def _lines_from(f: Any, offset: int) -> list[bytes]:
+    """A file's lines from ``offset`` to its end, the last piece as it is (split at b"\n"
+    only, as readline does)."""
+    f.seek(offset)
+    return io.BytesIO(f.read()).readlines()
+
+
 def _head_crc(fd: int, offset: int) -> int:
     """CRC-32 of a file's first bytes, up to ``offset`` (at most 1 KiB): with its inode, which
     file a snapshot was reading (a deleted file's inode is often given to the next one)."""
@@ -296,8 +303,7 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
                 with open(entry.path, "rb") as fh:
                     if os.pread(fh.fileno(), len(head), 0) != head:
                         continue
-                    fh.seek(offset)
-                    rest = io.BytesIO(fh.read()).readlines()  # (split at b"\n" only)
+                    rest = _lines_from(fh, offset)
             except FileNotFoundError:
                 continue
             log.info("feed %s was copied and truncated: its last %d lines are read from %s, "
@@ -340,10 +346,11 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
                 return self._wait()
             f = self._f
         fd = f.fileno()
-        size = os.fstat(fd).st_size
+        here = os.fstat(fd)
+        size = here.st_size
         if self._truncated(fd, size):  # (a pread of 1 KiB a batch)
             self.truncations += 1
-            rest = self._copied_rest(os.fstat(fd).st_ino)
+            rest = self._copied_rest(here.st_ino)
             if rest is None:
                 self._restart(f"{self._path.name} was truncated")
             else:  # its last lines first (their numbers go on), then the file from line 1
@@ -414,8 +421,7 @@ class _FeedPartition(StatefulSourcePartition[Item, Position]):
         """The file read so far is done: its last piece (the writer died mid-line) goes on
         as it is, and reading goes on with the next file (``last``: the input ends)."""
         f = self._f
-        f.seek(self._offset)
-        rest = io.BytesIO(f.read()).readlines()  # split at b"\n" only, as readline does
+        rest = _lines_from(f, self._offset)
         out = self._emit(rest) if rest else []
         if last:
             self._ended = True

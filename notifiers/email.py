@@ -105,7 +105,12 @@ def _alert_key_of(message: EmailMessage) -> str | None:
 
 
 class _NoReplyToData(Exception):
-    """DATA timed out or lost its connection: the relay may have the message."""
+    """DATA timed out (``timed_out``) or lost its connection: the relay may have the
+    message."""
+
+    def __init__(self, *, timed_out: bool) -> None:
+        super().__init__()
+        self.timed_out = timed_out
 
 
 class _Smtp(aiosmtplib.SMTP):
@@ -121,7 +126,8 @@ class _Smtp(aiosmtplib.SMTP):
         try:
             return await super().data(message, timeout=self.data_timeout)
         except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
-            raise _NoReplyToData(type(exc).__name__) from None
+            raise _NoReplyToData(
+                timed_out=isinstance(exc, aiosmtplib.SMTPTimeoutError)) from None
 
 
 class SmtpSender:
@@ -279,7 +285,7 @@ class SmtpSender:
             self._drop()
             raise UnconfirmedDeliveryError(
                 CONNECTION_LOST_CODE, step="data", alert_key=key,
-                server_message=("no reply to the message's end" if "Timeout" in str(exc)
+                server_message=("no reply to the message's end" if exc.timed_out
                                 else "connection lost in DATA"),
             ) from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
