@@ -20,7 +20,8 @@ the records of :class:`detectors.incidents.IncidentManager`) and decides, for ea
 
 "Covered" means: the incident names the package's last facility (for ``weather``, any of the
 facilities it lists; for ``lane_delay``, the lane's origin when the package's last scan there
-was a departure, since a package does not say which lane it left on; a slowdown or a stop holds
+was a departure, or when it is in transit since that departure (``departed_from``), since a
+package does not say which lane it left on; a slowdown or a stop holds
 only the packages still inside: not those whose last scan there was a departure), and it was
 open at some time between the package's last scan and ``alert_time + grace`` (at a facility
 that weather spread to later, from then on). When several did, one still open at the alert
@@ -198,8 +199,11 @@ class IncidentFolder:
         still open at ``alert_time`` first (one that resolved hours before does not explain
         a silence that goes on: an open feed outage there does), then delay kinds before
         feed outages, then the one that covered the facility first."""
-        name = str(alert.get("facility_id") or "")
-        intervals = self._by_facility.get(name)
+        name = alert.get("facility_id")
+        # in transit (no facility): the lane's origin it departed, if it says
+        departed = name is None or alert.get("last_event_code") in _DEPARTED
+        name = name or alert.get("departed_from")
+        intervals = self._by_facility.get(name) if name else None
         if not intervals:
             return None
         at = _ts(alert.get("alert_time"))
@@ -209,7 +213,6 @@ class IncidentFolder:
         # a package that moved on (moved_late) was held by incidents open before it moved
         until = at if alert.get("kind") == "moved_late" else at + self.grace_seconds
         since = at if since is None else since
-        departed = alert.get("last_event_code") in _DEPARTED
         best: _Interval | None = None
         best_rank = (False, False, 0)
         for i in intervals:

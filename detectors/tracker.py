@@ -546,15 +546,18 @@ class PackageTracker:
                         prev_ts = last_col[slot]
                         if not past:  # past its stall deadline: not a usual silence
                             learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
-                        if late_move and ts - prev_ts >= _LATE_MOVE_MIN and (
-                                last_fac is not None
-                                and (monitored is None or last_fac in monitored)
-                                and (delayed_until is None
-                                     or delayed_until(last_fac, -1) >= prev_ts)
-                                and promised_col[slot] >= 0):  # (last: a column, a miss)
-                            late = self._late_move(slot, ts, ev, service, last_fac, prev_code)
-                            if late is not None:
-                                out.append(late)
+                        if late_move and ts - prev_ts >= _LATE_MOVE_MIN:
+                            # held where it sat, or on the road by the lane it departed on
+                            held = last_fac if last_fac is not None else self._place(slot)[1]
+                            if (held is not None
+                                    and (monitored is None or held in monitored)
+                                    and (delayed_until is None
+                                         or delayed_until(held, -1) >= prev_ts)
+                                    and promised_col[slot] >= 0):  # (last: a column, a miss)
+                                late = self._late_move(slot, ts, ev, service, last_fac,
+                                                       prev_code)
+                                if late is not None:
+                                    out.append(late)
                 facility = ev.facility
                 if fstats is not None and facility is not None:
                     if packed is None:
@@ -615,9 +618,11 @@ class PackageTracker:
                     if found is not None:
                         # with a watch, the first deadline is the watch's (see _fire_due)
                         deadline = ts + int(found[0] * watch if watch else found[0])
-                        if early is not None and fac_no and (
-                                monitored is None or facility in monitored):
-                            # the hold point: overdue and due within the horizon (_hold)
+                        if early is not None and (
+                                fac_no or flags_col[slot] & _PREV_DEPARTED) and (
+                                monitored is None or facilities[fac_col[slot]] in monitored):
+                            # the hold point: overdue and due within the horizon (_hold); on
+                            # the road (TL), a lane's from the facility it departed
                             at = ts + int(hold_factor * found[1])
                             promised = promised_col[slot]
                             if promised >= 0 and promised - horizon > at:
@@ -744,9 +749,9 @@ class PackageTracker:
 
         Held: packages due within ``hold_horizon`` seconds (or with no promise) and, for a
         slowdown or a stop, whose last scan at the facility was not a departure; for a lane,
-        those that departed from it; for weather, all of them. A package already watched,
-        stalled or in transit is left alone (it is told, or will be, by its own watch or
-        stall), and so is one put off by ``tell_horizon``."""
+        those that departed from it, on the road since (``TL``) or not; for weather, all of
+        them. A package already watched or stalled is left alone (it is told, or will be, by
+        its own watch or stall), and so is one put off by ``tell_horizon``."""
         kind = record["kind"]
         lane, weather = record.get("lane_to") is not None, kind == "weather"
         names = str(record.get("facilities") or "").split() or [str(record["facility_id"])]
@@ -759,16 +764,21 @@ class PackageTracker:
             found = np.flatnonzero(np.frombuffer(self._fac, dtype=np.int32) == number).tolist()
             for slot in found:
                 flags = flags_col[slot]
-                if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _TRANSIT | _LATER):
+                if self._ids[slot] is None or flags & (_OPEN | _WATCHED | _LATER):
                     continue  # told, or to be told by its own watch or stall, or put off
                 code = codes[self._code[slot]]
-                if code in PRE_SHIPMENT or ((code in DEPARTURE_CODES) != lane and not weather):
+                where: str | None = name
+                if flags & _TRANSIT:  # on the road (TL): a lane's, if it departed from here
+                    if not flags & _PREV_DEPARTED or not (lane or weather):
+                        continue
+                    where = None  # (its stage is "in transit", wherever)
+                elif code in PRE_SHIPMENT or ((code in DEPARTURE_CODES) != lane and not weather):
                     continue
                 promised = self._promised[slot]
                 if promised >= 0 and promised - end > self.hold_horizon:
                     continue  # time enough to absorb the delay: not at risk
                 last = self._last_ts[slot]
-                usual = self.detector.threshold({"facility": name, "code": code,
+                usual = self.detector.threshold({"facility": where, "code": code,
                                                  "service": _SERVICES[self._svc[slot]],
                                                  "last_ts": last})
                 if usual is None or end - last < self.hold_factor * usual[1]:
@@ -814,8 +824,9 @@ class PackageTracker:
         ids, last_col, flags = self._ids, self._last_ts, self._flags
         for i in range(0, len(entries), 2):
             slot, last = entries[i], entries[i + 1]
-            if ids[slot] is None or last_col[slot] != last \
-                    or flags[slot] & (_OPEN | _WATCHED | _TRANSIT | _LATER):
+            f = flags[slot]
+            if ids[slot] is None or last_col[slot] != last or f & (_OPEN | _WATCHED | _LATER) \
+                    or f & _TRANSIT and not f & _PREV_DEPARTED:
                 continue  # scanned again since (or gone), told already, or put off
             self.stats.early += 1
             self._watch_now(slot, bucket)
@@ -977,7 +988,7 @@ class PackageTracker:
     def _alert(self, slot: int, kind: str, at: int, ev: ScanEvent | None) -> dict[str, Any]:
         pid = _unpack_id(self._ids[slot])
         code = self._codes[self._code[slot]]
-        fac = None if self._flags[slot] & _TRANSIT else self._facilities[self._fac[slot]]
+        fac, departed_from = self._place(slot)
         service = _SERVICES[self._svc[slot]]
         last_ts = self._last_ts[slot]
         promised = self._promised[slot]
@@ -1013,6 +1024,7 @@ class PackageTracker:
             "episode": episode,
             "alert_time": _iso(at),
             "facility_id": fac,
+            "departed_from": departed_from,
             "facility_name": name,
             "last_event_code": code,
             "last_scan_time": _iso(last_ts),
@@ -1027,6 +1039,18 @@ class PackageTracker:
             "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made
         }
 
+    def _place(self, slot: int) -> tuple[str | None, str | None]:
+        """Where a package is, as its records say: ``(facility_id, departed_from)``. At a
+        facility: ``(its last facility, None)``. In transit (its last scan ``TL``, which has
+        no facility): ``(None, the facility its last facility scan departed)``, the origin of
+        the lane it is on, which a lane incident there holds; ``(None, None)`` when that scan
+        was no departure."""
+        flags = self._flags[slot]
+        fac = self._facilities[self._fac[slot]]
+        if not flags & _TRANSIT:
+            return fac, None
+        return None, fac if flags & _PREV_DEPARTED else None
+
     def _eta_from(self, ev: ScanEvent, service: str | None, phased: bool = True) -> int | None:
         """The usual delivery estimate from a scan that just happened (None if unknown)."""
         eta, _ = self.estimator.estimate(  # type: ignore[union-attr]
@@ -1035,11 +1059,11 @@ class PackageTracker:
         return eta
 
     def _late_move(self, slot: int, ts: int, ev: ScanEvent, service: str | None,
-                   fac: str, code: str) -> dict[str, Any] | None:
-        """A package nobody was told about moved on from ``fac`` at ``ts``: a ``moved_late``
-        record if it sat there ``hold_factor`` x its stage's usual silence or longer and the
-        usual estimate from the new scan misses its promise with probability ``late_move_p``
-        or more (see the class docstring); else None."""
+                   fac: str | None, code: str) -> dict[str, Any] | None:
+        """A package nobody was told about moved on from ``fac`` (None: in transit) at ``ts``:
+        a ``moved_late`` record if it sat there ``hold_factor`` x its stage's usual silence
+        or longer and the usual estimate from the new scan misses its promise with
+        probability ``late_move_p`` or more (see the class docstring); else None."""
         last_ts = self._last_ts[slot]
         found = self.detector.threshold(
             {"facility": fac, "code": code, "service": service, "last_ts": last_ts})
@@ -1072,14 +1096,15 @@ class PackageTracker:
         eta = None
         if ev is not None and self.estimator is not None:
             eta = self._eta_from(ev, _SERVICES[self._svc[slot]])
+        fac, departed_from = self._place(slot)
         return {
             "alert_key": f"{pid}:moved:{episode}",
             "kind": "moved",
             "package_id": pid,
             "episode": episode,
             "alert_time": _iso(ts),
-            "facility_id": None if self._flags[slot] & _TRANSIT
-            else self._facilities[self._fac[slot]],
+            "facility_id": fac,
+            "departed_from": departed_from,
             "last_scan_time": _iso(self._last_ts[slot]),
             "new_estimate": _iso(eta),
             "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),

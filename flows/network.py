@@ -76,6 +76,12 @@ Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident" | "facilit
 _END = 1 << 62  # no step of this kind can be taken now
 
 
+def _where(alert: dict[str, Any]) -> str:
+    """The facility a package record is watched under: its facility, or in transit the
+    facility it departed (a lane incident from there holds it); "" if neither is known."""
+    return alert.get("facility_id") or alert.get("departed_from") or ""
+
+
 @dataclass(slots=True)
 class Progress:
     """A shard's progress after a batch: its stall watermark, how far its facility windows are
@@ -124,7 +130,8 @@ class NetworkDesk:
         Facility windows ending by then are assessed.
     watching
         Facility -> package -> its ``watch`` record: silent packages no incident explains
-        (yet); an incident opening there folds them at once (the proactive message). With
+        (yet); an incident opening there folds them at once (the proactive message). A
+        package in transit is watched under the facility it departed (its lane's origin). With
         several shards a package is watched from its hold point (overdue and due within the
         hold horizon, see ``PackageTracker(hold_early=True)``), so it hears of an incident
         when it opens, as with one shard.
@@ -333,7 +340,7 @@ class NetworkDesk:
             decision, alert = "keep", original
         if alert["kind"] == "watch":  # not explained (yet): remember it, tell nobody
             if decision == "keep":
-                self.watching.setdefault(alert["facility_id"] or "", {})[pid] = alert
+                self.watching.setdefault(_where(alert), {})[pid] = alert
                 return []
             if decision == "suppress":
                 return []
@@ -343,10 +350,11 @@ class NetworkDesk:
         return told_now + self._messages(grouper.add(alert, decision))
 
     def _unwatch(self, alert: dict[str, Any]) -> None:
-        watched = self.watching.get(alert.get("facility_id") or "")
+        where = _where(alert)
+        watched = self.watching.get(where)
         if watched is not None and watched.pop(alert["package_id"], None) is not None \
                 and not watched:
-            del self.watching[alert.get("facility_id") or ""]
+            del self.watching[where]
 
     def _fold_watched(self, record: dict[str, Any]) -> None:
         """An incident opened or grew: each package watched silent at its facilities is looked

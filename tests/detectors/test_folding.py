@@ -162,6 +162,25 @@ def test_a_lane_delay_covers_only_packages_that_departed_on_it() -> None:
     assert folder.decide(stall(code="A1"))[0] == "keep"  # still inside P1: not on the lane
 
 
+def test_a_package_in_transit_is_covered_by_the_lane_from_the_facility_it_departed() -> None:
+    """In transit (``TL``) a package has no facility; ``departed_from`` names the lane's
+    origin. A lane or weather incident there holds it; a slowdown there does not (it left),
+    and without ``departed_from`` nothing does."""
+    on_road = stall(facility=None, code="TL") | {"departed_from": "P1"}  # type: ignore[arg-type]
+    folder = IncidentFolder()
+    folder.observe(record("facility_slowdown", "open", 1, facility="P1"))
+    assert folder.decide(on_road)[0] == "keep"
+    folder.observe(record("lane_delay", "open", 1, facility="P1", lane_to="N2"))
+    decision, alert = folder.decide(on_road)
+    assert decision == "fold" and alert["incident_key"] == "P1:lane_delay:1"
+    assert alert["facility_id"] is None and alert["departed_from"] == "P1"
+    assert folder.decide(on_road | {"departed_from": None})[0] == "keep"
+    assert folder.decide(on_road | {"departed_from": "P2"})[0] == "keep"
+    weather = IncidentFolder()
+    weather.observe(record("weather", "open", 1, facility="P0", facilities="P0 P1"))
+    assert weather.decide(on_road)[0] == "fold"
+
+
 def test_open_state_resolution_and_pruning() -> None:
     folder = IncidentFolder(retention_seconds=86400)
     folder.observe(record("facility_stop", "open", 1, key="S"))

@@ -112,8 +112,9 @@ def test_a_late_scan_counts_at_its_facility_and_the_state_pickles() -> None:
 class _OneIncident:
     """An incident desk that opens one slowdown at P1 at the first window end >= ``at``."""
 
-    def __init__(self, at: int, kind: str = "facility_slowdown") -> None:
-        self.at, self.kind, self.done = at, kind, False
+    def __init__(self, at: int, kind: str = "facility_slowdown",
+                 lane_to: str | None = None) -> None:
+        self.at, self.kind, self.lane_to, self.done = at, kind, lane_to, False
 
     def assess_closed(self, windows: list) -> list:
         out = []
@@ -122,7 +123,7 @@ class _OneIncident:
             if end >= self.at and not self.done:
                 self.done = True
                 records = [{"incident_key": "P1:k", "kind": self.kind, "facility_id": "P1",
-                            "lane_to": None, "status": "open", "facilities": "P1"}]
+                            "lane_to": self.lane_to, "status": "open", "facilities": "P1"}]
             out.append((end, records))
         return out
 
@@ -157,6 +158,51 @@ def test_an_incident_opening_holds_the_overdue_packages_due_soon_at_its_facility
     assert [a["kind"] for a in t.advance(T0 + 2 * H + 35 * H) if a["package_id"] == "HELD"] == []
     assert [a["alert_key"] for a in t.advance(T0 + 2 * H + 41 * H)
             if a["package_id"] == "HELD"] == ["HELD:stall:1"]
+
+
+@pytest.mark.parametrize(("kind", "lane_to", "held"), [
+    ("lane_delay", "N1", ["LEFT", "ROAD"]),        # a lane holds what departed, on the road too
+    ("weather", None, ["HELD", "LEFT", "ROAD"]),   # weather: all of them
+    ("facility_slowdown", None, ["HELD"]),         # a plant: only what is still inside
+])
+def test_a_lane_incident_holds_the_packages_on_the_road_from_its_origin(
+        kind: str, lane_to: str | None, held: list[str]) -> None:
+    """A package whose last scan is in transit (``TL``, no facility) after departing P1 is
+    on a lane from P1: a lane (or weather) incident opening there holds it, and its record
+    says where it came from (``departed_from``; its ``facility_id`` stays null). One whose
+    last facility scan was no departure says nothing of a lane."""
+    stats = FacilityStats(900, facilities=["P1", "P2"])
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40), "TL": (4, 40)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600, watch_fraction=0.85,
+                       facility_stats=stats, facility_lateness=0,
+                       incidents=_OneIncident(T0 + 12 * H, kind, lane_to),  # type: ignore[arg-type]
+                       hold_factor=1.0, hold_horizon=24 * H)
+
+    def pkg(pid: str, *scans: tuple[str, str | None, int]) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", T0, T0, service="ground",
+                          promised_by_ts=T0 + 20 * H, recipient_ref=f"C-{pid}"),
+                *[ScanEvent(pid, code, fac, T0 + h * H, T0 + h * H) for code, fac, h in scans]]
+
+    t.process_batch(pkg("HELD", ("A1", "P1", 1))                        # inside P1
+                    + pkg("LEFT", ("A1", "P1", 1), ("T1", "P1", 2))     # departed, no TL yet
+                    + pkg("ROAD", ("A1", "P1", 1), ("T1", "P1", 2), ("TL", None, 3))
+                    + pkg("ODD", ("A1", "P1", 1), ("TL", None, 3))      # TL after an arrival
+                    + pkg("ELSE", ("A1", "P2", 1), ("T1", "P2", 2), ("TL", None, 3)))
+    out = t.process(scan("X", "A1", T0 + 12 * H + 1, "P2"))
+    watches = {a["package_id"]: a for a in out if a["kind"] == "watch"}
+    assert sorted(watches) == held
+    if "ROAD" in watches:
+        road = watches["ROAD"]
+        assert road["facility_id"] is None and road["departed_from"] == "P1"
+        assert road["last_event_code"] == "TL" and road["silence_seconds"] == 9 * H
+    if "LEFT" in watches:
+        assert watches["LEFT"]["facility_id"] == "P1" and watches["LEFT"]["departed_from"] is None
+    # the packages' own stalls say the same (ODD: in transit from no departure)
+    later = {a["package_id"]: a for a in t.advance(T0 + 50 * H) if a["kind"] == "stall"}
+    assert later["ROAD"]["departed_from"] == "P1" and later["ROAD"]["facility_id"] is None
+    assert later["ODD"]["departed_from"] is None and later["ODD"]["facility_id"] is None
+    assert later["ELSE"]["departed_from"] == "P2"
 
 
 def _early_tracker(early: bool = True) -> PackageTracker:
@@ -218,6 +264,33 @@ def test_with_hold_early_a_package_is_watched_at_its_hold_point() -> None:
     assert [(h, key) for h, kind, key in one if kind == "watch"] == [  # 0.85 x 40 h
         *[(35, f"{pid}:watch:1") for pid in ("SOON", "LATER", "SPARE", "LEFT", "ANY", "AWAY")],
         (38, "MOVES:watch:1")]
+
+
+def test_with_hold_early_a_package_on_the_road_is_watched_under_the_facility_it_left() -> None:
+    """Several shards: a package in transit after a departure from P1 has its hold point
+    too (the network step folds its watch into a lane incident from P1 when one opens);
+    one in transit after no departure, and one that departed a facility without
+    statistics, only their own watches."""
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40), "TL": (4, 40)},
+                             default_prior_hours=None, min_threshold=0, min_samples=10**9)
+    t = PackageTracker(detector, allowed_lateness=0, bucket_seconds=600, watch_fraction=0.85,
+                       hold_factor=1.0, hold_horizon=12 * H, hold_early=True,
+                       facility_stats=FacilityStats(900, facilities=["P1"]),
+                       facility_lateness=0)
+
+    def pkg(pid: str, before: str, facility: str) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                          promised_by_ts=T0 + 10 * H, recipient_ref=f"C-{pid}"),
+                ScanEvent(pid, before, facility, T0, T0),
+                ScanEvent(pid, "TL", None, T0 + H, T0 + H)]
+
+    t.process_batch(pkg("ROAD", "T1", "P1") + pkg("ODD", "A1", "P1") + pkg("AWAY", "T1", "P9"))
+    out = [(hour, a) for hour in range(1, 40) for a in t.advance(T0 + hour * H)]
+    watches = [(hour, a["package_id"]) for hour, a in out if a["kind"] == "watch"]
+    assert watches == [(6, "ROAD"), (36, "ODD"), (36, "AWAY")]  # 1 + 4 h; 1 + 0.85 x 40 h
+    road = next(a for _, a in out if a["package_id"] == "ROAD")
+    assert road["facility_id"] is None and road["departed_from"] == "P1"
+    assert t.stats.early == 1
 
 
 def test_hold_early_does_not_depend_on_batching_and_survives_a_snapshot() -> None:
@@ -283,6 +356,30 @@ def test_with_one_shard_only_packages_an_incident_may_have_held_are_checked() ->
     assert [a for a in out if a["kind"] == "moved_late"] == []
 
 
+def test_a_package_held_on_the_road_by_a_lane_incident_sends_moved_late() -> None:
+    """A package in transit from P1 (departed, then ``TL``) while a lane incident from P1
+    is open, that arrives after more than the usual silence on the road and late, sends
+    ``moved_late`` naming the lane's origin; one in transit after no departure, and one
+    from a facility without statistics, do not."""
+    t = _late_move_tracker(_OneIncident(at=T0 + 5 * H, kind="lane_delay", lane_to="P2"))
+
+    def road(pid: str, before: str, origin: str) -> list[ScanEvent]:
+        return [ScanEvent(pid, "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                          promised_by_ts=T0 + 20 * H, recipient_ref=f"C-{pid}"),
+                ScanEvent(pid, "A1", origin, T0, T0),
+                ScanEvent(pid, before, origin, T0 + H, T0 + H),
+                ScanEvent(pid, "TL", None, T0 + 2 * H, T0 + 2 * H)]
+
+    events = road("ROAD", "T1", "P1") + road("ODD", "A1", "P1") + road("AWAY", "T1", "P9")
+    events += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(3, 12)]
+    events += [ScanEvent(pid, "T1", "P2", T0 + 12 * H, T0 + 12 * H)
+               for pid in ("ROAD", "ODD", "AWAY")]  # 10 h on the road (usual 4 h)
+    late = [a for a in t.process_batch(events) if a["kind"] == "moved_late"]
+    assert [a["package_id"] for a in late] == ["ROAD"]
+    assert late[0]["facility_id"] is None and late[0]["departed_from"] == "P1"
+    assert late[0]["last_event_code"] == "TL" and late[0]["silence_seconds"] == 10 * H
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
@@ -311,7 +408,7 @@ def _late_move_tracker(desk: _OneIncident | None) -> PackageTracker:
         for fac in ("P1", "P2", "P9"):
             estimator.learn_one({"service": "ground", "delivered_ts": t + rng.uniform(20, 30) * H,
                                  "scans": [(fac, "T1", t)]})
-    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40)},
+    detector = StallDetector(prior_hours={"A1": (4, 40), "T1": (4, 40), "TL": (4, 40)},
                              default_prior_hours=None, min_threshold=0, min_samples=10**9)
     return PackageTracker(detector, estimator, allowed_lateness=6 * H, bucket_seconds=600,
                           watch_fraction=0.85,

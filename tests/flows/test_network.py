@@ -136,6 +136,36 @@ def test_a_watched_package_is_folded_when_an_incident_opens_at_its_facility() ->
         ("back_on_track", "w:back_on_track:1")]
 
 
+def test_a_package_watched_on_the_road_is_folded_when_a_lane_incident_opens_from_its_origin(
+) -> None:
+    """In transit a record has no facility: the package is watched under the facility it
+    departed (``departed_from``), so a lane incident opening from there tells it, and its
+    move takes it off the watch list."""
+    def on_road(pid: str, at: int, kind: str, origin: str | None) -> dict[str, Any]:
+        return record(pid, at, kind=kind) | {"facility_id": None, "departed_from": origin,
+                                             "last_event_code": "TL"}
+
+    desk = new_desk()
+    out = feed(desk, [[("0", on_road("w", T0 + 2 * H, "watch", "P1")),
+                       ("0", on_road("x", T0 + 2 * H, "watch", None)),
+                       ("0", progress(T0 + 4 * H, T0 + 4 * H))]])
+    assert out == []
+    assert {f: sorted(w) for f, w in desk.watching.items()} == {"P1": ["w"], "": ["x"]}
+    opened = T0 + 5 * H
+    lane = incident("lane_delay", "P1", opened) | {"lane_to": "N2"}
+    out = feed(desk, [[("0", progress(T0 + 8 * H, T0 + 8 * H, [(T0 + 6 * H, [lane])]))]])
+    assert [(tag, r["kind"], r.get("package_id")) for tag, r in out] == [
+        ("incident", "lane_delay", None), ("alert", "incident_delay", "w")]
+    assert out[1][1]["incident_key"] == lane["incident_key"]
+    assert {f: sorted(w) for f, w in desk.watching.items()} == {"": ["x"]}
+    out = feed(desk, [[("0", on_road("w", T0 + 9 * H, "moved", "P1")),
+                       ("0", on_road("x", T0 + 9 * H, "moved", None)),
+                       ("0", progress(T0 + 10 * H, T0 + 12 * H))]])
+    assert desk.watching == {}
+    assert [(r["kind"], r["package_id"]) for tag, r in out if tag == "alert"] == [
+        ("back_on_track", "w")]
+
+
 def test_a_feed_outage_suppresses_the_stall_and_tells_nobody() -> None:
     registry = CollectorRegistry()
     desk = new_desk(metrics=make_flow_metrics(registry))
