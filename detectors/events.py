@@ -67,6 +67,7 @@ __all__ = [
     "Invalid",
     "ScanEvent",
     "epoch_seconds",
+    "iso_time",
     "parse_batch",
     "parse_line",
 ]
@@ -376,6 +377,19 @@ def epoch_seconds(value: Any) -> int | None:
     if not value:
         return None
     return int(dt.datetime.fromisoformat(str(value)).timestamp())
+
+
+def iso_time(ts: float | None) -> str | None:
+    """Epoch seconds as the ISO 8601 UTC time the flow's records carry (the inverse of
+    :func:`epoch_seconds`, to the second); None for None or a negative time (a column's
+    "unknown").
+
+    >>> iso_time(1790823600), iso_time(None), iso_time(-1)
+    ('2026-10-01T03:00:00+00:00', None, None)
+    """
+    if ts is None or ts < 0:
+        return None
+    return dt.datetime.fromtimestamp(int(ts), dt.UTC).isoformat()
 
 
 def _iso_ts(value: str, field: str) -> int | Invalid:

@@ -40,15 +40,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from detectors.events import iso_time as _iso
+
 __all__ = ["DELAY_KINDS", "IncidentDesk", "IncidentManager"]
 
 #: Incident kinds that delay packages (a feed outage does not).
 DELAY_KINDS = frozenset({"facility_slowdown", "facility_stop", "weather", "lane_delay"})
 _DELAY = DELAY_KINDS
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(int(ts), UTC).isoformat()
 
 
 def _compact(ts: int) -> str:

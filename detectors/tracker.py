@@ -102,7 +102,6 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
@@ -117,12 +116,15 @@ from detectors.events import (
     DEPARTURE_CODES,
     TERMINAL_CODES,
     ScanEvent,
+    iso_time,
 )
 from detectors.facility import FacilityStats, FacilityWindow
 from detectors.incidents import DELAY_KINDS, IncidentDesk
 from detectors.stall import StallDetector
 
 __all__ = ["PackageTracker", "TrackerStats"]
+
+_iso = lru_cache(maxsize=1 << 14)(iso_time)  # alerts repeat times: watermarks, promised hours
 
 _SERVICES = (None, "express", "ground")
 _SVC = {s: i for i, s in enumerate(_SERVICES)}
@@ -178,13 +180,6 @@ class TrackerStats:
     deferred: int = 0  # silences put off by ``tell_horizon`` (once per silence)
     finished_echo: int = 0  # a header for a package that finished within the retention
     by_outcome: dict[str, int] = field(default_factory=dict)
-
-
-@lru_cache(maxsize=1 << 14)  # alerts repeat times: the watermark, promised-by hours
-def _iso(ts: float | None) -> str | None:
-    if ts is None or ts < 0:
-        return None
-    return datetime.fromtimestamp(int(ts), UTC).isoformat()
 
 
 class PackageTracker:

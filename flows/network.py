@@ -57,10 +57,10 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from detectors.events import epoch_seconds as _epoch  # never empty here
+from detectors.events import iso_time
 from detectors.facility import FacilityWindow, merge
 from detectors.folding import DELAY_KINDS, IncidentFolder
 from detectors.incidents import IncidentDesk
@@ -362,8 +362,7 @@ class NetworkDesk:
         decided after every record made before now: a package that had left before the
         incident opened, its move scan still on its way, was not held by it)."""
         # an incident that grew covers its new facilities from now (IncidentFolder.observe)
-        since = record["opened_at"] if record["status"] == "open" else \
-            datetime.fromtimestamp(self.now, UTC).isoformat()
+        since = record["opened_at"] if record["status"] == "open" else iso_time(self.now)
         checking = self._checking
         for name in sorted(self.folder.names(record)):
             for pid in sorted(self.watching.get(name, ())):
