@@ -447,8 +447,7 @@ def demo(
     from notifiers.smtpd import SmtpServerProcess, count_by_alert_key
 
     logging.basicConfig(level=logging.WARNING)
-    if out.exists():
-        shutil.rmtree(out)
+    _clear_demo_dir(out)
     data, run, maildir = out / "data", out / "run", out / "maildir"
     console.rule("[bold]delaywatch demo")
     with console.status("1/4 simulating the demo network"):
@@ -475,6 +474,26 @@ def demo(
     _print_summary(summary.as_dict(), delivered, result)
     console.print(f"\nOpen the e-mails: [bold]{maildir}/new/[/bold] (one file per message), "
                   f"alerts: {run / 'alerts.jsonl'}")
+
+
+_DEMO_ENTRIES = frozenset({"data", "run", "maildir", _DEMO_MARK := ".delaywatch-demo"})
+
+
+def _clear_demo_dir(out: Path) -> None:
+    """Start the demo in an empty ``out``: a previous demo's directory (only the demo's own
+    entries in it) is removed; any other non-empty directory is refused, not deleted."""
+    if out.exists():
+        if not out.is_dir():
+            raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
+        found = {p.name for p in out.iterdir()}
+        if found - _DEMO_ENTRIES:
+            shown = ", ".join(sorted(found - _DEMO_ENTRIES)[:3])
+            raise typer.BadParameter(
+                f"{out} holds more than a previous demo's files ({shown}): give the demo a "
+                "directory of its own (it empties it on every run)", param_hint="--out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / _DEMO_MARK).write_text("made by `delaywatch demo`: emptied on its next run\n")
 
 
 def _print_summary(summary: dict, delivered: int, result: dict) -> None:  # type: ignore[type-arg]

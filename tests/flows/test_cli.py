@@ -274,3 +274,28 @@ def test_send_stopped_by_sigterm_mid_message_records_it_and_exits_cleanly(
         assert [box.get(f"P{i}:stall:1").status for i in range(3)] == [
             "sent", "pending", "pending"]
     assert count_by_alert_key(mail) == {"P0:stall:1": 1}
+
+
+def test_demo_refuses_to_empty_a_directory_that_is_not_a_previous_demo(tmp_path: Path) -> None:
+    """`delaywatch demo --out DIR` empties DIR on every run: only a previous demo's
+    directory (its own entries, nothing else), never one holding anything else."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("important")
+    done = CliRunner().invoke(app, ["demo", "--out", str(mine)])
+    assert done.exit_code == 2 and "notes.txt" in done.output
+    assert (mine / "notes.txt").read_text() == "important"
+    (tmp_path / "afile").write_text("x")
+    assert CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "afile")]).exit_code == 2
+
+    from flows.cli import _clear_demo_dir
+
+    old = tmp_path / "old"  # a previous demo's (from before the marker too)
+    for name in ("data", "run", "maildir"):
+        (old / name).mkdir(parents=True)
+        (old / name / "f").write_text("x")
+    _clear_demo_dir(old)
+    assert sorted(p.name for p in old.iterdir()) == [".delaywatch-demo"]
+    _clear_demo_dir(old)  # and again: its own marker is its own
+    _clear_demo_dir(tmp_path / "new" / "deeper")
+    assert (tmp_path / "new" / "deeper" / ".delaywatch-demo").exists()
