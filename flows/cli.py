@@ -393,7 +393,7 @@ def send(
     messages held by quiet hours count as ``deferred`` and go on a later run."""
     from datetime import UTC, datetime
 
-    from flows.run import SendStopped, send_outbox
+    from flows.run import SendStopped, SettingsUnready, send_outbox
     from notifiers import CustomerTableError
     from notifiers.metrics import write_send_textfile
 
@@ -408,7 +408,7 @@ def send(
         _fail(f"{metrics_textfile.parent} (for --metrics-textfile) is not a directory")
     try:
         report = send_outbox(outbox, customers, settings, host=host, port=port)
-    except CustomerTableError as exc:  # names the line and column, never a value
+    except (CustomerTableError, SettingsUnready) as exc:  # (never a value)
         _fail(str(exc))
     except (SendStopped, KeyboardInterrupt) as exc:  # SIGTERM (systemctl stop), Ctrl-C
         console.print("stopped: a message being sent was carried to its answer and recorded "

@@ -171,6 +171,12 @@ def _existing(path: Path) -> Path:
 ExistingFile = Annotated[Path, AfterValidator(_existing)]
 
 
+# for the local demo server only: SmtpSettings.unready_for refuses them for any other relay
+_EXAMPLE_SENDER = "delaywatch <alerts@delaywatch.example.com>"
+_EXAMPLE_UNSUBSCRIBE_URL = "https://delaywatch.example.com/unsubscribe"
+_EXAMPLE_SECRET = "change-me-in-production"  # noqa: S105 (refused off the demo)
+
+
 class SmtpSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     host: str = "127.0.0.1"
@@ -183,13 +189,39 @@ class SmtpSettings(BaseModel):
         600.0, gt=0, description="wait for the reply to a message's end (RFC 5321: 10 "
         "minutes); a message left without one may have arrived and is sent again only "
         "after backoff_max_seconds")
-    sender: str = "delaywatch <alerts@delaywatch.example.com>"
-    unsubscribe_url: str = "https://delaywatch.example.com/unsubscribe"
-    unsubscribe_secret: SecretStr = SecretStr("change-me-in-production")
+    sender: str = _EXAMPLE_SENDER
+    unsubscribe_url: str = _EXAMPLE_UNSUBSCRIBE_URL
+    unsubscribe_secret: SecretStr = SecretStr(_EXAMPLE_SECRET)
     max_attempts: int = Field(8, ge=1)
     backoff_base_seconds: float = Field(30.0, gt=0)
     backoff_max_seconds: float = Field(3600.0, gt=0)
     quiet_hours: bool = True
+
+    def unready_for(self, host: str) -> list[str]:
+        """What must be set before messages go to the relay at ``host``: the built-in
+        examples of the sender, the unsubscribe page and its secret are for the local demo
+        server only (with the example secret anyone could make every customer's unsubscribe
+        link). [] for a loopback relay or when all three are set.
+
+        >>> SmtpSettings().unready_for("127.0.0.1")
+        []
+        >>> [p.split(" ")[0] for p in SmtpSettings().unready_for("smtp.example.org")]
+        ['smtp.sender', 'smtp.unsubscribe_url', 'smtp.unsubscribe_secret']
+        """
+        if host.strip("[]").lower() in ("127.0.0.1", "localhost", "::1"):
+            return []
+        problems = []
+        if self.sender == _EXAMPLE_SENDER:
+            problems.append("smtp.sender is the built-in example address "
+                            "(DELAYWATCH_SMTP__SENDER)")
+        if self.unsubscribe_url == _EXAMPLE_UNSUBSCRIBE_URL:
+            problems.append("smtp.unsubscribe_url is the built-in example page "
+                            "(DELAYWATCH_SMTP__UNSUBSCRIBE_URL)")
+        if self.unsubscribe_secret.get_secret_value() == _EXAMPLE_SECRET:
+            problems.append("smtp.unsubscribe_secret is the built-in example, with which anyone "
+                            "could make any customer's unsubscribe link "
+                            "(DELAYWATCH_SMTP__UNSUBSCRIBE_SECRET)")
+        return problems
 
 
 class Settings(BaseSettings):

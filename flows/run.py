@@ -517,6 +517,10 @@ async def _until_terminated(drained: Any) -> Any:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+class SettingsUnready(ValueError):
+    """The SMTP settings still hold the built-in examples, and the relay is not local."""
+
+
 def send_outbox(
     outbox_path: Path,
     customers_path: Path,
@@ -531,8 +535,14 @@ def send_outbox(
     outbox after it: ``outbox_depth``, ``outbox_oldest_pending_age_seconds`` and
     ``next_due_at`` (ISO), when the earliest row still pending is next due, or None; and
     ``customer_rows_bad``, what is wrong with each row of the customer table skipped (file,
-    line and column, never a value): their customers' messages wait until it is mended."""
+    line and column, never a value): their customers' messages wait until it is mended.
+    Raises :class:`SettingsUnready` before anything is sent when the relay is not local and
+    the sender, unsubscribe page or secret are the built-in examples."""
     smtp = settings.smtp
+    unready = smtp.unready_for(host or smtp.host)
+    if unready:
+        raise SettingsUnready("not sending to a real relay with example settings: "
+                              + "; ".join(unready))
     composer = MessageComposer(
         from_address=smtp.sender, unsubscribe_url=smtp.unsubscribe_url,
         unsubscribe_secret=smtp.unsubscribe_secret.get_secret_value(),

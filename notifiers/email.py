@@ -219,12 +219,18 @@ class SmtpSender:
         try:
             await smtp.connect()
         except aiosmtplib.SMTPConnectTimeoutError:
-            raise ConnectTimeoutError(step="connect", server_message="timed out") from None
+            raise ConnectTimeoutError(
+                step="connect", server_message=f"no answer from {self.hostname}:{self.port} "
+                                               f"within {timeout:g} s") from None
         except aiosmtplib.SMTPConnectResponseError as exc:
             raise ConnectFailedError(exc.code, step="connect", server_message=exc.message) from None
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError):
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected,
+                OSError) as exc:
+            # no reply at all: 451 for the retry rules; the text says where and why
             raise ConnectFailedError(
-                CONNECTION_LOST_CODE, step="connect", server_message="cannot connect"
+                CONNECTION_LOST_CODE, step="connect", replied=False,
+                server_message=f"no connection to {self.hostname}:{self.port}: "
+                               f"{_why(exc)}",
             ) from None
         except aiosmtplib.SMTPTimeoutError:
             raise ConnectTimeoutError(step="connect", server_message="timed out") from None
@@ -371,14 +377,28 @@ class DrainReport:
     customer_row_bad: int = 0  # put back: the customer's row in the table is unusable
     lease_lost: int = 0  # not sent: its lease ran out and another sender took it
     unconfirmed: int = 0  # sent, no reply to its end: maybe delivered; again after a long wait
+    # the relay's reply code when it refused us, 451 when it could not be reached (no reply)
     relay_error_code: int | None = None
+    relay_error: str | None = None  # what went wrong with the relay, e.g. "no connection to
+    # smtp.example.org:587: Connection refused" (no personal data)
 
     def add(self, other: DrainReport) -> None:
         for f in fields(self):
-            if f.name == "relay_error_code":
-                self.relay_error_code = other.relay_error_code or self.relay_error_code
+            if f.name in _LAST:
+                setattr(self, f.name, getattr(other, f.name) or getattr(self, f.name))
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+_LAST = frozenset({"relay_error_code", "relay_error"})  # DrainReport's non-counts
+
+
+def _why(exc: BaseException) -> str:
+    """An OS or aiosmtplib error's reason, without its host or any address."""
+    cause = exc.__cause__ or exc.__context__  # (aiosmtplib wraps the OS error)
+    reason = (getattr(exc, "strerror", None) or getattr(cause, "strerror", None)
+              or getattr(exc, "message", None) or "")
+    return redact(str(reason)) or type(exc).__name__
 
 
 class _RelayDown(Exception):
@@ -511,6 +531,7 @@ async def drain(
             except _RelayDown as down:
                 relay_down = True
                 report.relay_error_code = down.error.code
+                report.relay_error = str(down.error)
                 retry_at = now_fn() + timedelta(
                     seconds=backoff_base if relay_retry is None else relay_retry
                 )

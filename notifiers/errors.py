@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import re
+from typing import Any
 
 __all__ = [
     "ConnectFailedError",
@@ -153,8 +154,26 @@ class RelayError(TransientDeliveryError):
 
 
 class ConnectFailedError(RelayError, ConnectionError):
-    """The relay could not be reached at all (refused, unreachable, dropped the greeting)."""
+    """The relay could not be reached at all (refused, unreachable, dropped the greeting).
+
+    ``replied=False``: no SMTP reply came at all (``.code`` 451 only for the retry rules),
+    and the text says so instead of naming a code the relay never sent:
+
+    >>> str(ConnectFailedError(451, step="connect", replied=False,
+    ...                        server_message="no connection to relay.test:25: Connection refused"))
+    'connect: no connection to relay.test:25: Connection refused (no SMTP reply; retried later)'
+    """
+
+    def __init__(self, code: int, /, *, replied: bool = True, **kwargs: Any) -> None:
+        super().__init__(code, **kwargs)
+        self.replied = replied
+        if not replied:
+            self.args = (f"{self.step}: {self.server_message} (no SMTP reply; retried later)",)
 
 
 class ConnectTimeoutError(ConnectFailedError, DeliveryTimeoutError):
     """Connecting to the relay timed out."""
+
+    def __init__(self, code: int = CONNECTION_LOST_CODE, /, **kwargs: Any) -> None:
+        kwargs.setdefault("server_message", "timed out")
+        super().__init__(code, replied=False, **kwargs)

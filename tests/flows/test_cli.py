@@ -225,6 +225,40 @@ def test_send_with_bad_customer_rows_names_them_holds_their_messages_and_sends_t
     assert done.exit_code == 2 and "missing column(s)" in done.output
 
 
+def test_send_refuses_a_real_relay_with_the_example_sender_and_unsubscribe_secret(
+        demo_data: Path, tmp_path: Path) -> None:
+    """The built-in sender, unsubscribe page and secret are the demo's: with the example
+    secret anyone could make every customer's unsubscribe link. Off the loopback relay
+    `send` names what to set and sends nothing; with all three set it goes on."""
+    from notifiers import Outbox
+
+    with open(demo_data / "customers.csv", newline="", encoding="utf-8") as fh:
+        ref = next(csv.DictReader(fh))["recipient_ref"]
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        box.enqueue({"alert_key": "P0:stall:1", "kind": "stall", "package_id": "P0"}, ref)
+    args = ["send", "--outbox", str(tmp_path / "outbox.sqlite"),
+            "--customers", str(demo_data / "customers.csv"), "--host", "relay.invalid"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2, done.output
+    for name in ("smtp.sender", "smtp.unsubscribe_url", "smtp.unsubscribe_secret",
+                 "DELAYWATCH_SMTP__UNSUBSCRIBE_SECRET"):
+        assert name in done.output
+    assert "change-me" not in done.output
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        assert (box.get("P0:stall:1").status, box.get("P0:stall:1").attempts) == ("pending", 0)
+    ready = {"DELAYWATCH_SMTP__SENDER": "Alerts <alerts@carrier.test>",
+             "DELAYWATCH_SMTP__UNSUBSCRIBE_URL": "https://carrier.test/unsubscribe",
+             "DELAYWATCH_SMTP__UNSUBSCRIBE_SECRET": "s3cret-of-the-operator",
+             "DELAYWATCH_SMTP__QUIET_HOURS": "false"}
+    done = CliRunner().invoke(app, args, env=ready)
+    assert done.exit_code == 0, done.output  # past the check: the relay is not there
+    report = json.loads(done.output.strip().splitlines()[-1])
+    assert (report["sent"], report["released"], report["relay_error_code"]) == (0, 1, 451)
+    # the relay never answered: said so, with where and why, not as a relay's "SMTP 451"
+    assert report["relay_error"].startswith("connect: no connection to relay.invalid:8025: ")
+    assert report["relay_error"].endswith("(no SMTP reply; retried later)")
+
+
 def test_an_error_message_shows_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:
     """Error lines are not rich markup: a path like ``x[/y]`` is shown, not parsed."""
     path = tmp_path / "x[/y]" / "[blue]outbox.sqlite"
