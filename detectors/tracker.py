@@ -547,6 +547,7 @@ class PackageTracker:
                             if (held is not None
                                     and (monitored is None or held in monitored)
                                     and (delayed_until is None
+                                         or ts > fstats.closed_through
                                          or delayed_until(held, -1) >= prev_ts)
                                     and promised_col[slot] >= 0):  # (last: a column, a miss)
                                 late = self._late_move(slot, ts, ev, service, last_fac,

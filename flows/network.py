@@ -350,11 +350,12 @@ class NetworkDesk:
         return told_now + self._messages(grouper.add(alert, decision))
 
     def _unwatch(self, alert: dict[str, Any]) -> None:
-        where = _where(alert)
-        watched = self.watching.get(where)
-        if watched is not None and watched.pop(alert["package_id"], None) is not None \
-                and not watched:
-            del self.watching[where]
+        for where in dict.fromkeys((_where(alert), "")):  # "": a transit watch from before
+            watched = self.watching.get(where)
+            if watched is not None and watched.pop(alert["package_id"], None) is not None:
+                if not watched:
+                    del self.watching[where]
+                return
 
     def _fold_watched(self, record: dict[str, Any]) -> None:
         """An incident opened or grew: each package watched silent at its facilities is looked

@@ -380,6 +380,31 @@ def test_a_package_held_on_the_road_by_a_lane_incident_sends_moved_late() -> Non
     assert late[0]["last_event_code"] == "TL" and late[0]["silence_seconds"] == 10 * H
 
 
+def test_one_shard_checks_a_late_move_past_the_windows_it_has_closed() -> None:
+    """One shard checks a late move only where an incident it knows of held the package;
+    but a move past the facility windows it has closed (``facility_lateness``, here 2 h) may
+    have been held by an incident opening in them: it is checked then, as several shards
+    check every move, and the network step decides. (A lane incident opens on the first
+    late arrivals: the next packages off the lane arrive within that lag.)"""
+    def events() -> list[ScanEvent]:
+        return [ScanEvent("ROAD", "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                          promised_by_ts=T0 + 20 * H, recipient_ref="C-ROAD"),
+                ScanEvent("ROAD", "A1", "P1", T0, T0),
+                ScanEvent("ROAD", "T1", "P1", T0 + H, T0 + H),
+                ScanEvent("ROAD", "TL", None, T0 + 2 * H, T0 + 2 * H),
+                *[ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(3, 12)],
+                ScanEvent("ROAD", "T1", "P2", T0 + 12 * H, T0 + 12 * H),  # 10 h on the road
+                *[ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(13, 16)]]
+
+    lane = _OneIncident(at=T0 + 11 * H, kind="lane_delay", lane_to="P2")
+    for desk in (None, lane):  # several shards (no incidents here), one shard
+        t = _late_move_tracker(desk)
+        t.facility_lateness = 2 * H
+        out = t.process_batch(events())
+        assert [a["package_id"] for a in out if a["kind"] == "moved_late"] == ["ROAD"]
+    assert lane.done  # (it opened at the window ending T0 + 11 h, known after the move)
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 

@@ -166,6 +166,22 @@ def test_a_package_watched_on_the_road_is_folded_when_a_lane_incident_opens_from
         ("back_on_track", "w")]
 
 
+def test_a_transit_watch_from_before_departed_from_is_unwatched_by_its_new_records() -> None:
+    """A snapshot from before ``departed_from`` holds a package on the road watched under
+    "": its records made after the upgrade (which name the facility it departed) still take
+    it off the list."""
+    desk = new_desk()
+    old_watch = record("w", T0 + 2 * H, kind="watch") | {"facility_id": None,
+                                                         "last_event_code": "TL"}
+    feed(desk, [[("0", old_watch), ("0", progress(T0 + 4 * H, T0 + 4 * H))]])
+    assert desk.watching == {"": {"w": old_watch}}
+    desk = pickle.loads(pickle.dumps(desk))
+    moved = record("w", T0 + 9 * H, kind="moved") | {
+        "facility_id": None, "departed_from": "P1", "last_event_code": "TL"}
+    feed(desk, [[("0", moved), ("0", progress(T0 + 10 * H, T0 + 12 * H))]])
+    assert desk.watching == {}
+
+
 def test_a_feed_outage_suppresses_the_stall_and_tells_nobody() -> None:
     registry = CollectorRegistry()
     desk = new_desk(metrics=make_flow_metrics(registry))
