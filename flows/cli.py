@@ -55,11 +55,18 @@ def _fail(message: str) -> None:
 
 
 def _settings(config: Path | None, **overrides: object):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
     from flows.config import load_settings
 
     try:
         return load_settings(config, **overrides)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:  # each setting and why, never the value (it may be a secret)
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False))
+        _fail(f"invalid settings: {problems}")
+    except ValueError as exc:
         _fail(f"invalid settings: {exc}")
 
 

@@ -333,3 +333,21 @@ def test_demo_refuses_to_empty_a_directory_that_is_not_a_previous_demo(tmp_path:
     _clear_demo_dir(old)  # and again: its own marker is its own
     _clear_demo_dir(tmp_path / "new" / "deeper")
     assert (tmp_path / "new" / "deeper" / ".delaywatch-demo").exists()
+
+
+def test_invalid_settings_are_named_without_their_values(tmp_path: Path) -> None:
+    """A mistyped or malformed setting is named with why, never with its value: the value
+    may be a password, and the message goes to the journal."""
+    done = CliRunner().invoke(app, ["send", "--outbox", "x", "--customers", "y"],
+                              env={"DELAYWATCH_SMTP__PASWORD": "hunter2-secret",
+                                   "DELAYWATCH_SMTP__PORT": "port-abc"})
+    assert done.exit_code == 2
+    assert "smtp.pasword: Extra inputs are not permitted" in done.output
+    assert "smtp.port: Input should be a valid integer" in done.output
+    assert "hunter2" not in done.output and "port-abc" not in done.output
+    config = tmp_path / "delaywatch.toml"
+    config.write_text('[smtp]\npassword = "ok"\nusername = 42\n', encoding="utf-8")
+    done = CliRunner().invoke(app, ["send", "--outbox", "x", "--customers", "y",
+                                    "--config", str(config)])
+    assert done.exit_code == 2 and "smtp.username: Input should be a valid string" in done.output
+    assert "42" not in done.output.replace(str(config), "")
