@@ -304,7 +304,14 @@ _TIMES: Final = frozenset({"event_time", "ingest_time", "promised_by"})
 
 
 def _safe(text: str) -> str:
-    """Printable, single-line, at most ``_DETAIL_MAX`` characters."""
+    """Printable, single-line, at most ``_DETAIL_MAX`` characters; the value msgspec quotes
+    in an "Invalid enum value" shown only if it looks like a code or a time (:func:`_shown`).
+
+    >>> _safe("Invalid enum value 'Jane Doe jane@example.com' - at `$.service`")
+    'Invalid enum value (25 characters, not shown) - at `$.service`'
+    """
+    if "Invalid enum value " in text:  # msgspec quotes the value as Python's repr() does
+        text = _ENUM_VALUE.sub(lambda m: f"Invalid enum value {_shown(m[1][1:-1])}", text)
     if not text.isprintable():
         text = "".join(c if c.isprintable() else "?" for c in text)
     if len(text) > _DETAIL_MAX:
@@ -313,6 +320,7 @@ def _safe(text: str) -> str:
 
 
 _CODE_LIKE = re.compile(r"[A-Za-z0-9]{1,4}")
+_ENUM_VALUE = re.compile(r"Invalid enum value (.*?)(?= - at `|$)", re.DOTALL)
 _TIME_LIKE = re.compile(r"[0-9TtZz:+\-. ]{1,40}")
 
 

@@ -505,3 +505,19 @@ def test_a_str_line_with_a_lone_surrogate_is_a_dead_letter_not_an_exception(bad,
     raw = json.dumps(BASE | {field: bad}, ensure_ascii=False)  # str: no UTF-8 form
     for result in (parse_line(raw), parse_batch([raw] * 250)[1][-1][1]):
         assert result == Invalid("bad_json", "the line is not valid UTF-8 text")
+
+
+@pytest.mark.parametrize("value", ["Jane Doe jane@example.com", "O'Brien Street 5", 'a"b'])
+def test_a_dead_letter_detail_never_echoes_a_header_value_that_may_be_personal(
+        value: str) -> None:
+    """A garbled header can carry a name or an address in any field: the detail names the
+    field and why, and shows a value only if it looks like a code or a time."""
+    line = json.dumps({"package_id": "P1", "event_code": "GX", "facility_id": "O-1",
+                       "event_time": "2026-11-01T00:00:00+00:00",
+                       "ingest_time": "2026-11-01T00:00:00+00:00", "service": value}).encode()
+    found = parse_line(line)
+    assert isinstance(found, Invalid) and found.reason == "bad_header"
+    assert found.detail.startswith("service: Invalid enum value (")
+    assert value not in found.detail and "Brien" not in found.detail
+    short = parse_line(line.replace(json.dumps(value).encode(), b'"fast"'))
+    assert "'fast'" in short.detail  # a code-like value is shown, to fix the feed by
