@@ -196,6 +196,9 @@ class SmtpSettings(BaseModel):
     backoff_base_seconds: float = Field(30.0, gt=0)
     backoff_max_seconds: float = Field(3600.0, gt=0)
     quiet_hours: bool = True
+    unknown_customer_wait_hours: float = Field(
+        24.0, ge=0, description="a message to a customer missing from the customer table "
+        "waits this long from when it was made (the table may lag the feed), then fails")
 
     def unready_for(self, host: str) -> list[str]:
         """What must be set before messages go to the relay at ``host``: the built-in

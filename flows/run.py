@@ -565,6 +565,7 @@ def send_outbox(
             backoff_max=smtp.backoff_max_seconds,
             quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
             unusable={ref for ref, _ in bad}, hold_unknown=bool(bad),
+            unknown_wait=smtp.unknown_customer_wait_hours * 3600,
         )))
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()

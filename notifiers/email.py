@@ -375,6 +375,7 @@ class DrainReport:
     released: int = 0  # put back untouched (relay unreachable, or drain interrupted)
     held: int = 0  # put back: an earlier message to the same customer has not gone yet
     customer_row_bad: int = 0  # put back: the customer's row in the table is unusable
+    customer_unknown: int = 0  # put back: not in the table (yet), for up to ``unknown_wait``
     lease_lost: int = 0  # not sent: its lease ran out and another sender took it
     unconfirmed: int = 0  # sent, no reply to its end: maybe delivered; again after a long wait
     # the relay's reply code when it refused us, 451 when it could not be reached (no reply)
@@ -429,12 +430,16 @@ async def drain(
     metrics: NotifierMetrics | None = None,
     unusable: Container[str] = (),
     hold_unknown: bool = False,
+    unknown_wait: float = 86400.0,
 ) -> DrainReport:
     """Send every outbox row that is due now; return what happened.
 
-    For each claimed row: an unknown ``recipient_ref`` or unusable address fails the row
-    (550 / 553); in quiet hours (recipient's zone) the row is deferred to their end without
-    counting an attempt; otherwise the message is built and sent. Accepted: ``mark_sent``
+    For each claimed row: a ``recipient_ref`` missing from ``customers`` waits (back to
+    pending for ``backoff_base`` seconds, no attempt counted, ``customer_unknown``) until
+    ``unknown_wait`` seconds after the row was made (a customer export that lags the feed),
+    then fails the row (550); an unusable address fails it (553); in quiet hours
+    (recipient's zone) the row is deferred to their end without counting an attempt;
+    otherwise the message is built and sent. Accepted: ``mark_sent``
     (after acceptance). 4xx, lost connection, timeout: retry after
     :func:`~notifiers.policy.backoff_delay` (no reply to the message's end, which it may
     have taken: after ``backoff_max`` at the soonest; counted ``unconfirmed``), and after
@@ -481,6 +486,12 @@ async def drain(
                     ref = row.recipient_ref
                     if ref in unusable or hold_unknown and ref not in customers:
                         report.customer_row_bad += outbox.release(  # until the table is mended
+                            [row], now_fn() + timedelta(seconds=backoff_base))
+                        del unfinished[row.alert_key]
+                        continue
+                    if ref not in customers and (
+                            now_fn() - row.created_at).total_seconds() < unknown_wait:
+                        report.customer_unknown += outbox.release(  # the table may catch up
                             [row], now_fn() + timedelta(seconds=backoff_base))
                         del unfinished[row.alert_key]
                         continue
@@ -601,7 +612,8 @@ async def _deliver(
     customer = customers.get(row.recipient_ref)
     if customer is None:
         log.error("drain: alert %s: customer %s (digest of its recipient_ref) not in the "
-                  "customer table", key, customer_digest(row.recipient_ref))
+                  "customer table, also after waiting for it", key,
+                  customer_digest(row.recipient_ref))
         outbox.mark_failed(key, NO_CUSTOMER_CODE)
         _count_failure(metrics, "permanent")
         report.failed_permanent += 1

@@ -350,15 +350,32 @@ async def test_unknown_customer_and_unusable_address_fail_without_sending(
     broken = Customer("r-broken", "N", "not an address", "en", "UTC")
     outbox.enqueue(make_alert("PKG-1"), "r-missing", now=T0)
     outbox.enqueue(make_alert("PKG-2"), "r-broken", now=T0)
+    outbox.enqueue(make_alert("PKG-3"), "r-late", now=T0)
+    late = Customer("r-late", "L", "late@mail.example", "en", "UTC")
     with caplog.at_level("DEBUG"):
         report = await drain(
             outbox, {"r-broken": broken}, sender_for(server), composer=composer, now_fn=clock,
-            quiet_hours=None,
+            quiet_hours=None, unknown_wait=6 * 3600,
         )  # fmt: skip
-    assert report.failed_permanent == 2
+        # customers missing from the table wait for it (an export lagging the feed) ...
+        assert (report.failed_permanent, report.customer_unknown) == (1, 2)
+        assert outbox.get("PKG-1:stall:1").status == "pending"
+        assert outbox.get("PKG-1:stall:1").attempts == 0
+        clock.advance(3 * 3600)  # ... one comes within the wait: its message goes
+        report = await drain(
+            outbox, {"r-broken": broken, "r-late": late}, sender_for(server),
+            composer=composer, now_fn=clock, quiet_hours=None, unknown_wait=6 * 3600,
+        )  # fmt: skip
+        assert (report.sent, report.customer_unknown) == (1, 1)
+        clock.advance(3 * 3600)  # ... the other never does: after the wait, it fails
+        report = await drain(
+            outbox, {"r-broken": broken}, sender_for(server), composer=composer, now_fn=clock,
+            quiet_hours=None, unknown_wait=6 * 3600,
+        )  # fmt: skip
+    assert (report.failed_permanent, report.customer_unknown) == (1, 0)
     assert outbox.get("PKG-1:stall:1").last_error_code == 550
     assert outbox.get("PKG-2:stall:1").last_error_code == 553
-    assert count_by_alert_key(maildir) == {}
+    assert count_by_alert_key(maildir) == {"PKG-3:stall:1": 1}
     # the log names the alert and a digest of the customer, never the reference itself
     assert "PKG-1:stall:1" in caplog.text and customer_digest("r-missing") in caplog.text
     assert "r-missing" not in caplog.text and "r-broken" not in caplog.text
