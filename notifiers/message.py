@@ -578,6 +578,10 @@ class MessageComposer:
             count = len(packages)
         kind = alert.get("kind")
         silence_seconds = _silence_seconds(alert)
+        expected = alert.get("expected_seconds")
+        # the silence passed the stage's usual one (unknown: as the stall says it did)
+        beyond_usual = not (silence_seconds is not None and isinstance(expected, int | float)
+                            and not isinstance(expected, bool) and silence_seconds < expected)
         silence = format_duration(silence_seconds, locale)
         last_scan = format_local_time(alert.get("last_scan_time"), zone, locale)
         detail: str | None
@@ -599,10 +603,11 @@ class MessageComposer:
             )
         elif kind == "stall":
             # the e-mail's first lines say where, when and for how long: only what the last
-            # scan was and what is usual here
+            # scan was and what is usual here (not when the silence is shorter than that: a
+            # carrier's exception scan, e.g. missent, is told early on purpose)
             detail = None if silence is None else describe_stage(
                 locale, scan_text(alert.get("last_event_code"), locale),
-                format_duration(_usual_seconds(alert.get("expected_seconds")), locale))
+                format_duration(_usual_seconds(expected), locale) if beyond_usual else None)
             if silence is None and locale == "en":
                 # a row from before the structured fields: its English evidence, as before
                 detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None
@@ -646,6 +651,7 @@ class MessageComposer:
             "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
             "detail": detail,
             "in_transit": in_transit,
+            "longer_than_usual": beyond_usual,
             "moving": bool(alert.get("moving")),
             "last_scan": last_scan,
             "promised": format_local_time(alert.get("promised_by"), zone, locale),

@@ -347,6 +347,24 @@ def test_a_package_in_transit_is_not_at_a_place_called_in_transit(
 
 
 @pytest.mark.parametrize("locale", ["en", "es"])
+def test_a_stall_told_before_its_usual_silence_does_not_say_it_is_longer_than_usual(
+    composer: MessageComposer, locale: str
+) -> None:
+    """A carrier's exception scan (missent: a stall after 8 h where the stage's usual
+    silence is 36 h) is told early on purpose: the e-mail neither calls 16 h "longer than
+    usual" nor says packages usually move on within a day and a half."""
+    early = composer.render(make_alert("PKG-1", last_event_code="08", silence_seconds=16 * 3600,
+                                       expected_seconds=36 * 3600), customer(1, locale=locale))
+    usual = composer.render(make_alert("PKG-1"), customer(1, locale=locale))  # 29 h vs 8 h
+    longer, within = {"en": ("longer than usual", "usually move on"),
+                      "es": ("más de lo habitual", "Normalmente los paquetes")}[locale]
+    for part in (early.text, early.html):
+        assert longer not in part and within not in part
+    for part in (usual.text, usual.html):
+        assert longer in part and within in part
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
 def test_unknown_scan_code_is_left_out_not_shown_raw(
     composer: MessageComposer, locale: str
 ) -> None:
