@@ -1086,26 +1086,10 @@ class PackageTracker:
     def _moved(self, slot: int, ts: int, ev: ScanEvent | None = None) -> dict[str, Any]:
         """A watched package (no stall alert) scanned again: tells the network step that a
         package it may have told about is moving, and when it should now arrive (~8 us: the
-        usual estimate from the new scan; watched packages are a few in a hundred)."""
-        pid = _unpack_id(self._ids[slot])
-        episode = int(self._episode[slot])
-        eta = None
-        if ev is not None and self.estimator is not None:
-            eta = self._eta_from(ev, _SERVICES[self._svc[slot]])
-        fac, departed_from = self._place(slot)
-        return {
-            "alert_key": f"{pid}:moved:{episode}",
-            "kind": "moved",
-            "package_id": pid,
-            "episode": episode,
-            "alert_time": _iso(ts),
-            "facility_id": fac,
-            "departed_from": departed_from,
-            "last_scan_time": _iso(self._last_ts[slot]),
-            "new_estimate": _iso(eta),
-            "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
-            "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made
-        }
+        usual estimate from the new scan; watched packages are a few in a hundred). The
+        same fields as every alert (it becomes a ``back_on_track`` when its customer was
+        told through an incident)."""
+        return self._alert(slot, "moved", ts, ev)
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

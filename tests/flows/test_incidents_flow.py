@@ -61,6 +61,24 @@ def test_incidents_are_written_and_alerts_point_at_them(demo_run: Path) -> None:
         assert a["alert_key"] == f"{a['package_id']}:incident_delay:{a['episode']}"
 
 
+def test_every_alert_has_the_keys_docs_schemas_lists(demo_run: Path) -> None:
+    """alerts.jsonl's contract (docs/schemas.md, "Alert"): every key of the table on every
+    record, whatever its kind (a back on track after an incident's message too), and no
+    other but the incident's own."""
+    import re
+
+    schema = (Path(__file__).parents[2] / "docs" / "schemas.md").read_text(encoding="utf-8")
+    table = schema.split("## Alert", 1)[1].split("\n\n", 2)[1]
+    documented = {k for row in table.splitlines()[2:]
+                  for k in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert {"alert_key", "facility_name", "departed_from", "moving"} <= documented
+    alerts = _jsonl(demo_run / "alerts.jsonl")
+    assert {a["kind"] for a in alerts} >= {"stall", "incident_delay", "back_on_track"}
+    optional = {"incident_kind", "moving"}  # (set on incident_delay)
+    for a in alerts:
+        assert documented - optional <= a.keys() <= documented, a["alert_key"]
+
+
 def test_facility_windows_show_what_the_detector_saw(incident_data: Path,
                                                      demo_run: Path) -> None:
     """facility_windows.jsonl: one row per monitored hub and window, without gaps; every
