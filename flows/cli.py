@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 from rich.console import Console
@@ -186,15 +186,16 @@ def replay(
         console.print(f"metrics: http://{host}:{settings.metrics_port}/metrics")
     previous: list[object] = []  # the SIGTERM handler before ours, while ours is installed
     stopped: int | None = None  # the exit code of a run stopped by a signal
-    lock = None
+    locks: list[IO[str]] = []
     try:
-        lock = _lock_run(out)  # one flow per run directory (a second would corrupt both runs)
+        locks.append(_lock_run(out))  # one flow per run directory (a second corrupts both)
         if recovery is not None:
             # SIGTERM (systemd's stop) ends a resumable run as Ctrl-C does: at the next step,
             # with how to resume; a run without a recovery store is killed as any process is
             if threading.current_thread() is threading.main_thread():
                 previous.append(signal.signal(signal.SIGTERM, _terminate))
             _init_recovery(recovery)
+            locks.append(_lock_run(recovery, "recovery store"))  # and one per store
         _collect_rarely()
         with console.status(f"following {events}" if follow else f"replaying {events}"):
             try:
@@ -219,7 +220,7 @@ def replay(
         stopped = 0 if isinstance(stop, _Terminated) else 130
         raise typer.Exit(stopped) from None
     finally:
-        if lock is not None:
+        for lock in locks:
             lock.close()
         if previous:
             signal.signal(signal.SIGTERM, previous.pop())  # type: ignore[arg-type]
@@ -261,9 +262,10 @@ def _check_port(host: str, port: int) -> None:
                   "--metrics-port whose next ports are free, or 0 for no metrics server")
 
 
-def _lock_run(out: Path):  # type: ignore[no-untyped-def]
-    """An exclusive lock on ``out`` (``RUNDIR/.lock``), held while the flow runs: a second
-    flow writing the same run (and recovery store) is refused with a clear error."""
+def _lock_run(out: Path, what: str = "run directory"):  # type: ignore[no-untyped-def]
+    """An exclusive lock on ``out`` (``DIR/.lock``), held while the flow runs: a second
+    flow writing the same run, or the same recovery store from another run directory, is
+    refused with a clear error."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -272,8 +274,9 @@ def _lock_run(out: Path):  # type: ignore[no-untyped-def]
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        _fail(f"another delaywatch is running on {out} (it holds {out / '.lock'}): stop it "
-              "first, or give this run its own --out and --recovery")
+        _fail(f"another delaywatch is running on the {what} {out} (it holds "
+              f"{out / '.lock'}): stop it first, or give this run its own --out and "
+              "--recovery")
     return fh
 
 

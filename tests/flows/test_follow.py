@@ -726,6 +726,15 @@ def test_a_second_flow_on_the_same_run_directory_is_refused(
     assert not (tmp_path / "rec").exists()
     done = CliRunner().invoke(app, args)  # the first one ended: this one runs
     assert done.exit_code == 0, done.output
+    # the same recovery store from another run directory: refused too, the store untouched
+    held = _lock_run(tmp_path / "rec", "recovery store")
+    try:
+        other = [*args[:3], str(tmp_path / "other"), *args[4:]]
+        done = CliRunner().invoke(app, other)
+    finally:
+        held.close()
+    assert done.exit_code == 2 and "on the recovery store" in done.output, done.output
+    assert not (tmp_path / "other" / "alerts.jsonl").exists()
 
 
 def test_the_metrics_server_listens_where_the_settings_say(
