@@ -1021,6 +1021,8 @@ class PackageTracker:
             "alert_time": _iso(at),
             "facility_id": fac,
             "departed_from": departed_from,
+            "departed_from_name": None if departed_from is None
+            else self.names.get(departed_from, departed_from),
             "facility_name": name,
             "last_event_code": code,
             "last_scan_time": _iso(last_ts),

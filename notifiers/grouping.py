@@ -417,6 +417,8 @@ class MessageGrouper:
             "alert_time": datetime.fromtimestamp(at, UTC).isoformat(),
             "facility_id": first.get("facility_id"),
             "facility_name": first.get("facility_name"),
+            "departed_from": first.get("departed_from"),
+            "departed_from_name": first.get("departed_from_name"),
             "incident_key": group.incident_key,
             "incident_kind": first.get("incident_kind"),
             "recipient_ref": group.recipient_ref,

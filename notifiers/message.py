@@ -571,8 +571,11 @@ class MessageComposer:
         # a package last scanned in transit (TL) has a null facility_id (its facility_name,
         # "in transit", is the operator's English, not the customer's language)
         in_transit = "facility_id" in alert and alert["facility_id"] is None
-        if in_transit:
+        cause_at = facility  # where the incident is: for a package on the road, the
+        if in_transit:  # facility it left (a lane from there, or weather there)
             facility = ""
+            cause_at = clean_text(alert.get("departed_from_name") or alert.get("departed_from"),
+                                  max_len=_MAX_FACILITY)
         count = alert.get("package_count")
         if isinstance(count, bool) or not isinstance(count, int) or count < len(packages):
             count = len(packages)
@@ -646,7 +649,7 @@ class MessageComposer:
             "more_packages": max(0, count - min(len(packages), _MAX_LISTED_PACKAGES)),
             "package_count": count,
             "facility": facility,
-            "cause": describe_cause(alert.get("incident_kind"), facility, locale,
+            "cause": describe_cause(alert.get("incident_kind"), cause_at, locale,
                                     past=bool(alert.get("moving"))),
             "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
             "detail": detail,

@@ -195,6 +195,7 @@ def test_a_lane_incident_holds_the_packages_on_the_road_from_its_origin(
     if "ROAD" in watches:
         road = watches["ROAD"]
         assert road["facility_id"] is None and road["departed_from"] == "P1"
+        assert road["departed_from_name"] == "P1"  # (no facility list: its id)
         assert road["last_event_code"] == "TL" and road["silence_seconds"] == 9 * H
     if "LEFT" in watches:
         assert watches["LEFT"]["facility_id"] == "P1" and watches["LEFT"]["departed_from"] is None

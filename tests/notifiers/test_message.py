@@ -347,6 +347,27 @@ def test_a_package_in_transit_is_not_at_a_place_called_in_transit(
 
 
 @pytest.mark.parametrize("locale", ["en", "es"])
+def test_a_lane_message_for_a_package_on_the_road_names_the_facility_it_left(
+    composer: MessageComposer, locale: str
+) -> None:
+    """A package in transit held by a lane incident: its message explains the cause by the
+    facility it departed (``departed_from_name``), not by "one of our facilities", and
+    still does not place the package at a facility."""
+    grouper = MessageGrouper(hold_seconds=3600)
+    grouper.add(make_alert("PKG-1", kind="incident_delay", incident_kind="lane_delay",
+                           incident_key="P0001>N02:lane_delay:20250304T1200Z",
+                           facility_id=None, facility_name="in transit", last_event_code="TL",
+                           departed_from="P0001", departed_from_name="DENVER CO PLANT",
+                           recipient_ref="r-0001"), "fold")
+    [message] = grouper.advance(2_000_000_000)
+    r = composer.render(message, customer(1, locale=locale))
+    leaving = {"en": "the transport leaving DENVER CO PLANT is running late",
+               "es": "el transporte que sale de DENVER CO PLANT va con retraso"}[locale]
+    assert leaving in r.text and leaving in r.html
+    assert " at DENVER" not in r.text.replace("leaving DENVER", "")
+
+
+@pytest.mark.parametrize("locale", ["en", "es"])
 def test_a_stall_told_before_its_usual_silence_does_not_say_it_is_longer_than_usual(
     composer: MessageComposer, locale: str
 ) -> None:
