@@ -320,7 +320,8 @@ def _safe(text: str) -> str:
 
 
 _CODE_LIKE = re.compile(r"[A-Za-z0-9]{1,4}")
-_ENUM_VALUE = re.compile(r"Invalid enum value (.*?)(?= - at `|$)", re.DOTALL)
+# the value runs to msgspec's last " - at `$...`" (a value may hold that text itself)
+_ENUM_VALUE = re.compile(r"Invalid enum value (.*?)(?= - at `\$[^`]*`$|$)", re.DOTALL)
 _TIME_LIKE = re.compile(r"[0-9TtZz:+\-. ]{1,40}")
 
 

@@ -194,8 +194,8 @@ def replay(
             # with how to resume; a run without a recovery store is killed as any process is
             if threading.current_thread() is threading.main_thread():
                 previous.append(signal.signal(signal.SIGTERM, _terminate))
-            _init_recovery(recovery)
             locks.append(_lock_run(recovery, "recovery store"))  # and one per store
+            _init_recovery(recovery)
         _collect_rarely()
         with console.status(f"following {events}" if follow else f"replaying {events}"):
             try:
@@ -303,7 +303,7 @@ def _interrupted(exc: BaseException) -> KeyboardInterrupt | None:
 
 
 def _init_recovery(path: Path, partitions: int = 1) -> None:
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(path.glob("*.sqlite3")):  # (not its .lock or cluster file)
         return
     from bytewax.recovery import init_db_dir
 
@@ -486,24 +486,37 @@ def demo(
                   f"alerts: {run / 'alerts.jsonl'}")
 
 
-_DEMO_ENTRIES = frozenset({"data", "run", "maildir", _DEMO_MARK := ".delaywatch-demo"})
+_DEMO_MARK = ".delaywatch-demo"
 
 
 def _clear_demo_dir(out: Path) -> None:
-    """Start the demo in an empty ``out``: a previous demo's directory (only the demo's own
-    entries in it) is removed; any other non-empty directory is refused, not deleted."""
-    if out.exists():
-        if not out.is_dir():
-            raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
-        found = {p.name for p in out.iterdir()}
-        if found - _DEMO_ENTRIES:
-            shown = ", ".join(sorted(found - _DEMO_ENTRIES)[:3])
-            raise typer.BadParameter(
-                f"{out} holds more than a previous demo's files ({shown}): give the demo a "
-                "directory of its own (it empties it on every run)", param_hint="--out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    """Start the demo in an empty ``out``: a previous demo's directory (its marker, or from
+    before the marker exactly ``data`` with the demo's ``meta.json``, ``run`` and
+    ``maildir``) is emptied; any other non-empty directory is refused, not deleted."""
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
+    found = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    earlier = (out / _DEMO_MARK).is_file() or (
+        found == {"data", "run", "maildir"} and _is_demo_meta(out / "data" / "meta.json"))
+    if found and not earlier:
+        shown = ", ".join(sorted(found)[:3])
+        raise typer.BadParameter(
+            f"{out} is not empty ({shown}) and not a previous demo's: give the demo a "
+            "directory of its own (it empties it on every run)", param_hint="--out")
+    for entry in out.iterdir() if found else ():  # (not the directory: --out . or a link)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     (out / _DEMO_MARK).write_text("made by `delaywatch demo`: emptied on its next run\n")
+
+
+def _is_demo_meta(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("scenario") == "demo"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _print_summary(summary: dict, delivered: int, result: dict) -> None:  # type: ignore[type-arg]

@@ -197,21 +197,25 @@ class SmtpSettings(BaseModel):
     backoff_max_seconds: float = Field(3600.0, gt=0)
     quiet_hours: bool = True
     unknown_customer_wait_hours: float = Field(
-        24.0, ge=0, description="a message to a customer missing from the customer table "
+        12.0, ge=0, description="a message to a customer missing from the customer table "
         "waits this long from when it was made (the table may lag the feed), then fails")
 
-    def unready_for(self, host: str) -> list[str]:
-        """What must be set before messages go to the relay at ``host``: the built-in
-        examples of the sender, the unsubscribe page and its secret are for the local demo
+    def unready_for(self, host: str, port: int) -> list[str]:
+        """What must be set before messages go to the relay at ``host:port``: the built-in
+        examples of the sender, the unsubscribe page and its secret are for a local test
         server only (with the example secret anyone could make every customer's unsubscribe
-        link). [] for a loopback relay or when all three are set.
+        link). [] for a loopback relay on a port other than a mail server's (25, 465, 587:
+        a local MTA forwards to the world), or when all three are set.
 
-        >>> SmtpSettings().unready_for("127.0.0.1")
+        >>> SmtpSettings().unready_for("127.0.0.1", 8025)
         []
-        >>> [p.split(" ")[0] for p in SmtpSettings().unready_for("smtp.example.org")]
+        >>> [p.split(" ")[0] for p in SmtpSettings().unready_for("smtp.example.org", 8025)]
         ['smtp.sender', 'smtp.unsubscribe_url', 'smtp.unsubscribe_secret']
+        >>> len(SmtpSettings().unready_for("localhost", 25))
+        3
         """
-        if host.strip("[]").lower() in ("127.0.0.1", "localhost", "::1"):
+        if host.strip("[]").lower() in ("127.0.0.1", "localhost", "::1") and \
+                port not in (25, 465, 587):
             return []
         problems = []
         if self.sender == _EXAMPLE_SENDER:

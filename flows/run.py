@@ -539,7 +539,7 @@ def send_outbox(
     Raises :class:`SettingsUnready` before anything is sent when the relay is not local and
     the sender, unsubscribe page or secret are the built-in examples."""
     smtp = settings.smtp
-    unready = smtp.unready_for(host or smtp.host)
+    unready = smtp.unready_for(host or smtp.host, port or smtp.port)
     if unready:
         raise SettingsUnready("not sending to a real relay with example settings: "
                               + "; ".join(unready))

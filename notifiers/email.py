@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -396,8 +397,11 @@ _LAST = frozenset({"relay_error_code", "relay_error"})  # DrainReport's non-coun
 
 def _why(exc: BaseException) -> str:
     """An OS or aiosmtplib error's reason, without its host or any address."""
-    cause = exc.__cause__ or exc.__context__  # (aiosmtplib wraps the OS error)
-    reason = (getattr(exc, "strerror", None) or getattr(cause, "strerror", None)
+    for error in (exc, exc.__cause__, exc.__context__):  # (aiosmtplib wraps the OS error)
+        number = getattr(error, "errno", None)
+        if isinstance(number, int) and number > 0:  # asyncio's text repeats the address
+            return os.strerror(number)
+    reason = (getattr(exc, "strerror", None) or getattr(exc.__cause__, "strerror", None)
               or getattr(exc, "message", None) or "")
     return redact(str(reason)) or type(exc).__name__
 
@@ -430,7 +434,7 @@ async def drain(
     metrics: NotifierMetrics | None = None,
     unusable: Container[str] = (),
     hold_unknown: bool = False,
-    unknown_wait: float = 86400.0,
+    unknown_wait: float = 43200.0,
 ) -> DrainReport:
     """Send every outbox row that is due now; return what happened.
 

@@ -583,8 +583,9 @@ class MessageComposer:
         silence_seconds = _silence_seconds(alert)
         expected = alert.get("expected_seconds")
         # the silence passed the stage's usual one (unknown: as the stall says it did)
-        beyond_usual = not (silence_seconds is not None and isinstance(expected, int | float)
-                            and not isinstance(expected, bool) and silence_seconds < expected)
+        usual_shown = _usual_seconds(expected)  # (the usual as the e-mail words it)
+        beyond_usual = not (silence_seconds is not None and usual_shown is not None
+                            and silence_seconds < usual_shown)
         silence = format_duration(silence_seconds, locale)
         last_scan = format_local_time(alert.get("last_scan_time"), zone, locale)
         detail: str | None
@@ -610,7 +611,7 @@ class MessageComposer:
             # carrier's exception scan, e.g. missent, is told early on purpose)
             detail = None if silence is None else describe_stage(
                 locale, scan_text(alert.get("last_event_code"), locale),
-                format_duration(_usual_seconds(expected), locale) if beyond_usual else None)
+                format_duration(usual_shown, locale) if beyond_usual else None)
             if silence is None and locale == "en":
                 # a row from before the structured fields: its English evidence, as before
                 detail = clean_text(alert.get("evidence"), max_len=_MAX_EVIDENCE) or None

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from flows.cli import GC_THRESHOLDS, app
@@ -244,6 +245,9 @@ def test_send_refuses_a_real_relay_with_the_example_sender_and_unsubscribe_secre
                  "DELAYWATCH_SMTP__UNSUBSCRIBE_SECRET"):
         assert name in done.output
     assert "change-me" not in done.output
+    # a local mail server on a mail port forwards to the world: refused the same
+    local_mta = CliRunner().invoke(app, [*args[:-1], "127.0.0.1", "--port", "25"])
+    assert local_mta.exit_code == 2 and "smtp.unsubscribe_secret" in local_mta.output
     with Outbox(tmp_path / "outbox.sqlite") as box:
         assert (box.get("P0:stall:1").status, box.get("P0:stall:1").attempts) == ("pending", 0)
     ready = {"DELAYWATCH_SMTP__SENDER": "Alerts <alerts@carrier.test>",
@@ -257,6 +261,17 @@ def test_send_refuses_a_real_relay_with_the_example_sender_and_unsubscribe_secre
     # the relay never answered: said so, with where and why, not as a relay's "SMTP 451"
     assert report["relay_error"].startswith("connect: no connection to relay.invalid:8025: ")
     assert report["relay_error"].endswith("(no SMTP reply; retried later)")
+    # nobody listening on a local port: the OS's reason, the address once
+    from tests.flows.test_follow import _free_port
+
+    port = _free_port()
+    with Outbox(tmp_path / "fresh.sqlite") as box:
+        box.enqueue({"alert_key": "P1:stall:1", "kind": "stall", "package_id": "P1"}, ref)
+    done = CliRunner().invoke(app, ["send", "--outbox", str(tmp_path / "fresh.sqlite"),
+                                    *args[3:-1], "127.0.0.1", "--port", str(port)], env=ready)
+    report = json.loads(done.output.strip().splitlines()[-1])
+    assert report["relay_error"] == (f"connect: no connection to 127.0.0.1:{port}: Connection "
+                                     "refused (no SMTP reply; retried later)")
 
 
 def test_an_error_message_shows_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:
@@ -324,15 +339,30 @@ def test_demo_refuses_to_empty_a_directory_that_is_not_a_previous_demo(tmp_path:
 
     from flows.cli import _clear_demo_dir
 
-    old = tmp_path / "old"  # a previous demo's (from before the marker too)
+    data = tmp_path / "project"  # only a "data" directory: not a demo's for that
+    (data / "data").mkdir(parents=True)
+    (data / "data" / "precious.csv").write_text("x")
+    with pytest.raises(typer.BadParameter):
+        _clear_demo_dir(data)
+    assert (data / "data" / "precious.csv").exists()
+
+    old = tmp_path / "old"  # a previous demo's from before the marker
     for name in ("data", "run", "maildir"):
         (old / name).mkdir(parents=True)
         (old / name / "f").write_text("x")
+    (old / "data" / "meta.json").write_text('{"scenario": "demo", "seed": 1}')
     _clear_demo_dir(old)
     assert sorted(p.name for p in old.iterdir()) == [".delaywatch-demo"]
+    (old / "run").mkdir()
     _clear_demo_dir(old)  # and again: its own marker is its own
+    assert sorted(p.name for p in old.iterdir()) == [".delaywatch-demo"]
     _clear_demo_dir(tmp_path / "new" / "deeper")
     assert (tmp_path / "new" / "deeper" / ".delaywatch-demo").exists()
+    link = tmp_path / "link"  # a link to a previous demo's directory: emptied through it
+    link.symlink_to(old)
+    (old / "run").mkdir()
+    _clear_demo_dir(link)
+    assert link.is_symlink() and sorted(p.name for p in old.iterdir()) == [".delaywatch-demo"]
 
 
 def test_invalid_settings_are_named_without_their_values(tmp_path: Path) -> None:

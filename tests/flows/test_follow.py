@@ -735,6 +735,12 @@ def test_a_second_flow_on_the_same_run_directory_is_refused(
         held.close()
     assert done.exit_code == 2 and "on the recovery store" in done.output, done.output
     assert not (tmp_path / "other" / "alerts.jsonl").exists()
+    # a store emptied by hand but for its lock is set up again
+    for part in (tmp_path / "rec").iterdir():
+        if part.name != ".lock":
+            part.unlink()
+    done = CliRunner().invoke(app, [*args[:3], str(tmp_path / "again"), *args[4:]])
+    assert done.exit_code == 0, done.output
 
 
 def test_the_metrics_server_listens_where_the_settings_say(

@@ -377,9 +377,12 @@ def test_a_stall_told_before_its_usual_silence_does_not_say_it_is_longer_than_us
     early = composer.render(make_alert("PKG-1", last_event_code="08", silence_seconds=16 * 3600,
                                        expected_seconds=36 * 3600), customer(1, locale=locale))
     usual = composer.render(make_alert("PKG-1"), customer(1, locale=locale))  # 29 h vs 8 h
+    # 8 h 41 min against a usual of 8 h 37 min, which the e-mail words as 9 hours
+    rounded = composer.render(make_alert("PKG-1", silence_seconds=31300,
+                                         expected_seconds=31000), customer(1, locale=locale))
     longer, within = {"en": ("longer than usual", "usually move on"),
                       "es": ("más de lo habitual", "Normalmente los paquetes")}[locale]
-    for part in (early.text, early.html):
+    for part in (early.text, early.html, rounded.text, rounded.html):
         assert longer not in part and within not in part
     for part in (usual.text, usual.html):
         assert longer in part and within in part
