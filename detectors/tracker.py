@@ -547,8 +547,10 @@ class PackageTracker:
                             if (held is not None
                                     and (monitored is None or held in monitored)
                                     and (delayed_until is None
-                                         or ts > fstats.closed_through
-                                         or delayed_until(held, -1) >= prev_ts)
+                                         or delayed_until(held, -1) >= prev_ts
+                                         # off the road past the windows closed here: a
+                                         # lane's incident opens on its late arrivals
+                                         or last_fac is None and ts > fstats.closed_through)
                                     and promised_col[slot] >= 0):  # (last: a column, a miss)
                                 late = self._late_move(slot, ts, ev, service, last_fac,
                                                        prev_code)
