@@ -398,9 +398,12 @@ def send(
 ) -> None:
     """Send every due message in the outbox (once; retries stay queued).
 
-    Relay: --host/--port, else the settings' smtp.host and smtp.port (127.0.0.1:8025, the
-    demo's local server, unless a --config says otherwise). Prints the drain report as JSON;
-    messages held by quiet hours count as ``deferred`` and go on a later run."""
+    Relay: --host/--port, else the settings' smtp.host and smtp.port (default 127.0.0.1:8025).
+
+    `python -m notifiers.smtpd --dir DIR --port 8025` is a local test server; any other
+    relay needs smtp.sender, smtp.unsubscribe_url and smtp.unsubscribe_secret set.
+
+    Prints the drain report as JSON; messages held by quiet hours count as ``deferred``."""
     from datetime import UTC, datetime
 
     from flows.run import SendStopped, SettingsUnready, send_outbox
