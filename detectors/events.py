@@ -322,12 +322,17 @@ def _safe(text: str) -> str:
 _CODE_LIKE = re.compile(r"[A-Za-z0-9]{1,4}")
 # the value runs to msgspec's last " - at `$...`" (a value may hold that text itself)
 _ENUM_VALUE = re.compile(r"Invalid enum value (.*?)(?= - at `\$[^`]*`$|$)", re.DOTALL)
-_TIME_LIKE = re.compile(r"[0-9TtZz:+\-. ]{1,40}")
+# a time as a feed would write one: a year first (a phone number, "+1 555-123-4567", is not)
+_TIME_LIKE = re.compile(r"[0-9]{4}-[0-9TtZz:+\-. ]{0,35}")
 
 
 def _shown(value: str) -> str:
     """A bad value for a dead letter's detail: quoted if it looks like a code or a time,
-    else only its length (it may be anything, a name or an address too)."""
+    else only its length (it may be anything, a name, an address or a phone number too).
+
+    >>> _shown("2026-13-01T00:00:00+00:00"), _shown("ZZ"), _shown("+1 555-123-4567")
+    ("'2026-13-01T00:00:00+00:00'", "'ZZ'", '(15 characters, not shown)')
+    """
     if _CODE_LIKE.fullmatch(value) or _TIME_LIKE.fullmatch(value):
         return repr(value)
     return f"({len(value)} characters, not shown)"

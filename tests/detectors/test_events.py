@@ -523,3 +523,18 @@ def test_a_dead_letter_detail_never_echoes_a_header_value_that_may_be_personal(
     assert "jane" not in found.detail and found.detail.endswith("- at `$.service`")
     short = parse_line(line.replace(json.dumps(value).encode(), b'"fast"'))
     assert "'fast'" in short.detail  # a code-like value is shown, to fix the feed by
+
+
+def test_a_bad_time_is_shown_only_if_it_reads_as_a_time() -> None:
+    """A time field holding something else (a phone number) is not echoed; a malformed
+    date is, for the feed's owners to find it."""
+    def line(value: str) -> bytes:
+        return json.dumps({"package_id": "P1", "event_code": "A1", "facility_id": "F1",
+                           "event_time": value,
+                           "ingest_time": "2026-11-01T00:00:00+00:00"}).encode()
+
+    phone = parse_line(line("+1 555-123-4567"))
+    assert isinstance(phone, Invalid) and phone.reason == "bad_time"
+    assert "555" not in phone.detail and "not shown" in phone.detail
+    date = parse_line(line("2026-13-01T00:00:00+00:00"))
+    assert isinstance(date, Invalid) and "'2026-13-01T00:00:00+00:00'" in date.detail
