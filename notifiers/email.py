@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import aiosmtplib
@@ -384,15 +384,15 @@ class DrainReport:
     relay_error: str | None = None  # what went wrong with the relay, e.g. "no connection to
     # smtp.example.org:587: Connection refused" (no personal data)
 
+    #: the fields that are no counts (the last relay error): kept, not added, by :meth:`add`
+    NOT_COUNTS: ClassVar[frozenset[str]] = frozenset({"relay_error_code", "relay_error"})
+
     def add(self, other: DrainReport) -> None:
         for f in fields(self):
-            if f.name in _LAST:
+            if f.name in self.NOT_COUNTS:
                 setattr(self, f.name, getattr(other, f.name) or getattr(self, f.name))
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-_LAST = frozenset({"relay_error_code", "relay_error"})  # DrainReport's non-counts
 
 
 def _why(exc: BaseException) -> str:

@@ -159,7 +159,7 @@ def write_send_textfile(path: Path | str, report: Mapping[str, Any], now: dateti
                    "Outbox rows the last send run handled, by outcome.", ["outcome"],
                    registry=registry)
     for f in fields(DrainReport):
-        if f.name not in ("relay_error_code", "relay_error") and f.name in report:
+        if f.name not in DrainReport.NOT_COUNTS and f.name in report:
             counts.labels(f.name).set(report[f.name])
     Gauge("delaywatch_send_last_run_relay_error_code",
           "The relay's reply code when it refused or could not be reached in the last send "
