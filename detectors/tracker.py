@@ -1034,6 +1034,10 @@ class PackageTracker:
             "new_estimate": _iso(eta),
             "p_late": None if p_late is None else round(float(p_late), 3),
             "incident_key": None,
+            # the new scan ended the package's journey (delivered, or returned to sender):
+            # its all-clear must not say "moving again"
+            "ended": None if delay or ev is None or ev.code not in TERMINAL_CODES
+            else CODES[ev.code].status,
             "evidence": evidence,
             "recipient_ref": _unpack_ref(self._index[self._ids[slot]] >> _REF_SHIFT),
             "watermark": self.max_event_ts - self.allowed_lateness,  # when it was made

@@ -491,6 +491,15 @@ class SendStopped(Exception):
     recorded, the rest of its batch went back to the queue."""
 
 
+def _alert_time(row: Any) -> datetime:
+    """When an outbox row's message was decided (its alert time), else now."""
+    try:
+        at = datetime.fromisoformat(str(row.alert.get("alert_time")))
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 async def _until_terminated(drained: Any) -> Any:
     """Await ``drained`` (a drain), cancelled by SIGTERM as asyncio.run cancels it on Ctrl-C:
     the message in flight is carried to its answer and recorded first (``drain``)."""
@@ -530,6 +539,7 @@ def send_outbox(
     port: int | None = None,
     quiet_hours: bool | None = None,
     now_fn: Callable[[], datetime] | None = None,
+    as_of_alert: bool = False,
 ) -> dict[str, Any]:
     """Drain every due outbox row to the SMTP relay once; returns the drain report and the
     outbox after it: ``outbox_depth``, ``outbox_oldest_pending_age_seconds`` and
@@ -537,7 +547,10 @@ def send_outbox(
     ``customer_rows_bad``, what is wrong with each row of the customer table skipped (file,
     line and column, never a value): their customers' messages wait until it is mended.
     Raises :class:`SettingsUnready` before anything is sent when the relay is not local and
-    the sender, unsubscribe page or secret are the built-in examples."""
+    the sender, unsubscribe page or secret are the built-in examples. ``as_of_alert`` (the
+    demo, which replays the past) dates each message at its alert time, when the live
+    service would have sent it, instead of now (when every estimate of the past has passed).
+    """
     smtp = settings.smtp
     unready = smtp.unready_for(host or smtp.host, port or smtp.port)
     if unready:
@@ -566,6 +579,7 @@ def send_outbox(
             quiet_hours=DEFAULT_QUIET_HOURS if use_quiet else None,
             unusable={ref for ref, _ in bad}, hold_unknown=bool(bad),
             unknown_wait=smtp.unknown_customer_wait_hours * 3600,
+            dated=_alert_time if as_of_alert else None,
         )))
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()

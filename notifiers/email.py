@@ -435,6 +435,7 @@ async def drain(
     unusable: Container[str] = (),
     hold_unknown: bool = False,
     unknown_wait: float = 43200.0,
+    dated: Callable[[OutboxRow], datetime] | None = None,
 ) -> DrainReport:
     """Send every outbox row that is due now; return what happened.
 
@@ -465,6 +466,10 @@ async def drain(
     A row is claimed for ``lease`` seconds and renewed, when its turn comes, for as long as
     its send can take (``SmtpSender.longest_send``, if longer), so no other sender takes it
     mid-send.
+
+    A message is dated, and says what is still ahead (its estimate), as of ``now_fn()``, or
+    of ``dated(row)`` when given: the demo, replaying the past, dates each message when the
+    live service would have sent it (its alert time).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -528,6 +533,7 @@ async def drain(
                         sender=sender,
                         composer=composer,
                         now_fn=now_fn,
+                        dated=dated,
                         max_attempts=max_attempts,
                         backoff_base=backoff_base,
                         backoff_max=backoff_max,
@@ -597,6 +603,7 @@ async def _deliver(
     sender: SmtpSender,
     composer: MessageComposer,
     now_fn: Callable[[], datetime],
+    dated: Callable[[OutboxRow], datetime] | None,
     max_attempts: int,
     backoff_base: float,
     backoff_max: float,
@@ -631,7 +638,8 @@ async def _deliver(
             log.debug("drain: alert %s deferred to end of quiet hours", key)
             return
     try:
-        message = composer.build(row.alert, customer, when=now)
+        message = composer.build(row.alert, customer,
+                                 when=now if dated is None else dated(row))
     except InvalidRecipientError as exc:
         log.error("drain: alert %s: unusable recipient address (%s)", key, exc.code)
         outbox.mark_failed(key, exc.code)

@@ -83,6 +83,15 @@ def _ts(value: Any) -> int | None:
     return int(datetime.fromisoformat(str(value)).timestamp())
 
 
+def _lateness(dates: list[Any]) -> tuple[int, int]:
+    """How late a ``[package, promised_by, new_estimate]`` is, for the latest of several:
+    both known first (estimate minus promise), then either one alone."""
+    promised, estimate = _ts(dates[1]), _ts(dates[2])
+    if promised is not None and estimate is not None:
+        return 2, estimate - promised
+    return (1, 0) if estimate is not None or promised is not None else (0, 0)
+
+
 def customer_digest(recipient_ref: str) -> str:
     """A short, stable, non-reversible tag for a recipient reference (for message keys)."""
     data = recipient_ref.encode("utf-8", "surrogatepass")
@@ -100,6 +109,7 @@ class _Group:
     waiting: set[str] = field(default_factory=set)  # packages that have not moved again
     moved_ts: int = 0
     moved_estimate: str | None = None  # the latest new estimate of a package moving again
+    moved_estimates: dict[str, str] = field(default_factory=dict)  # each one's own
     # when its incident resolved, kept here once known: the folder forgets incidents a week
     # after they resolve, a package may move again later than that
     resolved_ts: int | None = None
@@ -126,6 +136,8 @@ def _moved(group: _Group, pid: str, at: int, estimate: str | None) -> None:
     """Package ``pid`` of ``group`` moved again at ``at`` with a new ``estimate``."""
     group.waiting.discard(pid)
     group.moved_ts = max(group.moved_ts, at)
+    if estimate:
+        group.moved_estimates[pid] = estimate
     if estimate and (group.moved_estimate is None
                      or _ts(estimate) > _ts(group.moved_estimate)):  # type: ignore[operator]
         group.moved_estimate = estimate
@@ -233,7 +245,8 @@ class MessageGrouper:
         if kind == "back_on_track":
             told = self._episodes.pop(pid, None)
             if told is None or told[0] == "stall":
-                return [alert]
+                # returned to sender: no "good news" (the carrier's own notice tells that)
+                return [] if alert.get("ended") == "returned" else [alert]
             group = self._groups.get(told[0])
             if group is not None:
                 _moved(group, pid, at, alert.get("new_estimate"))
@@ -405,8 +418,17 @@ class MessageGrouper:
         alerts = group.alerts
         first = alerts[0]
         packages = sorted({str(a["package_id"]) for a in alerts})
-        promised = [a["promised_by"] for a in alerts if a.get("promised_by")]
-        estimates = [a["new_estimate"] for a in alerts if a.get("new_estimate")]
+        # each package's own promise and estimate (moving again: its new scan's), the
+        # message's the latest package's: one package's promise with another's estimate
+        # would tell a lateness that no package has
+        dates: dict[str, list[Any]] = {}
+        for a in alerts:
+            pid = str(a["package_id"])
+            estimate = group.moved_estimates.get(pid)
+            if kind == "incident_delay" and not estimate:  # (an all-clear: only a new one)
+                estimate = a.get("new_estimate")
+            dates[pid] = [pid, a.get("promised_by"), estimate]
+        worst = max(dates.values(), key=_lateness)
         message = {
             "alert_key": f"{group.key}:{kind}",
             "kind": kind,
@@ -422,15 +444,17 @@ class MessageGrouper:
             "incident_key": group.incident_key,
             "incident_kind": first.get("incident_kind"),
             "recipient_ref": group.recipient_ref,
+            # where the packages are: more than one place, the e-mail names none of them
+            "place_count": len({(a.get("facility_id"), a.get("departed_from")) for a in alerts}),
         }
+        if len(packages) > 1:
+            message["dates"] = [dates[pid] for pid in packages[:_LIST_LIMIT]]
         if kind == "incident_delay":
             scans = [a["last_scan_time"] for a in alerts if a.get("last_scan_time")]
-            if group.moved_estimate:  # a package moving again has a fresher estimate
-                estimates.append(group.moved_estimate)
             message |= {
                 "last_scan_time": min(scans, key=_ts) if scans else None,
-                "promised_by": min(promised, key=_ts) if promised else None,
-                "new_estimate": max(estimates, key=_ts) if estimates else None,
+                "promised_by": worst[1],
+                "new_estimate": worst[2],
                 "evidence": first.get("evidence"),
                 # all moved on again by the time the message goes out (told when they moved
                 # on, late, or moved during the hold): the message says so (how long they sat)
@@ -452,4 +476,5 @@ class MessageGrouper:
         else:
             message["evidence"] = "The delay has cleared and your packages are moving again."
             message["new_estimate"] = group.moved_estimate
+            message["promised_by"] = worst[1]
         return message

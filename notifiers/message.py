@@ -24,7 +24,7 @@ import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
@@ -312,6 +312,8 @@ _MOVING = {
         "moved": "They were held up and have been scanned again since.",
         "some_moved": "{n} of them {verb} been scanned again since.",
         "moved_at": "They were held up at {facility} and have been scanned again since.",
+        "delivered": "It has been delivered.",
+        "delivered_on": "It was delivered on {when}.",
     },
     "es": {
         "again": "Se escaneó de nuevo",
@@ -325,6 +327,8 @@ _MOVING = {
         "some_moved": "{n} de ellos {verb} escaneado de nuevo desde entonces.",
         "moved_at": "Estuvieron detenidos en {facility} y desde entonces se han escaneado de "
         "nuevo.",
+        "delivered": "Ya ha sido entregado.",
+        "delivered_on": "Se entregó el {when}.",
     },
 }
 
@@ -410,6 +414,7 @@ def describe_moving(
     silence: str | None = None,
     facility: str | None = None,
     in_transit: bool = False,
+    delivered: bool = False,
 ) -> str:
     """The detail of a package moving again: when it was scanned, after how long, where from.
 
@@ -429,6 +434,8 @@ def describe_moving(
     'El retraso en CHICAGO IL NDC se ha resuelto.'
     """
     words = _MOVING.get(locale, _MOVING["en"])
+    if delivered:  # the scan that ended the silence was the delivery
+        return words["delivered_on"].format(when=moved_at) if moved_at else words["delivered"]
     if not moved_at and not silence:
         return words["cleared_at"].format(facility=facility) if facility else words["cleared"]
     text = words["again"]
@@ -462,18 +469,60 @@ def _usual_seconds(value: object) -> float | None:
     return round(usual / 3600) * 3600.0 if usual >= 3600 else usual
 
 
-def days_late(promised: object, estimate: object) -> int | None:
-    """Whole days (rounded up) from the promise to the new estimate; None if not late/unknown.
+def _place_name(name: object, facility_id: object) -> str:
+    """A facility as the customer may read it: its name, never its internal id (the flow
+    fills a facility missing from the facility list with its id); "" if there is none."""
+    text = clean_text(name, max_len=_MAX_FACILITY)
+    return "" if text == clean_text(facility_id, max_len=_MAX_FACILITY) else text
+
+
+_DATES = {
+    "en": ("promised by {promised}", "new estimate {estimate}", "new estimate not known yet"),
+    "es": ("prometido antes del {promised}", "nueva estimación {estimate}",
+           "nueva estimación todavía desconocida"),
+}
+
+
+def describe_dates(locale: str, package: str, promised: str | None, estimate: str | None,
+                   moving: bool = False) -> str:
+    """One package of several, with its own promise and estimate (``moving``: an all-clear,
+    which says nothing of an estimate it does not have).
+
+    >>> describe_dates("en", "P1", "Friday, November 6, 8:00 PM EST", None)
+    'P1: promised by Friday, November 6, 8:00 PM EST; new estimate not known yet'
+    >>> describe_dates("es", "P1", None, "sábado 7 de noviembre, 21:00 EST")
+    'P1: nueva estimación sábado 7 de noviembre, 21:00 EST'
+    """
+    words = _DATES.get(locale, _DATES["en"])
+    parts = [] if promised is None else [words[0].format(promised=promised)]
+    if estimate is not None:
+        parts.append(words[1].format(estimate=estimate))
+    elif not moving:
+        parts.append(words[2])
+    return f"{package}: {'; '.join(parts)}" if parts else package
+
+
+def days_late(promised: object, estimate: object, zone: tzinfo = UTC) -> int | None:
+    """Calendar days from the promise to the new estimate in ``zone`` (the customer's), as the
+    two dates printed in the e-mail read; None if not late, unknown, or later the same day.
 
     >>> days_late("2026-10-02T23:00:00+00:00", "2026-10-03T20:00:00+00:00")
     1
+    >>> days_late("2026-11-07T01:00:00+00:00", "2026-11-08T02:00:00+00:00")  # 25 hours
+    1
+    >>> days_late("2026-10-02T12:00:00+00:00", "2026-10-02T20:00:00+00:00") is None
+    True
     >>> days_late("2026-10-02T23:00:00+00:00", "2026-10-02T20:00:00+00:00") is None
     True
     """
     p, e = _parse_time(promised), _parse_time(estimate)
     if p is None or e is None or e <= p:
         return None
-    return -int(-(e - p).total_seconds() // 86400)
+    try:
+        days = (e.astimezone(zone).date() - p.astimezone(zone).date()).days
+    except (OverflowError, ValueError):
+        return None
+    return days or None
 
 
 # -- the composer ----------------------------------------------------------------------------
@@ -544,12 +593,17 @@ class MessageComposer:
         digest = hashlib.sha256(alert_key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
         return f"<dw.{digest}@{self.message_id_domain}>"
 
-    def context(self, alert: Mapping[str, Any], customer: Customer) -> dict[str, Any]:
-        """The (cleaned) values the templates see.
+    def context(self, alert: Mapping[str, Any], customer: Customer,
+                when: datetime | None = None) -> dict[str, Any]:
+        """The (cleaned) values the templates see, for a message sent at ``when``.
 
         ``detail`` is the per-package detail in the customer's language (see the module
         docstring), or None when there is nothing to say; the alert's ``evidence`` is not
-        passed on as such.
+        passed on as such. A facility is named by its name only, never by its internal id
+        (a facility missing from the facility list: "one of our facilities"), and not at all
+        when the packages of one message are at different places (``place_count``). An
+        estimate that has passed by ``when`` (a message sent late: the relay was down, quiet
+        hours) is not shown as the new estimate: it is not known any more.
         """
         locale = customer.locale if customer.locale in LOCALES else "en"
         try:
@@ -565,21 +619,24 @@ class MessageComposer:
         package_id = clean_text(alert.get("package_id"), max_len=_MAX_PACKAGE_ID)
         if not packages and package_id:
             packages = [package_id]
-        facility = clean_text(
-            alert.get("facility_name") or alert.get("facility_id"), max_len=_MAX_FACILITY
-        )
+        facility = _place_name(alert.get("facility_name"), alert.get("facility_id"))
         # a package last scanned in transit (TL) has a null facility_id (its facility_name,
         # "in transit", is the operator's English, not the customer's language)
         in_transit = "facility_id" in alert and alert["facility_id"] is None
         cause_at = facility  # where the incident is: for a package on the road, the
         if in_transit:  # facility it left (a lane from there, or weather there)
             facility = ""
-            cause_at = clean_text(alert.get("departed_from_name") or alert.get("departed_from"),
-                                  max_len=_MAX_FACILITY)
+            cause_at = _place_name(alert.get("departed_from_name"), alert.get("departed_from"))
+        places = alert.get("place_count")
+        if isinstance(places, int) and not isinstance(places, bool) and places > 1:
+            # several packages at different places (a region's weather): none is named as
+            # where they all are; the cause keeps the incident's place
+            facility, in_transit = "", False
         count = alert.get("package_count")
         if isinstance(count, bool) or not isinstance(count, int) or count < len(packages):
             count = len(packages)
         kind = alert.get("kind")
+        delivered = kind == "back_on_track" and alert.get("ended") == "delivered"
         silence_seconds = _silence_seconds(alert)
         expected = alert.get("expected_seconds")
         # the silence passed the stage's usual one (unknown: as the stall says it did)
@@ -604,6 +661,7 @@ class MessageComposer:
                 silence=None if several else silence,
                 facility=facility,
                 in_transit=in_transit,
+                delivered=delivered,
             )
         elif kind == "stall":
             # the e-mail's first lines say where, when and for how long: only what the last
@@ -642,38 +700,72 @@ class MessageComposer:
                     "se ha" if moved == 1 else "se han")
                 some = words["some_moved"].format(n=moved, verb=verb)
                 detail = f"{detail} {some}" if detail else some
+        def still_ahead(value: object) -> object:  # an estimate passed by now: unknown
+            at = _parse_time(value)
+            return None if at is None or (when is not None and at <= when) else value
+
+        estimate = still_ahead(alert.get("new_estimate"))
+        late = days_late(alert.get("promised_by"), estimate, zone)
+        listed = packages[:_MAX_LISTED_PACKAGES]
+        dates = alert.get("dates")
+        promised: str | None = format_local_time(alert.get("promised_by"), zone, locale)
+        shown_estimate = format_local_time(estimate, zone, locale)
+        if count > 1 and isinstance(dates, list) and dates:
+            # several packages: each with its own promise and estimate (one promise and
+            # another package's estimate would say a lateness that no package has)
+            own = {str(d[0]): d[1:3] for d in dates if isinstance(d, list | tuple) and len(d) == 3}
+            late = None
+            for i, pid in enumerate(listed):
+                pair = own.get(pid)
+                if pair is None:
+                    continue
+                ahead = still_ahead(pair[1])
+                days = days_late(pair[0], ahead, zone)
+                if days is not None and (late is None or days > late):
+                    late = days
+                listed[i] = describe_dates(
+                    locale, pid, format_local_time(pair[0], zone, locale),
+                    format_local_time(ahead, zone, locale), kind == "back_on_track")
+            promised = shown_estimate = None
+            dates_listed = True
+        else:
+            dates_listed = False
         return {
             "kind": kind,
             "name": clean_text(customer.name, max_len=_MAX_NAME),
             "package_id": package_id or (packages[0] if packages else ""),
-            "packages": packages[:_MAX_LISTED_PACKAGES],
+            "packages": listed,
+            "dates_listed": dates_listed,
+            "delivered": delivered,
             "more_packages": max(0, count - min(len(packages), _MAX_LISTED_PACKAGES)),
             "package_count": count,
             "facility": facility,
             "cause": describe_cause(alert.get("incident_kind"), cause_at, locale,
                                     past=bool(alert.get("moving"))),
-            "days_late": days_late(alert.get("promised_by"), alert.get("new_estimate")),
+            "days_late": late,
             "detail": detail,
             "in_transit": in_transit,
             "longer_than_usual": beyond_usual,
             "moving": bool(alert.get("moving")),
             "last_scan": last_scan,
-            "promised": format_local_time(alert.get("promised_by"), zone, locale),
-            "estimate": format_local_time(alert.get("new_estimate"), zone, locale),
+            "promised": promised,
+            "estimate": shown_estimate,
             "silence": silence,
             "unsubscribe_url": self._unsubscribe_url(customer.recipient_ref),
             "locale": locale,
         }
 
-    def render(self, alert: Mapping[str, Any], customer: Customer) -> RenderedMessage:
-        """Subject, text and HTML for an alert, in the customer's language and time zone."""
+    def render(self, alert: Mapping[str, Any], customer: Customer,
+               when: datetime | None = None) -> RenderedMessage:
+        """Subject, text and HTML for an alert, in the customer's language and time zone, as
+        sent at ``when`` (see :meth:`context`)."""
         kind = alert.get("kind")
         if kind not in KINDS:
             raise MessageBuildError(
                 "alert kind is not one of " + ", ".join(KINDS),
                 alert_key=str(alert.get("alert_key")),
             )
-        ctx = self.context(alert, customer)
+        ctx = self.context(alert, customer, when)
         stem = f"{kind}.{ctx['locale']}"
         name = f"{stem}.subject.txt"
         try:
@@ -710,7 +802,7 @@ class MessageComposer:
         except InvalidRecipientError as exc:
             exc.alert_key = key
             raise
-        rendered = self.render(alert, customer)
+        rendered = self.render(alert, customer, when)
         msg = EmailMessage(policy=_POLICY)
         msg["From"] = self.from_address
         msg["To"] = _address(_display_name(customer.name), recipient.username,

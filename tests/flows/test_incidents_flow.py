@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -284,6 +285,57 @@ def test_incident_customers_get_at_most_two_messages_each(
     counts = [received[email[ref]] for ref in affected if received[email[ref]]]
     assert counts and max(counts) <= 2
     assert sum(received.values()) == len(messages)  # once each
+
+
+def test_the_demo_dates_each_message_when_it_would_have_gone_live(
+    incident_data: Path, demo_run: Path, tmp_path: Path
+) -> None:
+    """The demo replays the past: sent now, every estimate in it has passed ("not known
+    yet"); dated at its alert time, as the live service would have sent it, each message
+    says what was still ahead then."""
+    import email
+    from email import policy
+    from email.utils import parsedate_to_datetime
+
+    box = tmp_path / "outbox.sqlite"
+    rows = {r.alert_key: r.alert for r in _outbox_rows(demo_run / "outbox.sqlite", box)}
+    with SmtpServerProcess(tmp_path / "mail") as server:
+        send_outbox(box, incident_data / "customers.csv", _settings(incident_data),
+                    host="127.0.0.1", port=server.port, quiet_hours=False, as_of_alert=True)
+    files = list((tmp_path / "mail" / "new").iterdir())
+    assert len(files) == len(rows)
+    with_estimate = 0
+    for path in files:
+        msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        alert = rows[msg["X-Delaywatch-Alert-Key"]]
+        assert parsedate_to_datetime(msg["Date"]) == datetime.fromisoformat(alert["alert_time"])
+        text = msg.get_body(("plain",)).get_content()
+        if alert["kind"] != "back_on_track" and alert.get("new_estimate") and \
+                "dates" not in alert:
+            assert "New estimate: not known yet" not in text
+            with_estimate += 1
+    assert with_estimate >= 10
+    # the same messages sent now (late 2026 and on): no estimate is ahead any more
+    late = tmp_path / "late.sqlite"
+    _outbox_rows(demo_run / "outbox.sqlite", late)
+    with SmtpServerProcess(tmp_path / "late") as server:
+        send_outbox(late, incident_data / "customers.csv", _settings(incident_data),
+                    host="127.0.0.1", port=server.port, quiet_hours=False,
+                    now_fn=lambda: datetime(2027, 1, 1, tzinfo=UTC))
+    texts = [email.message_from_bytes(p.read_bytes(), policy=policy.default)
+             .get_body(("plain",)).get_content() for p in (tmp_path / "late" / "new").iterdir()]
+    assert texts and not any(re.search(r"New estimate: [A-Z]", t) for t in texts)
+
+
+def _outbox_rows(source: Path, copy: Path) -> list:
+    """A new outbox with a run's messages, none sent (another test may have sent the run's)."""
+    from notifiers.outbox import Outbox
+
+    with Outbox(source) as box:
+        rows = box.rows()
+    with Outbox(copy) as box:
+        box.enqueue_many((row.alert, row.recipient_ref) for row in rows)
+    return rows
 
 
 def test_a_feed_outage_is_an_incident_and_no_customer_hears_of_it(tmp_path: Path) -> None:

@@ -33,14 +33,17 @@ def alert(pid: str, kind: str, hours: float, ref: str = "C1", incident: str | No
 def test_packages_of_one_customer_in_one_incident_make_one_message() -> None:
     g = MessageGrouper(hold_seconds=2 * H)
     assert g.add(alert("A", "incident_delay", 10), "fold") == []
-    assert g.add(alert("B", "incident_delay", 11), "fold") == []
+    assert g.add(alert("B", "incident_delay", 11, new_estimate=at(90)), "fold") == []
     assert g.add(alert("X", "incident_delay", 11, ref="C2"), "fold") == []
     assert g.advance(ts(11.9)) == []  # still holding
     [m] = g.advance(ts(12))  # C1's hold is over; C2's package came an hour later
     assert m["recipient_ref"] == "C1"
     assert m["kind"] == "incident_delay" and m["packages"] == ["A", "B"]
     assert m["package_count"] == 2 and m["incident_key"] == "INC"
-    assert m["promised_by"] == at(58) and m["new_estimate"] == at(83)  # earliest, latest
+    # each package with its own dates; the message's are the latest package's (B: 31 h
+    # late), never A's promise with B's estimate
+    assert m["dates"] == [["A", at(58), at(82)], ["B", at(59), at(90)]]
+    assert m["promised_by"] == at(59) and m["new_estimate"] == at(90)
     assert m["alert_key"] == f"INC:{customer_digest('C1')}:incident_delay"
     assert "C1" not in m["alert_key"]
     [other] = g.advance(ts(13))  # said once to C1; now C2's own message
