@@ -113,7 +113,7 @@ def main() -> None:
             changes["stall"] = {"holidays": sc.holidays} | changes.get("stall", {})
             settings = load_settings(facilities=data / "facilities.csv", **changes)
             replay(JsonLinesSource(data / "events.jsonl"), data / "run", settings,
-                   with_metrics=False)
+                   with_metrics=False, overwrite=True)  # (a run of an earlier --out: anew)
             r = evaluate(data / "run" / "alerts.jsonl", data, data / "run" / "incidents.jsonl")
             r["customer_messages"] = score_messages(
                 outbox_messages(data / "run" / "outbox.sqlite"), load_truth(data))

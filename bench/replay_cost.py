@@ -138,7 +138,8 @@ def main() -> None:
                                  **args.settings)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         run_dir = args.out if args.out is not None else work / "run"
-        summary = replay(JsonLinesSource(events), run_dir, settings, with_metrics=True)
+        summary = replay(JsonLinesSource(events), run_dir, settings, with_metrics=True,
+                         overwrite=True)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         shutil.rmtree(work, ignore_errors=True)

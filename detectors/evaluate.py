@@ -619,7 +619,9 @@ def _match(
     for later in ("seen_until", "last_effect"):
         if later in truth_incidents:
             after = _to_utc(truth_incidents[later])
-            spans["end"] = spans["end"].where(after.isna() | (after <= spans["end"]), after)
+            # (no end: no upper bound, whatever its last effect)
+            spans["end"] = spans["end"].where(
+                after.isna() | spans["end"].isna() | (after <= spans["end"]), after)
     covered = covered.merge(spans, on="incident_id", how="left")
     named = _names_long(output, "incident_key", ("names",))
     named = named.merge(output[["incident_key", "opened_at"]], on="incident_key", how="left")
@@ -826,10 +828,12 @@ def score(
 
     result.update(_incident_figures(truth, incidents))
 
-    causes = list(CAUSES) + sorted(set(packages["cause"].dropna().astype(str)) - set(CAUSES))
+    # an empty cause (a truth of one's own feed without causes) is a group of its own
+    cause_of = packages["cause"].fillna("unknown").astype(str).replace("", "unknown")
+    causes = list(CAUSES) + sorted(set(cause_of) - set(CAUSES))
     by_cause = {}
     for cause in causes:
-        figures = _package_figures(packages[packages["cause"] == cause])
+        figures = _package_figures(packages[cause_of == cause])
         figures.pop("lead_time_hours_p90")
         by_cause[cause] = figures
     result["by_cause"] = by_cause

@@ -121,17 +121,22 @@ def replay(
         "rotates it (waiting for it if it does not exist yet), until stopped (SIGTERM or "
         "Ctrl-C); needs --recovery; the clock also moves with wall time while the feed is "
         "quiet (mode = live) unless the settings name a mode")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="a new run into an --out that holds a previous run's outputs: "
+        "delete them first (without it, such a run is refused)")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run the real dataflow over a file; writes alerts, incidents, facility windows, outbox.
 
     Into RUNDIR: alerts.jsonl, incidents.jsonl, facility_windows.jsonl, dead_letters.jsonl
-    and outbox.sqlite (docs/schemas.md). With --recovery, SIGTERM (systemd's stop) ends the
-    run with exit code 0 and the same command resumes where it stopped; with --follow it runs
-    until stopped (docs/operations.md)."""
+    and outbox.sqlite (docs/schemas.md). A new run (no --recovery, or a store that has not
+    run yet) into a RUNDIR with a previous run's outputs is refused unless --overwrite.
+    With --recovery, SIGTERM (systemd's stop) ends the run with exit code 0 and the same
+    command resumes where it stopped; with --follow it runs until stopped
+    (docs/operations.md)."""
     from bytewax.errors import BytewaxRuntimeError
 
-    from flows.run import StoreMismatch
+    from flows.run import BadReference, RunDirInUse, StoreMismatch
     from flows.run import replay as run_replay
     from flows.sources import JsonLinesSource
 
@@ -199,9 +204,10 @@ def replay(
         _collect_rarely()
         with console.status(f"following {events}" if follow else f"replaying {events}"):
             try:
-                summary = run_replay(source, out, settings, recovery_dir=recovery)
-            except StoreMismatch as exc:  # written with another process or shard count
-                _fail(str(exc))
+                summary = run_replay(source, out, settings, recovery_dir=recovery,
+                                     overwrite=overwrite)
+            except (StoreMismatch, RunDirInUse, BadReference) as exc:  # another process or
+                _fail(str(exc))  # shard count; a previous run in --out; a bad facility list
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
         if previous:  # a second SIGTERM while saying so stops at once
             signal.signal(signal.SIGTERM, previous.pop())  # type: ignore[arg-type]
@@ -330,7 +336,11 @@ def evaluate(
     for given in (alerts, incidents):  # a mistyped path must not score as "nothing found"
         if given is not None and not given.is_file():
             _fail(f"{given} does not exist")
-    result = run_eval(alerts, truth, incidents, with_baselines=baselines)
+    try:
+        result = run_eval(alerts, truth, incidents, with_baselines=baselines)
+    except (FileNotFoundError, ValueError) as exc:  # a truth without packages.csv, without
+        # events for the baselines, a line that is not JSON (each names the file)
+        _fail(str(exc).replace("with_baselines=False", "--no-baselines"))
     if outbox is not None:
         result["customer_messages"] = _messages(outbox, truth)
     typer.echo(json.dumps(result) if as_json else format_table(result))

@@ -7,6 +7,7 @@ environment variables (``DELAYWATCH_SHARDS=16``, ``DELAYWATCH_STALL__MARGIN=2``)
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -160,6 +161,14 @@ class IncidentSettings(BaseModel):
         "RUNDIR/facility_windows.jsonl and the delaywatch_facility_* metrics (~460 bytes "
         "per facility and window: ~12 MB a day for 270 hubs, in one file that is not "
         "rotated; a daemon that only needs the metrics can turn the file off)")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> IncidentSettings:
+        if self.close_threshold > self.open_threshold:
+            raise ValueError(f"close_threshold ({self.close_threshold}) must not exceed "
+                             f"open_threshold ({self.open_threshold}): an incident resolves "
+                             "below the one and opens above the other")
+        return self
 
 
 def _existing(path: Path) -> Path:
@@ -318,6 +327,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     if path is not None and not Path(path).is_file():
         raise ValueError(f"config file {path} does not exist")
 
+    unknown = sorted(name for name in os.environ
+                     if name.upper().startswith(_ENV_PREFIX) and not _known_env(name))
+    if unknown:  # (pydantic-settings ignores them: a typo would run on the default)
+        raise ValueError(f"unknown setting in the environment: {', '.join(unknown)} (nested "
+                         f"keys with __, e.g. {_ENV_PREFIX}STALL__MARGIN)")
     values = {k: v for k, v in overrides.items() if v is not None}
     _TOML_FILE[0] = path
     try:
@@ -327,3 +341,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
 
 
 _TOML_FILE: list[Path | None] = [None]
+_ENV_PREFIX = "DELAYWATCH_"
+
+
+def _known_env(name: str) -> bool:
+    """``DELAYWATCH_A`` or ``DELAYWATCH_A__B`` names a setting or section ``a`` (a section's
+    unknown key is refused by the section itself, as in a TOML file)."""
+    return name[len(_ENV_PREFIX):].lower().split("__")[0] in Settings.model_fields

@@ -6,8 +6,10 @@ Engine entry points live here so the CLI stays a thin layer of argument parsing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from bytewax.inputs import FixedPartitionedSource, Source
@@ -32,7 +35,8 @@ from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
 from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
 
-__all__ = ["Reference", "ReplaySummary", "SendStopped", "StoreMismatch", "incident_states",
+__all__ = ["RUN_FILES", "BadReference", "Reference", "ReplaySummary", "RunDirInUse", "SendStopped",
+           "StoreMismatch", "incident_states",
            "read_facilities", "read_reference", "replay", "send_outbox"]
 
 log = logging.getLogger("delaywatch")
@@ -93,16 +97,34 @@ def read_facilities(facilities: Path | None) -> Reference:
     regions: dict[str, str] = {}
     hubs: set[str] = set()
     with open(facilities, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
+        for line, row in enumerate(csv.DictReader(fh), 2):
             fid = row["facility_id"]
             names[fid] = row.get("name") or fid
             if row.get("tz"):
-                tz[fid] = row["tz"]
+                tz[fid] = _zone(row["tz"], facilities, line)
             if row.get("kind") in HUB_KINDS:
                 hubs.add(fid)
                 if row.get("region"):
                     regions[fid] = row["region"]
     return Reference(names, tz or None, regions, frozenset(hubs) if hubs else None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _zone(name: str, path: Path, line: int) -> str:
+    """A facility's time zone, checked before the run (an unknown one would stop the flow at
+    the facility's first scan)."""
+    if not _known_zone(name):
+        raise BadReference(f"{path} line {line}: column tz is not a known IANA time zone "
+                         "(e.g. America/Chicago)")
+    return name
 
 
 def read_reference(facilities: Path | None) -> tuple[dict[str, str], dict[str, str] | None]:
@@ -118,8 +140,16 @@ def replay(
     *,
     recovery_dir: Path | None = None,
     with_metrics: bool = True,
+    overwrite: bool = False,
 ) -> ReplaySummary:
     """Run the real dataflow over ``source`` to its end; outputs go to ``run_dir``.
+
+    A new run (no ``recovery_dir``, or one that has not run yet) starts without outputs:
+    into a ``run_dir`` holding a previous run's (:data:`RUN_FILES`) it raises
+    :class:`RunDirInUse`, or with ``overwrite`` deletes them first. (Else a run that writes
+    no alert would leave the previous run's ``alerts.jsonl`` to be scored as its own, and its
+    messages would land in the previous run's outbox beside that run's.) A run resumed from
+    ``recovery_dir`` goes on writing them.
 
     With ``settings.processes`` > 1 the flow runs as a Bytewax cluster of that many processes
     on this machine (:mod:`flows.cluster`): this one reads ``source``; the others are started
@@ -131,6 +161,8 @@ def replay(
     if recovery_dir is not None:
         _check_store(recovery_dir, processes, settings.shards)
     ctx = _context(run_dir, settings, with_metrics)
+    if recovery_dir is None or not _has_run(recovery_dir):
+        _start_fresh(run_dir, overwrite)
     flow = build_flow(ctx, source)
     recovery = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
     epoch = timedelta(seconds=settings.epoch_interval_seconds)
@@ -183,6 +215,45 @@ def _fill_stats(ctx: FlowContext, process: int = 0) -> dict[str, int]:
     if ctx.network is not None:
         found["suppressed"] = ctx.network.folder.suppressed
     return found
+
+
+#: What a run writes into its directory: a new run starts without them (:func:`replay`).
+RUN_FILES = ("alerts.jsonl", "incidents.jsonl", "facility_windows.jsonl", "dead_letters.jsonl",
+             "outbox.sqlite")
+
+
+class BadReference(ValueError):
+    """Reference data (the facility list) the flow cannot use: said before the run."""
+
+
+class RunDirInUse(ValueError):
+    """A new run into a directory that holds a previous run's outputs."""
+
+
+def _start_fresh(run_dir: Path, overwrite: bool) -> None:
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise RunDirInUse(
+            f"{run_dir} holds a previous run ({', '.join(found)}); a new run would be mixed "
+            "with it: give a new --out, or --overwrite to delete that run's outputs (messages "
+            "of its outbox not sent yet go with them)")
+    for name in (*RUN_FILES, "outbox.sqlite-wal", "outbox.sqlite-shm"):
+        (run_dir / name).unlink(missing_ok=True)
+    log.info("deleted the previous run's outputs in %s: %s", run_dir, ", ".join(found))
+
+
+def _has_run(recovery_dir: Path) -> bool:
+    """The store has recorded an execution: a run resumed from it continues its outputs."""
+    for part in recovery_dir.glob("*.sqlite3"):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
+                if db.execute("SELECT 1 FROM exs LIMIT 1").fetchone():
+                    return True
+        except sqlite3.Error:  # not Bytewax's (or damaged): Bytewax says so; keep the outputs
+            return True
+    return False
 
 
 _CLUSTER_FILE = "delaywatch-processes.json"

@@ -18,7 +18,8 @@ class DwellDrift(base.AnomalyDetector):
     more means a drift), without changing the state. The statistic measures how far the
     cumulative deviation from the running mean has climbed above its minimum (``mode="up"``)
     or fallen below its maximum (``"down"``); a detected drift resets the detector, as in River.
-    Values that are None (a window without departures) are skipped. In warm-up (fewer than
+    Values that are None or NaN (a window without departures; pandas reads it as NaN) are
+    skipped. In warm-up (fewer than
     ``min_instances`` values) the score is 0.0.
 
     Parameters
@@ -71,7 +72,8 @@ class DwellDrift(base.AnomalyDetector):
     def score_one(self, x: Mapping[str, Any]) -> float:
         value = x.get(self.value_key)
         ph = self._ph
-        if value is None or ph.drift_detected or ph._x_mean.n + 1 < self.min_instances:
+        if (value is None or value != value or ph.drift_detected  # (NaN: missing, pandas)
+                or ph._x_mean.n + 1 < self.min_instances):
             return 0.0
         n = ph._x_mean.n + 1
         mean = ph._x_mean.get() + (value - ph._x_mean.get()) / n
@@ -86,5 +88,5 @@ class DwellDrift(base.AnomalyDetector):
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
         value = x.get(self.value_key)
-        if value is not None:
+        if value is not None and value == value:  # (NaN: a missing figure read by pandas)
             self._ph.update(value)

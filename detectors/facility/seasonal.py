@@ -6,10 +6,11 @@ import collections
 import datetime as dt
 import functools
 import itertools
+import math
 from array import array
 from collections.abc import Mapping
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numba
 import numpy as np
@@ -103,6 +104,13 @@ class SeasonalBaseline(base.AnomalyDetector):
     ) -> None:
         if side not in ("both", "high", "low"):
             raise ValueError(f"side must be 'both', 'high' or 'low', got {side!r}")
+        if min_samples < 1:
+            raise ValueError(f"min_samples must be at least 1, got {min_samples!r}")
+        if tz is not None:  # an unknown zone fails here, not at the first value learned
+            try:
+                ZoneInfo(tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {tz!r}") from None
         self.value_key = value_key
         self.time_key = time_key
         self.side = side
@@ -152,12 +160,12 @@ class SeasonalBaseline(base.AnomalyDetector):
             return None
         if ts == self._local_of:  # scored, then learned: the same time twice
             return self._local
-        self._local_of = ts
-        ts = int(ts)
+        when = int(ts)
         if self.tz is not None:
-            ts += _utc_offset(self.tz, ts // 900)
-        self._local = ts = ts + 3 * 86400  # 1970-01-01 was a Thursday: weeks start on Monday
-        return ts
+            when += _utc_offset(self.tz, when // 900)
+        self._local = when = when + 3 * 86400  # 1970-01-01 was a Thursday: weeks from Monday
+        self._local_of = ts
+        return when
 
     def mean(self, x: Mapping[str, Any]) -> float | None:
         """Mean of the values of the level that applies to ``x`` (e.g. an expected count), or
@@ -197,10 +205,15 @@ class SeasonalBaseline(base.AnomalyDetector):
         return median, scale
 
     def score_one(self, x: Mapping[str, Any]) -> float:
+        """The robust z of ``x``'s value against its slot (0.0 in warm-up, or for a value that
+        is not a finite number: a missing figure read by pandas is NaN)."""
+        value = float(x[self.value_key])
+        if not math.isfinite(value):
+            return 0.0
         found = self.baseline(x)
         if found is None:
             return 0.0
-        z = (float(x[self.value_key]) - found[0]) / found[1]
+        z = (value - found[0]) / found[1]
         if self.side == "high":
             return max(z, 0.0)
         if self.side == "low":
@@ -208,9 +221,13 @@ class SeasonalBaseline(base.AnomalyDetector):
         return abs(z)
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
+        """Learn ``x``'s value (skipped if it is not a finite number: one NaN would make
+        every median after it NaN, and NaN is never over a threshold)."""
         value = float(x[self.value_key])
+        if not math.isfinite(value):
+            return
+        local = self._local_time(x)  # (first: a time that fails leaves nothing learned)
         self._recent.append(value)
-        local = self._local_time(x)
         window = self.window
         if local is None or window <= 0:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import pickle
 import random
 from array import array
@@ -1081,3 +1082,51 @@ def test_backlog_expiry_looks_for_the_oldest_only_when_it_can_be_due(seed):
                 old = state.__getstate__()[:4]
                 state.__setstate__(old)
     assert bounded.expired > 0
+
+
+def _dwell_read_by_pandas() -> list[dict]:
+    """``dwell_p90_hours`` of facility_windows.jsonl as pandas reads it: a null (no departure
+    for 6 h) is NaN, not None."""
+    import io
+
+    import pandas as pd
+
+    rng = random.Random(3)
+    values = [f"{rng.gauss(6, 1):.3f}" for _ in range(100)] + ["null"] + [
+        f"{rng.gauss(6, 1):.3f}" for _ in range(100)]
+    rows = pd.read_json(io.StringIO("\n".join(f'{{"dwell_p90_hours": {v}}}' for v in values)),
+                        lines=True)
+    assert rows["dwell_p90_hours"].isna().sum() == 1
+    return rows.to_dict("records")
+
+
+def test_a_missing_value_read_by_pandas_does_not_blind_the_detectors() -> None:
+    """One NaN made DwellDrift's running mean NaN for good (never a drift again) and a
+    SeasonalBaseline's scores NaN (never over a threshold) for a window of values."""
+    drift = DwellDrift("dwell_p90_hours", delta=0.5, threshold=10.0)
+    for x in _dwell_read_by_pandas():
+        drift.learn_one(x)
+    assert drift.score_one({"dwell_p90_hours": float("nan")}) == 0.0
+    rng = random.Random(4)
+    scores = []
+    for _ in range(20):  # the dwell jumps from ~6 h to ~12 h
+        x = {"dwell_p90_hours": rng.gauss(12, 1)}
+        scores.append(drift.score_one(x))
+        drift.learn_one(x)
+    assert all(math.isfinite(s) for s in scores) and max(scores) >= 1.0
+    plain = SeasonalBaseline(min_samples=3)
+    for v in [1, 2, 3, float("nan"), 2, 3, float("inf")]:
+        plain.learn_one({"value": v})
+    assert plain.score_one({"value": 100}) > 5 and plain.score_one({"value": math.nan}) == 0.0
+
+
+def test_a_seasonal_baseline_refuses_a_bad_zone_or_min_samples_before_learning_anything() -> None:
+    """A mistyped zone raised at the first value, after learning it into the rolling level;
+    the same call again then learned it silently (into the slots of UTC midnight's)."""
+    with pytest.raises(ValueError, match="America/Chicgo"):
+        SeasonalBaseline(tz="America/Chicgo")
+    with pytest.raises(ValueError, match="min_samples"):
+        SeasonalBaseline(min_samples=0)  # (scored an IndexError on a fresh detector)
+    chicago = SeasonalBaseline(tz="America/Chicago", min_samples=1)
+    chicago.learn_one({"value": 5, "ts": 1_790_208_000})
+    assert chicago.score_one({"value": 5, "ts": 1_790_208_000}) == 0.0

@@ -44,6 +44,20 @@ def test_replay_writes_the_run_and_collects_garbage_rarely(
     assert gc.get_threshold() == GC_THRESHOLDS
 
 
+def test_replay_again_into_the_same_out_needs_overwrite(demo_data: Path, tmp_path: Path) -> None:
+    args = ["replay", str(demo_data / "events.jsonl"), "--out", str(tmp_path / "run"),
+            "--metrics-port", "0"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = (tmp_path / "run" / "alerts.jsonl").read_bytes()
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    assert "holds a previous run" in refused.output and "--overwrite" in refused.output
+    assert "Traceback" not in refused.output
+    done = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "run" / "alerts.jsonl").read_bytes() == before  # the same run, anew
+
+
 def _bind(port: int) -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", port))
@@ -381,3 +395,40 @@ def test_invalid_settings_are_named_without_their_values(tmp_path: Path) -> None
                                     "--config", str(config)])
     assert done.exit_code == 2 and "smtp.username: Input should be a valid string" in done.output
     assert "42" not in done.output.replace(str(config), "")
+
+
+@pytest.mark.parametrize("name", ["DELAYWATCH_STALL_MARGIN", "DELAYWATCH_STALLS__MARGIN"])
+def test_a_mistyped_environment_setting_is_refused_not_ignored(name: str) -> None:
+    """One underscore where two go, or a section mistyped: the run went on with the default
+    margin (a mistyped key inside a section, or in the TOML file, was refused already)."""
+    done = CliRunner().invoke(app, ["send", "--outbox", "x", "--customers", "y"],
+                              env={name: "2"})
+    assert done.exit_code == 2, done.output
+    assert f"unknown setting in the environment: {name}" in done.output
+
+
+def test_an_open_threshold_under_the_close_threshold_is_a_settings_error() -> None:
+    """It passed the settings and failed inside the running dataflow, with a traceback."""
+    done = CliRunner().invoke(app, ["send", "--outbox", "x", "--customers", "y"],
+                              env={"DELAYWATCH_INCIDENTS__OPEN_THRESHOLD": "0.4"})
+    assert done.exit_code == 2, done.output
+    assert "close_threshold (0.5) must not exceed open_threshold (0.4)" in done.output
+    assert "Traceback" not in done.output
+
+
+def test_a_facility_list_with_an_unknown_time_zone_is_refused_before_the_run(
+        demo_data: Path, tmp_path: Path) -> None:
+    """It stopped the flow at the facility's first scan (and the seasonal baselines' own
+    check now refuses it when they are made)."""
+    rows = (demo_data / "facilities.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = rows[1].split(",")
+    first[header.index("tz")] = "America/Chicgo"
+    bad = tmp_path / "facilities.csv"
+    bad.write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    done = CliRunner().invoke(app, ["replay", str(demo_data / "events.jsonl"), "--out",
+                                    str(tmp_path / "run"), "--facilities", str(bad),
+                                    "--metrics-port", "0"])
+    assert done.exit_code == 2, done.output
+    assert "line 2: column tz is not a known IANA time zone" in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "run" / "alerts.jsonl").exists()

@@ -38,6 +38,37 @@ def test_replay_twice_gives_identical_alerts(demo_data: Path, tmp_path: Path) ->
         (tmp_path / "c" / "alerts.jsonl").read_bytes().splitlines())
 
 
+def test_a_new_run_into_a_previous_runs_directory_is_refused_or_starts_anew(
+        demo_data: Path, tmp_path: Path) -> None:
+    """The tuning loop replays a candidate into the directory of the last one. A run that
+    writes no alert left the previous run's alerts.jsonl (Bytewax's FileSink empties a file
+    at its first item) to be scored as its own, and its messages joined the previous run's
+    outbox."""
+    from flows.run import RunDirInUse
+
+    events, run = demo_data / "events.jsonl", tmp_path / "cand"
+    first = replay(JsonLinesSource(events), run, _settings(demo_data), with_metrics=False)
+    assert first.alerts and first.outbox
+    quiet = _settings(demo_data, stall={"min_threshold_hours": 10000.0},
+                      incidents={"enabled": False})  # no alert, no incident at all
+    with pytest.raises(RunDirInUse, match="--overwrite"):
+        replay(JsonLinesSource(events), run, quiet, with_metrics=False)
+    assert _alerts(run)  # refused before anything was touched
+    second = replay(JsonLinesSource(events), run, quiet, with_metrics=False, overwrite=True)
+    assert second.alerts == {} and second.incidents == {} and not second.outbox
+    assert _alerts(run) == [] and not (run / "incidents.jsonl").read_text()
+    assert not (run / "facility_windows.jsonl").exists()  # (incidents off: none written)
+    # a run resumed from its recovery store goes on writing its outputs
+    store = tmp_path / "store"
+    store.mkdir()
+    init_db_dir(store, 1)
+    replay(JsonLinesSource(events), tmp_path / "r", _settings(demo_data), recovery_dir=store,
+           with_metrics=False)
+    again = replay(JsonLinesSource(events), tmp_path / "r", _settings(demo_data),
+                   recovery_dir=store, with_metrics=False)
+    assert again.alerts == first.alerts  # (its own, resumed at the end: nothing new)
+
+
 def test_every_event_is_accounted_for(demo_data: Path, tmp_path: Path) -> None:
     s = _settings(demo_data)
     summary = replay(JsonLinesSource(demo_data / "events.jsonl"), tmp_path / "r", s,
