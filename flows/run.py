@@ -546,13 +546,14 @@ def outbox_counts(path: Path) -> dict[str, int]:
 
 
 def outbox_messages(path: Path) -> pd.DataFrame:
-    """Every message in an outbox (any status) as a frame: alert_key, recipient_ref, kind,
-    incident_key (set for messages about a facility incident)."""
+    """Every message in an outbox (any status but ``superseded``: a delay message the sender
+    dropped for its all-clear) as a frame: alert_key, recipient_ref, kind, incident_key (set
+    for messages about a facility incident)."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return pd.read_sql_query(
             "SELECT alert_key, recipient_ref, kind, json_extract(payload, '$.incident_key') "
-            "AS incident_key FROM outbox", con)
+            "AS incident_key FROM outbox WHERE status != 'superseded'", con)
     finally:
         con.close()
 

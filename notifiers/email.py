@@ -379,6 +379,7 @@ class DrainReport:
     customer_unknown: int = 0  # put back: not in the table (yet), for up to ``unknown_wait``
     lease_lost: int = 0  # not sent: its lease ran out and another sender took it
     unconfirmed: int = 0  # sent, no reply to its end: maybe delivered; again after a long wait
+    superseded: int = 0  # a delay message not sent: its all-clear was queued before it could go
     # the relay's reply code when it refused us, 451 when it could not be reached (no reply)
     relay_error_code: int | None = None
     relay_error: str | None = None  # what went wrong with the relay, e.g. "no connection to
@@ -637,9 +638,18 @@ async def _deliver(
             report.deferred += 1
             log.debug("drain: alert %s deferred to end of quiet hours", key)
             return
+    when = now if dated is None else dated(row)
+    if _answered_by_all_clear(outbox, row, when):
+        # held (quiet hours, a relay down) until the package moved again: "running late"
+        # and "moving again" in the same minute; the all-clear alone says both
+        outbox.supersede(key)
+        report.superseded += 1
+        if metrics is not None:
+            metrics.superseded.inc()
+        log.info("drain: alert %s superseded by its all-clear, not sent", key)
+        return
     try:
-        message = composer.build(row.alert, customer,
-                                 when=now if dated is None else dated(row))
+        message = composer.build(row.alert, customer, when=when)
     except InvalidRecipientError as exc:
         log.error("drain: alert %s: unusable recipient address (%s)", key, exc.code)
         outbox.mark_failed(key, exc.code)
@@ -700,6 +710,38 @@ async def _deliver(
         metrics.sent.inc()
     report.sent += 1
     log.debug("drain: alert %s sent", key)
+
+
+def _answered_by_all_clear(outbox: Outbox, row: OutboxRow, when: datetime) -> bool:
+    """A delay message whose package's all-clear is queued, decided by ``when`` (a replay
+    sent at once, dated as live, :func:`drain`'s ``dated``, is not: live, each went in
+    its turn)."""
+    clear = _all_clear_key(row.alert_key, row.kind)
+    answer = None if clear is None else outbox.get(clear)
+    if answer is None:
+        return False
+    try:
+        decided = datetime.fromisoformat(str(answer.alert.get("alert_time")))
+    except ValueError:
+        return True  # (undated: it is there, so it was decided by now)
+    if decided.tzinfo is None:
+        decided = decided.replace(tzinfo=UTC)
+    return decided <= when
+
+
+def _all_clear_key(key: str, kind: str) -> str | None:
+    """The key of a delay message's all-clear (docs/schemas.md: a stall's
+    ``package:back_on_track:episode``, an incident group's ``...:back_on_track``), or None.
+
+    >>> _all_clear_key("P1:stall:2", "stall")
+    'P1:back_on_track:2'
+    >>> _all_clear_key("I:ab12:incident_delay", "incident_delay")
+    'I:ab12:back_on_track'
+    """
+    if kind not in ("stall", "incident_delay"):
+        return None
+    head, found, tail = key.rpartition(f":{kind}")
+    return f"{head}:back_on_track{tail}" if found else None
 
 
 def _count_attempt(metrics: NotifierMetrics | None) -> None:

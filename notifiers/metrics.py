@@ -65,6 +65,7 @@ class NotifierMetrics:
     depth: Gauge
     oldest_pending_age: Gauge
     duplicates: Counter
+    superseded: Counter
 
     def observe_outbox(self, outbox: Outbox, now: datetime) -> None:
         """Set the two outbox gauges from the outbox itself (the source of truth)."""
@@ -217,6 +218,12 @@ def make_notifier_metrics(registry: CollectorRegistry | None = REGISTRY) -> Noti
         duplicates=Counter(
             "delaywatch_outbox_duplicates",
             "Enqueues ignored because the alert key was already in the outbox.",
+            registry=registry,
+        ),
+        superseded=Counter(
+            "delaywatch_emails_superseded",
+            "Delay e-mails not sent because their all-clear was queued before they could go "
+            "(quiet hours, a relay down): the all-clear goes alone.",
             registry=registry,
         ),
     )

@@ -14,6 +14,8 @@ Row life cycle (``status``)::
        |                      |----mark_failed----> failed_permanent (last_error_code)
        +----release/defer-----+    (lease expired: claim_due takes it again)
     suppressed: the recipient bounced (5xx) or unsubscribed; never sent.
+    superseded: a delay message whose all-clear was queued before it could go (quiet
+        hours, a relay down): the customer gets the all-clear alone; never sent.
 
 The database is opened in WAL mode with a busy timeout, so one process may enqueue while
 another drains. Every write is one short ``BEGIN IMMEDIATE`` transaction. All times are aware
@@ -42,8 +44,9 @@ __all__ = ["STATUSES", "EnqueueResult", "Outbox", "OutboxRow"]
 
 log = logging.getLogger(__name__)
 
-Status = Literal["pending", "sending", "sent", "failed_permanent", "suppressed"]
-STATUSES: tuple[str, ...] = ("pending", "sending", "sent", "failed_permanent", "suppressed")
+Status = Literal["pending", "sending", "sent", "failed_permanent", "suppressed", "superseded"]
+STATUSES: tuple[str, ...] = ("pending", "sending", "sent", "failed_permanent", "suppressed",
+                             "superseded")
 KINDS = frozenset({"stall", "incident_delay", "back_on_track"})
 
 _SCHEMA = """
@@ -54,7 +57,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind            TEXT    NOT NULL,
     payload         TEXT    NOT NULL,
     status          TEXT    NOT NULL CHECK (status IN
-                        ('pending', 'sending', 'sent', 'failed_permanent', 'suppressed')),
+                        ('pending', 'sending', 'sent', 'failed_permanent', 'suppressed',
+                         'superseded')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL    NOT NULL,
     created_at      REAL    NOT NULL,
@@ -110,6 +114,27 @@ class OutboxRow:
     #: for a row taken by :meth:`Outbox.claim_due`: the end of the lease taken, as stored
     #: (the claim's token: :meth:`Outbox.renew` keeps the row only while it is unchanged)
     lease_until: float | None = None
+
+
+_COPY = ("INSERT INTO outbox_rebuilt (id, alert_key, recipient_ref, kind, payload, status, "
+         "attempts, next_attempt_at, created_at, updated_at, sent_at, last_error_code) "
+         "SELECT id, alert_key, recipient_ref, kind, payload, status, attempts, "
+         "next_attempt_at, created_at, updated_at, sent_at, last_error_code FROM outbox")
+
+
+def _rebuild_for_new_statuses(conn: sqlite3.Connection) -> bool:
+    """An outbox made before the status ``superseded``: SQLite cannot change a CHECK, so the
+    table is copied into a new one (inside the caller's write transaction). True if done."""
+    (sql,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()
+    if "'superseded'" in sql:
+        return False
+    create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS outbox"):_SCHEMA.index(");") + 1]
+    conn.execute(create.replace("IF NOT EXISTS outbox", "outbox_rebuilt", 1))
+    conn.execute(_COPY)
+    conn.execute("DROP TABLE outbox")
+    conn.execute("ALTER TABLE outbox_rebuilt RENAME TO outbox")
+    return True
 
 
 def _unfinished(conn: sqlite3.Connection) -> tuple[int, float | None]:
@@ -181,6 +206,11 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
+            if _rebuild_for_new_statuses(self._conn):
+                log.info("outbox %s: table rebuilt for the status 'superseded'", self.path)
+                for statement in _SCHEMA.split(";"):  # (its indexes went with the old table)
+                    if statement.strip():
+                        self._conn.execute(statement)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -386,6 +416,18 @@ class Outbox:
                 ).fetchone()
                 self._suppress(conn, ref, "bounce", int(code), now)
         return changed
+
+    def supersede(self, key: str) -> bool:
+        """A delay message not sent yet whose all-clear is queued: ``superseded``, never sent
+        (the customer reads the all-clear alone, not both in the same minute)."""
+        now = _ts(_now())
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET status = 'superseded', updated_at = ?"
+                " WHERE alert_key = ? AND status IN ('pending', 'sending')",
+                (now, key),
+            )
+            return cur.rowcount == 1
 
     def defer(self, key: str, until: datetime) -> bool:
         """Put a claimed row back until ``until`` without counting an attempt (quiet hours)."""

@@ -120,10 +120,12 @@ def test_end_to_end_messages_arrive_once_each(demo_data: Path, tmp_path: Path) -
     assert expected
     with SmtpServerProcess(tmp_path / "mail") as server:
         send_outbox(run / "outbox.sqlite", demo_data / "customers.csv", _settings(demo_data),
-                    host="127.0.0.1", port=server.port, quiet_hours=False)
+                    host="127.0.0.1", port=server.port, quiet_hours=False,
+                    as_of_alert=True)  # (each in its turn, as live)
         # a second drain (operator runs `send` again) must not send anything twice
         send_outbox(run / "outbox.sqlite", demo_data / "customers.csv", _settings(demo_data),
-                    host="127.0.0.1", port=server.port, quiet_hours=False)
+                    host="127.0.0.1", port=server.port, quiet_hours=False,
+                    as_of_alert=True)  # (each in its turn, as live)
     got = count_by_alert_key(tmp_path / "mail")
     assert set(got) == expected
     assert set(got.values()) == {1}
@@ -184,7 +186,8 @@ def test_abort_and_resume_delivers_each_message_once(
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     with SmtpServerProcess(tmp_path / "mail") as server:
         send_outbox(run / "outbox.sqlite", demo_data / "customers.csv", _settings(demo_data),
-                    host="127.0.0.1", port=server.port, quiet_hours=False)
+                    host="127.0.0.1", port=server.port, quiet_hours=False,
+                    as_of_alert=True)  # (each in its turn, as live)
     counts = count_by_alert_key(tmp_path / "mail")
     want_messages = _message_keys(reference)
     assert set(counts) == want_messages

@@ -262,7 +262,7 @@ def test_incident_customers_get_at_most_two_messages_each(
     with SmtpServerProcess(tmp_path / "mail") as server:
         send_outbox(demo_run / "outbox.sqlite", demo_data / "customers.csv",
                     _settings(demo_data), host="127.0.0.1", port=server.port,
-                    quiet_hours=False)
+                    quiet_hours=False, as_of_alert=True)  # (each in its turn, as live)
     received = count_by_recipient(tmp_path / "mail")
     with open(demo_data / "customers.csv", newline="") as f:
         email = {r["recipient_ref"]: r["email"].lower() for r in csv.DictReader(f)}

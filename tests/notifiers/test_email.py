@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -160,23 +160,69 @@ async def test_a_customer_hears_moving_again_only_after_running_late(
     outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
 ) -> None:
     """The stall message meets a 4xx and waits for its retry: the back-on-track message
-    queued after it is held, not sent first; both arrive, in order, once the retry is due."""
+    queued after it is held, not sent first. When the retry is due, the package has moved:
+    "running late" and "moving again" would arrive together, so the all-clear goes alone."""
     c = customer(1)
     server = smtp_server(f"{c.email}=451x1")
     outbox.enqueue(make_alert("P1"), c.recipient_ref, now=T0)
-    outbox.enqueue(make_alert("P1", kind="back_on_track"), c.recipient_ref, now=T0)
+    outbox.enqueue(make_alert("P0"), c.recipient_ref, now=T0)  # (another package: goes)
     customers = {c.recipient_ref: c}
     report = await drain(outbox, customers, sender_for(server), composer=composer,
                          now_fn=clock, quiet_hours=None)
     assert (report.retried, report.held, report.sent) == (1, 1, 0)
+    clock.advance(5)  # (the retry is due after ~30 s)
+    outbox.enqueue(make_alert("P1", kind="back_on_track"), c.recipient_ref, now=clock())
+    report = await drain(outbox, customers, sender_for(server), composer=composer,
+                         now_fn=clock, quiet_hours=None)
+    assert report.claimed == 0  # (held behind the stall's retry)
     assert count_by_alert_key(maildir) == {}
     clock.advance(3600)
     report = await drain(outbox, customers, sender_for(server), composer=composer,
                          now_fn=clock, quiet_hours=None)
-    assert report.sent == 2
-    stall, back = outbox.get("P1:stall:1"), outbox.get("P1:back_on_track:1")
-    assert stall.sent_at <= back.sent_at and stall.attempts == 2
-    assert count_by_alert_key(maildir) == {"P1:stall:1": 1, "P1:back_on_track:1": 1}
+    assert (report.superseded, report.sent) == (1, 2)
+    assert outbox.get("P1:stall:1").status == "superseded"
+    assert count_by_alert_key(maildir) == {"P0:stall:1": 1, "P1:back_on_track:1": 1}
+    # a stall whose all-clear is not queued goes as ever
+    outbox.enqueue(make_alert("P2"), c.recipient_ref, now=clock())
+    report = await drain(outbox, customers, sender_for(server), composer=composer,
+                         now_fn=clock, quiet_hours=None)
+    assert (report.superseded, report.sent) == (0, 1)
+
+
+async def test_quiet_hours_send_the_all_clear_alone_not_with_the_delay_it_answers(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path,
+    metrics: NotifierMetrics,
+) -> None:
+    """A stall at 21:10 in Chicago waits for the end of quiet hours; the package moves at
+    23:30 and its all-clear waits too: at 08:00 the customer got "running late" and "moving
+    again" in the same second. Now only the all-clear goes; a group's the same."""
+    from notifiers.policy import QuietHours
+
+    c = customer(1)
+    server = smtp_server()
+    night = Clock(datetime(2025, 3, 5, 3, 10, tzinfo=UTC))  # 21:10 CST
+    group = "N1:weather:20250305T0200Z:" + customer_digest(c.recipient_ref)
+    outbox.enqueue(make_alert("P1"), c.recipient_ref, now=night())
+    outbox.enqueue(make_alert("P9", alert_key=f"{group}:incident_delay", kind="incident_delay",
+                              packages=["P9", "P8"]), c.recipient_ref, now=night())
+    customers = {c.recipient_ref: c}
+
+    async def run() -> DrainReport:
+        return await drain(outbox, customers, sender_for(server), composer=composer,
+                           now_fn=night, quiet_hours=QuietHours(), metrics=metrics)
+
+    assert (await run()).sent == 0
+    night.advance(2 * 3600 + 20 * 60)  # 23:30
+    outbox.enqueue(make_alert("P1", kind="back_on_track"), c.recipient_ref, now=night())
+    outbox.enqueue(make_alert("P9", alert_key=f"{group}:back_on_track", kind="back_on_track",
+                              packages=["P9", "P8"]), c.recipient_ref, now=night())
+    assert (await run()).sent == 0
+    night.advance(8.5 * 3600)  # 08:00
+    report = await run()
+    assert (report.superseded, report.sent) == (2, 2)
+    assert count_by_alert_key(maildir) == {"P1:back_on_track:1": 1,
+                                           f"{group}:back_on_track": 1}
+    assert metrics.superseded._value.get() == 2
 
 
 async def test_a_customer_whose_row_is_unusable_waits_and_the_others_are_sent(

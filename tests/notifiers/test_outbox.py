@@ -331,3 +331,31 @@ def test_next_due_is_when_the_earliest_pending_row_goes(outbox: Outbox) -> None:
     assert outbox.next_due() == T0 + timedelta(minutes=5)
     outbox.mark_sent(b.alert_key, T0 + timedelta(minutes=5))
     assert outbox.next_due() == T0 + timedelta(hours=9)
+
+
+def test_an_outbox_from_before_superseded_is_rebuilt_with_its_rows(tmp_path: Path) -> None:
+    """SQLite cannot change a CHECK: an outbox made before the status ``superseded`` gets a
+    new table with every row and index, so a sender can mark a delay message superseded."""
+    from notifiers.outbox import _SCHEMA
+
+    old_schema = _SCHEMA.replace(",\n                         'superseded'", "")
+    assert "superseded" not in old_schema
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as con:
+        con.executescript(old_schema)
+        con.execute(
+            "INSERT INTO outbox (alert_key, recipient_ref, kind, payload, status, attempts,"
+            " next_attempt_at, created_at, updated_at, sent_at, last_error_code)"
+            " VALUES ('P1:stall:1', 'r1', 'stall', '{\"alert_key\": \"P1:stall:1\"}',"
+            " 'pending', 2, 10, 5, 6, NULL, 451)")
+    with Outbox(path) as box:
+        (row,) = box.rows()
+        assert (row.alert_key, row.status, row.attempts, row.last_error_code) == (
+            "P1:stall:1", "pending", 2, 451)
+        assert box.supersede("P1:stall:1") and box.get("P1:stall:1").status == "superseded"
+        assert box.stats()["superseded"] == 1
+    con = sqlite3.connect(path)
+    indexes = {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    con.close()
+    assert {"outbox_due", "outbox_open", "outbox_recipient_due"} <= indexes
+    Outbox(path).close()  # opened again: nothing to rebuild

@@ -120,6 +120,7 @@ def test_metrics_factory_uses_the_given_registry() -> None:
         "delaywatch_emails_failed",
         "delaywatch_email_attempts",
         "delaywatch_emails_unconfirmed",
+        "delaywatch_emails_superseded",
         "delaywatch_outbox_depth",
         "delaywatch_outbox_oldest_pending_age_seconds",
         "delaywatch_outbox_duplicates",
