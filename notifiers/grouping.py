@@ -108,8 +108,9 @@ class _Group:
     sent: bool = False
     waiting: set[str] = field(default_factory=set)  # packages that have not moved again
     moved_ts: int = 0
-    moved_estimate: str | None = None  # the latest new estimate of a package moving again
+    moved_estimate: str | None = None  # (snapshots from before moved_estimates: the latest)
     moved_estimates: dict[str, str] = field(default_factory=dict)  # each one's own
+    ended: dict[str, str] = field(default_factory=dict)  # delivered or returned, by package
     # when its incident resolved, kept here once known: the folder forgets incidents a week
     # after they resolve, a package may move again later than that
     resolved_ts: int | None = None
@@ -132,15 +133,16 @@ def _group_key(incident_key: str, ref: Any) -> str:
     return f"{incident_key}:{customer_digest(str(ref))}"
 
 
-def _moved(group: _Group, pid: str, at: int, estimate: str | None) -> None:
-    """Package ``pid`` of ``group`` moved again at ``at`` with a new ``estimate``."""
+def _moved(group: _Group, pid: str, at: int, estimate: str | None,
+           ended: str | None = None) -> None:
+    """Package ``pid`` of ``group`` moved again at ``at`` with a new ``estimate`` (``ended``:
+    its journey ended there, delivered or returned)."""
     group.waiting.discard(pid)
     group.moved_ts = max(group.moved_ts, at)
     if estimate:
         group.moved_estimates[pid] = estimate
-    if estimate and (group.moved_estimate is None
-                     or _ts(estimate) > _ts(group.moved_estimate)):  # type: ignore[operator]
-        group.moved_estimate = estimate
+    if ended:
+        group.ended[pid] = ended
 
 
 class MessageGrouper:
@@ -249,7 +251,7 @@ class MessageGrouper:
                 return [] if alert.get("ended") == "returned" else [alert]
             group = self._groups.get(told[0])
             if group is not None:
-                _moved(group, pid, at, alert.get("new_estimate"))
+                _moved(group, pid, at, alert.get("new_estimate"), alert.get("ended"))
                 self._arm(told[0], group)
             return []  # suppressed, or said once for the group when all have moved
         if decision == "suppress":
@@ -341,8 +343,10 @@ class MessageGrouper:
                 continue
             resolved = group.resolved_ts
             if resolved <= now:  # type: ignore[operator]  (known once ready)
-                message = self._message(group, "back_on_track", max(resolved, group.moved_ts))
-                due.append((group.seq, message))
+                if any(group.ended.get(a["package_id"]) != "returned" for a in group.alerts):
+                    # (returned to sender, every one of them: no good news to give)
+                    due.append((group.seq, self._message(group, "back_on_track",
+                                                         max(resolved, group.moved_ts))))
                 self._close(key, now)
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_SECONDS
@@ -416,16 +420,20 @@ class MessageGrouper:
 
     def _message(self, group: _Group, kind: str, at: int) -> dict[str, Any]:
         alerts = group.alerts
+        if kind == "back_on_track":  # returned to sender: not in the good news
+            alerts = [a for a in alerts if group.ended.get(a["package_id"]) != "returned"]
         first = alerts[0]
-        packages = sorted({str(a["package_id"]) for a in alerts})
+        latest = {str(a["package_id"]): a for a in alerts}  # (held again: its last alert)
+        packages = sorted(latest)
         # each package's own promise and estimate (moving again: its new scan's), the
         # message's the latest package's: one package's promise with another's estimate
         # would tell a lateness that no package has
         dates: dict[str, list[Any]] = {}
-        for a in alerts:
-            pid = str(a["package_id"])
-            estimate = group.moved_estimates.get(pid)
-            if kind == "incident_delay" and not estimate:  # (an all-clear: only a new one)
+        for pid, a in latest.items():
+            # moved again (and not held again since): its new scan's estimate; an all-clear
+            # gives only such new ones
+            estimate = None if pid in group.waiting else group.moved_estimates.get(pid)
+            if kind == "incident_delay" and not estimate:
                 estimate = a.get("new_estimate")
             dates[pid] = [pid, a.get("promised_by"), estimate]
         worst = max(dates.values(), key=_lateness)
@@ -445,7 +453,8 @@ class MessageGrouper:
             "incident_kind": first.get("incident_kind"),
             "recipient_ref": group.recipient_ref,
             # where the packages are: more than one place, the e-mail names none of them
-            "place_count": len({(a.get("facility_id"), a.get("departed_from")) for a in alerts}),
+            "place_count": len({(a.get("facility_id"), a.get("departed_from"))
+                                for a in latest.values()}),
         }
         if len(packages) > 1:
             message["dates"] = [dates[pid] for pid in packages[:_LIST_LIMIT]]
@@ -475,6 +484,10 @@ class MessageGrouper:
                     message["moved_count"] = moved
         else:
             message["evidence"] = "The delay has cleared and your packages are moving again."
-            message["new_estimate"] = group.moved_estimate
-            message["promised_by"] = worst[1]
+            message["promised_by"], message["new_estimate"] = worst[1], worst[2]
+            if worst[2] is None and len(packages) == 1:  # (moved before an upgrade)
+                message["new_estimate"] = group.moved_estimate
+            ended = {group.ended.get(pid) for pid in packages}
+            if ended == {"delivered"}:  # every one delivered: not "moving again"
+                message["ended"] = "delivered"
         return message

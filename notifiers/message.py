@@ -314,6 +314,7 @@ _MOVING = {
         "moved_at": "They were held up at {facility} and have been scanned again since.",
         "delivered": "It has been delivered.",
         "delivered_on": "It was delivered on {when}.",
+        "delivered_all": "They have all been delivered.",
     },
     "es": {
         "again": "Se escaneó de nuevo",
@@ -329,6 +330,7 @@ _MOVING = {
         "nuevo.",
         "delivered": "Ya ha sido entregado.",
         "delivered_on": "Se entregó el {when}.",
+        "delivered_all": "Todos han sido entregados.",
     },
 }
 
@@ -663,6 +665,8 @@ class MessageComposer:
                 in_transit=in_transit,
                 delivered=delivered,
             )
+            if delivered and several:
+                detail = _MOVING.get(locale, _MOVING["en"])["delivered_all"]
         elif kind == "stall":
             # the e-mail's first lines say where, when and for how long: only what the last
             # scan was and what is usual here (not when the silence is shorter than that: a
@@ -700,6 +704,7 @@ class MessageComposer:
                     "se ha" if moved == 1 else "se han")
                 some = words["some_moved"].format(n=moved, verb=verb)
                 detail = f"{detail} {some}" if detail else some
+
         def still_ahead(value: object) -> object:  # an estimate passed by now: unknown
             at = _parse_time(value)
             return None if at is None or (when is not None and at <= when) else value
@@ -714,15 +719,17 @@ class MessageComposer:
             # several packages: each with its own promise and estimate (one promise and
             # another package's estimate would say a lateness that no package has)
             own = {str(d[0]): d[1:3] for d in dates if isinstance(d, list | tuple) and len(d) == 3}
-            late = None
+            # the most days late of them all (the message's own pair: the latest package's,
+            # also when more packages are left out of the list)
+            for pair in own.values():
+                days = days_late(pair[0], still_ahead(pair[1]), zone)
+                if days is not None and (late is None or days > late):
+                    late = days
             for i, pid in enumerate(listed):
                 pair = own.get(pid)
                 if pair is None:
                     continue
                 ahead = still_ahead(pair[1])
-                days = days_late(pair[0], ahead, zone)
-                if days is not None and (late is None or days > late):
-                    late = days
                 listed[i] = describe_dates(
                     locale, pid, format_local_time(pair[0], zone, locale),
                     format_local_time(ahead, zone, locale), kind == "back_on_track")
