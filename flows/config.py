@@ -208,6 +208,12 @@ class SmtpSettings(BaseModel):
     unknown_customer_wait_hours: float = Field(
         12.0, ge=0, description="a message to a customer missing from the customer table "
         "waits this long from when it was made (the table may lag the feed), then fails")
+    keep_days: float = Field(
+        30.0, ge=1, description="`send` deletes the outbox rows that are done with (sent, "
+        "failed, suppressed, superseded) this many days after their last change: at national "
+        "volume the outbox grows by hundreds of MB a day. A row's key keeps a replay resumed "
+        "from the recovery store (seconds to minutes back) from sending it again, so this "
+        "must be longer than any resume reaches back")
 
     def unready_for(self, host: str, port: int) -> list[str]:
         """What must be set before messages go to the relay at ``host:port``: the built-in

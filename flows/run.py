@@ -653,9 +653,12 @@ def send_outbox(
             unknown_wait=smtp.unknown_customer_wait_hours * 3600,
             dated=_alert_time if as_of_alert else None,
         )))
+        # rows done with for smtp.keep_days: deleted (a bounded number per run)
+        pruned = outbox.prune(now_fn() - timedelta(days=smtp.keep_days))
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()
         return dataclasses.asdict(report) | {
+            "pruned": pruned,
             "outbox_depth": outbox.depth(),
             "outbox_oldest_pending_age_seconds": outbox.oldest_pending_age(now_fn()),
             "next_due_at": None if due is None else due.isoformat(),

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (id) WHERE status IN ('pending', 'sending');
 CREATE INDEX IF NOT EXISTS outbox_recipient_due ON outbox (recipient_ref, status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox (updated_at)
+    WHERE status IN ('sent', 'failed_permanent', 'suppressed', 'superseded');
 DROP INDEX IF EXISTS outbox_recipient;
 CREATE TABLE IF NOT EXISTS suppressions (
     recipient_ref TEXT PRIMARY KEY,
@@ -416,6 +418,19 @@ class Outbox:
                 ).fetchone()
                 self._suppress(conn, ref, "bounce", int(code), now)
         return changed
+
+    def prune(self, before: datetime, *, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` rows that are done with (sent, failed, suppressed,
+        superseded) and unchanged since ``before``; returns how many. Pending and sending
+        rows are never deleted. One short transaction: call it again for more."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " WHERE status IN ('sent', 'failed_permanent', 'suppressed', 'superseded')"
+                " AND updated_at < ? ORDER BY updated_at LIMIT ?)",
+                (_ts(before), int(limit)),
+            )
+            return cur.rowcount
 
     def supersede(self, key: str) -> bool:
         """A delay message not sent yet whose all-clear is queued: ``superseded``, never sent

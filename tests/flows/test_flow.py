@@ -342,3 +342,29 @@ def test_output_lines_are_compact_json_without_the_recipient() -> None:
     assert "C-private" not in line
     _, line = _record_line(("alerts", ("alert", {"score": float("nan"), "x": float("inf")})))
     assert json.loads(line) == {"score": None, "x": None}
+
+
+def test_send_deletes_the_rows_done_with_after_keep_days(demo_data: Path, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from notifiers.outbox import Outbox
+
+    box = tmp_path / "outbox.sqlite"
+    then = datetime(2026, 10, 1, tzinfo=UTC)
+    with Outbox(box) as outbox:
+        for pid in ("OLD", "NEW", "DUE"):
+            outbox.enqueue({"alert_key": f"{pid}:stall:1", "kind": "stall", "package_id": pid,
+                            "episode": 1, "alert_time": then.isoformat()}, "nobody", now=then)
+        outbox.claim_due(then, 2)
+        outbox.mark_sent("OLD:stall:1", then)
+        outbox.mark_sent("NEW:stall:1", then + timedelta(days=20))
+    settings = _settings(demo_data, smtp={"keep_days": 30, "unknown_customer_wait_hours": 0})
+    with SmtpServerProcess(tmp_path / "mail") as server:
+        report = send_outbox(box, demo_data / "customers.csv", settings, host="127.0.0.1",
+                             port=server.port, quiet_hours=False,
+                             now_fn=lambda: then + timedelta(days=31))
+    assert report["pruned"] == 1
+    with Outbox(box) as outbox:
+        left = {row.alert_key: row.status for row in outbox.rows()}
+    # DUE failed now (its customer is not in the table): done with, but not for 30 days
+    assert left == {"NEW:stall:1": "sent", "DUE:stall:1": "failed_permanent"}

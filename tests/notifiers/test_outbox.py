@@ -339,6 +339,8 @@ def test_an_outbox_from_before_superseded_is_rebuilt_with_its_rows(tmp_path: Pat
     from notifiers.outbox import _SCHEMA
 
     old_schema = _SCHEMA.replace(",\n                         'superseded'", "")
+    start = old_schema.index("CREATE INDEX IF NOT EXISTS outbox_done")  # (came with it)
+    old_schema = old_schema[:start] + old_schema[old_schema.index(";", start) + 1:]
     assert "superseded" not in old_schema
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as con:
@@ -357,5 +359,27 @@ def test_an_outbox_from_before_superseded_is_rebuilt_with_its_rows(tmp_path: Pat
     con = sqlite3.connect(path)
     indexes = {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     con.close()
-    assert {"outbox_due", "outbox_open", "outbox_recipient_due"} <= indexes
+    assert {"outbox_due", "outbox_open", "outbox_recipient_due", "outbox_done"} <= indexes
     Outbox(path).close()  # opened again: nothing to rebuild
+
+
+def test_prune_deletes_only_rows_done_with_and_older_than_asked(outbox: Outbox) -> None:
+    """The outbox grows by every message at national volume: `send` deletes what is done
+    with after smtp.keep_days. Never a row still to send."""
+    for i in range(6):
+        outbox.enqueue(make_alert(f"P{i}"), f"r{i}", now=T0)
+    outbox.claim_due(T0, 10)
+    outbox.mark_sent("P0:stall:1", T0)
+    outbox.mark_sent("P1:stall:1", T0 + timedelta(days=20))
+    outbox.release([outbox.get("P2:stall:1")], T0)  # (back to pending: still to go)
+    outbox.supersede("P3:stall:1")  # (now: wall time, recent)
+    outbox.mark_sent("P4:stall:1", T0)
+    outbox.mark_sent("P5:stall:1", T0)
+    assert outbox.prune(T0 + timedelta(days=1), limit=2) == 2  # bounded: P0 and P4 (oldest)
+    assert outbox.prune(T0 + timedelta(days=1)) == 1  # P5
+    assert outbox.prune(T0 + timedelta(days=1)) == 0
+    left = {row.alert_key: row.status for row in outbox.rows()}
+    assert left == {"P1:stall:1": "sent", "P2:stall:1": "pending", "P3:stall:1": "superseded"}
+    # a message pruned is forgotten: the same key could be queued again (hence keep_days
+    # longer than any resume of the flow reaches back)
+    assert outbox.enqueue(make_alert("P0"), "r0", now=T0)
