@@ -653,8 +653,8 @@ def send_outbox(
             unknown_wait=smtp.unknown_customer_wait_hours * 3600,
             dated=_alert_time if as_of_alert else None,
         )))
-        # rows done with for smtp.keep_days: deleted (a bounded number per run)
-        pruned = outbox.prune(now_fn() - timedelta(days=smtp.keep_days))
+        # rows done with for smtp.keep_days (wall clock): deleted, a bounded number per run
+        pruned = outbox.prune(smtp.keep_days * 86400)
         # what is left, and when the rows still pending (quiet hours, back-off) go
         due = outbox.next_due()
         return dataclasses.asdict(report) | {

@@ -382,7 +382,7 @@ class Outbox:
                 "UPDATE outbox SET status = 'sent', sent_at = ?, updated_at = ?,"
                 " attempts = attempts + 1, last_error_code = NULL"
                 " WHERE alert_key = ? AND status != 'sent'",
-                (_ts(when), _ts(when), key),
+                (_ts(when), _now().timestamp(), key),  # (updated_at: wall clock, as prune)
             )
         return cur.rowcount == 1
 
@@ -419,16 +419,19 @@ class Outbox:
                 self._suppress(conn, ref, "bounce", int(code), now)
         return changed
 
-    def prune(self, before: datetime, *, limit: int = 10_000) -> int:
+    def prune(self, keep_seconds: float, *, limit: int = 10_000) -> int:
         """Delete up to ``limit`` rows that are done with (sent, failed, suppressed,
-        superseded) and unchanged since ``before``; returns how many. Pending and sending
-        rows are never deleted. One short transaction: call it again for more."""
+        superseded) and unchanged for ``keep_seconds`` of wall-clock time (a finished row's
+        ``updated_at`` is the wall clock when it finished, whatever clock the sender was
+        given); returns how many. Pending and sending rows are never deleted. One short
+        transaction over the partial index of finished rows: call it again for more."""
+        before = _now().timestamp() - keep_seconds
         with self._write() as conn:
             cur = conn.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_done"
                 " WHERE status IN ('sent', 'failed_permanent', 'suppressed', 'superseded')"
                 " AND updated_at < ? ORDER BY updated_at LIMIT ?)",
-                (_ts(before), int(limit)),
+                (before, int(limit)),
             )
             return cur.rowcount
 

@@ -345,7 +345,9 @@ def test_output_lines_are_compact_json_without_the_recipient() -> None:
 
 
 def test_send_deletes_the_rows_done_with_after_keep_days(demo_data: Path, tmp_path: Path) -> None:
-    from datetime import UTC, datetime, timedelta
+    import sqlite3
+    import time
+    from datetime import UTC, datetime
 
     from notifiers.outbox import Outbox
 
@@ -357,14 +359,16 @@ def test_send_deletes_the_rows_done_with_after_keep_days(demo_data: Path, tmp_pa
                             "episode": 1, "alert_time": then.isoformat()}, "nobody", now=then)
         outbox.claim_due(then, 2)
         outbox.mark_sent("OLD:stall:1", then)
-        outbox.mark_sent("NEW:stall:1", then + timedelta(days=20))
+        outbox.mark_sent("NEW:stall:1", then)
+    with sqlite3.connect(box) as con:  # OLD finished 31 days ago by the wall clock
+        con.execute("UPDATE outbox SET updated_at = ? WHERE alert_key = 'OLD:stall:1'",
+                    (time.time() - 31 * 86400,))
     settings = _settings(demo_data, smtp={"keep_days": 30, "unknown_customer_wait_hours": 0})
     with SmtpServerProcess(tmp_path / "mail") as server:
         report = send_outbox(box, demo_data / "customers.csv", settings, host="127.0.0.1",
-                             port=server.port, quiet_hours=False,
-                             now_fn=lambda: then + timedelta(days=31))
+                             port=server.port, quiet_hours=False)
     assert report["pruned"] == 1
     with Outbox(box) as outbox:
         left = {row.alert_key: row.status for row in outbox.rows()}
-    # DUE failed now (its customer is not in the table): done with, but not for 30 days
+    # DUE failed in this run (its customer is not in the table): done with, kept 30 days
     assert left == {"NEW:stall:1": "sent", "DUE:stall:1": "failed_permanent"}

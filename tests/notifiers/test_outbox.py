@@ -363,23 +363,45 @@ def test_an_outbox_from_before_superseded_is_rebuilt_with_its_rows(tmp_path: Pat
     Outbox(path).close()  # opened again: nothing to rebuild
 
 
-def test_prune_deletes_only_rows_done_with_and_older_than_asked(outbox: Outbox) -> None:
+def test_prune_deletes_only_rows_done_with_and_older_than_asked(
+        outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """The outbox grows by every message at national volume: `send` deletes what is done
-    with after smtp.keep_days. Never a row still to send."""
+    with after smtp.keep_days of wall-clock time (a finished row's updated_at is the wall
+    clock, whatever clock the sender was given). Never a row still to send."""
+    import notifiers.outbox as module
+
+    wall = [T0]
+    monkeypatch.setattr(module, "_now", lambda: wall[0])
+    day = 86400
     for i in range(6):
         outbox.enqueue(make_alert(f"P{i}"), f"r{i}", now=T0)
     outbox.claim_due(T0, 10)
-    outbox.mark_sent("P0:stall:1", T0)
-    outbox.mark_sent("P1:stall:1", T0 + timedelta(days=20))
-    outbox.release([outbox.get("P2:stall:1")], T0)  # (back to pending: still to go)
-    outbox.supersede("P3:stall:1")  # (now: wall time, recent)
-    outbox.mark_sent("P4:stall:1", T0)
+    outbox.mark_sent("P0:stall:1", T0 + timedelta(days=500))  # (the sender's clock: ignored)
+    outbox.release([outbox.get("P2:stall:1")], T0)  # back to pending: still to go
+    outbox.mark_failed("P4:stall:1", 550)
     outbox.mark_sent("P5:stall:1", T0)
-    assert outbox.prune(T0 + timedelta(days=1), limit=2) == 2  # bounded: P0 and P4 (oldest)
-    assert outbox.prune(T0 + timedelta(days=1)) == 1  # P5
-    assert outbox.prune(T0 + timedelta(days=1)) == 0
+    wall[0] = T0 + timedelta(days=20)
+    outbox.mark_sent("P1:stall:1", T0)
+    outbox.supersede("P3:stall:1")
+    wall[0] = T0 + timedelta(days=31)
+    assert outbox.prune(30 * day, limit=2) == 2  # bounded: the oldest first
+    assert outbox.prune(30 * day) == 1
+    assert outbox.prune(30 * day) == 0
     left = {row.alert_key: row.status for row in outbox.rows()}
     assert left == {"P1:stall:1": "sent", "P2:stall:1": "pending", "P3:stall:1": "superseded"}
     # a message pruned is forgotten: the same key could be queued again (hence keep_days
     # longer than any resume of the flow reaches back)
     assert outbox.enqueue(make_alert("P0"), "r0", now=T0)
+
+
+def test_prune_searches_the_index_of_finished_rows(outbox: Outbox) -> None:
+    """Without statistics SQLite chose the status index and sorted every finished row, under
+    the write lock the flow's sink waits on, at every send run."""
+    seen: list[str] = []
+    outbox._conn.set_trace_callback(seen.append)
+    outbox.prune(86400)
+    outbox._conn.set_trace_callback(None)
+    (delete,) = [sql for sql in seen if sql.startswith("DELETE")]
+    plan = outbox._conn.execute("EXPLAIN QUERY PLAN " + delete).fetchall()
+    assert any("USING INDEX outbox_done" in str(row) for row in plan), plan
+    assert not any("TEMP B-TREE" in str(row) for row in plan), plan
