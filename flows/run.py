@@ -34,6 +34,7 @@ from flows.config import Settings
 from flows.dataflow import FlowContext, build_flow
 from flows.metrics import make_flow_metrics
 from notifiers import MessageComposer, Outbox, SmtpSender, drain, load_customers
+from notifiers.email import alert_time
 
 __all__ = ["RUN_FILES", "BadReference", "Reference", "ReplaySummary", "RunDirInUse", "SendStopped",
            "StoreMismatch", "incident_states",
@@ -565,11 +566,7 @@ class SendStopped(Exception):
 
 def _alert_time(row: Any) -> datetime:
     """When an outbox row's message was decided (its alert time), else now."""
-    try:
-        at = datetime.fromisoformat(str(row.alert.get("alert_time")))
-    except (TypeError, ValueError):
-        return datetime.now(UTC)
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return alert_time(row) or datetime.now(UTC)
 
 
 async def _until_terminated(drained: Any) -> Any:

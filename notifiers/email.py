@@ -720,13 +720,18 @@ def _answered_by_all_clear(outbox: Outbox, row: OutboxRow, when: datetime) -> bo
     answer = None if clear is None else outbox.get(clear)
     if answer is None:
         return False
+    decided = alert_time(answer)
+    return decided is None or decided <= when  # (undated: it is there, so decided by now)
+
+
+def alert_time(row: OutboxRow) -> datetime | None:
+    """When an outbox row's message was decided (its ``alert_time``, aware; naive: UTC), or
+    None if it has none that reads as a time."""
     try:
-        decided = datetime.fromisoformat(str(answer.alert.get("alert_time")))
+        at = datetime.fromisoformat(str(row.alert.get("alert_time")))
     except ValueError:
-        return True  # (undated: it is there, so it was decided by now)
-    if decided.tzinfo is None:
-        decided = decided.replace(tzinfo=UTC)
-    return decided <= when
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _all_clear_key(key: str, kind: str) -> str | None:

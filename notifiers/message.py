@@ -718,21 +718,18 @@ class MessageComposer:
         if count > 1 and isinstance(dates, list) and dates:
             # several packages: each with its own promise and estimate (one promise and
             # another package's estimate would say a lateness that no package has)
-            own = {str(d[0]): d[1:3] for d in dates if isinstance(d, list | tuple) and len(d) == 3}
+            own = {str(d[0]): (d[1], still_ahead(d[2])) for d in dates
+                   if isinstance(d, list | tuple) and len(d) == 3}
             # the most days late of them all (the message's own pair: the latest package's,
             # also when more packages are left out of the list)
-            for pair in own.values():
-                days = days_late(pair[0], still_ahead(pair[1]), zone)
-                if days is not None and (late is None or days > late):
-                    late = days
+            days = [d for pair in own.values() if (d := days_late(*pair, zone)) is not None]
+            late = max([*days, late or 0]) or None
             for i, pid in enumerate(listed):
                 pair = own.get(pid)
-                if pair is None:
-                    continue
-                ahead = still_ahead(pair[1])
-                listed[i] = describe_dates(
-                    locale, pid, format_local_time(pair[0], zone, locale),
-                    format_local_time(ahead, zone, locale), kind == "back_on_track")
+                if pair is not None:
+                    listed[i] = describe_dates(
+                        locale, pid, format_local_time(pair[0], zone, locale),
+                        format_local_time(pair[1], zone, locale), kind == "back_on_track")
             promised = shown_estimate = None
             dates_listed = True
         else:

@@ -25,58 +25,55 @@ def _composer() -> MessageComposer:
                            unsubscribe_secret=b"review-secret")
 
 
-def _folded0(pid: str, promised: str) -> dict:
-    return {"alert_key": f"{pid}:incident_delay:1", "kind": "incident_delay",
-            "package_id": pid, "episode": 1, "alert_time": _iso(T), "recipient_ref": "C7",
-            "incident_key": "P1:facility_slowdown:x", "facility_id": "P1",
-            "facility_name": "DENVER CO PLANT", "incident_kind": "facility_slowdown",
-            "last_scan_time": _iso(T - 20 * 3600), "promised_by": promised,
-            "new_estimate": None}
+PROMISED = "2026-10-02T23:00:00+00:00"
+WEATHER = {"incident_key": "P1:weather:20261001T0300Z", "incident_kind": "weather"}
+# a back-on-track record from the scan that ended the silence, at a post office
+AT_THE_OFFICE = {"facility_id": "O2", "facility_name": "O2 PO",
+                 "last_scan_time": _iso(T - 20 * 3600), "silence_seconds": 30 * 3600,
+                 "promised_by": PROMISED}
 
 
-def _moved0(pid: str, at: int, estimate: str) -> dict:
+def _folded(pid: str, at: int = T, episode: int = 1, **extra: object) -> dict:
+    """A package alert folded into an incident (a slowdown at P1 unless ``extra`` says)."""
+    return {"alert_key": f"{pid}:incident_delay:{episode}", "kind": "incident_delay",
+            "package_id": pid, "episode": episode, "alert_time": _iso(at),
+            "recipient_ref": "C7", "incident_key": "P1:facility_slowdown:x",
+            "facility_id": "P1", "facility_name": "DENVER CO PLANT",
+            "incident_kind": "facility_slowdown", "last_scan_time": _iso(at - 20 * 3600),
+            "promised_by": PROMISED, "new_estimate": None} | extra
+
+
+def _back(pid: str, at: int, **extra: object) -> dict:
+    """The package moved again at ``at``."""
     return {"alert_key": f"{pid}:back_on_track:1", "kind": "back_on_track", "package_id": pid,
             "episode": 1, "alert_time": _iso(at), "recipient_ref": "C7",
-            "new_estimate": estimate, "ended": None}
+            "new_estimate": None, "ended": None} | extra
+
+
+def _customer(locale: str = "en") -> Customer:
+    return Customer("C7", "Ana Example", "ana@mail.example", locale, "America/Denver")
 
 
 def test_the_all_clear_promise_and_estimate_are_one_packages() -> None:
     g = MessageGrouper(hold_seconds=3600)
-    g.add(_folded0("A", "2026-10-02T23:00:00+00:00"), "fold")
-    g.add(_folded0("B", "2026-10-06T23:00:00+00:00"), "fold")
+    g.add(_folded("A"), "fold")
+    g.add(_folded("B", promised_by="2026-10-06T23:00:00+00:00"), "fold")
     g.advance(T + 3600)
-    g.add(_moved0("A", T + 7200, "2026-10-05T23:00:00+00:00"))  # 3 days late
-    g.add(_moved0("B", T + 7200, "2026-10-07T01:00:00+00:00"))  # 2 hours late, latest estimate
+    g.add(_back("A", T + 7200, new_estimate="2026-10-05T23:00:00+00:00"))  # 3 days late
+    # 2 hours late, the latest estimate
+    g.add(_back("B", T + 7200, new_estimate="2026-10-07T01:00:00+00:00"))
     (clear,) = g.advance(T + 4 * 3600, resolved_at=lambda key: T + 3 * 3600)
     assert clear["kind"] == "back_on_track"
     pair = [clear["promised_by"], clear["new_estimate"]]
     assert pair in [d[1:] for d in clear["dates"]], (pair, clear["dates"])
 
 
-def _folded1(pid: str, at: int) -> dict:
-    return {"alert_key": f"{pid}:incident_delay:1", "kind": "incident_delay",
-            "package_id": pid, "episode": 1, "alert_time": _iso(at), "recipient_ref": "C7",
-            "incident_key": "P1:weather:20261001T0300Z", "facility_id": "P1",
-            "facility_name": "DENVER CO PLANT", "incident_kind": "weather",
-            "last_scan_time": _iso(at - 20 * 3600),
-            "promised_by": "2026-10-02T23:00:00+00:00",
-            "new_estimate": "2026-10-03T23:00:00+00:00", "evidence": "Snow at P1."}
-
-
-def _back1(pid: str, at: int, ended: str | None) -> dict:
-    return {"alert_key": f"{pid}:back_on_track:1", "kind": "back_on_track", "package_id": pid,
-            "episode": 1, "alert_time": _iso(at), "recipient_ref": "C7", "facility_id": "O2",
-            "facility_name": "O2 PO", "last_scan_time": _iso(T - 20 * 3600),
-            "silence_seconds": 30 * 3600, "promised_by": "2026-10-02T23:00:00+00:00",
-            "new_estimate": None, "ended": ended}
-
-
 def _all_clear1(ended: str) -> list[dict]:
     g = MessageGrouper(hold_seconds=3600)
-    assert g.add(_folded1("A", T), "fold") == []
+    assert g.add(_folded("A", **WEATHER, new_estimate="2026-10-03T23:00:00+00:00"), "fold") == []
     (delay,) = g.advance(T + 3600)
     assert delay["kind"] == "incident_delay"
-    assert g.add(_back1("A", T + 7200, ended)) == []
+    assert g.add(_back("A", T + 7200, **AT_THE_OFFICE, ended=ended)) == []
     return g.advance(T + 3 * 3600, resolved_at=lambda key: T + 2 * 3600)
 
 
@@ -89,32 +86,26 @@ def test_a_returned_package_of_an_incident_group_gets_no_good_news() -> None:
 def test_a_delivered_package_of_an_incident_group_is_not_moving_again(locale: str) -> None:
     (message,) = _all_clear1("delivered")
     composer = _composer()
-    cust = Customer("C7", "Ana Example", "ana@mail.example", locale, "America/Denver")
+    cust = _customer(locale)
     msg = composer.build(message, cust, when=datetime(2026, 10, 1, 8, tzinfo=UTC))
     subject = str(msg["Subject"])
     assert "moving again" not in subject and "moverse" not in subject, subject
 
-INCIDENT = "R1:weather:20261001T0300Z"
-
-
-def _folded2(at: int, facility: str, episode: int, estimate: str) -> dict:
-    return {"alert_key": f"A:incident_delay:{episode}", "kind": "incident_delay",
-            "package_id": "A", "episode": episode, "alert_time": _iso(at),
-            "recipient_ref": "C7", "incident_key": INCIDENT, "facility_id": facility,
-            "facility_name": f"{facility} PLANT", "incident_kind": "weather",
-            "last_scan_time": _iso(at - 10 * 3600),
-            "promised_by": "2026-10-02T23:00:00+00:00", "new_estimate": estimate}
+def _held_at(facility: str, at: int, episode: int, estimate: str) -> dict:
+    """Package A held by a region's weather at ``facility``."""
+    return _folded("A", at, episode, incident_key="R1:weather:20261001T0300Z",
+                   incident_kind="weather", facility_id=facility,
+                   facility_name=f"{facility} PLANT", last_scan_time=_iso(at - 10 * 3600),
+                   new_estimate=estimate)
 
 
 def _run2() -> dict:
     g = MessageGrouper(hold_seconds=2 * 3600)
-    g.add(_folded2(T, "P1", 1, "2026-10-03T23:00:00+00:00"), "fold")
+    g.add(_held_at("P1", T, 1, "2026-10-03T23:00:00+00:00"), "fold")
     # moved on from P1 within the hold: estimate from the new scan
-    g.add({"alert_key": "A:back_on_track:1", "kind": "back_on_track", "package_id": "A",
-           "episode": 1, "alert_time": _iso(T + 1800), "recipient_ref": "C7",
-           "new_estimate": "2026-10-03T12:00:00+00:00", "ended": None})
+    g.add(_back("A", T + 1800, new_estimate="2026-10-03T12:00:00+00:00"))
     # held again by the same weather at the next plant of the region
-    g.add(_folded2(T + 3600, "P2", 2, "2026-10-04T20:00:00+00:00"), "fold")
+    g.add(_held_at("P2", T + 3600, 2, "2026-10-04T20:00:00+00:00"), "fold")
     (message,) = g.advance(T + 2 * 3600)
     assert message["kind"] == "incident_delay" and message["packages"] == ["A"]
     assert message["moving"] is False  # it is held (waiting) again
@@ -129,25 +120,20 @@ def test_one_package_is_at_one_place() -> None:
     assert _run2()["place_count"] == 1
 
 
-def _folded3(pid: str, estimate: str) -> dict:
-    return {"alert_key": f"{pid}:incident_delay:1", "kind": "incident_delay",
-            "package_id": pid, "episode": 1, "alert_time": datetime.fromtimestamp(T, UTC)
-            .isoformat(), "recipient_ref": "C7", "incident_key": "P1:facility_slowdown:x",
-            "facility_id": "P1", "facility_name": "DENVER CO PLANT",
-            "incident_kind": "facility_slowdown", "last_scan_time": "2026-09-30T20:00:00+00:00",
-            "promised_by": "2026-10-02T23:00:00+00:00", "new_estimate": estimate}
+LAST_SCAN = {"last_scan_time": "2026-09-30T20:00:00+00:00"}
 
 
 def test_the_days_late_count_every_package_not_only_the_listed_ones() -> None:
     g = MessageGrouper(hold_seconds=3600)
     for i in range(20):  # on time
-        g.add(_folded3(f"A{i:02d}", "2026-10-02T20:00:00+00:00"), "fold")
-    g.add(_folded3("Z99", "2026-10-05T20:00:00+00:00"), "fold")  # three days late, sorts last
+        g.add(_folded(f"A{i:02d}", **LAST_SCAN, new_estimate="2026-10-02T20:00:00+00:00"), "fold")
+    # three days late, sorts last
+    g.add(_folded("Z99", **LAST_SCAN, new_estimate="2026-10-05T20:00:00+00:00"), "fold")
     (message,) = g.advance(T + 3600)
     assert message["package_count"] == 21
     assert message["new_estimate"] == "2026-10-05T20:00:00+00:00"  # the message's: Z99's
     composer = _composer()
-    cust = Customer("C7", "Ana Example", "ana@mail.example", "en", "America/Denver")
+    cust = _customer()
     ctx = composer.context(message, cust, when=datetime(2026, 10, 1, 6, tzinfo=UTC))
     assert ctx["days_late"] == 3, ctx["days_late"]
 
@@ -155,14 +141,14 @@ def test_the_days_late_count_every_package_not_only_the_listed_ones() -> None:
 def test_an_all_clear_leaves_out_the_returned_and_says_delivered_when_all_were() -> None:
     g = MessageGrouper(hold_seconds=3600)
     for pid in ("A", "B", "C"):
-        g.add(_folded1(pid, T), "fold")
+        g.add(_folded(pid, **WEATHER, new_estimate="2026-10-03T23:00:00+00:00"), "fold")
     g.advance(T + 3600)
-    g.add(_back1("A", T + 7200, "delivered"))
-    g.add(_back1("B", T + 7200, "returned"))
-    g.add(_back1("C", T + 7200, "delivered"))
+    g.add(_back("A", T + 7200, **AT_THE_OFFICE, ended="delivered"))
+    g.add(_back("B", T + 7200, **AT_THE_OFFICE, ended="returned"))
+    g.add(_back("C", T + 7200, **AT_THE_OFFICE, ended="delivered"))
     (clear,) = g.advance(T + 3 * 3600, resolved_at=lambda key: T + 2 * 3600)
     assert clear["packages"] == ["A", "C"] and clear["ended"] == "delivered"
-    cust = Customer("C7", "Ana Example", "ana@mail.example", "en", "America/Denver")
+    cust = _customer()
     msg = _composer().build(clear, cust, when=datetime(2026, 10, 1, 8, tzinfo=UTC))
     assert str(msg["Subject"]) == "2 of your packages have been delivered"
     text = msg.get_body(("plain",)).get_content()
