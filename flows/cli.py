@@ -48,6 +48,11 @@ def _collect_rarely() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+#: ``send``'s exit code when the relay could not be reached or refused the connection
+#: (sysexits.h's EX_TEMPFAIL: try again later; the messages stay queued)
+EX_TEMPFAIL = 75
+
+
 def _fail(message: str) -> None:
     # one line (grep, logs), the message's brackets shown as they are, not taken as markup
     console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
@@ -413,7 +418,9 @@ def send(
     `python -m notifiers.smtpd --dir DIR --port 8025` is a local test server; any other
     relay needs smtp.sender, smtp.unsubscribe_url and smtp.unsubscribe_secret set.
 
-    Prints the drain report as JSON; messages held by quiet hours count as ``deferred``."""
+    Prints the drain report as JSON; messages held by quiet hours count as ``deferred``.
+    Exits 75 (EX_TEMPFAIL) when the relay could not be reached or refused us
+    (``relay_error_code`` in the report): the messages it left stay queued for the next run."""
     from datetime import UTC, datetime
 
     from flows.run import SendStopped, SettingsUnready, send_outbox
@@ -451,6 +458,9 @@ def send(
     if metrics_textfile is not None:
         write_send_textfile(metrics_textfile, report, datetime.now(UTC))
     typer.echo(json.dumps(report, default=str))
+    if report.get("relay_error_code"):  # the relay down: what it left stays queued, and the
+        # timer or cron job that ran this shows as failed (the report says what happened)
+        raise typer.Exit(EX_TEMPFAIL)
 
 
 @app.command()

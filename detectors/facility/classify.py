@@ -96,20 +96,21 @@ class Assessment:
 _SETTERS = tuple(getattr(Assessment, f.name).__set__ for f in dataclasses.fields(Assessment))
 
 
-def _lane_assessment(
+def _assessment(
     facility: str,
     window_end: int,
     score: float,
     kind: str | None,
     evidence: str,
     affected: int,
-    lane_to: str,
+    lane_to: str | None = None,
+    facilities: tuple[str, ...] = (),
     _new: Any = object.__new__,
     _set: tuple[Any, ...] = _SETTERS,
 ) -> Assessment:
-    """``Assessment(facility, ..., lane_to)`` without the frozen dataclass's field-by-field
-    ``object.__setattr__`` (a third less time; one is made per lane and window): the same
-    object, its slots set through their descriptors."""
+    """``Assessment(facility, ...)`` without the frozen dataclass's field-by-field
+    ``object.__setattr__`` (a third less time; the monitor makes one per facility and window,
+    and one per lane): the same object, its slots set through their descriptors."""
     a = _new(Assessment)
     _set[0](a, facility)
     _set[1](a, window_end)
@@ -118,5 +119,5 @@ def _lane_assessment(
     _set[4](a, evidence)
     _set[5](a, affected)
     _set[6](a, lane_to)
-    _set[7](a, ())
+    _set[7](a, facilities)
     return a

@@ -10,7 +10,7 @@ from bisect import bisect_left, insort
 from collections.abc import Collection, Container, Iterable, Mapping
 from typing import Any
 
-from detectors.facility.classify import Assessment, _lane_assessment, classify
+from detectors.facility.classify import Assessment, _assessment, classify
 from detectors.facility.drift import DwellDrift
 from detectors.facility.hst import WindowHST
 from detectors.facility.retention import CohortRetention
@@ -400,7 +400,7 @@ class FacilityMonitor:
                 first = self._first[region] = min(f for f, r in self.regions.items() if r == region)
             if len(members) < self.weather_min:
                 grouped.append(
-                    Assessment(
+                    _assessment(
                         first, end, 0.0, "weather", f"Region {region}: no region-wide delay.", 0
                     )
                 )
@@ -462,8 +462,14 @@ class FacilityMonitor:
             "o12": window.overdue(12),
         }
         held_in = track.missed  # arrivals usually seen since the last one (before this window)
-        missed = self._missed(track, window, x)
-        silence = self._silence(track, x)
+        # the three baselines of arrivals (one zone: the local time worked out once) read,
+        # then taught the window, each in one call (every window is learned, see below)
+        local = track.arrivals._local_time(x)
+        busy = track.busy_now._mean_learn_at(local, 1.0 if window.arrivals else 0.0)
+        usual_now = track.arrivals_now._mean_learn_at(local, float(window.arrivals))
+        found = track.arrivals._baseline_learn_at(local, float(arrivals))
+        missed = self._missed(track, window, busy, usual_now)
+        silence = self._silence(track, x, found)
         if window.scans:
             if track.last_scan_end is not None and window.start > track.last_scan_end:
                 gap = (window.start - track.last_scan_end) / 3600
@@ -494,7 +500,7 @@ class FacilityMonitor:
             resume = track.resume
             resume[0] -= 1
             resume[3] += window.arrivals
-            resume[4] += track.level * (track.arrivals_now.mean(x) or 0.0)
+            resume[4] += track.level * (usual_now or 0.0)
             stopped_hours, stop_silence = resume[1], resume[2]
             # the inflow held during the stop, scanned at once: fresh arrivals beyond the usual,
             # at least ``stop_burst_share`` of those missed during the silence (a feed outage
@@ -532,14 +538,12 @@ class FacilityMonitor:
         # Every window is learned (score first): the baselines are robust (medians over a
         # rolling history, a ratio over weeks of cohorts), so a few hours of incident move
         # them little, while skipping "anomalous" windows can trap a detector whose baseline
-        # lags a growing network into never learning again.
-        track.arrivals.learn_one(x)
-        track.arrivals_now.learn_one({"ts": x["ts"], "arrivals": window.arrivals})
-        track.busy_now.learn_one({"ts": x["ts"], "busy": 1.0 if window.arrivals else 0.0})
+        # lags a growing network into never learning again. (The baselines of arrivals
+        # learned theirs above, each right after it was read.)
         for detector in track.delay.values():
             detector.learn_one(x)
         evidence = self._evidence(window.facility, kind, x, late, missing)
-        return Assessment(
+        return _assessment(
             window.facility, window.end, round(score, 3), kind, evidence, window.backlog
         )
 
@@ -594,7 +598,9 @@ class FacilityMonitor:
             },
         }
 
-    def _missed(self, track: _Track, window: FacilityWindow, x: dict[str, Any]) -> float:
+    def _missed(
+        self, track: _Track, window: FacilityWindow, busy: float | None, usual: float | None
+    ) -> float:
         """How much the facility's arrivals have gone quiet: 1 or more is too quiet to trust.
 
         The larger of two measures, each normalised to 1:
@@ -609,15 +615,16 @@ class FacilityMonitor:
         visibly alive: missing departures *and* missing arrivals are a stop or a feed outage,
         not yet told apart (a plant whose night sort is missed while no arrivals are due is
         called a slowdown only when arrivals resume, or as part of a region's weather).
+
+        ``busy`` and ``usual``: the share of windows with an arrival and the mean arrivals of
+        a window at this hour (None in warm-up), as the baselines had them before this window.
         """
         if window.arrivals:
             track.missed = track.surprise = 0.0
             track.last_arrival_end = window.end
             return 0.0
-        busy = track.busy_now.mean(x)  # (reads only x["ts"])
         if busy:  # batches at this hour ~ Poisson(-log(1 - busy)), scaled by the volume level
             track.surprise -= track.level * math.log(1.0 - min(busy, self.stop_busy_cap))
-        usual = track.arrivals_now.mean(x)
         if usual is not None:
             track.missed += track.level * usual
         quiet = 0.0
@@ -625,11 +632,12 @@ class FacilityMonitor:
             quiet = (window.end - track.last_arrival_end) / 3600 / self.alive_hours
         return max(track.missed / self.silence_arrivals, quiet)
 
-    def _silence(self, track: _Track, x: dict[str, Any]) -> float:
+    def _silence(
+        self, track: _Track, x: dict[str, Any], found: tuple[float, float] | None
+    ) -> float:
         """Low-side robust z of the arrivals of the last hours against the same hour, scaled by
         :attr:`_Track.level` (a network emptying out, or a holiday, is no silence), over
-        ``z_open``."""
-        found = track.arrivals.baseline(x)
+        ``z_open``. ``found``: the arrivals' baseline at this hour (median, scale), if any."""
         if found is None:
             x["arrivals_usual"] = None
             return 0.0
@@ -733,7 +741,7 @@ class FacilityMonitor:
             said = lane.said
             if said is None:
                 said = lane.said = self._lane_said(facility, lane)
-            out.append(_lane_assessment(facility, end, *said))
+            out.append(_assessment(facility, end, *said))
         return out
 
     def _lane_said(self, facility: str, lane: _Lane) -> tuple[Any, ...]:

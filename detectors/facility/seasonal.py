@@ -170,8 +170,12 @@ class SeasonalBaseline(base.AnomalyDetector):
     def mean(self, x: Mapping[str, Any]) -> float | None:
         """Mean of the values of the level that applies to ``x`` (e.g. an expected count), or
         None in warm-up."""
-        local = self._local_time(x) if self._count is not None else None
-        if local is not None:
+        return self._mean_at(self._local_time(x) if self._count is not None else None)
+
+    def _mean_at(self, local: int | None) -> float | None:
+        """:meth:`mean` at a local time (:meth:`_local_time`; None: no time). A caller with
+        several baselines of one zone works the time out once for all of them."""
+        if local is not None and self._count is not None:
             found, mean = _slot_mean(
                 self._ring, self._count, self._sum, self._periods, self._buckets,
                 self._first, local, self.window, self.min_samples, self._whole,
@@ -185,8 +189,11 @@ class SeasonalBaseline(base.AnomalyDetector):
 
     def baseline(self, x: Mapping[str, Any]) -> tuple[float, float] | None:
         """``(median, scale)`` of the level that applies to ``x``, or None in warm-up."""
-        local = self._local_time(x) if self._count is not None else None
-        if local is not None:
+        return self._baseline_at(self._local_time(x) if self._count is not None else None)
+
+    def _baseline_at(self, local: int | None) -> tuple[float, float] | None:
+        """:meth:`baseline` at a local time (see :meth:`_mean_at`)."""
+        if local is not None and self._count is not None:
             found, median, scale = _slot_baseline(
                 self._ring, self._count, self._periods, self._buckets, self._first, local,
                 self.window, self.min_samples, self.min_scale, self.rel_scale,
@@ -227,6 +234,10 @@ class SeasonalBaseline(base.AnomalyDetector):
         if not math.isfinite(value):
             return
         local = self._local_time(x)  # (first: a time that fails leaves nothing learned)
+        self._learn_at(local, value)
+
+    def _learn_at(self, local: int | None, value: float) -> None:
+        """:meth:`learn_one` of a finite ``value`` at a local time (see :meth:`_mean_at`)."""
         self._recent.append(value)
         window = self.window
         if local is None or window <= 0:
@@ -241,6 +252,48 @@ class SeasonalBaseline(base.AnomalyDetector):
         _slot_learn(self._ring, self._count, self._sum, self._periods, self._buckets,
                     self._first, local, window, value)
 
+
+    def _mean_learn_at(self, local: int | None, value: float) -> float | None:
+        """:meth:`_mean_at` then :meth:`_learn_at` ``value`` (finite), in one compiled call
+        once the slots exist: a caller that reads a baseline and then learns the window's
+        value (the facility monitor, for every hub and window) pays one call, not two."""
+        if local is None or self._count is None or self.window <= 0:
+            mean = self._mean_at(local)
+            self._learn_at(local, value)
+            return mean
+        found, mean = _slot_mean_learn(
+            self._ring, self._count, self._sum, self._periods, self._buckets, self._first,
+            local, self.window, self.min_samples, self._whole, value,
+        )
+        if not found:  # (warm-up: the last values, before this one)
+            recent = self._recent
+            mean = sum(recent) / len(recent) if len(recent) >= self.min_samples else None
+        self._recent.append(value)
+        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
+            self._whole = False
+        return mean
+
+    def _baseline_learn_at(
+        self, local: int | None, value: float
+    ) -> tuple[float, float] | None:
+        """:meth:`_baseline_at` then :meth:`_learn_at` ``value`` (finite); see
+        :meth:`_mean_learn_at`."""
+        if local is None or self._count is None or self.window <= 0:
+            found = self._baseline_at(local)
+            self._learn_at(local, value)
+            return found
+        found, median, scale = _slot_baseline_learn(
+            self._ring, self._count, self._sum, self._periods, self._buckets, self._first,
+            local, self.window, self.min_samples, self.min_scale, self.rel_scale, value,
+        )
+        if found:
+            result: tuple[float, float] | None = (median, scale)
+        else:  # (warm-up: the last values, before this one)
+            result = self._baseline_at(None)
+        self._recent.append(value)
+        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
+            self._whole = False
+        return result
 
 #: Whole numbers below ``_WHOLE`` add up exactly in a slot's sum of up to ``_MAX_WINDOW`` values
 #: (below 2**53).
@@ -350,3 +403,23 @@ def _slot_learn(ring, count, sums, periods, buckets, first, local, window, value
         sums[slot] += value - ring[i]
         ring[i] = value
         count[slot] = n + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_mean_learn(ring, count, sums, periods, buckets, first, local, window, minimum, whole,
+                     value):
+    """``_slot_mean`` then ``_slot_learn``."""
+    found, mean = _slot_mean(ring, count, sums, periods, buckets, first, local, window, minimum,
+                             whole)
+    _slot_learn(ring, count, sums, periods, buckets, first, local, window, value)
+    return found, mean
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_baseline_learn(ring, count, sums, periods, buckets, first, local, window, minimum,
+                         min_scale, rel_scale, value):
+    """``_slot_baseline`` then ``_slot_learn``."""
+    found, median, scale = _slot_baseline(ring, count, periods, buckets, first, local, window,
+                                          minimum, min_scale, rel_scale)
+    _slot_learn(ring, count, sums, periods, buckets, first, local, window, value)
+    return found, median, scale

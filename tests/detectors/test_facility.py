@@ -806,6 +806,43 @@ def test_seasonal_means_of_counts_from_running_sums_equal_the_slots_added_up(
         assert detector.mean({"ts": query}) == expected
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.integers(0, 30).map(float) | st.floats(-1e3, 1e3, allow_nan=False)
+        | st.sampled_from([2.0**45, 0.5]),
+        min_size=1, max_size=80),
+    zone=st.sampled_from([None, "America/Chicago", "Europe/Berlin"]),
+    window=st.sampled_from([0, 1, 3, 32]),
+    step=st.sampled_from([900, 5 * H, 7 * H + 900]),
+    timeless=st.sets(st.integers(0, 79), max_size=5),
+)
+def test_seasonal_reads_then_learns_in_one_call_as_in_two(values, zone, window, step,
+                                                          timeless):
+    """The monitor reads each baseline of arrivals and then teaches it the window's value in
+    one call (``_mean_learn_at``, ``_baseline_learn_at``); it must answer what the read alone
+    answered and leave the detector as the learn alone did: bit for bit, in warm-up and
+    after, with fractions and huge values (no exact sums), without a time, without slots."""
+    kw = {"seasons": ((DAY, 8), (7 * DAY, 56)), "window": window, "min_samples": 2, "tz": zone,
+          "min_scale": 0.5, "rel_scale": 0.1}
+    one_mean, two_mean = SeasonalBaseline(**kw), SeasonalBaseline(**kw)
+    one_base, two_base = SeasonalBaseline(**kw), SeasonalBaseline(**kw)
+    for i, value in enumerate(values):
+        x = {"ts": None if i in timeless else MONDAY + i * step}
+        local = two_mean._local_time(x)
+        expected = two_mean._mean_at(local)
+        two_mean._learn_at(local, value)
+        assert one_mean._mean_learn_at(one_mean._local_time(x), value) == expected
+        expected_base = two_base._baseline_at(local)
+        two_base._learn_at(local, value)
+        assert one_base._baseline_learn_at(one_base._local_time(x), value) == expected_base
+    for one, two in ((one_mean, two_mean), (one_base, two_base)):
+        assert one._whole == two._whole and list(one._recent) == list(two._recent)
+        for name in ("_ring", "_count", "_sum"):
+            a, b = getattr(one, name), getattr(two, name)
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
 def _seasonal_as_before(detector, sums=True):
     """``detector`` saved as snapshots from before the flat layout held it (a ring, a count
     and, if ``sums``, a sum array per level; older still without sums) and loaded again."""
@@ -865,11 +902,16 @@ def test_seasonal_snapshots_from_before_the_flat_layout_continue_the_same():
     assert empty.mean({"ts": MONDAY}) == 3.0
 
 
-def test_lane_assessments_equal_plainly_made_ones():
-    from detectors.facility.classify import Assessment, _lane_assessment
+@pytest.mark.parametrize("fields", [
+    ("P1", 900, 1.25, "lane_delay", "slow", 5, "N1"),
+    ("P1", 900, 0.5, None, "P1: nothing unusual.", 12),
+    ("P1", 900, 1.5, "weather", "two hubs", 30, None, ("P1", "P2")),
+])
+def test_fast_assessments_equal_plainly_made_ones(fields):
+    from detectors.facility.classify import Assessment, _assessment
 
-    made = _lane_assessment("P1", 900, 1.25, "lane_delay", "slow", 5, "N1")
-    plain = Assessment("P1", 900, 1.25, "lane_delay", "slow", 5, "N1")
+    made = _assessment(*fields)
+    plain = Assessment(*fields)
     assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
     assert pickle.loads(pickle.dumps(made)) == plain
     with pytest.raises(AttributeError):  # still frozen (FrozenInstanceError)

@@ -393,9 +393,40 @@ def test_coarse_subsampling_learns_every_gap_until_coarse_full():
     assert full.threshold(xs[0]) == sampled.threshold(xs[0])  # L0 learns every gap
 
 
+@pytest.mark.parametrize("coarse_full, coarse_every", [(2000, 8), (1, 3), (5, 4)])
+def test_each_level_holds_river_quantiles_fed_the_gaps_it_learned(coarse_full, coarse_every):
+    """The hot path feeds river's compiled estimators behind the wrappers directly: every
+    level must still answer what a ``river.stats.Quantile`` fed the same gaps answers, bit for
+    bit, for every gap learned (L0) or one in ``coarse_every`` after ``coarse_full`` (the
+    network levels); and a copy must continue the same."""
+    from river import stats
+
+    detector = StallDetector(q=0.9, margin=1.5, min_threshold=60, min_samples=1,
+                             coarse_full=coarse_full, coarse_every=coarse_every)
+    fine = (stats.Quantile(0.9), stats.Quantile(0.5))
+    network = (stats.Quantile(0.9), stats.Quantile(0.5))
+    rng = random.Random(11)
+    for i in range(1, 400):
+        gap = rng.uniform(0, 30 * H)
+        detector.learn_one(x_at(facility="PO-1", gap=gap))
+        for quantile in fine:
+            quantile.update(gap)
+        if i <= coarse_full or i % coarse_every == 0:
+            for quantile in network:
+                quantile.update(gap)
+        if i == 200:
+            detector = pickle.loads(pickle.dumps(detector))
+        if network[0].get() is not None:  # the network level, for a facility never seen
+            assert detector.threshold(x_at(facility="PO-new")) == (
+                max(1.5 * network[0].get(), 60), network[1].get())
+        assert detector.threshold(x_at(facility="PO-1")) == (
+            max(1.5 * fine[0].get(), 60), fine[1].get())
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{"q": 1.0}, {"q": 0}, {"weekday_buckets": (0, 1)}, {"coarse_every": 0}],
+    [{"q": 1.0}, {"q": 0}, {"weekday_buckets": (0, 1)}, {"coarse_every": 0},
+     {"coarse_full": 0}],
 )
 def test_bad_hyper_parameters_are_refused(kwargs):
     with pytest.raises(ValueError):

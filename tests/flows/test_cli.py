@@ -269,7 +269,9 @@ def test_send_refuses_a_real_relay_with_the_example_sender_and_unsubscribe_secre
              "DELAYWATCH_SMTP__UNSUBSCRIBE_SECRET": "s3cret-of-the-operator",
              "DELAYWATCH_SMTP__QUIET_HOURS": "false"}
     done = CliRunner().invoke(app, args, env=ready)
-    assert done.exit_code == 0, done.output  # past the check: the relay is not there
+    # past the check: the relay is not there, so the run fails as temporary (EX_TEMPFAIL),
+    # for the timer or cron job to show, after its report
+    assert done.exit_code == 75, done.output
     report = json.loads(done.output.strip().splitlines()[-1])
     assert (report["sent"], report["released"], report["relay_error_code"]) == (0, 1, 451)
     # the relay never answered: said so, with where and why, not as a relay's "SMTP 451"
@@ -286,6 +288,7 @@ def test_send_refuses_a_real_relay_with_the_example_sender_and_unsubscribe_secre
     report = json.loads(done.output.strip().splitlines()[-1])
     assert report["relay_error"] == (f"connect: no connection to 127.0.0.1:{port}: Connection "
                                      "refused (no SMTP reply; retried later)")
+    assert done.exit_code == 75
 
 
 def test_an_error_message_shows_a_path_with_brackets_as_it_is(tmp_path: Path) -> None:

@@ -344,6 +344,25 @@ def test_output_lines_are_compact_json_without_the_recipient() -> None:
     assert json.loads(line) == {"score": None, "x": None}
 
 
+def test_facility_rows_leave_the_network_step_as_one_item_of_their_lines() -> None:
+    """The network step's facility rows go to the file as one item per batch: the other
+    outputs keep their order, and the item's text is the rows' lines, in order, as one row
+    per item wrote them (the file's bytes are the same)."""
+    from flows.dataflow import _lines_of_rows, _record_line
+
+    rows = [{"subject": "facility", "facility_id": f"P{i}", "score": i / 3, "kind": None}
+            for i in range(3)]
+    alert, incident = ("alert", {"alert_key": "P9:stall:1"}), ("incident", {"kind": "x"})
+    out = [("facility", rows[0]), alert, ("facility", rows[1]), incident,
+           ("facility", rows[2])]
+    batched = _lines_of_rows(out)
+    assert batched[:2] == [alert, incident]
+    tag, text = batched[2]
+    assert tag == "facility" and len(batched) == 3
+    assert text == "\n".join(_record_line(("k", ("facility", row)))[1] for row in rows)
+    assert _lines_of_rows([alert]) == [alert]
+
+
 def test_send_deletes_the_rows_done_with_after_keep_days(demo_data: Path, tmp_path: Path) -> None:
     import sqlite3
     import time
