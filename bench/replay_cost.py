@@ -2,20 +2,23 @@
 
     .venv/bin/python bench/replay_cost.py --data /tmp/nat2m4d_3m [--lines 1000000] \
         [--settings '{"incidents": {"late_move_p": null}}'] [--attribute] \
-        [--progress 1000000] [--gc cli] [--out RUNDIR]
+        [--progress 1000000] [--gc cli] [--out RUNDIR] [--machine 10]
 
 One ``flows.run.replay`` of ``DATA/events.jsonl`` (its first ``--lines`` lines) with
 ``load_settings(facilities=DATA/facilities.csv, **SETTINGS)`` and metrics on, as the daemon
 runs; prints the CPU and wall seconds and events per CPU second. ``--attribute`` also times,
 per call, the pieces the fourth session added to the flow: building the facility rows
 (``IncidentDesk._figure_rows``), passing them on with the per-facility gauges
-(``NetworkDesk._facility_rows``), writing them as JSON lines (``flows.dataflow._record_line``,
-every output line is counted) and checking a package that left a hold (``PackageTracker.
-_late_move``). The timers add their own cost: compare totals without ``--attribute``.
-``--progress N`` prints a line every N events (CPU since the last line, of it closing facility
-windows, packages in flight): where a long replay's time per event grows. ``--gc cli`` uses
-the collector thresholds ``delaywatch replay`` sets; ``--out`` keeps the outputs, so that two
-commits' can be compared byte for byte.
+(``NetworkDesk._facility_rows``), writing them as JSON lines
+(``flows.dataflow._lines_of_rows``, a call per batch; ``_record_line``, a call per other output
+line) and checking a package that left a hold (``PackageTracker._late_move``). The timers add
+their own cost: compare totals without ``--attribute``. ``machine_median_s`` is
+``bench/machine.py``'s reference workload timed ``--machine`` times (default 10) in this
+process just before and just after the replay: the VM's speed drifts by a quarter within an
+hour, and this says how fast the core was. ``--progress N`` prints a line every N events (CPU
+since the last line, of it closing facility windows, packages in flight): where a long replay's
+time per event grows. ``--gc cli`` uses the collector thresholds ``delaywatch replay`` sets;
+``--out`` keeps the outputs, so that two commits' can be compared byte for byte.
 
 Several processes (``--settings '{"processes": 2, "shards": 2, "metrics_port": 0}'``): the
 other processes' CPU and peak memory are reported apart (``children_cpu_s``,
@@ -36,6 +39,7 @@ import itertools
 import json
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +91,18 @@ def _progress_every(n: int, acc: dict[str, list[float]]) -> None:
     PackageTracker.process_batch = counted  # type: ignore[method-assign]
 
 
+def _machine_median(runs: int) -> float | None:
+    """The median CPU seconds of ``runs`` runs of ``bench/machine.py``'s reference workload
+    (None for 0): how fast this core ran Python just before and just after the replay, so
+    that a figure says what hour it was measured in (``events/s x median`` compares hours,
+    roughly)."""
+    if not runs:
+        return None
+    from machine import reference_runs  # (bench/machine.py, beside this script)
+
+    return round(statistics.median(reference_runs(runs)), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, required=True, help="simulator output directory")
@@ -101,7 +117,11 @@ def main() -> None:
                     help="collector thresholds: Python's, or those `delaywatch replay` sets")
     ap.add_argument("--out", type=Path, default=None,
                     help="keep the run's outputs in this directory (to compare two commits)")
+    ap.add_argument("--machine", type=int, default=10, metavar="RUNS",
+                    help="time bench/machine.py's reference workload RUNS times before the "
+                         "replay and after it, in this process (0: not)")
     args = ap.parse_args()
+    machine = [_machine_median(args.machine)]
     if args.gc == "cli":
         import gc
 
@@ -121,6 +141,7 @@ def main() -> None:
         _timed(flows.network.NetworkDesk, "_facility_rows", acc)
         _timed(detectors.tracker.PackageTracker, "_late_move", acc)
         _timed(flows.dataflow, "_record_line", acc)  # looked up when the flow is built
+        _timed(flows.dataflow, "_lines_of_rows", acc)  # looked up at each call
 
     from flows.config import load_settings
     from flows.run import replay
@@ -143,6 +164,7 @@ def main() -> None:
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    machine.append(_machine_median(args.machine))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     children_cpu = children.ru_utime + children.ru_stime
     print(json.dumps({
@@ -155,6 +177,7 @@ def main() -> None:
         "in_flight_by_process": summary.in_flight_by_process, "settings": args.settings,
         "parts_s": {k: round(v[0], 3) for k, v in acc.items()},
         "parts_calls": {k: v[1] for k, v in acc.items()},
+        "machine_median_s": machine,
     }))
 
 
