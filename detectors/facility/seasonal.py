@@ -254,9 +254,12 @@ class SeasonalBaseline(base.AnomalyDetector):
 
 
     def _mean_learn_at(self, local: int | None, value: float) -> float | None:
-        """:meth:`_mean_at` then :meth:`_learn_at` ``value`` (finite), in one compiled call
+        """:meth:`_mean_at` then :meth:`_learn_at` ``value``, in one compiled call
         once the slots exist: a caller that reads a baseline and then learns the window's
-        value (the facility monitor, for every hub and window) pays one call, not two."""
+        value (the facility monitor, for every hub and window) pays one call, not two. A
+        value that is not a finite number is not learned, as with :meth:`learn_one`."""
+        if not math.isfinite(value):
+            return self._mean_at(local)
         if local is None or self._count is None or self.window <= 0:
             mean = self._mean_at(local)
             self._learn_at(local, value)
@@ -276,8 +279,9 @@ class SeasonalBaseline(base.AnomalyDetector):
     def _baseline_learn_at(
         self, local: int | None, value: float
     ) -> tuple[float, float] | None:
-        """:meth:`_baseline_at` then :meth:`_learn_at` ``value`` (finite); see
-        :meth:`_mean_learn_at`."""
+        """:meth:`_baseline_at` then :meth:`_learn_at` ``value``; see :meth:`_mean_learn_at`."""
+        if not math.isfinite(value):
+            return self._baseline_at(local)
         if local is None or self._count is None or self.window <= 0:
             found = self._baseline_at(local)
             self._learn_at(local, value)
