@@ -17,24 +17,38 @@ __all__ = ["DeliveryEstimator"]
 
 
 class _Remaining:
-    """Count and a few quantiles of the time from one stage to delivery."""
+    """Count and a few quantiles of the time from one stage to delivery.
 
-    __slots__ = ("n", "quantiles")
+    After the first value each quantile is fed through its compiled estimator's own
+    ``update`` (``river.stats.Quantile._quantile``): the wrapper adds a Python call to each,
+    several per scan learned. The first goes through the wrappers, which then know they hold
+    a value (their ``get`` answers None before); a snapshot holds the wrappers."""
+
+    __slots__ = ("_updates", "n", "quantiles")
 
     def __init__(self, probs: tuple[float, ...]) -> None:
         self.n = 0
         self.quantiles = tuple(stats.Quantile(p) for p in probs)
+        self._bind()
+
+    def _bind(self) -> None:
+        self._updates = tuple(quantile._quantile.update for quantile in self.quantiles)
 
     def __getstate__(self) -> tuple[int, tuple[stats.Quantile, ...]]:
         return self.n, self.quantiles
 
     def __setstate__(self, state: tuple[int, tuple[stats.Quantile, ...]]) -> None:
         self.n, self.quantiles = state
+        self._bind()
 
     def update(self, remaining: float) -> None:
         self.n += 1
-        for quantile in self.quantiles:
-            quantile.update(remaining)
+        if self.n > 1:
+            for update in self._updates:
+                update(remaining)
+        else:
+            for quantile in self.quantiles:
+                quantile.update(remaining)
 
 
 class _Distribution:

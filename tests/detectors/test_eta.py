@@ -406,3 +406,27 @@ def test_an_overdue_estimate_is_never_earlier_than_moving_now_then_the_usual_tim
                           "last_ts": now, "silence": 0}, phased=False)[0] - now
     assert usual > 30 * hour
     assert eta >= now + usual
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_each_stage_holds_river_quantiles_fed_what_it_learned(how) -> None:
+    """A stage feeds river's compiled estimators behind the wrappers directly after its
+    first value: its quantiles must answer what ``river.stats.Quantile`` fed the same values
+    answers, bit for bit, also after a snapshot."""
+    from river import stats
+
+    from detectors.eta import _Remaining
+
+    probs = (0.1, 0.5, 0.9)
+    stage, plain = _Remaining(probs), [stats.Quantile(p) for p in probs]
+    assert [q.get() for q in stage.quantiles] == [None, None, None]
+    rng = random.Random(5)
+    for i in range(300):
+        value = rng.uniform(0, 90 * H)
+        stage.update(value)
+        for quantile in plain:
+            quantile.update(value)
+        if i == 100:
+            stage = pickle.loads(pickle.dumps(stage)) if how == "pickle" else copy.deepcopy(stage)
+        assert [q.get() for q in stage.quantiles] == [q.get() for q in plain]
+    assert stage.n == 300
