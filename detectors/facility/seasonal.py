@@ -238,12 +238,11 @@ class SeasonalBaseline(base.AnomalyDetector):
 
     def _learn_at(self, local: int | None, value: float) -> None:
         """:meth:`learn_one` of a finite ``value`` at a local time (see :meth:`_mean_at`)."""
-        self._recent.append(value)
         window = self.window
         if local is None or window <= 0:
+            self._recent.append(value)
             return
-        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
-            self._whole = False
+        self._keep(value)
         if self._count is None:
             slots = int(self._buckets.sum())
             self._ring = np.zeros(slots * window)
@@ -252,18 +251,28 @@ class SeasonalBaseline(base.AnomalyDetector):
         _slot_learn(self._ring, self._count, self._sum, self._periods, self._buckets,
                     self._first, local, window, value)
 
+    def _keep(self, value: float) -> None:
+        """The rest of learning ``value`` into the slots: the last values (the level without
+        seasons), and whether every value so far was a whole number (exact sums)."""
+        self._recent.append(value)
+        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
+            self._whole = False
+
+    def _read_then_learn(self, read: Any, local: int | None, value: float) -> Any:
+        """``read(local)``, then ``value`` learned if it is a finite number: the fused calls'
+        way when the slots are not there (yet) or the value is not to be learned."""
+        found = read(local)
+        if math.isfinite(value):
+            self._learn_at(local, value)
+        return found
 
     def _mean_learn_at(self, local: int | None, value: float) -> float | None:
         """:meth:`_mean_at` then :meth:`_learn_at` ``value``, in one compiled call
         once the slots exist: a caller that reads a baseline and then learns the window's
         value (the facility monitor, for every hub and window) pays one call, not two. A
         value that is not a finite number is not learned, as with :meth:`learn_one`."""
-        if not math.isfinite(value):
-            return self._mean_at(local)
-        if local is None or self._count is None or self.window <= 0:
-            mean = self._mean_at(local)
-            self._learn_at(local, value)
-            return mean
+        if local is None or self._count is None or self.window <= 0 or not math.isfinite(value):
+            return self._read_then_learn(self._mean_at, local, value)
         found, mean = _slot_mean_learn(
             self._ring, self._count, self._sum, self._periods, self._buckets, self._first,
             local, self.window, self.min_samples, self._whole, value,
@@ -271,21 +280,15 @@ class SeasonalBaseline(base.AnomalyDetector):
         if not found:  # (warm-up: the last values, before this one)
             recent = self._recent
             mean = sum(recent) / len(recent) if len(recent) >= self.min_samples else None
-        self._recent.append(value)
-        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
-            self._whole = False
+        self._keep(value)
         return mean
 
     def _baseline_learn_at(
         self, local: int | None, value: float
     ) -> tuple[float, float] | None:
         """:meth:`_baseline_at` then :meth:`_learn_at` ``value``; see :meth:`_mean_learn_at`."""
-        if not math.isfinite(value):
-            return self._baseline_at(local)
-        if local is None or self._count is None or self.window <= 0:
-            found = self._baseline_at(local)
-            self._learn_at(local, value)
-            return found
+        if local is None or self._count is None or self.window <= 0 or not math.isfinite(value):
+            return self._read_then_learn(self._baseline_at, local, value)
         found, median, scale = _slot_baseline_learn(
             self._ring, self._count, self._sum, self._periods, self._buckets, self._first,
             local, self.window, self.min_samples, self.min_scale, self.rel_scale, value,
@@ -294,9 +297,7 @@ class SeasonalBaseline(base.AnomalyDetector):
             result: tuple[float, float] | None = (median, scale)
         else:  # (warm-up: the last values, before this one)
             result = self._baseline_at(None)
-        self._recent.append(value)
-        if self._whole and not (value.is_integer() and abs(value) < _WHOLE):
-            self._whole = False
+        self._keep(value)
         return result
 
 #: Whole numbers below ``_WHOLE`` add up exactly in a slot's sum of up to ``_MAX_WINDOW`` values
