@@ -391,7 +391,7 @@ class StallDetector(base.AnomalyDetector):
             if n == 1:
                 parent.since = last_ts
             if n <= full or n % every == 0:
-                if parent.hi._is_updated:
+                if n > 1:  # (its first gap is learned: coarse_full >= 1)
                     parent.hi_update(gap)
                     parent.mid_update(gap)
                 else:

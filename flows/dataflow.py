@@ -463,15 +463,20 @@ def _lines_of_rows(out: list[Out]) -> list[Any]:
     if not rows:
         return out
     out = [item for item in out if item[0] != "facility"]
-    out.append(("facility", "\n".join([_encode(row).decode() for row in rows])))
+    out.append(("facility", "\n".join([_line(row) for row in rows])))
     return out
+
+
+def _line(record: dict[str, Any]) -> str:
+    """A record's JSON line, without its ``recipient_ref``."""
+    if "recipient_ref" in record:
+        record = {k: v for k, v in record.items() if k != "recipient_ref"}
+    return _encode(record).decode()
 
 
 def _record_line(item: tuple[str, Out]) -> tuple[str, str]:
     key, (_, record) = item
-    if "recipient_ref" in record:
-        record = {k: v for k, v in record.items() if k != "recipient_ref"}
-    return key, _encode(record).decode()
+    return key, _line(record)
 
 
 def build_flow(ctx: FlowContext, source: Source) -> Dataflow:

@@ -278,8 +278,7 @@ class SeasonalBaseline(base.AnomalyDetector):
             local, self.window, self.min_samples, self._whole, value,
         )
         if not found:  # (warm-up: the last values, before this one)
-            recent = self._recent
-            mean = sum(recent) / len(recent) if len(recent) >= self.min_samples else None
+            mean = self._mean_at(None)
         self._keep(value)
         return mean
 
@@ -299,6 +298,7 @@ class SeasonalBaseline(base.AnomalyDetector):
             result = self._baseline_at(None)
         self._keep(value)
         return result
+
 
 #: Whole numbers below ``_WHOLE`` add up exactly in a slot's sum of up to ``_MAX_WINDOW`` values
 #: (below 2**53).
