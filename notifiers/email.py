@@ -385,15 +385,27 @@ class DrainReport:
     relay_error: str | None = None  # what went wrong with the relay, e.g. "no connection to
     # smtp.example.org:587: Connection refused" (no personal data)
 
-    #: the fields that are no counts (the last relay error): kept, not added, by :meth:`add`
+    #: the fields that are no counts (the relay's state): not added by :meth:`add`
     NOT_COUNTS: ClassVar[frozenset[str]] = frozenset({"relay_error_code", "relay_error"})
 
     def add(self, other: DrainReport) -> None:
+        """Add ``other``'s counts (a later drain's) to these. The relay error is the relay's
+        state as the last drain that met it left it: ``other``'s error if it had one; none
+        once ``other`` got a message accepted (the relay is back); else the one kept.
+
+        >>> total = DrainReport(released=3, relay_error_code=451, relay_error="timed out")
+        >>> total.add(DrainReport(released=3))  # nothing was due: the relay not tried
+        >>> total.released, total.relay_error_code
+        (6, 451)
+        >>> total.add(DrainReport(claimed=3, sent=3))
+        >>> total.sent, total.released, total.relay_error_code, total.relay_error
+        (3, 6, None, None)
+        """
         for f in fields(self):
-            if f.name in self.NOT_COUNTS:
-                setattr(self, f.name, getattr(other, f.name) or getattr(self, f.name))
-            else:
+            if f.name not in self.NOT_COUNTS:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        if other.relay_error_code is not None or other.sent:
+            self.relay_error_code, self.relay_error = other.relay_error_code, other.relay_error
 
 
 def _why(exc: BaseException) -> str:
@@ -772,7 +784,8 @@ async def drain_forever(
 ) -> DrainReport:
     """Call :func:`drain` every ``poll_interval`` seconds until ``stop`` is set.
 
-    ``options`` are passed to :func:`drain`. Returns the summed reports.
+    ``options`` are passed to :func:`drain`. Returns the summed reports (their relay error:
+    the relay's state at the end, see :meth:`DrainReport.add`).
     """
     total = DrainReport()
     while not stop.is_set():

@@ -483,6 +483,36 @@ async def test_drain_forever_stops_when_asked(
     assert total.sent == 3 and len(count_by_alert_key(maildir)) == 3
 
 
+async def test_drain_forever_reports_the_relay_back_up(
+    outbox: Outbox, composer: MessageComposer, smtp_server, maildir: Path, clock: Clock
+) -> None:
+    """A relay down for the first drains and then back: the summed report counts what was
+    put back while it was down, and says no relay error at the end (it was the last one's)."""
+    port = free_port()
+    customers = setup_alerts(outbox, 3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        drain_forever(
+            outbox, customers, sender_for(port, timeout=1.0), composer=composer, stop=stop,
+            now_fn=clock, poll_interval=0.05, quiet_hours=None,
+        )
+    )  # fmt: skip
+    clock.advance(3600)
+    await asyncio.sleep(0.5)  # drains find the relay down (connection refused)
+    assert outbox.depth() == 3
+    smtp_server(port=port)
+    clock.advance(3600)  # what was put back is due again
+    for _ in range(200):
+        if outbox.depth() == 0:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    total = await asyncio.wait_for(task, 5)
+    assert total.sent == 3 and total.released >= 3
+    assert (total.relay_error_code, total.relay_error) == (None, None)
+    assert len(count_by_alert_key(maildir)) == 3
+
+
 _CRASHING_SENDER = textwrap.dedent(
     """
     import asyncio, os, signal, sys
