@@ -144,6 +144,9 @@ _PAST = 64
 # flag: the package keeps its scan history (``_history``, one in ``eta_sample_every``): the
 # flag spares the other packages a lookup in that dict per scan
 _KEPT = 128
+# flag: held by a delay incident known here, it moved on still on time by the usual estimate
+# from there; its later scans look again (_late_again, the hold in PackageTracker._held)
+_HELD = 256
 _NO_DEADLINE = -1
 _LATE_MOVE_MIN = 3600  # a silence shorter than this is no hold (skips the threshold lookup)
 # an event time may lead its line's ingestion time by this much (scanner clocks) before the
@@ -229,6 +232,14 @@ class PackageTracker:
         estimate made after it moved on. None: off. (A package due later than
         ``hold_horizon`` when the incident opened is not told then: whether it ends up late
         depends on how long the incident lasts, which is known when it moves.)
+    late_again_p
+        With ``incidents`` (one shard): a package such a delay incident held whose estimate
+        from the scan after the hold missed its promise with a probability under
+        ``late_move_p`` is looked at again at each later scan, and gets the ``moved_late``
+        record of that hold (its facility, when it was held and how long, and the estimate
+        from the later scan) at the first whose estimate misses the promise with probability
+        ``late_again_p`` or more: the scan right after a hold often cannot know yet that the
+        hold cost the package its sort or its truck. None: off.
     tell_horizon
         Seconds. A watch or stall deadline that comes while the package's promise is more
         than this far off is put off: the watch is skipped (it is only an earlier stall),
@@ -265,6 +276,7 @@ class PackageTracker:
         hold_horizon: int = 12 * 3600,
         hold_early: bool = False,
         late_move_p: float | None = None,
+        late_again_p: float | None = None,
         tell_horizon: int | None = None,
     ) -> None:
         if not 0.0 <= watch_fraction < 1.0:
@@ -325,11 +337,15 @@ class PackageTracker:
         self.hold_early = hold_early
         self._early: dict[int, array] = {}  # bucket -> (slot, last scan ts) * watches due
         self.late_move_p = late_move_p
+        self.late_again_p = late_again_p
         self.tell_horizon = tell_horizon
         # facility -> end of the last delay incident known here to cover it (_OPEN_END while
         # open): with ``incidents`` (one shard) only packages such an incident may have held
         # are checked for a late move (a dict lookup instead of two model lookups per scan)
         self._delayed_until: dict[str, int] = {}
+        # slot -> (facility, departed from, code, last scan ts, moved ts) of a hold _late_move
+        # found on time (_HELD): the moved_late record a later scan may make tells of it
+        self._held: dict[int, tuple[str | None, str | None, str, int, int]] = {}
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -381,6 +397,7 @@ class PackageTracker:
         self._episode[slot] = 0
         self._history.pop(slot, None)
         self._overdue.pop(slot, None)
+        self._held.pop(slot, None)
         self._free.append(slot)
 
     # -- events ----------------------------------------------------------------------------
@@ -525,6 +542,10 @@ class PackageTracker:
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                     prev_code = codes[code_col[slot]]
+                    if flags & _HELD and flags & (_OPEN | _WATCHED):
+                        # told, or looked at, for a newer silence: that one tells of itself
+                        flags_col[slot] = flags = flags & ~_HELD
+                        del self._held[slot]
                     if flags & _OPEN:
                         flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
@@ -541,6 +562,7 @@ class PackageTracker:
                         prev_ts = last_col[slot]
                         if not past:  # past its stall deadline: not a usual silence
                             learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
+                        late = None
                         if late_move and ts - prev_ts >= _LATE_MOVE_MIN:
                             # held where it sat, or on the road by the lane it departed on
                             held = last_fac if last_fac is not None else self._place(slot)[1]
@@ -552,10 +574,16 @@ class PackageTracker:
                                          # lane's incident opens on its late arrivals
                                          or last_fac is None and ts > fstats.closed_through)
                                     and promised_col[slot] >= 0):  # (last: a column, a miss)
-                                late = self._late_move(slot, ts, ev, service, last_fac,
-                                                       prev_code)
+                                late = self._late_move(
+                                    slot, ts, ev, service, last_fac, prev_code,
+                                    delayed_until is not None
+                                    and delayed_until(held, -1) >= prev_ts)
                                 if late is not None:
                                     out.append(late)
+                        if flags & _HELD and late is None and code not in TERMINAL_CODES:
+                            late = self._late_again(slot, ts, ev, service)
+                            if late is not None:
+                                out.append(late)
                 facility = ev.facility
                 if fstats is not None and facility is not None:
                     if packed is None:
@@ -1063,11 +1091,15 @@ class PackageTracker:
         return eta
 
     def _late_move(self, slot: int, ts: int, ev: ScanEvent, service: str | None,
-                   fac: str | None, code: str) -> dict[str, Any] | None:
+                   fac: str | None, code: str, known: bool = False) -> dict[str, Any] | None:
         """A package nobody was told about moved on from ``fac`` (None: in transit) at ``ts``:
         a ``moved_late`` record if it sat there ``hold_factor`` x its stage's usual silence
         or longer and the usual estimate from the new scan misses its promise with
-        probability ``late_move_p`` or more (see the class docstring); else None."""
+        probability ``late_move_p`` or more (see the class docstring); else None.
+
+        ``known``: a delay incident known here (one shard) covered the silence. Such a hold
+        that the estimate finds on time is remembered (``_HELD``): the package's later scans
+        look again (:meth:`_late_again`)."""
         last_ts = self._last_ts[slot]
         found = self.detector.threshold(
             {"facility": fac, "code": code, "service": service, "last_ts": last_ts})
@@ -1081,6 +1113,10 @@ class PackageTracker:
             {"facility": ev.facility, "code": ev.code, "service": service, "last_ts": ts,
              "silence": 0, "promised_by_ts": promised}, phased=False)
         if p_late is None or p_late < self.late_move_p:  # type: ignore[operator]
+            if known and p_late is not None and self.late_again_p is not None:
+                self._held[slot] = (fac, self._place(slot)[1] if fac is None else None, code,
+                                    last_ts, ts)
+                self._flags[slot] |= _HELD
             return None
         self.stats.late_moves += 1
         self._episode[slot] += 1  # its own episode: a later stall is another one
@@ -1089,6 +1125,48 @@ class PackageTracker:
         # decided once every shard has passed the move and its facility windows are closed:
         # an incident that opened in the hours before it moved is known by then
         record["watermark"] = max(record["watermark"], ts)
+        return record
+
+    def _late_again(self, slot: int, ts: int, ev: ScanEvent,
+                    service: str | None) -> dict[str, Any] | None:
+        """A package a delay incident held (``_HELD``: :meth:`_late_move` found it on time when
+        it moved on) scanned again at ``ts``: if the usual estimate from this scan misses its
+        promise with probability ``late_move_p`` or more, the ``moved_late`` record of that
+        hold (where and since when it was held, for how long; the estimate from this scan),
+        once; else None. The estimate from the scan after a hold often cannot know yet that
+        the hold cost the package its sort or its truck: on demo 1-3, 97 packages held by an
+        incident that moved on with ``p_late`` under 0.9 were late (bench/RESULTS.md)."""
+        again = self.late_again_p
+        if again is None:  # (turned off since the hold: the settings of a resumed run)
+            return None
+        _, p_late = self.estimator.estimate(  # type: ignore[union-attr]
+            {"facility": ev.facility, "code": ev.code, "service": service, "last_ts": ts,
+             "silence": 0, "promised_by_ts": self._promised[slot]}, phased=False)
+        if p_late is None or p_late < again:
+            return None
+        fac, departed, code, last_ts, moved = self._held.pop(slot)
+        self._flags[slot] &= ~_HELD
+        self.stats.late_moves += 1
+        self._episode[slot] += 1
+        record = self._alert(slot, "moved_late", ts, ev)
+        names = self.names
+        held = (names.get(fac, fac) if fac is not None else "in transit" if departed is None
+                else f"the road from {names.get(departed, departed)}")
+        now = names.get(ev.facility, ev.facility) if ev.facility else "in transit"
+        record |= {
+            "facility_id": fac,
+            "departed_from": departed,
+            "departed_from_name": None if departed is None else names.get(departed, departed),
+            "facility_name": names.get(fac or "", fac or "in transit"),
+            "last_event_code": code,
+            "last_scan_time": _iso(last_ts),
+            "silence_seconds": moved - last_ts,
+            "expected_seconds": None,
+            "p_late": round(float(p_late), 3),
+            "evidence": f"Moving again: held {(moved - last_ts) / 3600:.0f} h at {held} until "
+                        f"{_iso(moved)}, now scanned at {now}.",
+        }
+        record["watermark"] = max(record["watermark"], ts)  # as _late_move's
         return record
 
     def _moved(self, slot: int, ts: int, ev: ScanEvent | None = None) -> dict[str, Any]:
@@ -1140,6 +1218,8 @@ class PackageTracker:
         state.setdefault("_early", {})
         state.setdefault("late_move_p", None)  # snapshots from before the late moves
         state.setdefault("_delayed_until", {})
+        state.setdefault("_held", {})  # snapshots from before the holds looked at again
+        state.setdefault("late_again_p", None)
         state.setdefault("tell_horizon", None)  # snapshots from before the tell horizon
         state.setdefault("_headerless", {})  # snapshots from before the header-less scans
         ids: list[int | str | None] = [None] * len(state["_last_ts"])
@@ -1157,6 +1237,7 @@ class PackageTracker:
             self.hold_horizon = 12 * 3600
             self.hold_early, self._early = False, {}
             self.late_move_p, self._delayed_until = None, {}
+            self.late_again_p = None
             self.tell_horizon = None
             return
         state["_recent"] = set(array("Q", state["_recent"]))

@@ -123,6 +123,7 @@ class FlowContext:
             # hold point sends its watch then, for the network step to fold (no feedback)
             hold_early=inc.enabled and self.settings.shards > 1,
             late_move_p=inc.late_move_p if inc.enabled else None,
+            late_again_p=inc.late_again_p if inc.enabled else None,
             tell_horizon=None if st.tell_horizon_hours is None
             else int(st.tell_horizon_hours * 3600),
         )
@@ -301,6 +302,7 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
             inc = ctx.settings.incidents
             resume.hold_early = inc.enabled and ctx.settings.shards > 1
             resume.late_move_p = inc.late_move_p if inc.enabled else None
+            resume.late_again_p = inc.late_again_p if inc.enabled else None
             horizon = ctx.settings.stall.tell_horizon_hours
             resume.tell_horizon = None if horizon is None else int(horizon * 3600)
             _resume_phases(resume, ctx.settings.stall.eta_phase_hours)

@@ -157,10 +157,18 @@ class NetworkDesk:
         self._next_prune = 0
         self._figures: list[dict[str, Any]] = []  # facility figure rows not yet out
         self._checking: set[tuple[str, str]] = set()  # (facility, package) fold checks held
+        # watched packages that moved on (nobody told) before the windows up to their move
+        # were assessed: facility -> package -> (its watch, its move); an incident opening
+        # there by the move held it (_fold_moved); a heap of (move time, facility, package)
+        # forgets them once those windows are assessed
+        self._moved_watched: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any]]]] = {}
+        self._moved_by_time: list[tuple[int, str, str]] = []
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_figures", [])  # snapshots from before the figures
         state.setdefault("_checking", set())  # snapshots from before the fold checks
+        state.setdefault("_moved_watched", {})  # snapshots from before the moved watches
+        state.setdefault("_moved_by_time", [])
         self.__dict__.update(state)
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
@@ -252,6 +260,7 @@ class NetworkDesk:
                         out = self._facility_rows(rows, out)
                 out += self._incidents(records)
                 self.assessed_through = window_at
+                self._forget_moved(window_at)
             else:
                 if record_at > self.now:  # the records decided at one time all join first
                     self.now = record_at
@@ -307,7 +316,7 @@ class NetworkDesk:
             return self._fold_one(alert)
         told = grouper.told(pid)
         if kind == "moved" or kind == "back_on_track":
-            self._unwatch(alert)
+            watch = self._unwatch(alert)
             if told == "fold":  # the customer heard of it through an incident
                 if kind == "moved":
                     alert = alert | {"kind": "back_on_track", "evidence": "Moving again.",
@@ -316,7 +325,14 @@ class NetworkDesk:
                 grouper.add(alert | {"kind": "back_on_track"}, "keep")
                 return []
             elif kind == "moved":
-                return []  # a watched package nobody was told about moves on
+                # a watched package nobody was told about moves on; before the windows up to
+                # its move are assessed, an incident opening in them held it (_fold_moved)
+                moved_at = _epoch(alert["alert_time"])
+                if watch is not None and moved_at > self.assessed_through:
+                    where = _where(watch)
+                    self._moved_watched.setdefault(where, {})[pid] = (watch, alert)
+                    heapq.heappush(self._moved_by_time, (moved_at, where, pid))
+                return []
             return [("alert", alert), *self._messages(grouper.add(alert))]
         if kind == "moved_late":
             # moved on from a long silence, now expected late: told only if an incident held
@@ -349,13 +365,55 @@ class NetworkDesk:
         told_now: list[Out] = [] if decision == "suppress" else [("alert", alert)]
         return told_now + self._messages(grouper.add(alert, decision))
 
-    def _unwatch(self, alert: dict[str, Any]) -> None:
+    def _unwatch(self, alert: dict[str, Any]) -> dict[str, Any] | None:
+        """The package no longer watched; returns its watch record, if it was watched."""
         for where in dict.fromkeys((_where(alert), "")):  # "": a transit watch from before
             watched = self.watching.get(where)
-            if watched is not None and watched.pop(alert["package_id"], None) is not None:
+            watch = None if watched is None else watched.pop(alert["package_id"], None)
+            if watch is not None:
                 if not watched:
                     del self.watching[where]
-                return
+                return watch
+        return None
+
+    def _fold_moved(self, record: dict[str, Any]) -> list[Out]:
+        """A delay incident opened or grew: a package watched at its facilities that moved on
+        at or after that (its move decided before this window, nobody told) was held by it:
+        told now, as a watched package folded when the incident opened would have been, and
+        its all-clear at once (it moves again)."""
+        since = record["opened_at"] if record["status"] == "open" else iso_time(self.now)
+        out: list[Out] = []
+        for name in sorted(self.folder.names(record)):
+            moved = self._moved_watched.get(name)
+            for pid in sorted(moved or ()):
+                watch, move = moved[pid]  # type: ignore[index]
+                if _epoch(move["alert_time"]) < _epoch(since):
+                    continue  # it had left before the incident opened there
+                at = max(watch["alert_time"], since, key=_epoch)
+                decision, folded = self.folder.decide(watch | {"alert_time": at})
+                if decision != "fold" or self.grouper.told_of(folded):
+                    continue
+                del moved[pid]  # type: ignore[attr-defined]
+                clear = move | {"kind": "back_on_track", "evidence": "Moving again.",
+                                "alert_key": f"{pid}:back_on_track:{move['episode']}"}
+                out += [("alert", folded), *self._messages(self.grouper.add(folded, decision))]
+                out += [("alert", clear), *self._messages(self.grouper.add(clear))]
+            if moved is not None and not moved:
+                del self._moved_watched[name]
+        return out
+
+    def _forget_moved(self, through: int) -> None:
+        """Windows through ``through`` are assessed: a package that moved on before then was
+        held by no incident that opens later."""
+        heap, moved = self._moved_by_time, self._moved_watched
+        while heap and heap[0][0] < through:
+            moved_at, where, pid = heapq.heappop(heap)
+            entries = moved.get(where)
+            entry = None if entries is None else entries.get(pid)
+            if entry is not None and _epoch(entry[1]["alert_time"]) == moved_at:
+                del entries[pid]  # type: ignore[union-attr]
+                if not entries:
+                    del moved[where]
 
     def _fold_watched(self, record: dict[str, Any]) -> None:
         """An incident opened or grew: each package watched silent at its facilities is looked
@@ -406,6 +464,7 @@ class NetworkDesk:
                     m.alerts_suppressed.labels("feed_outage").inc(withdrawn)
             if record["status"] != "resolved" and record["kind"] in DELAY_KINDS:
                 self._fold_watched(record)
+                out += self._fold_moved(record)
             if m is not None and record["status"] in ("open", "resolved"):
                 status = "opened" if record["status"] == "open" else "resolved"
                 m.incidents.labels(record["kind"], status).inc()

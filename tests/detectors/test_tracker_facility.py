@@ -406,6 +406,45 @@ def test_one_shard_checks_a_late_move_past_the_windows_it_has_closed() -> None:
     assert lane.done  # (it opened at the window ending T0 + 11 h, known after the move)
 
 
+def test_a_held_package_still_on_time_as_it_moves_on_is_looked_at_again() -> None:
+    """``late_again_p``: a package the incident held that left still on time by the estimate
+    from its departure is looked at again at its later scans; the first whose estimate
+    misses the promise sends the ``moved_late`` record of the hold (where and since when it
+    sat, for how long; the estimate from the later scan), once. One that was not held (it
+    left within its usual silence), one held where no incident was, and the same package
+    with the setting off, send nothing. The hold survives a snapshot."""
+    def run(again: float | None, *, snapshot: bool = False) -> list[dict[str, Any]]:
+        t = _late_move_tracker(_OneIncident(at=T0 + 5 * H))
+        t.late_again_p = again
+        for k in range(200):  # from an arrival at P2, delivered 30 to 35 h later
+            at = T0 - 10 * 86400 + k * 400
+            t.estimator.learn_one({"service": "ground",  # type: ignore[union-attr]
+                                   "delivered_ts": at + (30 + k % 6) * H,
+                                   "scans": [("P2", "A1", at)]})
+        out = t.process_batch(_held("HELD", "P1", 10, 36)      # left 10 h late, due in 36 h
+                              + _held("QUICK", "P1", 3, 36)    # left within its usual 4 h
+                              + _held("AWAY", "P2", 10, 36))   # held where no incident was
+        if snapshot:
+            t = pickle.loads(pickle.dumps(t))
+        later = [ScanEvent(pid, "TL", None, T0 + 12 * H, T0 + 12 * H)
+                 for pid in ("HELD", "QUICK", "AWAY")]
+        later += [ScanEvent(pid, "A1", "P2", T0 + 14 * H, T0 + 14 * H)  # 2 h on the road
+                  for pid in ("HELD", "QUICK", "AWAY")]
+        later += [ScanEvent("HELD", "T1", "P2", T0 + 16 * H, T0 + 16 * H)]
+        return [a for a in out + t.process_batch(later) if a["kind"] == "moved_late"]
+
+    assert run(None) == []  # off: the estimate from the departure (20-30 h, due in 26 h) is on time
+    [record] = run(0.9)
+    assert record["package_id"] == "HELD" and record["alert_key"] == "HELD:moved_late:1"
+    assert (record["facility_id"], record["last_event_code"]) == ("P1", "A1")
+    assert record["last_scan_time"] == _iso(T0) and record["silence_seconds"] == 10 * H
+    assert record["alert_time"] == _iso(T0 + 14 * H) and record["p_late"] >= 0.9
+    assert record["new_estimate"] > record["promised_by"]  # from the arrival at P2
+    assert record["watermark"] == T0 + 14 * H
+    assert "held 10 h at P1" in record["evidence"]
+    assert run(0.9, snapshot=True) == [record]
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 

@@ -183,6 +183,38 @@ def test_packages_an_incident_held_are_told_when_they_move_on_late(
     assert len(told(demo_run) & incident_late) > len(told(off) & incident_late)
 
 
+def test_packages_an_incident_held_are_looked_at_again_after_they_moved_on(
+    incident_data: Path, demo_run: Path, tmp_path: Path
+) -> None:
+    """``late_again_p``: against the ground truth, the packages told of an incident only at a
+    scan after the one that ended their hold (the run without it tells them nothing) were
+    late, every one of them told before delivery; more of the incident-late packages hear
+    of it, and no feed outage is told."""
+    off = tmp_path / "off"
+    replay(JsonLinesSource(incident_data / "events.jsonl"), off,
+           _settings(incident_data, incidents={"late_again_p": "off"}), with_metrics=False)
+
+    def told(run: Path) -> dict[str, dict]:
+        return {a["package_id"]: a for a in _jsonl(run / "alerts.jsonl")
+                if a["kind"] == "incident_delay"}
+
+    on = told(demo_run)
+    added = set(on) - set(told(off))
+    packages = pd.read_csv(incident_data / "packages.csv", dtype=str).set_index("package_id")
+    late = set(packages.index[packages["late"] == "True"])
+    incident_late = set(packages.index[(packages["late"] == "True")
+                                       & packages["cause"].isin(FACILITY_INCIDENT_KINDS)])
+    assert len(added) >= 5
+    assert len(added & late) >= 0.9 * len(added)
+    assert len(set(on) & incident_late) > len(set(told(off)) & incident_late)
+    for pid in added:  # told at a later scan, of the hold before it, before the delivery
+        alert = on[pid]
+        at = pd.Timestamp(alert["alert_time"])
+        assert alert["moving"] and pd.Timestamp(alert["last_scan_time"]) < at
+        assert at < pd.Timestamp(packages.loc[pid, "delivered_at"])
+    assert not packages.loc[sorted(added), "cause"].eq("feed_outage").any()
+
+
 def test_facility_windows_can_be_turned_off(tmp_path: Path, demo_data: Path) -> None:
     run = tmp_path / "run"
     settings = load_settings(facilities=demo_data / "facilities.csv",

@@ -712,6 +712,43 @@ def test_a_package_that_left_before_an_incident_opened_is_not_told_it_held_it(
     assert [tag for tag, _ in out] == ["incident"]  # nobody told
 
 
+def test_a_watch_made_as_an_incident_opens_is_told_though_its_move_is_decided_first() -> None:
+    """One shard: the incident opening at window end E holds a package (the tracker's watch,
+    made at E, dated as of its watermark 6 h before), which moves on 2 h later; its move is
+    dated 6 h behind too, so both are decided before the window E that opens the incident.
+    The customer still hears of the incident that held the package, and that it moves again
+    (as when the watch was folded before the move); one that moved before the incident
+    opened is not told, and after a snapshot in between the same comes out."""
+    def run(snapshot: bool) -> list[Out]:
+        desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=H))
+        end = T0 + 20 * H
+        slow = incident("facility_slowdown", "P1", end)
+        desk.add("0", _rec("W", "watch", "P1", end, T0, wm=end - 5 * H))
+        desk.add("0", _rec("EARLY", "watch", "P1", end - 3 * H, T0, wm=end - 9 * H))
+        desk.add("0", Progress(end - 5 * H, end, [], [(end, [slow])]))
+        out = desk.step()
+        desk.add("0", _rec("EARLY", "moved", "P1", end - H, T0, wm=end - 7 * H))
+        desk.add("0", _rec("W", "moved", "P1", end + 2 * H, T0, wm=end - 4 * H))
+        desk.add("0", Progress(end - 3 * H, end + 2 * H, [], []))
+        out += desk.step()
+        assert [tag for tag, _ in out] == []  # both moves decided, the incident not yet
+        if snapshot:
+            desk = pickle.loads(pickle.dumps(desk))
+        desk.add("0", Progress(end + 2 * H, end + 3 * H, [], []))
+        out += desk.step() + desk.finish()
+        return out
+
+    out = run(snapshot=False)
+    assert [(tag, r["kind"], r.get("package_id")) for tag, r in out] == [
+        ("incident", "facility_slowdown", None), ("alert", "incident_delay", "W"),
+        ("alert", "back_on_track", "W"), ("message", "incident_delay", "W")]
+    folded, message = out[1][1], out[3][1]
+    assert folded["alert_time"] == iso(T0 + 20 * H)  # told as of the opening
+    assert out[2][1]["alert_key"] == "W:back_on_track:1"
+    assert message["packages"] == ["W"] and message["moving"]
+    assert run(snapshot=True) == out
+
+
 def test_a_package_watched_where_an_incident_grows_is_told_as_of_then() -> None:
     man = IncidentManager()
     desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=2 * H))
