@@ -105,11 +105,22 @@ class IncidentFolder:
         known).
     retention_seconds
         Resolved incidents are forgotten this long after they resolved (bounded memory).
+    lane_wait_seconds
+        A ``moved_late`` record of a package held on the road says where it came off it
+        (``moved_to``): only the lane incident of that lane (its origin to ``moved_to``)
+        holds it, and one opened up to this long after the record's ``alert_time`` still
+        does (a lane incident opens on the late arrivals, this one's among them). The caller
+        must hold such a record until the incidents through then are known
+        (:class:`flows.network.NetworkDesk` does).
     """
 
-    def __init__(self, grace_seconds: int = 3600, retention_seconds: int = 7 * 86400) -> None:
+    lane_wait_seconds = 0  # for snapshots made before the parameter existed
+
+    def __init__(self, grace_seconds: int = 3600, retention_seconds: int = 7 * 86400,
+                 lane_wait_seconds: int = 0) -> None:
         self.grace_seconds = grace_seconds
         self.retention_seconds = retention_seconds
+        self.lane_wait_seconds = lane_wait_seconds
         self._by_facility: dict[str, list[_Interval]] = {}
         self._by_key: dict[str, _Interval] = {}
         self.folded = 0
@@ -210,14 +221,22 @@ class IncidentFolder:
         since = _ts(alert.get("last_scan_time"))
         if at is None:
             return None
-        # a package that moved on (moved_late) was held by incidents open before it moved
-        until = at if alert.get("kind") == "moved_late" else at + self.grace_seconds
+        # a package that moved on (moved_late) was held by incidents open before it moved;
+        # off the road, by its lane's only, which opens on the late arrivals (lane_wait)
+        late_move = alert.get("kind") == "moved_late"
+        until = at if late_move else at + self.grace_seconds
+        moved_to = alert.get("moved_to") if late_move else None
         since = at if since is None else since
         best: _Interval | None = None
         best_rank = (False, False, 0)
         for i in intervals:
             start = i.added.get(name, i.opened) if i.added else i.opened
-            if start > until or i.resolved < since:
+            if moved_to is not None and i.lane:
+                if i.lane_to != moved_to or start > until + self.lane_wait_seconds:
+                    continue  # another lane from there, or opened after the wait
+            elif start > until:
+                continue
+            if i.resolved < since:
                 continue
             if departed != i.lane and i.kind != "weather":
                 continue  # a lane holds departed packages; a plant, those still inside

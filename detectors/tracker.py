@@ -343,9 +343,9 @@ class PackageTracker:
         # open): with ``incidents`` (one shard) only packages such an incident may have held
         # are checked for a late move (a dict lookup instead of two model lookups per scan)
         self._delayed_until: dict[str, int] = {}
-        # slot -> (facility, departed from, code, last scan ts, moved ts) of a hold _late_move
-        # found on time (_HELD): the moved_late record a later scan may make tells of it
-        self._held: dict[int, tuple[str | None, str | None, str, int, int]] = {}
+        # slot -> (facility, departed from, code, last scan ts, moved ts, moved to) of a hold
+        # _late_move found on time (_HELD): the moved_late record a later scan makes tells of it
+        self._held: dict[int, tuple[str | None, str | None, str, int, int, str | None]] = {}
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -1115,13 +1115,14 @@ class PackageTracker:
         if p_late is None or p_late < self.late_move_p:  # type: ignore[operator]
             if known and p_late is not None and self.late_again_p is not None:
                 self._held[slot] = (fac, self._place(slot)[1] if fac is None else None, code,
-                                    last_ts, ts)
+                                    last_ts, ts, _moved_to(fac, code, ev))
                 self._flags[slot] |= _HELD
             return None
         self.stats.late_moves += 1
         self._episode[slot] += 1  # its own episode: a later stall is another one
         record = self._alert(slot, "moved_late", ts, ev)
         record["p_late"] = round(float(p_late), 3)
+        record["moved_to"] = _moved_to(fac, code, ev)
         # decided once every shard has passed the move and its facility windows are closed:
         # an incident that opened in the hours before it moved is known by then
         record["watermark"] = max(record["watermark"], ts)
@@ -1144,7 +1145,7 @@ class PackageTracker:
              "silence": 0, "promised_by_ts": self._promised[slot]}, phased=False)
         if p_late is None or p_late < again:
             return None
-        fac, departed, code, last_ts, moved = self._held.pop(slot)
+        fac, departed, code, last_ts, moved, moved_to = self._held.pop(slot)
         self._flags[slot] &= ~_HELD
         self.stats.late_moves += 1
         self._episode[slot] += 1
@@ -1163,6 +1164,7 @@ class PackageTracker:
             "silence_seconds": moved - last_ts,
             "expected_seconds": None,
             "p_late": round(float(p_late), 3),
+            "moved_to": moved_to,
             "evidence": f"Moving again: held {(moved - last_ts) / 3600:.0f} h at {held} until "
                         f"{_iso(moved)}, now scanned at {now}.",
         }
@@ -1313,6 +1315,13 @@ _MAX_GENERATIONS = 127  # kept generations: ages up to 2x this must not wrap mod
 _FP_PRIME = 42_922_995_649_230_491  # 0x987e3cb45e369b: 56 bits
 _MIX = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd: spreads fingerprints over the bitmap
 _M64 = (1 << 64) - 1
+
+
+def _moved_to(fac: str | None, code: str, ev: ScanEvent) -> str | None:
+    """Where a package held on the road (its last scan a departure from ``fac``, or in
+    transit) came off it: the facility of the scan that ended the silence (the end of the
+    lane it came by); None for a package held inside a facility."""
+    return ev.facility if fac is None or code in DEPARTURE_CODES else None
 
 
 def _pack_id(package_id: str) -> int | str:

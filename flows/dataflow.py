@@ -143,7 +143,8 @@ class FlowContext:
     def new_network(self) -> NetworkDesk:
         inc = self.settings.incidents
         return NetworkDesk(
-            IncidentFolder(grace_seconds=inc.grace_seconds),
+            IncidentFolder(grace_seconds=inc.grace_seconds,
+                           lane_wait_seconds=int(inc.lane_wait_hours * 3600)),
             MessageGrouper(hold_seconds=inc.hold_seconds),
             shards=self.settings.shards,
             # several shards: the windows are merged and assessed in the network step

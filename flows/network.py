@@ -194,6 +194,10 @@ class NetworkDesk:
             made = item.pop("watermark", None)
             if made is None:
                 made = _epoch(item["alert_time"])
+            if item["kind"] == "moved_late" and item.get("moved_to") is not None:
+                # off the road: the lane incident it may have been held by opens on the late
+                # arrivals, this one's among them (IncidentFolder.lane_wait_seconds)
+                made = max(made, _epoch(item["alert_time"]) + self.folder.lane_wait_seconds)
             heapq.heappush(self._held, (made, item["package_id"], self._arrivals, item))
 
     def step(self) -> list[Out]:

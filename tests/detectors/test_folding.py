@@ -181,6 +181,30 @@ def test_a_package_in_transit_is_covered_by_the_lane_from_the_facility_it_depart
     assert weather.decide(on_road)[0] == "fold"
 
 
+def test_a_package_off_the_road_late_is_held_by_the_lane_it_came_by_only() -> None:
+    """A ``moved_late`` off the road names where it came off it (``moved_to``): only the lane
+    incident of that lane holds it, and one that opens up to ``lane_wait_seconds`` after it
+    arrived still does (a lane incident opens on such late arrivals); a lane incident from
+    the same origin to another hub does not, nor one opened after the wait. Without the wait
+    (the default), only lanes open by the arrival count, as for every late move."""
+    late = stall(facility=None, last=0, at=20, code="TL") | {  # type: ignore[arg-type]
+        "kind": "moved_late", "departed_from": "P1", "moved_to": "N2"}
+    folder = IncidentFolder(lane_wait_seconds=6 * 3600)
+    folder.observe(record("lane_delay", "open", 22, facility="P1", lane_to="N3"))
+    assert folder.decide(late)[0] == "keep"  # another lane from P1
+    folder.observe(record("lane_delay", "open", 27, facility="P1", lane_to="N2"))
+    assert folder.decide(late)[0] == "keep"  # opened 7 h after it arrived
+    folder.observe(record("lane_delay", "open", 25, facility="P1", lane_to="N2", key="k"))
+    decision, alert = folder.decide(late)
+    assert decision == "fold" and alert["incident_key"] == "k"
+    assert IncidentFolder().decide(late)[0] == "keep"
+    plain = IncidentFolder()
+    plain.observe(record("lane_delay", "open", 19, facility="P1", lane_to="N3"))
+    assert plain.decide(late | {"moved_to": None})[0] == "fold"  # (lane not known: any)
+    assert plain.decide(late)[0] == "keep"
+    assert pickle.loads(pickle.dumps(folder)).decide(late)[0] == "fold"
+
+
 def test_open_state_resolution_and_pruning() -> None:
     folder = IncidentFolder(retention_seconds=86400)
     folder.observe(record("facility_stop", "open", 1, key="S"))

@@ -335,7 +335,7 @@ def test_a_package_held_long_that_moves_on_late_sends_moved_late() -> None:
     [record] = late
     assert record["facility_id"] == "P1" and record["last_event_code"] == "A1"
     assert record["alert_key"] == "LATE:moved_late:1" and record["p_late"] >= 0.9
-    assert record["silence_seconds"] == 10 * H
+    assert record["silence_seconds"] == 10 * H and record["moved_to"] is None  # (inside P1)
     assert record["new_estimate"] > record["promised_by"]  # from the new scan
     # decided once every shard has passed the move, not at the watermark 6 h before it
     assert record["watermark"] == T0 + 10 * H and record["alert_time"] == _iso(T0 + 10 * H)
@@ -379,6 +379,7 @@ def test_a_package_held_on_the_road_by_a_lane_incident_sends_moved_late() -> Non
     assert [a["package_id"] for a in late] == ["ROAD"]
     assert late[0]["facility_id"] is None and late[0]["departed_from"] == "P1"
     assert late[0]["last_event_code"] == "TL" and late[0]["silence_seconds"] == 10 * H
+    assert late[0]["moved_to"] == "P2"  # off the road there: the lane it came by
 
 
 def test_one_shard_checks_a_late_move_past_the_windows_it_has_closed() -> None:

@@ -649,6 +649,28 @@ def test_a_late_move_sees_an_incident_that_opened_just_before_it() -> None:
         ("A", before["incident_key"])]
 
 
+def test_a_late_move_off_the_road_waits_for_its_lane_incident() -> None:
+    """A ``moved_late`` off the road (``moved_to``) is decided only once the windows up to
+    ``lane_wait_seconds`` after its arrival are assessed: the incident of its lane, opening
+    on these late arrivals 3 h later, holds it; without the wait it would have been decided
+    before that incident opened, and nobody told."""
+    def run(wait: int) -> list[Out]:
+        desk = NetworkDesk(IncidentFolder(grace_seconds=H, lane_wait_seconds=wait),
+                           MessageGrouper(hold_seconds=H))
+        arrived = T0 + 20 * H
+        lane = incident("lane_delay", "P1", arrived + 3 * H) | {"lane_to": "N2"}
+        late = record("R", arrived, kind="moved_late", facility=None) | {  # type: ignore[arg-type]
+            "last_event_code": "TL", "departed_from": "P1", "moved_to": "N2",
+            "last_scan_time": iso(T0), "watermark": arrived}
+        return feed(desk, [[("0", late), ("0", progress(arrived + H, arrived + 2 * H))],
+                           [("0", progress(arrived + 8 * H, arrived + 8 * H,
+                                           [(arrived + 3 * H, [lane])]))]])
+
+    told = [(r["package_id"], r["kind"]) for tag, r in run(6 * H) if tag == "alert"]
+    assert told == [("R", "incident_delay")]
+    assert [tag for tag, _ in run(0)] == ["incident"]
+
+
 def test_a_late_move_after_the_customer_heard_of_the_incident_tells_nothing_more() -> None:
     """A customer told of an incident (delay, then all-clear) is not told of it a third time
     when a package of theirs later moves on late from a second hold by the same incident
