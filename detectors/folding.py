@@ -62,7 +62,7 @@ from detectors.events import DEPARTURE_CODES
 from detectors.events import epoch_seconds as _ts
 from detectors.incidents import DELAY_KINDS
 
-__all__ = ["DELAY_KINDS", "IncidentFolder"]
+__all__ = ["DELAY_KINDS", "IncidentFolder", "hold_end"]
 
 _DEPARTED = DEPARTURE_CODES
 _FOREVER = 1 << 62
@@ -94,6 +94,16 @@ class _Interval:
             object.__setattr__(self, f.name, value)
 
 
+def hold_end(alert: dict[str, Any], at: int) -> int:
+    """When a ``moved_late`` package left the place it was held: the end of its silence
+    (``last_scan_time + silence_seconds``; ``alert_time`` is a later scan when the tracker
+    looked again), else ``at``."""
+    since, silence = _ts(alert.get("last_scan_time")), alert.get("silence_seconds")
+    if since is None or not isinstance(silence, int) or isinstance(silence, bool):
+        return at
+    return min(at, since + silence)
+
+
 class IncidentFolder:
     """Incident intervals per facility, and the fold / suppress / keep decision for alerts.
 
@@ -107,9 +117,11 @@ class IncidentFolder:
         Resolved incidents are forgotten this long after they resolved (bounded memory).
     lane_wait_seconds
         A ``moved_late`` record of a package held on the road says where it came off it
-        (``moved_to``): only the lane incident of that lane (its origin to ``moved_to``)
-        holds it, and one opened up to this long after the record's ``alert_time`` still
-        does (a lane incident opens on the late arrivals, this one's among them). The caller
+        (``moved_to``): of the lane incidents from its origin only that lane's (to
+        ``moved_to``) holds it (weather at the origin does too, as for any package on the
+        road from there), and one opened up to this long after the package came off the
+        road (:func:`hold_end`) still does (a lane incident opens on the late arrivals, this
+        one's among them). The caller
         must hold such a record until the incidents through then are known
         (:class:`flows.network.NetworkDesk` does).
     """
@@ -224,7 +236,7 @@ class IncidentFolder:
         # a package that moved on (moved_late) was held by incidents open before it moved;
         # off the road, by its lane's only, which opens on the late arrivals (lane_wait)
         late_move = alert.get("kind") == "moved_late"
-        until = at if late_move else at + self.grace_seconds
+        until = hold_end(alert, at) if late_move else at + self.grace_seconds
         moved_to = alert.get("moved_to") if late_move else None
         since = at if since is None else since
         best: _Interval | None = None

@@ -562,17 +562,27 @@ class PackageTracker:
                         prev_ts = last_col[slot]
                         if not past:  # past its stall deadline: not a usual silence
                             learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
-                        late = None
-                        if late_move and ts - prev_ts >= _LATE_MOVE_MIN:
+                        if flags & _HELD:
+                            # an incident held it, not told yet: each scan looks again, and
+                            # that hold tells (it folds into the incident known to hold it;
+                            # one record for the package's later silences too)
+                            if code not in TERMINAL_CODES:
+                                late = self._late_again(slot, ts, ev, service)
+                                if late is not None:
+                                    out.append(late)
+                        elif late_move and ts - prev_ts >= _LATE_MOVE_MIN:
                             # held where it sat, or on the road by the lane it departed on
                             held = last_fac if last_fac is not None else self._place(slot)[1]
                             if (held is not None
                                     and (monitored is None or held in monitored)
                                     and (delayed_until is None
                                          or delayed_until(held, -1) >= prev_ts
-                                         # off the road past the windows closed here: a
-                                         # lane's incident opens on its late arrivals
-                                         or last_fac is None and ts > fstats.closed_through)
+                                         # off the road (departed, or in transit) past the
+                                         # windows closed here: a lane's incident opens
+                                         # on its late arrivals
+                                         or (last_fac is None
+                                             or prev_code in DEPARTURE_CODES)
+                                         and ts > fstats.closed_through)
                                     and promised_col[slot] >= 0):  # (last: a column, a miss)
                                 late = self._late_move(
                                     slot, ts, ev, service, last_fac, prev_code,
@@ -580,10 +590,6 @@ class PackageTracker:
                                     and delayed_until(held, -1) >= prev_ts)
                                 if late is not None:
                                     out.append(late)
-                        if flags & _HELD and late is None and code not in TERMINAL_CODES:
-                            late = self._late_again(slot, ts, ev, service)
-                            if late is not None:
-                                out.append(late)
                 facility = ev.facility
                 if fstats is not None and facility is not None:
                     if packed is None:

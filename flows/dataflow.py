@@ -428,6 +428,8 @@ class _Network(StatefulBatchLogic[tuple[str, Any], Out, NetworkDesk]):
         inc = ctx.settings.incidents
         if self.desk.incidents is not None:  # the setting now, not the snapshot's
             self.desk.incidents.keep_figures = inc.enabled and inc.write_facility_windows
+        # the setting now (records held already keep the wait they were given)
+        self.desk.folder.lane_wait_seconds = int(inc.lane_wait_hours * 3600)
         ctx.network = self.desk
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[Out], bool]:

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 from detectors.events import epoch_seconds as _epoch  # never empty here
 from detectors.events import iso_time
 from detectors.facility import FacilityWindow, merge
-from detectors.folding import DELAY_KINDS, IncidentFolder
+from detectors.folding import DELAY_KINDS, IncidentFolder, hold_end
 from detectors.incidents import IncidentDesk
 from notifiers.grouping import MessageGrouper
 
@@ -163,12 +163,16 @@ class NetworkDesk:
         # forgets them once those windows are assessed
         self._moved_watched: dict[str, dict[str, tuple[dict[str, Any], dict[str, Any]]]] = {}
         self._moved_by_time: list[tuple[int, str, str]] = []
+        # package -> until when its records wait behind its moved_late (lane_wait_seconds):
+        # one package's records are decided in the order they were made
+        self._behind: dict[str, int] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_figures", [])  # snapshots from before the figures
         state.setdefault("_checking", set())  # snapshots from before the fold checks
         state.setdefault("_moved_watched", {})  # snapshots from before the moved watches
         state.setdefault("_moved_by_time", [])
+        state.setdefault("_behind", {})
         self.__dict__.update(state)
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
@@ -194,11 +198,17 @@ class NetworkDesk:
             made = item.pop("watermark", None)
             if made is None:
                 made = _epoch(item["alert_time"])
+            pid = item["package_id"]
             if item["kind"] == "moved_late" and item.get("moved_to") is not None:
                 # off the road: the lane incident it may have been held by opens on the late
-                # arrivals, this one's among them (IncidentFolder.lane_wait_seconds)
-                made = max(made, _epoch(item["alert_time"]) + self.folder.lane_wait_seconds)
-            heapq.heappush(self._held, (made, item["package_id"], self._arrivals, item))
+                # arrivals, this one's among them (IncidentFolder.lane_wait_seconds, from when
+                # it came off the road); the package's later records wait behind it
+                arrived = hold_end(item, _epoch(item["alert_time"]))
+                made = max(made, arrived + self.folder.lane_wait_seconds)
+                self._behind[pid] = max(made, self._behind.get(pid, made))
+            elif pid in self._behind:  # a record of a package whose moved_late waits
+                made = max(made, self._behind[pid])
+            heapq.heappush(self._held, (made, pid, self._arrivals, item))
 
     def step(self) -> list[Out]:
         """Every step whose inputs are complete, in event-time order; [] until every shard
@@ -269,7 +279,10 @@ class NetworkDesk:
                 if record_at > self.now:  # the records decided at one time all join first
                     self.now = record_at
                     out += self._due()
-                out += self._decide(heapq.heappop(held)[3])
+                made, pid, _, record = heapq.heappop(held)
+                if self._behind.get(pid, made + 1) <= made:
+                    del self._behind[pid]  # (its last record waiting behind is decided now)
+                out += self._decide(record)
             if self.now >= self._next_prune:
                 self._prune()
         if len(held) != before:  # groups the last records joined may be due by now
@@ -332,7 +345,8 @@ class NetworkDesk:
                 # a watched package nobody was told about moves on; before the windows up to
                 # its move are assessed, an incident opening in them held it (_fold_moved)
                 moved_at = _epoch(alert["alert_time"])
-                if watch is not None and moved_at > self.assessed_through:
+                if watch is not None and moved_at > self.assessed_through and \
+                        not alert.get("ended"):  # (delivered or returned: nothing to tell)
                     where = _where(watch)
                     self._moved_watched.setdefault(where, {})[pid] = (watch, alert)
                     heapq.heappush(self._moved_by_time, (moved_at, where, pid))

@@ -391,7 +391,8 @@ class DrainReport:
     def add(self, other: DrainReport) -> None:
         """Add ``other``'s counts (a later drain's) to these. The relay error is the relay's
         state as the last drain that met it left it: ``other``'s error if it had one; none
-        once ``other`` got a message accepted (the relay is back); else the one kept.
+        once the relay answered ``other`` about a message (accepted it, deferred it with a
+        4xx, or took it without confirming: it is back); else the one kept.
 
         >>> total = DrainReport(released=3, relay_error_code=451, relay_error="timed out")
         >>> total.add(DrainReport(released=3))  # nothing was due: the relay not tried
@@ -400,11 +401,16 @@ class DrainReport:
         >>> total.add(DrainReport(claimed=3, sent=3))
         >>> total.sent, total.released, total.relay_error_code, total.relay_error
         (3, 6, None, None)
+        >>> total.add(DrainReport(released=1, relay_error_code=421, relay_error="busy"))
+        >>> total.add(DrainReport(claimed=1, retried=1))  # a 4xx for one message: it answers
+        >>> total.relay_error_code, total.retried
+        (None, 1)
         """
         for f in fields(self):
             if f.name not in self.NOT_COUNTS:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        if other.relay_error_code is not None or other.sent:
+        if other.relay_error_code is not None or other.sent or other.retried or \
+                other.unconfirmed:
             self.relay_error_code, self.relay_error = other.relay_error_code, other.relay_error
 
 

@@ -205,6 +205,21 @@ def test_a_package_off_the_road_late_is_held_by_the_lane_it_came_by_only() -> No
     assert pickle.loads(pickle.dumps(folder)).decide(late)[0] == "fold"
 
 
+def test_a_hold_looked_at_again_is_held_by_what_held_it_until_it_left() -> None:
+    """A ``moved_late`` made at a scan after the move (``late_again_p``) has its move at the
+    end of its silence (``last_scan_time + silence_seconds``), not at ``alert_time``: an
+    incident opened after the package had left does not take its hold (here a feed outage,
+    which would have told nobody), the one that held it does."""
+    late = stall(last=0, at=14, code="A1") | {"kind": "moved_late", "silence_seconds": 10 * 3600}
+    folder = IncidentFolder()
+    folder.observe(record("facility_slowdown", "open", 5))
+    folder.observe(record("facility_slowdown", "resolved", 5, 11))
+    folder.observe(record("feed_outage", "open", 12))
+    decision, alert = folder.decide(late)
+    assert decision == "fold" and alert["incident_key"] == "P1:facility_slowdown:5"
+    assert folder.decide(late | {"silence_seconds": 13 * 3600})[0] == "suppress"
+
+
 def test_open_state_resolution_and_pruning() -> None:
     folder = IncidentFolder(retention_seconds=86400)
     folder.observe(record("facility_stop", "open", 1, key="S"))

@@ -446,6 +446,68 @@ def test_a_held_package_still_on_time_as_it_moves_on_is_looked_at_again() -> Non
     assert run(0.9, snapshot=True) == [record]
 
 
+def _arrival_estimates(t: PackageTracker, hours: int = 30, spread: int = 6) -> None:
+    """Teach ``t``'s estimator that from an arrival at P2 a package takes ``hours`` to
+    ``hours + spread - 1`` h more."""
+    for k in range(200):
+        at = T0 - 10 * 86400 + k * 400
+        t.estimator.learn_one({"service": "ground",  # type: ignore[union-attr]
+                               "delivered_ts": at + (hours + k % spread) * H,
+                               "scans": [("P2", "A1", at)]})
+
+
+def test_a_package_held_twice_is_told_once_of_the_hold_an_incident_was_known_for() -> None:
+    """A package held at P1 leaves on time (its hold remembered), comes back, is held again
+    and leaves late: one ``moved_late``, the first hold's (the incident known to hold it),
+    made at the scan that found it late; nothing more at the next scan."""
+    t = _late_move_tracker(_OneIncident(at=T0 + 5 * H))
+    t.late_again_p = 0.93
+    _arrival_estimates(t)
+    ev = [ScanEvent("P", "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                    promised_by_ts=T0 + 50 * H, recipient_ref="C-P"),
+          ScanEvent("P", "A1", "P1", T0, T0)]
+    ev += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(1, 40)]
+    ev += [ScanEvent("P", "T1", "P1", T0 + 10 * H, T0 + 10 * H),   # hold 1: left on time
+           ScanEvent("P", "A1", "P1", T0 + 11 * H, T0 + 11 * H),   # (back in)
+           ScanEvent("P", "T1", "P1", T0 + 30 * H, T0 + 30 * H),   # hold 2: 19 h, late
+           ScanEvent("P", "A1", "P2", T0 + 32 * H, T0 + 32 * H)]   # the next scan
+    ev.sort(key=lambda e: e.event_ts)
+    late = [(a["alert_key"], a["last_scan_time"]) for a in t.process_batch(ev)
+            if a["kind"] == "moved_late"]
+    assert late == [("P:moved_late:1", _iso(T0))]
+    assert t._held == {}
+
+
+def test_one_shard_checks_a_package_that_departed_and_arrived_late_as_one_in_transit() -> None:
+    """One shard: a package that departed P1 (T1) and arrives at P2 late with no ``TL`` scan
+    between, past the windows closed here, is checked for a late move as one with a ``TL``
+    scan is, and as several shards check it: the lane incident that opens on such arrivals
+    may hold it (``moved_to``: where it came off the road)."""
+    def events(transit: bool) -> list[ScanEvent]:
+        ev = [ScanEvent("ROAD", "GX", "O-1", T0 - 60, T0 - 60, service="ground",
+                        promised_by_ts=T0 + 20 * H, recipient_ref="C-ROAD"),
+              ScanEvent("ROAD", "A1", "P1", T0, T0),
+              ScanEvent("ROAD", "T1", "P1", T0 + H, T0 + H)]
+        if transit:
+            ev.append(ScanEvent("ROAD", "TL", None, T0 + 2 * H, T0 + 2 * H))
+        ev += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(3, 12)]
+        ev += [ScanEvent("ROAD", "A1", "P2", T0 + 12 * H, T0 + 12 * H)]  # off the lane, late
+        ev += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(13, 20)]
+        return ev
+
+    def late(desk: _OneIncident | None, transit: bool) -> list[tuple[str, str]]:
+        t = _late_move_tracker(desk)
+        t.facility_lateness = 2 * H
+        _arrival_estimates(t, 20, 10)
+        return [(a["package_id"], a["moved_to"]) for a in t.process_batch(events(transit))
+                if a["kind"] == "moved_late"]
+
+    for transit in (False, True):
+        assert late(None, transit) == [("ROAD", "P2")]  # several shards
+        lane = _OneIncident(at=T0 + 14 * H, kind="lane_delay", lane_to="P2")
+        assert late(lane, transit) == [("ROAD", "P2")]
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 

@@ -671,6 +671,54 @@ def test_a_late_move_off_the_road_waits_for_its_lane_incident() -> None:
     assert [tag for tag, _ in run(0)] == ["incident"]
 
 
+def test_a_package_s_records_wait_behind_its_late_move_off_the_road() -> None:
+    """The records a package makes after its ``moved_late`` off the road (held for the lane
+    wait) are decided after it: its next silence's incident still hears it move on, and that
+    incident's all-clear goes out, with the wait as without it."""
+    def run(wait: int) -> list[str]:
+        desk = NetworkDesk(IncidentFolder(grace_seconds=H, lane_wait_seconds=wait),
+                           MessageGrouper(hold_seconds=H))
+        t = T0 + 20 * H  # R comes off the lane X > Y at Y, late
+        lane = incident("lane_delay", "X", t - H) | {"lane_to": "Y"}
+        slow = incident("facility_slowdown", "Y", t + 2 * H)
+        slow_end = slow | {"status": "resolved", "resolved_at": iso(t + 9 * H)}
+        late = _rec("R", "moved_late", "", t, T0) | {
+            "facility_id": None, "last_event_code": "TL", "departed_from": "X",
+            "moved_to": "Y", "silence_seconds": 20 * H}
+        out: list[Out] = []
+        for item in [late, Progress(t, t, [], [(t - H, [lane])]),
+                     _rec("R", "watch", "Y", t + 3 * H, t, ep=2),  # its next silence, at Y
+                     Progress(t + 3 * H, t + 3 * H, [], [(t + 2 * H, [slow])]),
+                     _rec("R", "moved", "Y", t + 8 * H, t, ep=2),  # moves on from Y
+                     Progress(t + 8 * H, t + 8 * H, [], []),
+                     Progress(t + 12 * H, t + 12 * H, [], [(t + 9 * H, [slow_end])])]:
+            desk.add("0", item)
+            out += desk.step()
+        out += desk.finish()
+        return sorted(r["alert_key"].rsplit(":", 1)[1] for tag, r in out
+                      if tag == "message" and r["alert_key"].startswith("Y:"))
+
+    assert run(0) == run(6 * H) == ["back_on_track", "incident_delay"]
+
+
+def test_a_watched_package_delivered_before_its_incident_is_assessed_is_not_told() -> None:
+    """The race of the test above, but the move that ended the watch was the delivery: no
+    delay message for a package already delivered."""
+    desk = NetworkDesk(IncidentFolder(grace_seconds=H), MessageGrouper(hold_seconds=H))
+    end = T0 + 20 * H
+    desk.add("0", _rec("W", "watch", "P1", end, T0, wm=end - 5 * H))
+    desk.add("0", Progress(end - 5 * H, end, [], [(end, [incident("facility_slowdown", "P1",
+                                                                  end)])]))
+    out = desk.step()
+    desk.add("0", _rec("W", "moved", "P1", end + 2 * H, T0, wm=end - 4 * H)
+             | {"ended": "delivered"})
+    desk.add("0", Progress(end - 3 * H, end + 2 * H, [], []))
+    out += desk.step()
+    desk.add("0", Progress(end + 2 * H, end + 3 * H, [], []))
+    out += desk.step() + desk.finish()
+    assert [tag for tag, _ in out] == ["incident"]
+
+
 def test_a_late_move_after_the_customer_heard_of_the_incident_tells_nothing_more() -> None:
     """A customer told of an incident (delay, then all-clear) is not told of it a third time
     when a package of theirs later moves on late from a second hold by the same incident
