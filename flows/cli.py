@@ -570,7 +570,8 @@ def _print_summary(summary: dict, delivered: int, result: dict) -> None:  # type
         f"messages per incident-affected customer: max "
         f"{_fmt(msgs.get('messages_per_affected_customer_max'))}, mean "
         f"{_fmt(msgs.get('messages_per_affected_customer_mean'))} "
-        f"({msgs.get('affected_customers_messaged')} customers)")
+        f"({msgs.get('affected_customers_messaged')} customers; about one incident: max "
+        f"{_fmt(msgs.get('incident_messages_per_affected_customer_max'))})")
     Console().print(f"events {summary['events']:,}, dead letters "
                     f"{sum(summary['dead_letters'].values())}, e-mails delivered {delivered}")
 
