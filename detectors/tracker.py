@@ -577,11 +577,12 @@ class PackageTracker:
                                     and (monitored is None or held in monitored)
                                     and (delayed_until is None
                                          or delayed_until(held, -1) >= prev_ts
-                                         # off the road (departed, or in transit) past the
-                                         # windows closed here: a lane's incident opens
-                                         # on its late arrivals
-                                         or (last_fac is None
-                                             or prev_code in DEPARTURE_CODES)
+                                         # off the road past the windows closed here: a
+                                         # lane's incident opens on its late arrivals (in
+                                         # transit only: a departure followed by a late
+                                         # arrival, checked too, told no more package on
+                                         # demo 1-3 and cost a lookup per such move)
+                                         or last_fac is None
                                          and ts > fstats.closed_through)
                                     and promised_col[slot] >= 0):  # (last: a column, a miss)
                                 late = self._late_move(

@@ -478,36 +478,6 @@ def test_a_package_held_twice_is_told_once_of_the_hold_an_incident_was_known_for
     assert t._held == {}
 
 
-def test_one_shard_checks_a_package_that_departed_and_arrived_late_as_one_in_transit() -> None:
-    """One shard: a package that departed P1 (T1) and arrives at P2 late with no ``TL`` scan
-    between, past the windows closed here, is checked for a late move as one with a ``TL``
-    scan is, and as several shards check it: the lane incident that opens on such arrivals
-    may hold it (``moved_to``: where it came off the road)."""
-    def events(transit: bool) -> list[ScanEvent]:
-        ev = [ScanEvent("ROAD", "GX", "O-1", T0 - 60, T0 - 60, service="ground",
-                        promised_by_ts=T0 + 20 * H, recipient_ref="C-ROAD"),
-              ScanEvent("ROAD", "A1", "P1", T0, T0),
-              ScanEvent("ROAD", "T1", "P1", T0 + H, T0 + H)]
-        if transit:
-            ev.append(ScanEvent("ROAD", "TL", None, T0 + 2 * H, T0 + 2 * H))
-        ev += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(3, 12)]
-        ev += [ScanEvent("ROAD", "A1", "P2", T0 + 12 * H, T0 + 12 * H)]  # off the lane, late
-        ev += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(13, 20)]
-        return ev
-
-    def late(desk: _OneIncident | None, transit: bool) -> list[tuple[str, str]]:
-        t = _late_move_tracker(desk)
-        t.facility_lateness = 2 * H
-        _arrival_estimates(t, 20, 10)
-        return [(a["package_id"], a["moved_to"]) for a in t.process_batch(events(transit))
-                if a["kind"] == "moved_late"]
-
-    for transit in (False, True):
-        assert late(None, transit) == [("ROAD", "P2")]  # several shards
-        lane = _OneIncident(at=T0 + 14 * H, kind="lane_delay", lane_to="P2")
-        assert late(lane, transit) == [("ROAD", "P2")]
-
-
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
