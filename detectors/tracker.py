@@ -1139,7 +1139,7 @@ class PackageTracker:
                     service: str | None) -> dict[str, Any] | None:
         """A package a delay incident held (``_HELD``: :meth:`_late_move` found it on time when
         it moved on) scanned again at ``ts``: if the usual estimate from this scan misses its
-        promise with probability ``late_move_p`` or more, the ``moved_late`` record of that
+        promise with probability ``late_again_p`` or more, the ``moved_late`` record of that
         hold (where and since when it was held, for how long; the estimate from this scan),
         once; else None. The estimate from the scan after a hold often cannot know yet that
         the hold cost the package its sort or its truck: on demo 1-3, 97 packages held by an
