@@ -82,6 +82,12 @@ def _where(alert: dict[str, Any]) -> str:
     return alert.get("facility_id") or alert.get("departed_from") or ""
 
 
+def _all_clear(moved: dict[str, Any]) -> dict[str, Any]:
+    """A ``moved`` record as the ``back_on_track`` of a package told through an incident."""
+    return moved | {"kind": "back_on_track", "evidence": "Moving again.",
+                    "alert_key": f"{moved['package_id']}:back_on_track:{moved['episode']}"}
+
+
 @dataclass(slots=True)
 class Progress:
     """A shard's progress after a batch: its stall watermark, how far its facility windows are
@@ -336,8 +342,7 @@ class NetworkDesk:
             watch = self._unwatch(alert)
             if told == "fold":  # the customer heard of it through an incident
                 if kind == "moved":
-                    alert = alert | {"kind": "back_on_track", "evidence": "Moving again.",
-                                     "alert_key": f"{pid}:back_on_track:{alert['episode']}"}
+                    alert = _all_clear(alert)
             elif told == "suppress":  # close what was told to nobody
                 grouper.add(alert | {"kind": "back_on_track"}, "keep")
                 return []
@@ -399,7 +404,7 @@ class NetworkDesk:
         at or after that (its move decided before this window, nobody told) was held by it:
         told now, as a watched package folded when the incident opened would have been, and
         its all-clear at once (it moves again)."""
-        since = record["opened_at"] if record["status"] == "open" else iso_time(self.now)
+        since = self._since(record)
         out: list[Out] = []
         for name in sorted(self.folder.names(record)):
             moved = self._moved_watched.get(name)
@@ -407,14 +412,12 @@ class NetworkDesk:
                 watch, move = moved[pid]  # type: ignore[index]
                 if _epoch(move["alert_time"]) < _epoch(since):
                     continue  # it had left before the incident opened there
-                at = max(watch["alert_time"], since, key=_epoch)
-                decision, folded = self.folder.decide(watch | {"alert_time": at})
-                if decision != "fold" or self.grouper.told_of(folded):
+                folded = self._folded_watch(watch, since)
+                if folded is None:
                     continue
                 del moved[pid]  # type: ignore[attr-defined]
-                clear = move | {"kind": "back_on_track", "evidence": "Moving again.",
-                                "alert_key": f"{pid}:back_on_track:{move['episode']}"}
-                out += [("alert", folded), *self._messages(self.grouper.add(folded, decision))]
+                clear = _all_clear(move)
+                out += [("alert", folded), *self._messages(self.grouper.add(folded, "fold"))]
                 out += [("alert", clear), *self._messages(self.grouper.add(clear))]
             if moved is not None and not moved:
                 del self._moved_watched[name]
@@ -438,8 +441,7 @@ class NetworkDesk:
         at again once the moves made before now are in (a ``fold_watched`` check made now, so
         decided after every record made before now: a package that had left before the
         incident opened, its move scan still on its way, was not held by it)."""
-        # an incident that grew covers its new facilities from now (IncidentFolder.observe)
-        since = record["opened_at"] if record["status"] == "open" else iso_time(self.now)
+        since = self._since(record)
         checking = self._checking
         for name in sorted(self.folder.names(record)):
             for pid in sorted(self.watching.get(name, ())):
@@ -460,12 +462,25 @@ class NetworkDesk:
         alert = None if watched is None else watched.get(pid)
         if alert is None:
             return []  # it moved (or stalled) meanwhile
-        at = max(alert["alert_time"], check["since"], key=_epoch)
-        decision, folded = self.folder.decide(alert | {"alert_time": at})
-        if decision != "fold" or self.grouper.told_of(folded):
+        folded = self._folded_watch(alert, check["since"])
+        if folded is None:
             return []
         self._unwatch(alert)
-        return [("alert", folded), *self._messages(self.grouper.add(folded, decision))]
+        return [("alert", folded), *self._messages(self.grouper.add(folded, "fold"))]
+
+    def _since(self, record: dict[str, Any]) -> str:
+        """From when an incident record holds the packages watched at its facilities: its
+        opening, or now for an update (an incident that grew covers its new facilities from
+        now, IncidentFolder.observe)."""
+        return record["opened_at"] if record["status"] == "open" else iso_time(self.now)
+
+    def _folded_watch(self, watch: dict[str, Any], since: str) -> dict[str, Any] | None:
+        """A watch record folded into the delay incident that holds the package as of
+        ``since`` (or its own time, if later); None if none does, or if the package heard of
+        that incident and its end already."""
+        at = max(watch["alert_time"], since, key=_epoch)
+        decision, folded = self.folder.decide(watch | {"alert_time": at})
+        return None if decision != "fold" or self.grouper.told_of(folded) else folded
 
     def _incidents(self, records: list[dict[str, Any]]) -> list[Out]:
         """Incident records of one window end: out, into the folder, and they fold the
