@@ -430,3 +430,28 @@ def test_each_stage_holds_river_quantiles_fed_what_it_learned(how) -> None:
             stage = pickle.loads(pickle.dumps(stage)) if how == "pickle" else copy.deepcopy(stage)
         assert [q.get() for q in stage.quantiles] == [q.get() for q in plain]
     assert stage.n == 300
+
+
+@pytest.mark.parametrize("probs", [(0.1, 0.5, 0.9), (0.05, 0.25, 0.5, 0.75, 0.95)])
+@pytest.mark.parametrize("p", [0.5, 0.6, 0.8, 0.9, 0.93, 0.95, 0.97, 0.99, 0.999])
+def test_the_remaining_quantile_is_where_p_late_reaches_p(probs, p):
+    # what PackageTracker._may_be_late relies on: a promise further ahead than the
+    # remaining time's (1 - p) quantile is missed with probability under p, a nearer one
+    # with p or more (two seconds and a millionth to either side)
+    estimator = trained(probs=probs)
+    bound = estimator.remaining_quantile("PO-1", "OF", "ground", 1 - p)
+    assert 0 < bound < 7 * H
+    for side in (-1, 1):
+        ahead = bound * (1 + side * 1e-6) + side * 2
+        _, p_late = estimator.estimate(at(0, ahead / H), phased=False)
+        assert (p_late < p) if side > 0 else (p_late >= p)
+
+
+def test_the_remaining_quantile_is_none_where_the_estimate_has_no_stage():
+    estimator = trained(min_samples=30)
+    assert estimator.remaining_quantile("PO-1", "OF", "express", 0.1) is None  # no data
+    assert estimator.remaining_quantile("PO-1", "01", "ground", 0.1) is None  # delivered
+    assert estimator.estimate(at(0) | {"service": "express"}, phased=False) == (None, None)
+    # another post office: the network's stage, as the estimate's
+    assert estimator.remaining_quantile("PO-9", "OF", "ground", 0.1) == pytest.approx(
+        estimator.remaining_quantile("PO-1", "OF", "ground", 0.1), rel=0.2)
