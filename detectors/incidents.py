@@ -140,6 +140,12 @@ class IncidentManager:
         ones whose every window still matters, whatever their score."""
         return {(f, to) for f, to, _ in self._subjects if to is not None}
 
+    def weather_open(self) -> dict[str, set[str]]:
+        """The regions (by their first facility id) with a weather incident open now, each
+        with the facilities it covers."""
+        return {f: s.facilities for (f, _, weather), s in self._subjects.items()
+                if weather and s.key is not None}
+
     def is_open(self, facility: str, lane_to: str | None = None, weather: bool = False) -> bool:
         """The subject (as :meth:`update` names it) has an incident open now."""
         s = self._subjects.get((facility, lane_to, weather))
@@ -292,10 +298,12 @@ class IncidentDesk:
     windows in, incident records out, one window end at a time.
 
     ``monitor`` is a :class:`detectors.facility.FacilityMonitor` (anything with
-    ``assess(windows, lanes=...) -> assessments``). Feed :meth:`assess_closed` the windows one
-    ``FacilityStats.close`` (or :func:`detectors.facility.merge`) returned: they are grouped
-    by window end, in order, and each end gives the records of its assessments and of the
-    subjects that stopped reporting. Picklable.
+    ``assess(windows, lanes=..., weather_open=...) -> assessments``: the desk names the lanes
+    with an incident open or pending, and the regions with weather open and the hubs each
+    covers, whose weather goes on while one of them is delayed). Feed :meth:`assess_closed`
+    the windows one ``FacilityStats.close`` (or :func:`detectors.facility.merge`) returned:
+    they are grouped by window end, in order, and each end gives the records of its
+    assessments and of the subjects that stopped reporting. Picklable.
 
     ``warm_up_seconds``: a facility's assessments count only once the monitor has seen it for
     this long (event time). Every window is still learned; but a model that has seen one day
@@ -343,7 +351,8 @@ class IncidentDesk:
             first.setdefault(w.facility, end)
         records: list[dict[str, Any]] = []
         # a lane scoring 0 with no incident open or pending would change nothing here
-        assessments = self.monitor.assess(windows, lanes=manager.lanes())
+        assessments = self.monitor.assess(windows, lanes=manager.lanes(),
+                                          weather_open=manager.weather_open())
         for a in assessments:
             if warm_up and self._learning(a, end):
                 continue  # still learning this facility (its windows were learned)

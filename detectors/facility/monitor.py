@@ -330,6 +330,7 @@ class FacilityMonitor:
         self,
         windows: Iterable[FacilityWindow],
         lanes: Collection[tuple[str, str]] | None = None,
+        weather_open: Mapping[str, Collection[str]] | None = None,
     ) -> list[Assessment]:
         """Assess the windows of one window time (one per facility, merged over shards).
 
@@ -337,7 +338,11 @@ class FacilityMonitor:
         package among their recent arrivals (the only ones that can score above 0) and the
         ``(origin, receiving facility)`` pairs named (a caller's open or pending incidents,
         which must see their lanes go quiet). At national volume most of the thousands of
-        active lanes score 0 in every window; their assessments would change nothing."""
+        active lanes score 0 in every window; their assessments would change nothing.
+
+        ``weather_open``: the regions (by their assessments' facility id, the region's first
+        hub) where the caller has a weather incident open, each with the hubs it covers.
+        Weather there goes on while one of those hubs is delayed (see :meth:`_weather`)."""
         out: list[Assessment] = []
         end = None
         delays: dict[str, float] = {}
@@ -362,10 +367,18 @@ class FacilityMonitor:
             out.extend(self._assess_lanes(window, wanted))
         if end is None or not self.regions:
             return out
-        return self._weather(out, end, delays)
+        return self._weather(out, end, delays, weather_open)
+
+    def _region_first(self, region: str) -> str:
+        """The facility id a region's assessments go under: its first hub's."""
+        first = self._first.get(region)
+        if first is None:
+            first = self._first[region] = min(f for f, r in self.regions.items() if r == region)
+        return first
 
     def _weather(
-        self, out: list[Assessment], end: int, delays: dict[str, float]
+        self, out: list[Assessment], end: int, delays: dict[str, float],
+        weather_open: Mapping[str, Collection[str]] | None = None,
     ) -> list[Assessment]:
         """Facilities of one region delayed within ``weather_hours`` of each other: one
         ``weather`` assessment for the region; their own assessments lose their kind.
@@ -374,6 +387,15 @@ class FacilityMonitor:
         arrivals are too quiet to call it a slowdown on its own: two facilities of a region
         losing their feed at once is far less likely than weather) or it is in a stop; a feed
         outage never.
+
+        Hysteresis: in a region with its weather open (``weather_open``), every hub delayed
+        within the last ``weather_hours`` counts, whenever its delay began, and one hub the
+        weather covers already is enough to go on (scored by the highest delay; a hub
+        delayed beside it joins). Weather passes over a region's hubs hours apart, and one
+        of them may stay slow after the others have recovered: without this, demo 1 and 3's
+        storms ended hours early and went on as three slowdowns of their own hubs, and a
+        customer held twice by one storm heard of it twice. A hub slowing down after every
+        hub the weather covered has recovered is news of its own.
         """
         span = self.weather_hours * 3600
         by_region: dict[str, list[str]] = {}
@@ -385,7 +407,12 @@ class FacilityMonitor:
             if last is not None and last > end - span:
                 members.append(facility)
         started = self._started
+        going_on: set[str] = set()  # regions whose open weather goes on with fewer hubs
         for region, members in by_region.items():  # keep the largest group that began at once
+            covered = weather_open.get(self._region_first(region)) if weather_open else None
+            if covered is not None and any(m in covered for m in members):
+                going_on.add(region)
+                continue  # (every hub delayed lately counts: the hysteresis above)
             best: list[str] = []
             for m in sorted(members):
                 group = [n for n in members if abs(started[n] - started[m]) <= span]
@@ -395,10 +422,9 @@ class FacilityMonitor:
         grouped = []
         folded: set[str] = set()
         for region, members in sorted(by_region.items()):
-            first = self._first.get(region)
-            if first is None:
-                first = self._first[region] = min(f for f, r in self.regions.items() if r == region)
-            if len(members) < self.weather_min:
+            first = self._region_first(region)
+            needed = 1 if region in going_on else self.weather_min
+            if len(members) < needed:
                 grouped.append(
                     _assessment(
                         first, end, 0.0, "weather", f"Region {region}: no region-wide delay.", 0
@@ -406,15 +432,17 @@ class FacilityMonitor:
                 )
                 continue
             names = tuple(sorted(members))
-            score = sorted((delays.get(m, 0.0) for m in names), reverse=True)[self.weather_min - 1]
+            rank = 1 if region in going_on else self.weather_min  # (going on: its worst hub)
+            score = sorted((delays.get(m, 0.0) for m in names), reverse=True)[rank - 1]
             score /= self.weather_delay
             backlog = {a.facility: a.affected for a in out if a.lane_to is None}
             evidence = (
                 f"{len(names)} facilities of region {region} are delayed at once "
                 f"(weather or another regional cause): "
-                + "; ".join(self._name(n) for n in names)
-                + "."
-            )
+                if len(names) >= self.weather_min else
+                f"The delay across region {region} (weather or another regional cause) "
+                f"goes on at: "
+            ) + "; ".join(self._name(n) for n in names) + "."
             grouped.append(
                 Assessment(
                     first,

@@ -55,16 +55,18 @@ def line(
     plant="P1",
     ndc="N1",
 ):
-    """``skip_sort``: a day index whose night sorts at P1 do not happen (a slowdown: the
-    packages leave the next night); ``skip_share``: (day index, share): that share of the
-    packages due at that night's sorts miss them (a milder slowdown). ``plant`` and ``ndc``
-    rename the two hubs (package ids get the plant's name as prefix). ``outage``: (start,
-    end) event times during which P1's scans reach the feed only at ``end`` + 0-20 min (a
-    feed outage). ``stop``: (start, end) event times during which P1 does nothing: arrivals
+    """``skip_sort``: a day index (or several) whose night sorts at P1 do not happen (a
+    slowdown: the packages leave the next night); ``skip_share``: (day index, share): that share
+    of the packages due at that night's sorts miss them (a milder slowdown). ``plant`` and
+    ``ndc`` rename the two hubs (package ids get the plant's name as prefix). ``outage``:
+    (start, end) event times during which P1's scans reach the feed only at ``end`` + 0-20 min
+    (a feed outage). ``stop``: (start, end) event times during which P1 does nothing: arrivals
     are scanned at ``end`` + 0-1 h, departures leave at ``end`` + 0.5-3 h (the simulator's
-    facility stop). ``late_share`` of the scans reach the feed ``late_hours`` late (a
-    scanner offline); ``volume`` multiplies the packages."""
+    facility stop). ``late_share`` of the scans reach the feed ``late_hours`` late (a scanner
+    offline); ``volume`` multiplies the packages."""
     rng = random.Random(seed)
+    skipped = set() if skip_sort is None else {skip_sort} if isinstance(skip_sort, int) else set(
+        skip_sort)
     scans = []
     n = 0
     for day in range(days):
@@ -90,7 +92,7 @@ def line(
                         day_index = leave_day - MONDAY // DAY
                         if skips and day_index == skip_share[0]:
                             continue
-                        if t >= arrived + 2 * H and day_index != skip_sort:
+                        if t >= arrived + 2 * H and day_index not in skipped:
                             sort = t
                             break
                     leave_day += 1
@@ -691,6 +693,52 @@ def test_two_plants_of_a_region_each_missing_part_of_a_sort_open_weather_at_the_
     ]
     # at the single-facility bar (the default before 2026-11-23) nothing was ever opened
     assert region_incidents(batches, weather_delay=1.0) == []
+
+
+def test_a_storm_that_stays_at_one_plant_goes_on_as_one_weather_incident():
+    # both plants miss Tuesday's night sorts (P2 only 10 % of its packages), P1 Wednesday's
+    # too: one weather incident until P1 has recovered, not the storm resolved at P2's
+    # recovery and P1 going on as a slowdown of its own (a customer held at P1 both nights
+    # heard of two incidents)
+    p1 = line(1, 21, skip_sort=(16, 17))
+    p2 = line(2, 21, skip_share=(16, 0.10), plant="P2", ndc="N2")
+    records = incidents_of(windows_of(sorted(p1 + p2), facilities=tuple(REGION)),
+                           regions=REGION)
+    assert opened(records) == [("N1:weather:20261125T0245Z", "weather")]
+    resolved = [r for r in records if r["status"] == "resolved"]
+    assert [r["incident_key"] for r in resolved] == ["N1:weather:20261125T0245Z"]
+    # P1's Wednesday packages leave with Thursday's 02:00 and 04:00 sorts
+    assert resolved[0]["resolved_at"] >= "2026-11-27T02:00:00+00:00"
+
+
+def test_two_plants_slow_on_two_nights_one_after_the_other_are_two_slowdowns():
+    # no weather was open when P2's turn came: each plant's own incident, as before
+    p1 = line(1, 21, skip_sort=16)
+    p2 = line(2, 21, skip_sort=17, plant="P2", ndc="N2")
+    found = region_incidents(windows_of(sorted(p1 + p2), facilities=tuple(REGION)))
+    assert [(r["incident_key"], r["kind"]) for r in found] == [
+        ("P1:facility_slowdown:20261125T0230Z", "facility_slowdown"),
+        ("P2:facility_slowdown:20261126T0230Z", "facility_slowdown")]
+
+
+@pytest.mark.parametrize(("delayed", "weather_open", "expected"), [
+    (("P2",), {"P1": {"P1", "P2"}}, ("P2",)),  # a hub it covers goes on alone
+    (("P2", "P3"), {"P1": {"P1", "P2"}}, ("P2", "P3")),  # and P3, delayed beside it, joins
+    (("P3",), {"P1": {"P1", "P2"}}, ()),  # a hub it never covered: news of its own
+    (("P2",), None, ()),  # no weather open: one hub is no weather
+])
+def test_open_weather_goes_on_while_a_hub_it_covers_is_delayed(delayed, weather_open, expected):
+    monitor = FacilityMonitor(regions={"P1": "R", "P2": "R", "P3": "R"})
+    end = MONDAY + 10 * H
+    for hub in ("P1", "P2", "P3"):
+        monitor._tracks[hub] = None  # (seen: _weather reads only which hubs it has)
+    for i, hub in enumerate(delayed):  # delays that began hours apart, still going on
+        monitor._started[hub] = end - (8 - 4 * i) * H
+        monitor._delayed[hub] = end
+    delays = dict.fromkeys(delayed, 1.4)
+    (region,) = monitor._weather([], end, delays, weather_open)
+    assert (region.kind, region.facility, region.facilities) == ("weather", "P1", expected)
+    assert region.score == (2.0 if expected else 0.0)  # its worst hub's 1.4 over 0.7
 
 
 def test_one_plant_missing_part_of_a_sort_opens_nothing():

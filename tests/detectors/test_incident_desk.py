@@ -17,7 +17,8 @@ H = 3600
 class _Alarmed:
     """A monitor that finds every facility slow, always (to see what the desk lets through)."""
 
-    def assess(self, windows: list[FacilityWindow], lanes: object = None) -> list[Assessment]:
+    def assess(self, windows: list[FacilityWindow], lanes: object = None,
+               weather_open: object = None) -> list[Assessment]:
         return [Assessment(w.facility, w.end, 3.0, "facility_slowdown", "slow", 10)
                 for w in windows]
 
@@ -58,7 +59,8 @@ class _Stormy:
     """A monitor that finds region R (hubs P1, P2; its subject A0, the region's first hub
     in the facility list, never scans) under weather, always."""
 
-    def assess(self, windows: list[FacilityWindow], lanes: object = None) -> list[Assessment]:
+    def assess(self, windows: list[FacilityWindow], lanes: object = None,
+               weather_open: object = None) -> list[Assessment]:
         end = windows[0].end
         return [Assessment("A0", end, 2.0, "weather", "storm", 20, None, ("P1", "P2"))]
 
@@ -116,7 +118,8 @@ class _EveryLane:
 
         self.monitor = FacilityMonitor()
 
-    def assess(self, windows: list[FacilityWindow], lanes: object = None) -> list[Assessment]:
+    def assess(self, windows: list[FacilityWindow], lanes: object = None,
+               weather_open: object = None) -> list[Assessment]:
         return self.monitor.assess(windows)
 
 
