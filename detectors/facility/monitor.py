@@ -388,14 +388,15 @@ class FacilityMonitor:
         losing their feed at once is far less likely than weather) or it is in a stop; a feed
         outage never.
 
-        Hysteresis: in a region with its weather open (``weather_open``), every hub delayed
-        within the last ``weather_hours`` counts, whenever its delay began, and one hub the
-        weather covers already is enough to go on (scored by the highest delay; a hub
-        delayed beside it joins). Weather passes over a region's hubs hours apart, and one
-        of them may stay slow after the others have recovered: without this, demo 1 and 3's
-        storms ended hours early and went on as three slowdowns of their own hubs, and a
-        customer held twice by one storm heard of it twice. A hub slowing down after every
-        hub the weather covered has recovered is news of its own.
+        Hysteresis: in a region with its weather open (``weather_open``), one hub the
+        weather covers still delayed (within the last ``weather_hours``, whenever its delay
+        began) is enough for it to go on, scored by the highest delay. A storm may stay at
+        one of its hubs after the others have recovered: without this, demo 1 and 3's storms
+        ended hours early and went on as slowdowns of their own hubs, and a customer held
+        twice by one storm heard of it twice. Other hubs join only as a region's weather
+        opens (``weather_min`` whose delays began at once): at national density a region of
+        13 hubs often has a slowdown of its own while weather is open there, and it is news
+        of its own (a slowdown beside the sample's weather was called late, folded in).
         """
         span = self.weather_hours * 3600
         by_region: dict[str, list[str]] = {}
@@ -409,15 +410,16 @@ class FacilityMonitor:
         started = self._started
         going_on: set[str] = set()  # regions whose open weather goes on with fewer hubs
         for region, members in by_region.items():  # keep the largest group that began at once
-            covered = weather_open.get(self._region_first(region)) if weather_open else None
-            if covered is not None and any(m in covered for m in members):
-                going_on.add(region)
-                continue  # (every hub delayed lately counts: the hysteresis above)
             best: list[str] = []
             for m in sorted(members):
                 group = [n for n in members if abs(started[n] - started[m]) <= span]
                 if len(group) > len(best):
                     best = group
+            covered = weather_open.get(self._region_first(region)) if weather_open else None
+            still = [m for m in members if covered is not None and m in covered]
+            if still:  # the hysteresis above: its hubs still delayed, and a new group's
+                going_on.add(region)
+                best = sorted(set(still).union(best if len(best) >= self.weather_min else ()))
             by_region[region] = best
         grouped = []
         folded: set[str] = set()

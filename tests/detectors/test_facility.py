@@ -721,21 +721,23 @@ def test_two_plants_slow_on_two_nights_one_after_the_other_are_two_slowdowns():
         ("P2:facility_slowdown:20261126T0230Z", "facility_slowdown")]
 
 
-@pytest.mark.parametrize(("delayed", "weather_open", "expected"), [
-    (("P2",), {"P1": {"P1", "P2"}}, ("P2",)),  # a hub it covers goes on alone
-    (("P2", "P3"), {"P1": {"P1", "P2"}}, ("P2", "P3")),  # and P3, delayed beside it, joins
-    (("P3",), {"P1": {"P1", "P2"}}, ()),  # a hub it never covered: news of its own
-    (("P2",), None, ()),  # no weather open: one hub is no weather
+@pytest.mark.parametrize(("began", "weather_open", "expected"), [
+    ({"P2": 8}, {"P1": {"P1", "P2"}}, ("P2",)),  # a hub it covers goes on alone
+    ({"P2": 8, "P3": 4}, {"P1": {"P1", "P2"}}, ("P2",)),  # P3, slow hours later, is not it
+    ({"P3": 8}, {"P1": {"P1", "P2"}}, ()),  # a hub it never covered: news of its own
+    ({"P2": 8, "P3": 7, "P4": 7}, {"P1": {"P1", "P2"}}, ("P2", "P3", "P4")),  # new weather
+    ({"P3": 8, "P4": 7}, {"P1": {"P1", "P2"}}, ("P3", "P4")),  # there: they join
+    ({"P2": 8}, None, ()),  # no weather open: one hub is no weather
 ])
-def test_open_weather_goes_on_while_a_hub_it_covers_is_delayed(delayed, weather_open, expected):
-    monitor = FacilityMonitor(regions={"P1": "R", "P2": "R", "P3": "R"})
+def test_open_weather_goes_on_while_a_hub_it_covers_is_delayed(began, weather_open, expected):
+    monitor = FacilityMonitor(regions=dict.fromkeys(("P1", "P2", "P3", "P4"), "R"))
     end = MONDAY + 10 * H
-    for hub in ("P1", "P2", "P3"):
+    for hub in ("P1", "P2", "P3", "P4"):
         monitor._tracks[hub] = None  # (seen: _weather reads only which hubs it has)
-    for i, hub in enumerate(delayed):  # delays that began hours apart, still going on
-        monitor._started[hub] = end - (8 - 4 * i) * H
+    for hub, hours in began.items():  # delays that began hours ago and are still going on
+        monitor._started[hub] = end - hours * H
         monitor._delayed[hub] = end
-    delays = dict.fromkeys(delayed, 1.4)
+    delays = dict.fromkeys(began, 1.4)
     (region,) = monitor._weather([], end, delays, weather_open)
     assert (region.kind, region.facility, region.facilities) == ("weather", "P1", expected)
     assert region.score == (2.0 if expected else 0.0)  # its worst hub's 1.4 over 0.7
