@@ -1122,9 +1122,10 @@ class PackageTracker:
                 {"facility": ev.facility, "code": ev.code, "service": service, "last_ts": ts,
                  "silence": 0, "promised_by_ts": promised}, phased=False)
         if p_late is None or p_late < self.late_move_p:  # type: ignore[operator]
-            # on time (may is False, or p_late under late_move_p), or no estimate (None)
+            # on time (may is False, or p_late under late_move_p), or no estimate (p_late
+            # None: may was None, or the promise is past a stage without data)
             if known and self.late_again_p is not None and (
-                    may is False or may and p_late is not None):
+                    may is False or p_late is not None):
                 self._held[slot] = (fac, self._place(slot)[1] if fac is None else None, code,
                                     last_ts, ts, _moved_to(fac, code, ev))
                 self._flags[slot] |= _HELD
