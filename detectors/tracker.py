@@ -239,7 +239,15 @@ class PackageTracker:
         record of that hold (its facility, when it was held and how long, and the estimate
         from the later scan) at the first whose estimate misses the promise with probability
         ``late_again_p`` or more: the scan right after a hold often cannot know yet that the
-        hold cost the package its sort or its truck. None: off.
+        hold cost the package its sort or its truck. None: off. Without ``incidents``
+        (several shards) no incident is known here: every hold of ``hold_factor`` x its
+        stage's usual silence at a facility with statistics that the package left on time
+        goes to the network step as a ``held`` record, which keeps it if a delay incident
+        covered it; a watch there tells nobody yet, so a watched package's move is checked
+        as any other's; and the later scan that finds the package late sends a
+        ``late_again`` record (or says ``again`` in its ``moved_late``), which the network
+        step folds into the latest hold it kept. One flag a package here, and the network
+        step keeps only the holds an incident covered.
     tell_horizon
         Seconds. A watch or stall deadline that comes while the package's promise is more
         than this far off is put off: the watch is skipped (it is only an earlier stall),
@@ -435,6 +443,9 @@ class PackageTracker:
         late_move = self.late_move_p is not None and self.estimator is not None \
             and fstats is not None
         delayed_until = self._delayed_until.get if self.incidents is not None else None
+        # several shards: no incidents here (the network step has them); a watch tells
+        # nobody yet, and every long hold is the network step's to judge (_late_move)
+        several = self.incidents is None and self.late_again_p is not None
         if fstats is not None:
             observe, fscan = fstats.observe, fstats.scan
             pgap_col = self._pgap
@@ -542,52 +553,61 @@ class PackageTracker:
                     accepted += 1
                     service = _SERVICES[svc_col[slot]]
                     prev_code = codes[code_col[slot]]
-                    if flags & _HELD and flags & (_OPEN | _WATCHED):
+                    if flags & _HELD and (flags & _OPEN or flags & _WATCHED and not several):
                         # told, or looked at, for a newer silence: that one tells of itself
+                        # (several shards: a watch tells nobody yet, the network step decides)
                         flags_col[slot] = flags = flags & ~_HELD
-                        del self._held[slot]
+                        self._held.pop(slot, None)
                     if flags & _OPEN:
                         flags_col[slot] = flags & ~(_OPEN | _WATCHED)
                         resolved += 1
                         self._silence_ends(slot, ts)
                         out.append(self._alert(slot, "back_on_track", ts, ev))
-                    elif flags & _WATCHED:
-                        flags_col[slot] = flags & ~_WATCHED
-                        self._silence_ends(slot, ts)
-                        out.append(self._moved(slot, ts, ev))
+                    else:
+                        check = prev_code not in PRE_SHIPMENT
                         prev_ts = last_col[slot]
-                        if ts > prev_ts:  # (not a delivery synced late)
+                        if flags & _WATCHED:
+                            flags_col[slot] = flags & ~_WATCHED
+                            self._silence_ends(slot, ts)
+                            out.append(self._moved(slot, ts, ev))
+                            if ts > prev_ts:  # (not a delivery synced late)
+                                learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
+                            # several shards: nobody may have been told of this silence
+                            # (the network step knows), so it is checked as any other
+                            check = several
+                        elif check and not past:  # past its stall deadline: not usual
                             learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
-                    elif prev_code not in PRE_SHIPMENT:
-                        prev_ts = last_col[slot]
-                        if not past:  # past its stall deadline: not a usual silence
-                            learn(last_fac, prev_code, service, prev_ts, ts - prev_ts)
-                        if flags & _HELD:
-                            # an incident held it, not told yet: each scan looks again, and
-                            # that hold tells (it folds into the incident known to hold it;
-                            # one record for the package's later silences too)
-                            if code not in TERMINAL_CODES:
+                        if check:
+                            late = None
+                            if (not flags & _HELD or several) and late_move \
+                                    and ts - prev_ts >= _LATE_MOVE_MIN:
+                                # held where it sat, or on the road by the lane it left by
+                                held = last_fac if last_fac is not None \
+                                    else self._place(slot)[1]
+                                known = (delayed_until is not None and held is not None
+                                         and delayed_until(held, -1) >= prev_ts)
+                                if (held is not None
+                                        and (monitored is None or held in monitored)
+                                        and (delayed_until is None or known
+                                             # off the road past the windows closed here:
+                                             # a lane's incident opens on its late arrivals
+                                             # (in transit only: a departure followed by a
+                                             # late arrival, checked too, told no more
+                                             # package on demo 1-3 and cost a lookup per
+                                             # such move)
+                                             or last_fac is None
+                                             and ts > fstats.closed_through)
+                                        and promised_col[slot] >= 0):  # (a column, a miss)
+                                    late = self._late_move(
+                                        slot, ts, ev, service, last_fac, prev_code, known)
+                                    if late is not None:
+                                        out.append(late)
+                            if flags & _HELD and late is None and code not in TERMINAL_CODES:
+                                # an incident held it (several shards: may have), not told
+                                # yet: each scan looks again, and that hold tells (it folds
+                                # into the incident that held it; one record for the
+                                # package's later silences too)
                                 late = self._late_again(slot, ts, ev, service)
-                                if late is not None:
-                                    out.append(late)
-                        elif late_move and ts - prev_ts >= _LATE_MOVE_MIN:
-                            # held where it sat, or on the road by the lane it departed on
-                            held = last_fac if last_fac is not None else self._place(slot)[1]
-                            known = (delayed_until is not None and held is not None
-                                     and delayed_until(held, -1) >= prev_ts)
-                            if (held is not None
-                                    and (monitored is None or held in monitored)
-                                    and (delayed_until is None or known
-                                         # off the road past the windows closed here: a
-                                         # lane's incident opens on its late arrivals (in
-                                         # transit only: a departure followed by a late
-                                         # arrival, checked too, told no more package on
-                                         # demo 1-3 and cost a lookup per such move)
-                                         or last_fac is None
-                                         and ts > fstats.closed_through)
-                                    and promised_col[slot] >= 0):  # (last: a column, a miss)
-                                late = self._late_move(
-                                    slot, ts, ev, service, last_fac, prev_code, known)
                                 if late is not None:
                                     out.append(late)
                 facility = ev.facility
@@ -1105,7 +1125,12 @@ class PackageTracker:
 
         ``known``: a delay incident known here (one shard) covered the silence. Such a hold
         that the estimate finds on time is remembered (``_HELD``): the package's later scans
-        look again (:meth:`_late_again`)."""
+        look again (:meth:`_late_again`). With several shards (no incidents here, and
+        ``late_again_p`` set) every such hold is the network step's to judge: it goes there
+        as a ``held`` record (:meth:`_held_record`), which the network step keeps if a delay
+        incident held the package there; and a ``moved_late`` record of a package with such
+        holds behind it, late by ``late_again_p``, says ``again``: if no incident held it
+        here, the network step looks at those."""
         last_ts = self._last_ts[slot]
         found = self.detector.threshold(
             {"facility": fac, "code": code, "service": service, "last_ts": last_ts})
@@ -1121,14 +1146,18 @@ class PackageTracker:
             _, p_late = self.estimator.estimate(  # type: ignore[union-attr]
                 {"facility": ev.facility, "code": ev.code, "service": service, "last_ts": ts,
                  "silence": 0, "promised_by_ts": promised}, phased=False)
+        several = self.incidents is None
         if p_late is None or p_late < self.late_move_p:  # type: ignore[operator]
             # on time (may is False, or p_late under late_move_p), or no estimate (p_late
             # None: may was None, or the promise is past a stage without data)
-            if known and self.late_again_p is not None and (
+            if (known or several) and self.late_again_p is not None and (
                     may is False or p_late is not None):
-                self._held[slot] = (fac, self._place(slot)[1] if fac is None else None, code,
-                                    last_ts, ts, _moved_to(fac, code, ev))
                 self._flags[slot] |= _HELD
+                hold = (fac, self._place(slot)[1] if fac is None else None, code, last_ts, ts,
+                        _moved_to(fac, code, ev))
+                if several:
+                    return self._held_record(slot, hold)
+                self._held[slot] = hold
             return None
         self.stats.late_moves += 1
         self._episode[slot] += 1  # its own episode: a later stall is another one
@@ -1138,7 +1167,42 @@ class PackageTracker:
         # decided once every shard has passed the move and its facility windows are closed:
         # an incident that opened in the hours before it moved is known by then
         record["watermark"] = max(record["watermark"], ts)
+        if several and self._flags[slot] & _HELD and p_late >= self.late_again_p:
+            self._flags[slot] &= ~_HELD  # (holds sent before: the network step looks there)
+            record["again"] = True
+            record["scanned_at"] = self.names.get(ev.facility, ev.facility) if ev.facility \
+                else "in transit"
         return record
+
+    def _held_record(self, slot: int, hold: tuple[Any, ...]) -> dict[str, Any]:
+        """Several shards: a ``held`` record of a hold :meth:`_late_move` found on time (the
+        fields of the ``moved_late`` record it would make; its ``evidence`` is the hold's
+        part of a later ``moved_late``'s, see :meth:`_late_again`)."""
+        moved = hold[4]
+        return {
+            "kind": "held",
+            "package_id": _unpack_id(self._ids[slot]),
+            "alert_time": _iso(moved),
+            **self._hold_fields(hold),
+            "evidence": _held_text(self.names, hold),
+            "watermark": max(self.max_event_ts - self.allowed_lateness, moved),
+        }
+
+    def _hold_fields(self, hold: tuple[Any, ...]) -> dict[str, Any]:
+        """A hold's fields in a record that tells of it (where, since when, how long)."""
+        fac, departed, code, last_ts, moved, moved_to = hold
+        names = self.names
+        return {
+            "facility_id": fac,
+            "departed_from": departed,
+            "departed_from_name": None if departed is None else names.get(departed, departed),
+            "facility_name": names.get(fac or "", fac or "in transit"),
+            "last_event_code": code,
+            "last_scan_time": _iso(last_ts),
+            "silence_seconds": moved - last_ts,
+            "expected_seconds": None,
+            "moved_to": moved_to,
+        }
 
     def _may_be_late(self, ev: ScanEvent, service: str | None, ahead: int,
                      p: float) -> bool | None:
@@ -1165,7 +1229,12 @@ class PackageTracker:
         hold (where and since when it was held, for how long; the estimate from this scan),
         once; else None. The estimate from the scan after a hold often cannot know yet that
         the hold cost the package its sort or its truck: on demo 1-3, 97 packages held by an
-        incident that moved on with ``p_late`` under 0.9 were late (bench/RESULTS.md)."""
+        incident that moved on with ``p_late`` under 0.9 were late (bench/RESULTS.md).
+
+        Several shards: the holds went to the network step (``held`` records), which keeps
+        those a delay incident covered; the record is then a ``late_again`` (this scan's
+        fields and estimate, ``scanned_at`` its facility's name) that it folds into the
+        latest of them."""
         again = self.late_again_p
         if again is None:  # (turned off since the hold: the settings of a resumed run)
             return None
@@ -1177,30 +1246,19 @@ class PackageTracker:
              "silence": 0, "promised_by_ts": promised}, phased=False)
         if p_late is None or p_late < again:
             return None
-        fac, departed, code, last_ts, moved, moved_to = self._held.pop(slot)
         self._flags[slot] &= ~_HELD
         self.stats.late_moves += 1
         self._episode[slot] += 1
         record = self._alert(slot, "moved_late", ts, ev)
-        names = self.names
-        held = (names.get(fac, fac) if fac is not None else "in transit" if departed is None
-                else f"the road from {names.get(departed, departed)}")
-        now = names.get(ev.facility, ev.facility) if ev.facility else "in transit"
-        record |= {
-            "facility_id": fac,
-            "departed_from": departed,
-            "departed_from_name": None if departed is None else names.get(departed, departed),
-            "facility_name": names.get(fac or "", fac or "in transit"),
-            "last_event_code": code,
-            "last_scan_time": _iso(last_ts),
-            "silence_seconds": moved - last_ts,
-            "expected_seconds": None,
-            "p_late": round(float(p_late), 3),
-            "moved_to": moved_to,
-            "evidence": f"Moving again: held {(moved - last_ts) / 3600:.0f} h at {held} until "
-                        f"{_iso(moved)}, now scanned at {now}.",
-        }
+        now = self.names.get(ev.facility, ev.facility) if ev.facility else "in transit"
+        record["p_late"] = round(float(p_late), 3)
         record["watermark"] = max(record["watermark"], ts)  # as _late_move's
+        hold = self._held.pop(slot, None)
+        if hold is None:  # several shards: the network step has the holds (_held_record)
+            record |= {"kind": "late_again", "scanned_at": now}
+            return record
+        record |= self._hold_fields(hold)
+        record["evidence"] = f"Moving again: {_held_text(self.names, hold)}, now scanned at {now}."
         return record
 
     def _moved(self, slot: int, ts: int, ev: ScanEvent | None = None) -> dict[str, Any]:
@@ -1347,6 +1405,14 @@ _MAX_GENERATIONS = 127  # kept generations: ages up to 2x this must not wrap mod
 _FP_PRIME = 42_922_995_649_230_491  # 0x987e3cb45e369b: 56 bits
 _MIX = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd: spreads fingerprints over the bitmap
 _M64 = (1 << 64) - 1
+
+
+def _held_text(names: Mapping[str, str], hold: tuple[Any, ...]) -> str:
+    """"held 10 h at P1 until <time>": the hold a later ``moved_late`` tells of."""
+    fac, departed, _, last_ts, moved, _ = hold
+    held = (names.get(fac, fac) if fac is not None else "in transit" if departed is None
+            else f"the road from {names.get(departed, departed)}")
+    return f"held {(moved - last_ts) / 3600:.0f} h at {held} until {_iso(moved)}"
 
 
 def _moved_to(fac: str | None, code: str, ev: ScanEvent) -> str | None:

@@ -125,7 +125,9 @@ def make_flow_metrics(registry: CollectorRegistry | None = REGISTRY) -> FlowMetr
         package_records=Counter(
             "delaywatch_package_records", "Records the package trackers made by kind, before "
             "the network step decides them: stall candidates, watched packages (silent where "
-            "an incident may open), moves and late moves.", ["kind"], **kw),
+            "an incident may open), moves and late moves; with several shards also holds left "
+            "on time (held) and later scans that found such a package late (late_again).",
+            ["kind"], **kw),
         stage_keys=Gauge("delaywatch_detector_stage_keys", "Stage keys the detectors hold.",
                          **kw),
         facilities_monitored=Gauge(

@@ -74,6 +74,10 @@ __all__ = ["NetworkDesk", "Out", "Progress"]
 Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident" | "facility", record)
 
 _END = 1 << 62  # no step of this kind can be taken now
+_MOVES = frozenset({"moved_late", "held"})  # records of a hold that ended: when it ended
+_HOLD_FIELDS = ("facility_id", "departed_from", "departed_from_name", "facility_name",
+                "last_event_code", "last_scan_time", "silence_seconds", "expected_seconds",
+                "moved_to")
 
 
 def _where(alert: dict[str, Any]) -> str:
@@ -172,6 +176,9 @@ class NetworkDesk:
         # package -> until when its records wait behind its moved_late (lane_wait_seconds):
         # one package's records are decided in the order they were made
         self._behind: dict[str, int] = {}
+        # several shards: package -> the ``held`` records of its holds a delay incident
+        # covered (it moved on still on time); a later ``late_again`` of it tells of one
+        self._holds: dict[str, list[dict[str, Any]]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_figures", [])  # snapshots from before the figures
@@ -179,6 +186,7 @@ class NetworkDesk:
         state.setdefault("_moved_watched", {})  # snapshots from before the moved watches
         state.setdefault("_moved_by_time", [])
         state.setdefault("_behind", {})
+        state.setdefault("_holds", {})  # snapshots from before the several shards' holds
         self.__dict__.update(state)
 
     # -- pickling (Bytewax snapshots) ---------------------------------------------------------
@@ -205,7 +213,7 @@ class NetworkDesk:
             if made is None:
                 made = _epoch(item["alert_time"])
             pid = item["package_id"]
-            if item["kind"] == "moved_late" and item.get("moved_to") is not None:
+            if item["kind"] in _MOVES and item.get("moved_to") is not None:
                 # off the road: the lane incident it may have been held by opens on the late
                 # arrivals, this one's among them (IncidentFolder.lane_wait_seconds, from when
                 # it came off the road); the package's later records wait behind it
@@ -325,6 +333,9 @@ class NetworkDesk:
         self._next_prune = self.now + 86400
         self.folder.prune(self.now)
         cutoff = self.now - 7 * 86400
+        for pid, holds in list(self._holds.items()):
+            if _epoch(holds[-1]["alert_time"]) < cutoff:
+                del self._holds[pid]  # (delivered, or lost: no later scan will tell)
         for name, watched in list(self.watching.items()):
             for pid in [p for p, a in watched.items() if _epoch(a["alert_time"]) < cutoff]:
                 del watched[pid]
@@ -359,15 +370,21 @@ class NetworkDesk:
             return [("alert", alert), *self._messages(grouper.add(alert))]
         if kind == "moved_late":
             # moved on from a long silence, now expected late: told only if an incident held
-            # it there (its own lateness is otherwise for its stall alerts to tell)
-            decision, folded = folder.decide(alert)
-            if decision != "fold" or grouper.closed(folded):
-                return []  # no incident held it, or its customer heard of that one already
-            folded["moving"] = True  # the message says it moves again, with its new estimate
-            out: list[Out] = [("alert", folded), *self._messages(grouper.add(folded, "fold"))]
-            # it has already moved: its group's all-clear waits for it no longer
-            grouper.add(folded | {"kind": "back_on_track"})
-            return out
+            # it there (its own lateness is otherwise for its stall alerts to tell); several
+            # shards, ``again``: else if one held it before (late_again)
+            again, scanned_at = alert.pop("again", False), alert.pop("scanned_at", None)
+            told_now = self._tell_moved(alert)
+            if told_now is None and again:
+                told_now = self._tell_held(alert, scanned_at)
+            return told_now or []
+        if kind == "held":
+            # several shards: a hold it left still on time; kept if a delay incident held it
+            interval = folder.covering(alert | {"kind": "moved_late"})
+            if interval is not None and interval.kind in DELAY_KINDS:
+                self._holds.setdefault(pid, []).append(alert)
+            return []
+        if kind == "late_again":
+            return self._tell_held(alert, alert.pop("scanned_at", None)) or []
         if kind == "stall":
             self._unwatch(alert)
             if told == "fold":
@@ -385,8 +402,37 @@ class NetworkDesk:
                 return []
         if decision == "suppress" and m is not None:
             m.alerts_suppressed.labels("feed_outage").inc()
-        told_now: list[Out] = [] if decision == "suppress" else [("alert", alert)]
-        return told_now + self._messages(grouper.add(alert, decision))
+        if decision == "suppress":
+            return self._messages(grouper.add(alert, decision))
+        self._holds.pop(pid, None)  # told of a newer silence: it tells of itself
+        return [("alert", alert), *self._messages(grouper.add(alert, decision))]
+
+    def _tell_moved(self, alert: dict[str, Any]) -> list[Out] | None:
+        """A ``moved_late`` record folded into the delay incident that held the package, and
+        its message; None if none did, or if its customer heard of that one already."""
+        decision, folded = self.folder.decide(alert)
+        if decision != "fold" or self.grouper.closed(folded) or self.grouper.listed(folded):
+            return None  # (listed: several shards check a watched package's move too)
+        folded["moving"] = True  # the message says it moves again, with its new estimate
+        self._holds.pop(folded["package_id"], None)  # (one message for its holds before)
+        out: list[Out] = [("alert", folded), *self._messages(self.grouper.add(folded, "fold"))]
+        # it has already moved: its group's all-clear waits for it no longer
+        self.grouper.add(folded | {"kind": "back_on_track"})
+        return out
+
+    def _tell_held(self, late: dict[str, Any], scanned_at: str | None) -> list[Out] | None:
+        """Several shards: a package late at a scan after holds it left on time (a
+        ``late_again``, or a ``moved_late`` with ``again``) told of the latest hold a delay
+        incident covered (:meth:`_tell_moved`), as one shard's ``_late_again`` would; None
+        if it has none, or its customer heard of those incidents already."""
+        for hold in reversed(self._holds.pop(late["package_id"], ())):
+            record = late | {name: hold[name] for name in _HOLD_FIELDS} | {
+                "kind": "moved_late",
+                "evidence": f"Moving again: {hold['evidence']}, now scanned at {scanned_at}."}
+            told = self._tell_moved(record)
+            if told is not None:
+                return told
+        return None
 
     def _unwatch(self, alert: dict[str, Any]) -> dict[str, Any] | None:
         """The package no longer watched; returns its watch record, if it was watched."""
@@ -416,6 +462,7 @@ class NetworkDesk:
                 if folded is None:
                     continue
                 del moved[pid]  # type: ignore[attr-defined]
+                self._holds.pop(pid, None)
                 clear = _all_clear(move)
                 out += [("alert", folded), *self._messages(self.grouper.add(folded, "fold"))]
                 out += [("alert", clear), *self._messages(self.grouper.add(clear))]
@@ -466,6 +513,7 @@ class NetworkDesk:
         if folded is None:
             return []
         self._unwatch(alert)
+        self._holds.pop(pid, None)
         return [("alert", folded), *self._messages(self.grouper.add(folded, "fold"))]
 
     def _since(self, record: dict[str, Any]) -> str:

@@ -235,6 +235,20 @@ class MessageGrouper:
         closed = ref and self._closed.get(_group_key(str(alert.get("incident_key")), ref))
         return bool(closed) and str(alert.get("package_id")) in closed[2]  # type: ignore[index]
 
+    def listed(self, alert: dict[str, Any]) -> bool:
+        """This ``incident_delay`` alert's package is in its customer's group for its
+        incident, open or closed: it was told of that incident (or is, in a message still
+        held), so another alert of it for that incident would tell nothing new."""
+        ref = alert.get("recipient_ref")
+        if not ref:
+            return False
+        key, pid = _group_key(str(alert.get("incident_key")), ref), alert.get("package_id")
+        group = self._groups.get(key)
+        if group is not None and any(a.get("package_id") == pid for a in group.alerts):
+            return True
+        closed = self._closed.get(key)
+        return bool(closed) and str(pid) in closed[2]  # type: ignore[index]
+
     def add(self, alert: dict[str, Any], decision: str = "keep") -> list[dict[str, Any]]:
         """One package alert and the folder's decision for it; returns messages due at once.
 

@@ -446,6 +446,65 @@ def test_a_held_package_still_on_time_as_it_moves_on_is_looked_at_again() -> Non
     assert run(0.9, snapshot=True) == [record]
 
 
+def test_several_shards_send_every_hold_left_on_time_and_the_later_scan_that_is_late() -> None:
+    """Several shards (no incidents here, ``late_again_p`` set): a hold the package left
+    still on time goes to the network step as a ``held`` record (where, since when, how
+    long; the network step keeps it if a delay incident covered it), wherever it was; the
+    first later scan whose estimate misses the promise by ``late_again_p`` sends a
+    ``late_again`` (that scan's estimate, the name of where it was made), once. A package
+    that left within its usual silence sends neither; with ``late_again_p`` off, nothing."""
+    def run(again: float | None) -> list[dict[str, Any]]:
+        t = _late_move_tracker(None)
+        t.late_again_p = again
+        _arrival_estimates(t, hours=40)  # from P2: 40 to 45 h more
+        out = t.process_batch(_held("HELD", "P1", 10, 36) + _held("QUICK", "P1", 3, 36))
+        later = [ScanEvent(pid, "TL", None, T0 + 12 * H, T0 + 12 * H)
+                 for pid in ("HELD", "QUICK")]
+        later += [ScanEvent(pid, "A1", "P2", T0 + 14 * H, T0 + 14 * H)
+                  for pid in ("HELD", "QUICK")]
+        later += [ScanEvent("HELD", "T1", "P2", T0 + 16 * H, T0 + 16 * H)]
+        return [a for a in out + t.process_batch(later)
+                if a["kind"] in ("held", "late_again", "moved_late")]
+
+    assert run(None) == []
+    held, late = run(0.93)
+    assert held["kind"] == "held" and held["package_id"] == "HELD"
+    assert (held["facility_id"], held["last_event_code"]) == ("P1", "A1")
+    assert held["last_scan_time"] == _iso(T0) and held["silence_seconds"] == 10 * H
+    assert held["alert_time"] == _iso(T0 + 10 * H) and held["moved_to"] is None
+    assert held["evidence"] == f"held 10 h at P1 until {_iso(T0 + 10 * H)}"
+    assert held["watermark"] == T0 + 10 * H  # decided once the windows up to the move are in
+    assert late["kind"] == "late_again" and late["package_id"] == "HELD"
+    assert late["alert_time"] == _iso(T0 + 14 * H) and late["p_late"] >= 0.93
+    assert late["scanned_at"] == "P2" and late["new_estimate"] > late["promised_by"]
+    assert late["watermark"] == T0 + 14 * H
+
+
+def test_several_shards_check_a_watched_package_that_moves_on_and_flag_holds_behind() -> None:
+    """Several shards: a watch tells nobody yet (the network step decides), so a watched
+    package that moves on late after a long silence gets its ``moved_late`` beside its
+    ``moved`` (one shard: only ``moved``, a watch there is an incident's or a told one).
+    A ``moved_late`` of a package with holds sent before says ``again`` (if no incident
+    held it there, the network step looks at those) and where it was scanned."""
+    def run(desk: _OneIncident | None) -> list[tuple[str, bool]]:
+        t = _late_move_tracker(desk)
+        t.late_again_p = 0.93
+        _arrival_estimates(t, hours=60)
+        ev = _held("P", "P1", 10, 60)  # left after 10 h, still on time: a hold
+        ev += [ScanEvent("P", "A1", "P2", T0 + 11 * H, T0 + 11 * H)]
+        # watched at 11 + 0.85 x 40 = 45 h (the watermark trails by 6 h), stall at 51 h
+        ev += [ScanEvent("TICK", "A1", "P3", T0 + h * H, T0 + h * H) for h in range(12, 54)]
+        ev += [ScanEvent("P", "T1", "P2", T0 + 54 * H, T0 + 54 * H)]  # 43 h: watched, late
+        ev.sort(key=lambda e: e.event_ts)
+        out = t.process_batch(ev)
+        return [(a["kind"], bool(a.get("again")), a.get("scanned_at")) for a in out
+                if a["kind"] in ("held", "moved", "moved_late", "late_again")]
+
+    assert run(None) == [("held", False, None), ("moved", False, None),
+                         ("moved_late", True, "P2")]
+    assert run(_OneIncident(at=T0 + 100 * H)) == [("moved", False, None)]
+
+
 def _arrival_estimates(t: PackageTracker, hours: int = 30, spread: int = 6) -> None:
     """Teach ``t``'s estimator that from an arrival at P2 a package takes ``hours`` to
     ``hours + spread - 1`` h more."""

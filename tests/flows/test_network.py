@@ -899,3 +899,108 @@ def test_updates_of_an_incident_queue_one_fold_check_per_watched_package() -> No
     desk.add("0", Progress(T0 + 4 * H, T0 + 4 * H, [], []))
     told = [r["package_id"] for tag, r in desk.step() if tag == "alert"]
     assert sorted(told) == sorted(f"W{i}" for i in range(20)) and desk._checking == set()
+
+
+# -- several shards: holds left on time, judged here (2026-11-25) ---------------------------
+
+def _hold(pid: str, fac: str, last: int, moved: int) -> dict[str, Any]:
+    """A shard's ``held`` record: ``pid`` sat at ``fac`` from ``last`` and left on time at
+    ``moved`` (PackageTracker._held_record)."""
+    return {"kind": "held", "package_id": pid, "alert_time": iso(moved), "facility_id": fac,
+            "departed_from": None, "departed_from_name": None, "facility_name": f"{fac} plant",
+            "last_event_code": "A1", "last_scan_time": iso(last),
+            "silence_seconds": moved - last, "expected_seconds": None, "moved_to": None,
+            "evidence": f"held {(moved - last) // H} h at {fac} plant until {iso(moved)}",
+            "watermark": moved}
+
+
+def _late(pid: str, at: int, kind: str = "late_again", **more: Any) -> dict[str, Any]:
+    """A shard's ``late_again`` record: ``pid`` scanned at P9 at ``at``, now late."""
+    return {"alert_key": f"{pid}:moved_late:2", "kind": kind, "package_id": pid,
+            "episode": 2, "facility_id": "P9", "departed_from": None,
+            "facility_name": "P9 plant", "last_event_code": "A1",
+            "last_scan_time": iso(at - H), "silence_seconds": H, "alert_time": iso(at),
+            "recipient_ref": f"C-{pid}", "evidence": "Moving again: scanned at P9 after 1 h.",
+            "new_estimate": iso(at + 40 * H), "promised_by": iso(at + 20 * H),
+            "p_late": 0.97, "scanned_at": "P9 plant", "watermark": at, **more}
+
+
+def test_a_later_scan_found_late_tells_of_the_hold_an_incident_covered() -> None:
+    """Several shards: a hold left on time is kept only if a delay incident covered it;
+    a later scan finding the package late (``late_again``) then tells of that hold, with
+    its place and times and the estimate from the later scan, once; a package whose hold
+    no incident covered, or whose customer was told of a newer silence since, is not."""
+    desk = new_desk(shards=2)
+    opened = T0 + 2 * H
+    slowdown = incident("facility_slowdown", "P1", opened)
+    out = feed(desk, [[("0", _hold("A", "P1", T0, T0 + 10 * H)),      # covered
+                       ("0", _hold("B", "P2", T0, T0 + 10 * H)),      # no incident at P2
+                       ("0", _hold("C", "P1", T0, T0 + 10 * H)),      # covered, told since
+                       ("0", progress(T0 + 12 * H, T0 + 12 * H, [(opened, [slowdown])])),
+                       ("1", progress(T0 + 12 * H, T0 + 12 * H))],
+                      [("0", record("C", T0 + 14 * H, facility="P7")),  # its own stall
+                       ("0", _late("A", T0 + 20 * H)), ("0", _late("B", T0 + 20 * H)),
+                       ("0", _late("C", T0 + 20 * H)), ("0", _late("A", T0 + 21 * H)),
+                       ("0", progress(T0 + 24 * H, T0 + 24 * H)),
+                       ("1", progress(T0 + 24 * H, T0 + 24 * H))]])
+    alerts = [r for tag, r in out if tag == "alert"]
+    assert [(r["kind"], r["package_id"]) for r in alerts] == [
+        ("stall", "C"), ("incident_delay", "A")]
+    told = alerts[1]
+    assert told["incident_key"] == slowdown["incident_key"] and told["moving"]
+    assert told["alert_key"] == "A:incident_delay:2"
+    assert (told["facility_id"], told["last_scan_time"]) == ("P1", iso(T0))
+    assert told["silence_seconds"] == 10 * H and told["alert_time"] == iso(T0 + 20 * H)
+    assert told["new_estimate"] == iso(T0 + 60 * H)  # the later scan's
+    assert told["evidence"].endswith(
+        f"Moving again: held 10 h at P1 plant until {iso(T0 + 10 * H)}, now scanned at "
+        "P9 plant.")
+    assert "scanned_at" not in told and "again" not in told
+    assert desk._holds == {}
+
+
+def test_a_late_move_with_holds_behind_tells_of_one_of_them_if_none_held_it_there() -> None:
+    """Several shards: a ``moved_late`` that says ``again`` (holds were sent before) folds
+    into an incident that held it where it just sat if one did (and its holds are done
+    with), else into the hold an incident covered before."""
+    for here, expect in ((True, "P9"), (False, "P1")):
+        desk = new_desk(shards=2)
+        incidents = [incident("facility_slowdown", "P1", T0 + 2 * H)]
+        if here:
+            incidents.append(incident("weather", "P9", T0 + 14 * H))
+        late = _late("A", T0 + 20 * H, kind="moved_late", again=True) | {
+            "last_scan_time": iso(T0 + 12 * H), "silence_seconds": 8 * H}
+        out = feed(desk, [[("0", _hold("A", "P1", T0, T0 + 10 * H)),
+                           ("0", progress(T0 + 12 * H, T0 + 12 * H,
+                                          [(T0 + 2 * H, incidents[:1])])),
+                           ("1", progress(T0 + 12 * H, T0 + 12 * H))],
+                          [("0", late), ("0", progress(T0 + 24 * H, T0 + 24 * H,
+                                                       [(T0 + 14 * H, incidents[1:])])),
+                           ("1", progress(T0 + 24 * H, T0 + 24 * H))]])
+        [told] = [r for tag, r in out if tag == "alert"]
+        assert told["facility_id"] == expect, here
+        assert "scanned_at" not in told and "again" not in told
+        assert desk._holds == {}
+
+
+def test_a_watched_package_told_of_an_incident_is_not_told_again_of_its_move() -> None:
+    """Several shards check a watched package's move too: its ``moved_late`` (and the hold
+    it made, kept by the incident) tell the customer nothing the watch told already."""
+    desk = new_desk(shards=2)
+    opened = T0 + 2 * H
+    slowdown = incident("facility_slowdown", "P1", opened)
+    watch = record("W", T0 + 5 * H, kind="watch") | {"last_scan_time": iso(T0)}
+    moved = record("W", T0 + 10 * H, kind="moved") | {"last_scan_time": iso(T0)}
+    late = record("W", T0 + 10 * H, kind="moved_late") | {
+        "last_scan_time": iso(T0), "silence_seconds": 10 * H, "episode": 2,
+        "watermark": T0 + 10 * H}
+    out = feed(desk, [[("0", watch), ("0", progress(T0 + 6 * H, T0 + 6 * H,
+                                                    [(opened, [slowdown])])),
+                       ("1", progress(T0 + 6 * H, T0 + 6 * H))],
+                      [("0", moved), ("0", late), ("0", _hold("W", "P1", T0, T0 + 10 * H)),
+                       ("0", progress(T0 + 14 * H, T0 + 14 * H)),
+                       ("1", progress(T0 + 14 * H, T0 + 14 * H))],
+                      [("0", _late("W", T0 + 20 * H)), ("0", progress(T0 + 24 * H, T0 + 24 * H)),
+                       ("1", progress(T0 + 24 * H, T0 + 24 * H))]])
+    assert [(r["kind"], r["package_id"]) for tag, r in out if tag == "alert"] == [
+        ("incident_delay", "W"), ("back_on_track", "W")]
