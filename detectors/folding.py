@@ -216,6 +216,11 @@ class IncidentFolder:
             if head.resolved < cutoff:
                 del self._by_key[key]
 
+    def has_incidents(self, name: str | None) -> bool:
+        """Whether any incident (open, or resolved within the retention) names facility
+        ``name``: if not, :meth:`covering` finds none there (a cheap test first)."""
+        return bool(name) and bool(self._by_facility.get(name))  # type: ignore[arg-type]
+
     # -- alerts ----------------------------------------------------------------------------
     def covering(self, alert: dict[str, Any]) -> _Interval | None:
         """The incident that covers a stall alert: of those that covered the silence, one

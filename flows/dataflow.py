@@ -51,7 +51,7 @@ from detectors.events import Invalid, parse_batch, parse_line
 from detectors.facility import FacilityMonitor, FacilityStats
 from detectors.folding import IncidentFolder
 from detectors.incidents import IncidentDesk, IncidentManager
-from detectors.tracker import PackageTracker, hash_id
+from detectors.tracker import Held, PackageTracker, hash_id
 from flows.cluster import network_key, shard_keys
 from flows.config import Settings
 from flows.metrics import INCIDENT_KINDS, FlowMetrics
@@ -330,7 +330,8 @@ class _Shard(StatefulBatchLogic[list[ScanEvent], dict[str, Any], PackageTracker]
         if alerts:
             kinds: dict[str, int] = {}
             for alert in alerts:
-                kinds[alert["kind"]] = kinds.get(alert["kind"], 0) + 1
+                kind = "held" if type(alert) is Held else alert["kind"]
+                kinds[kind] = kinds.get(kind, 0) + 1
             for kind, count in kinds.items():
                 m.package_records.labels(kind).inc(count)
 

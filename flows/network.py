@@ -64,6 +64,7 @@ from detectors.events import iso_time
 from detectors.facility import FacilityWindow, merge
 from detectors.folding import DELAY_KINDS, IncidentFolder, hold_end
 from detectors.incidents import IncidentDesk
+from detectors.tracker import Held
 from notifiers.grouping import MessageGrouper
 
 if TYPE_CHECKING:
@@ -74,10 +75,6 @@ __all__ = ["NetworkDesk", "Out", "Progress"]
 Out = tuple[str, dict[str, Any]]  # ("alert" | "message" | "incident" | "facility", record)
 
 _END = 1 << 62  # no step of this kind can be taken now
-_MOVES = frozenset({"moved_late", "held"})  # records of a hold that ended: when it ended
-_HOLD_FIELDS = ("facility_id", "departed_from", "departed_from_name", "facility_name",
-                "last_event_code", "last_scan_time", "silence_seconds", "expected_seconds",
-                "moved_to")
 
 
 def _where(alert: dict[str, Any]) -> str:
@@ -176,9 +173,9 @@ class NetworkDesk:
         # package -> until when its records wait behind its moved_late (lane_wait_seconds):
         # one package's records are decided in the order they were made
         self._behind: dict[str, int] = {}
-        # several shards: package -> the ``held`` records of its holds a delay incident
-        # covered (it moved on still on time); a later ``late_again`` of it tells of one
-        self._holds: dict[str, list[dict[str, Any]]] = {}
+        # several shards: package -> the holds a delay incident covered that it left still
+        # on time; a later ``late_again`` of it tells of one
+        self._holds: dict[str, list[Held]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("_figures", [])  # snapshots from before the figures
@@ -196,7 +193,7 @@ class NetworkDesk:
         return state
 
     # -- input ------------------------------------------------------------------------------
-    def add(self, shard: str, item: dict[str, Any] | Progress) -> None:
+    def add(self, shard: str, item: dict[str, Any] | Held | Progress) -> None:
         """One item from ``shard``: a package record (held until it can be decided; its
         ``"watermark"`` key, when the tracker made it, is taken out) or its :class:`Progress`."""
         if isinstance(item, Progress):
@@ -207,13 +204,22 @@ class NetworkDesk:
                 self._ready.setdefault(end, []).extend(records)
             for _, rows in item.figures:
                 self._figures += rows
+        elif isinstance(item, Held):  # several shards: a hold left on time, when it ended
+            self._arrivals += 1
+            made, pid = item.made, item.package_id
+            if item.moved_to is not None:  # off the road: as a moved_late's (below)
+                made = max(made, item.moved_ts + self.folder.lane_wait_seconds)
+                self._behind[pid] = max(made, self._behind.get(pid, made))
+            elif pid in self._behind:
+                made = max(made, self._behind[pid])
+            heapq.heappush(self._held, (made, pid, self._arrivals, item))
         else:
             self._arrivals += 1
             made = item.pop("watermark", None)
             if made is None:
                 made = _epoch(item["alert_time"])
             pid = item["package_id"]
-            if item["kind"] in _MOVES and item.get("moved_to") is not None:
+            if item["kind"] == "moved_late" and item.get("moved_to") is not None:
                 # off the road: the lane incident it may have been held by opens on the late
                 # arrivals, this one's among them (IncidentFolder.lane_wait_seconds, from when
                 # it came off the road); the package's later records wait behind it
@@ -334,7 +340,7 @@ class NetworkDesk:
         self.folder.prune(self.now)
         cutoff = self.now - 7 * 86400
         for pid, holds in list(self._holds.items()):
-            if _epoch(holds[-1]["alert_time"]) < cutoff:
+            if holds[-1].moved_ts < cutoff:
                 del self._holds[pid]  # (delivered, or lost: no later scan will tell)
         for name, watched in list(self.watching.items()):
             for pid in [p for p, a in watched.items() if _epoch(a["alert_time"]) < cutoff]:
@@ -342,8 +348,15 @@ class NetworkDesk:
             if not watched:
                 del self.watching[name]
 
-    def _decide(self, alert: dict[str, Any]) -> list[Out]:
+    def _decide(self, alert: dict[str, Any] | Held) -> list[Out]:
         """One package record from a shard, in order: what it tells whom."""
+        if isinstance(alert, Held):  # several shards: kept if a delay incident covered it
+            if self.folder.has_incidents(alert.facility_id or alert.departed_from):
+                interval = self.folder.covering(alert.fields() | {
+                    "kind": "moved_late", "alert_time": iso_time(alert.moved_ts)})
+                if interval is not None and interval.kind in DELAY_KINDS:
+                    self._holds.setdefault(alert.package_id, []).append(alert)
+            return []
         m, folder, grouper = self.metrics, self.folder, self.grouper
         kind, pid = alert["kind"], alert["package_id"]
         if kind == "fold_watched":
@@ -377,12 +390,6 @@ class NetworkDesk:
             if told_now is None and again:
                 told_now = self._tell_held(alert, scanned_at)
             return told_now or []
-        if kind == "held":
-            # several shards: a hold it left still on time; kept if a delay incident held it
-            interval = folder.covering(alert | {"kind": "moved_late"})
-            if interval is not None and interval.kind in DELAY_KINDS:
-                self._holds.setdefault(pid, []).append(alert)
-            return []
         if kind == "late_again":
             return self._tell_held(alert, alert.pop("scanned_at", None)) or []
         if kind == "stall":
@@ -426,10 +433,9 @@ class NetworkDesk:
         incident covered (:meth:`_tell_moved`), as one shard's ``_late_again`` would; None
         if it has none, or its customer heard of those incidents already."""
         for hold in reversed(self._holds.pop(late["package_id"], ())):
-            record = late | {name: hold[name] for name in _HOLD_FIELDS} | {
+            told = self._tell_moved(late | hold.fields() | {
                 "kind": "moved_late",
-                "evidence": f"Moving again: {hold['evidence']}, now scanned at {scanned_at}."}
-            told = self._tell_moved(record)
+                "evidence": f"Moving again: {hold.text()}, now scanned at {scanned_at}."})
             if told is not None:
                 return told
         return None

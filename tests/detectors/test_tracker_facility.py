@@ -10,7 +10,7 @@ import pytest
 
 from detectors import ScanEvent, StallDetector
 from detectors.facility import FacilityStats
-from detectors.tracker import PackageTracker
+from detectors.tracker import Held, PackageTracker
 
 H = 3600
 T0 = 1_790_000_000 - 1_790_000_000 % 86400
@@ -464,16 +464,15 @@ def test_several_shards_send_every_hold_left_on_time_and_the_later_scan_that_is_
                   for pid in ("HELD", "QUICK")]
         later += [ScanEvent("HELD", "T1", "P2", T0 + 16 * H, T0 + 16 * H)]
         return [a for a in out + t.process_batch(later)
-                if a["kind"] in ("held", "late_again", "moved_late")]
+                if isinstance(a, Held) or a["kind"] in ("late_again", "moved_late")]
 
     assert run(None) == []
     held, late = run(0.93)
-    assert held["kind"] == "held" and held["package_id"] == "HELD"
-    assert (held["facility_id"], held["last_event_code"]) == ("P1", "A1")
-    assert held["last_scan_time"] == _iso(T0) and held["silence_seconds"] == 10 * H
-    assert held["alert_time"] == _iso(T0 + 10 * H) and held["moved_to"] is None
-    assert held["evidence"] == f"held 10 h at P1 until {_iso(T0 + 10 * H)}"
-    assert held["watermark"] == T0 + 10 * H  # decided once the windows up to the move are in
+    assert held == Held("HELD", "P1", None, "A1", T0, T0 + 10 * H, None, "P1", None,
+                        T0 + 10 * H)  # made: decided once the windows up to the move are in
+    assert held.fields()["last_scan_time"] == _iso(T0)
+    assert held.fields()["silence_seconds"] == 10 * H
+    assert held.text() == f"held 10 h at P1 until {_iso(T0 + 10 * H)}"
     assert late["kind"] == "late_again" and late["package_id"] == "HELD"
     assert late["alert_time"] == _iso(T0 + 14 * H) and late["p_late"] >= 0.93
     assert late["scanned_at"] == "P2" and late["new_estimate"] > late["promised_by"]
@@ -497,8 +496,9 @@ def test_several_shards_check_a_watched_package_that_moves_on_and_flag_holds_beh
         ev += [ScanEvent("P", "T1", "P2", T0 + 54 * H, T0 + 54 * H)]  # 43 h: watched, late
         ev.sort(key=lambda e: e.event_ts)
         out = t.process_batch(ev)
-        return [(a["kind"], bool(a.get("again")), a.get("scanned_at")) for a in out
-                if a["kind"] in ("held", "moved", "moved_late", "late_again")]
+        return [("held", False, None) if isinstance(a, Held) else
+                (a["kind"], bool(a.get("again")), a.get("scanned_at")) for a in out
+                if isinstance(a, Held) or a["kind"] in ("moved", "moved_late", "late_again")]
 
     assert run(None) == [("held", False, None), ("moved", False, None),
                          ("moved_late", True, "P2")]

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 import flows.network
 from detectors.folding import IncidentFolder
 from detectors.incidents import IncidentManager
+from detectors.tracker import Held
 from flows.metrics import FlowMetrics, make_flow_metrics
 from flows.network import NetworkDesk, Out, Progress
 from notifiers.grouping import MessageGrouper, customer_digest
@@ -903,15 +904,9 @@ def test_updates_of_an_incident_queue_one_fold_check_per_watched_package() -> No
 
 # -- several shards: holds left on time, judged here (2026-11-25) ---------------------------
 
-def _hold(pid: str, fac: str, last: int, moved: int) -> dict[str, Any]:
-    """A shard's ``held`` record: ``pid`` sat at ``fac`` from ``last`` and left on time at
-    ``moved`` (PackageTracker._held_record)."""
-    return {"kind": "held", "package_id": pid, "alert_time": iso(moved), "facility_id": fac,
-            "departed_from": None, "departed_from_name": None, "facility_name": f"{fac} plant",
-            "last_event_code": "A1", "last_scan_time": iso(last),
-            "silence_seconds": moved - last, "expected_seconds": None, "moved_to": None,
-            "evidence": f"held {(moved - last) // H} h at {fac} plant until {iso(moved)}",
-            "watermark": moved}
+def _hold(pid: str, fac: str, last: int, moved: int) -> Held:
+    """A shard's hold: ``pid`` sat at ``fac`` from ``last`` and left on time at ``moved``."""
+    return Held(pid, fac, None, "A1", last, moved, None, f"{fac} plant", None, moved)
 
 
 def _late(pid: str, at: int, kind: str = "late_again", **more: Any) -> dict[str, Any]:
