@@ -1,13 +1,15 @@
 """The network step without the engine: shards' records in, alerts, messages and incidents out.
 
 Every shard of the flow (one :class:`detectors.tracker.PackageTracker` each) sends the network
-step its package records (``stall``, ``watch``, ``moved``, ``back_on_track``, ``moved_late``)
-and, after each batch, a :class:`Progress`: its watermark, how far its facility windows are
-closed, and the windows (or, with one shard, the incident records and facility rows) of that
-batch. :class:`NetworkDesk` merges
-them and, in event-time order, assesses the facility windows (incidents open and resolve),
-folds package records into the incidents that explain them (:class:`detectors.folding.
-IncidentFolder`) and groups customer messages (:class:`notifiers.grouping.MessageGrouper`).
+step its package records (``stall``, ``watch``, ``moved``, ``back_on_track``, ``moved_late``;
+with several shards also :class:`detectors.tracker.Held`, a hold a package left on time, and
+``late_again``, a later scan that found it late) and, after each batch, a
+:class:`Progress`: its watermark, how far its facility windows are closed, and the windows
+(or, with one shard, the incident records and facility rows) of that batch.
+:class:`NetworkDesk` merges them and, in event-time order, assesses the facility windows
+(incidents open and resolve), folds package records into the incidents that explain them
+(:class:`detectors.folding.IncidentFolder`) and groups customer messages
+(:class:`notifiers.grouping.MessageGrouper`).
 
 A package record made at watermark ``R`` is decided only once every shard has closed its
 facility windows through ``R + grace`` and passed ``R`` itself, so it sees exactly the
