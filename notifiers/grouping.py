@@ -242,12 +242,11 @@ class MessageGrouper:
         ref = alert.get("recipient_ref")
         if not ref:
             return False
-        key, pid = _group_key(str(alert.get("incident_key")), ref), alert.get("package_id")
-        group = self._groups.get(key)
+        pid = alert.get("package_id")
+        group = self._groups.get(_group_key(str(alert.get("incident_key")), ref))
         if group is not None and any(a.get("package_id") == pid for a in group.alerts):
             return True
-        closed = self._closed.get(key)
-        return bool(closed) and str(pid) in closed[2]  # type: ignore[index]
+        return self.told_of(alert)  # (in a closed group)
 
     def add(self, alert: dict[str, Any], decision: str = "keep") -> list[dict[str, Any]]:
         """One package alert and the folder's decision for it; returns messages due at once.
